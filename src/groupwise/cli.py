@@ -1,0 +1,91 @@
+"""The ``groupwise`` command line.
+
+groupwise train [CONFIG.yaml] [key=value ...]   train (defaults: the built-in arithmetic run)
+groupwise config [CONFIG.yaml] [key=value ...]  print the resolved config as YAML
+groupwise config --reference                    print every key with its default and meaning
+groupwise tasks                                 list the built-in tasks
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+from groupwise.config import ConfigError, config_to_dict, load_config, reference_markdown
+
+
+def _split_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    """First positional that is not key=value is the config file; the rest are overrides."""
+    path: str | None = None
+    overrides: list[str] = []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif path is None:
+            path = item
+        else:
+            raise ConfigError(f"unexpected argument {item!r}: give one config file, then key=value")
+    return path, overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="groupwise", description="GRPO training for causal LMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a model with GRPO")
+    train.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]")
+    cfg = sub.add_parser("config", help="print the resolved config, or the reference")
+    cfg.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]")
+    cfg.add_argument("--reference", action="store_true", help="every key, default and meaning")
+    sub.add_parser("tasks", help="list the built-in tasks")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``groupwise`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "tasks":
+            import groupwise.data.arithmetic  # noqa: F401  (registers the built-in tasks)
+            from groupwise.data.tasks import TASKS
+
+            for name, builder in sorted(TASKS.items()):
+                print(f"{name}: {(builder.__doc__ or '').strip().splitlines()[0]}")
+            return 0
+        if args.command == "config" and args.reference:
+            print(reference_markdown())
+            return 0
+        path, overrides = _split_args(args.args)
+        config = load_config(path, overrides)
+        if args.command == "config":
+            print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+            return 0
+        from groupwise.trainer import GRPOTrainer
+
+        summary = GRPOTrainer(config).train()
+        _print_summary(summary)
+        return 0
+    except ConfigError as exc:
+        print(f"groupwise: config error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"groupwise: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _print_summary(summary: dict[str, object]) -> None:
+    before, after = summary.get("eval_before"), summary.get("eval_after")
+    if isinstance(before, float) and isinstance(after, float):
+        print(
+            f"held-out accuracy: {before:.1%} before -> {after:.1%} after "
+            f"({(after - before) * 100:+.1f} points)"
+        )
+    print(
+        f"wall time: {summary.get('wall_time_s', 0.0):.0f} s; outputs in {summary.get('run_dir')}"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,433 @@
+"""Configuration: typed sections, one docstring per field, the only place defaults live.
+
+A config is built from (1) these defaults, (2) an optional YAML file, (3) ``key=value``
+overrides, in that order. Keys are dotted (``algorithm.beta=0.04``); a bare field name that
+exists in exactly one section also works (``beta=0.04``), so TRL's ``GRPOConfig`` names carry
+over. Unknown keys and values of the wrong type fail at once with the dotted key in the message.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import itertools
+import os
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    """The policy model."""
+
+    name: str = "smollm2-135m-instruct"
+    """Preset name (smollm2-135m-instruct, tiny-random), local HF model directory or .gguf file."""
+    lora: bool = False
+    """Train LoRA adapters instead of all weights (reference policy = adapters disabled)."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (scale = lora_alpha / lora_r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input (keep 0 so log-probs are deterministic)."""
+    lora_target_modules: str | list[str] = "all-linear"
+    """Modules to adapt: 'all-linear' or a list of module names (q_proj, v_proj, ...)."""
+
+
+@dataclass
+class DataConfig:
+    """Where prompts come from."""
+
+    task: str = "arithmetic"
+    """Built-in task name (see `groupwise tasks`)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Task-specific parameters (e.g. arithmetic: min_value, max_value, operations)."""
+    train_size: int = 5000
+    """Number of training prompts to generate (procedural tasks)."""
+    eval_size: int = 200
+    """Number of held-out prompts for evaluation."""
+    seed: int = 1234
+    """Seed of the task's train/held-out split (independent of training.seed)."""
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling of the groups of completions."""
+
+    num_generations: int = 8
+    """G, completions sampled per prompt (the group). Must be >= 2."""
+    max_completion_length: int = 24
+    """Maximum new tokens per completion; longer ones are truncated (flagged)."""
+    temperature: float = 1.0
+    """Sampling temperature (also divides the logits when computing log-probs, as in TRL)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest token set with this much probability."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0 = off)."""
+
+
+@dataclass
+class AlgorithmConfig:
+    """The GRPO objective and its variants (formulas in groupwise.core)."""
+
+    loss_type: Literal["grpo", "dapo", "dr_grpo"] = "dapo"
+    """Loss aggregation: grpo (per-sequence mean, the paper), dapo (token mean), dr_grpo."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Advantage scaling: std of the group, std of the batch, or none (Dr. GRPO)."""
+    beta: float = 0.0
+    """KL coefficient to the reference policy (0 = no reference model is kept)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """Per-token KL estimator; k3 is DeepSeekMath's unbiased one."""
+    epsilon: float = 0.2
+    """Lower clip range of the ratio: clip(ratio, 1 - epsilon, ...)."""
+    epsilon_high: float | None = None
+    """Upper clip range (DAPO clip-higher uses 0.28); None = epsilon."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """Importance ratio per token (GRPO) or per sequence (GSPO)."""
+    num_iterations: int = 1
+    """mu, policy updates per rollout against the old policy's log-probs."""
+    mask_truncated_completions: bool = False
+    """Exclude completions that hit max_completion_length from the loss (DAPO)."""
+
+
+@dataclass
+class RewardsConfig:
+    """Reward functions: built-in names or 'module:function' import paths."""
+
+    funcs: list[str] | None = None
+    """Reward functions; None = the task's default rewards."""
+    weights: list[float] | None = None
+    """One weight per reward function (TRL's reward_weights); None = all 1."""
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, logging and outputs."""
+
+    max_steps: int = 60
+    """Training steps; a step is one rollout followed by num_iterations optimizer updates."""
+    per_device_train_batch_size: int = 32
+    """Completions per micro-batch (forward/backward); a multiple of num_generations."""
+    gradient_accumulation_steps: int = 2
+    """Micro-batches per optimizer update; completions per step = this * batch size * ranks."""
+    learning_rate: float = 1e-5
+    """Peak AdamW learning rate."""
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = "constant"
+    """Schedule after warmup."""
+    warmup_steps: int = 0
+    """Linear warmup, in optimizer updates."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.99
+    """AdamW beta2."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+    seed: int = 0
+    """Seed for sampling, data order and model init."""
+    bf16: bool = True
+    """bf16 autocast for the policy forward/backward and a bf16 rollout copy (fp32 masters)."""
+    logprob_chunk_size: int = 1024
+    """Tokens per chunk when computing log-probs from hidden states."""
+    num_threads: int = 0
+    """torch intra-op threads on CPU (0 = one per core)."""
+    device: str = "auto"
+    """'auto' (cuda if available, else cpu), 'cpu' or 'cuda[:N]'."""
+    output_dir: str = "runs/default"
+    """Run directory: config.yaml, metrics.jsonl, summary.json, final/."""
+    logging_steps: int = 1
+    """Write metrics every this many steps."""
+    log_completions: bool = True
+    """Write every prompt, completion, reward and advantage to completions.jsonl."""
+    save_final: bool = True
+    """Save the trained model (or adapter) to output_dir/final."""
+    progress: bool = True
+    """Show a progress bar on the terminal."""
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation (greedy accuracy)."""
+
+    before: bool = True
+    """Evaluate before training."""
+    after: bool = True
+    """Evaluate after training."""
+    every_steps: int = 0
+    """Also evaluate every this many steps (0 = never)."""
+    max_new_tokens: int = 32
+    """Maximum new tokens when generating answers for evaluation."""
+    batch_size: int = 64
+    """Prompts per evaluation batch."""
+
+
+@dataclass
+class Config:
+    """A complete groupwise run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompts and the task."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampling."""
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """The objective."""
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    """Reward functions."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """Optimisation and outputs."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation."""
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against ``annotation`` (converting YAML/CLI scalars), or raise."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(annotation)}")
+    if origin is Literal:
+        if value not in args:
+            valid = ", ".join(str(a) for a in args)
+            raise ConfigError(f"{key}: {value!r} is not one of: {valid}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported annotation {annotation!r}")
+
+
+def _type_name(annotation: Any) -> str:
+    return str(annotation).replace("typing.", "")
+
+
+def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name}: expected a mapping of fields, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {name}.{unknown[0]}; valid keys in '{name}': "
+            + ", ".join(sorted(known))
+        )
+    kwargs = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a ``Config`` from nested plain data (as loaded from YAML)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown config section {unknown[0]!r}; valid sections: {', '.join(SECTIONS)}"
+        )
+    types_ = _section_types()
+    sections = {name: _build_section(name, types_[name], data.get(name) or {}) for name in SECTIONS}
+    config = Config(**sections)
+    validate(config)
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested data of a config (what ``config.yaml`` holds)."""
+    return dataclasses.asdict(config)
+
+
+def _field_index() -> dict[str, list[str]]:
+    """Leaf field name -> the sections that have it."""
+    index: dict[str, list[str]] = {}
+    for name, cls in _section_types().items():
+        for f in dataclasses.fields(cls):
+            index.setdefault(f.name, []).append(name)
+    return index
+
+
+def resolve_key(key: str) -> tuple[str, str]:
+    """Map ``section.field`` or a unique bare ``field`` to (section, field)."""
+    if "." in key:
+        section, _, name = key.partition(".")
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"unknown config key {key!r}: no section {section!r}; valid sections: "
+                + ", ".join(SECTIONS)
+            )
+        return section, name
+    owners = _field_index().get(key, [])
+    if len(owners) == 1:
+        return owners[0], key
+    if len(owners) > 1:
+        options = ", ".join(f"{s}.{key}" for s in owners)
+        raise ConfigError(f"config key {key!r} is ambiguous; use one of: {options}")
+    raise ConfigError(f"unknown config key {key!r} (see `groupwise config` for the keys)")
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse ``key=value`` (value read as YAML: numbers, true/false, null, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, _, raw = text.partition("=")
+    section, name = resolve_key(key.strip())
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{section}.{name}: cannot parse value {raw!r}: {exc}") from exc
+    return section, name, value
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] = ()) -> Config:  # type: ignore[assignment]
+    """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.exists():
+            raise ConfigError(f"config file {file} does not exist")
+        loaded = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: a config file must be a mapping of sections")
+        for key, value in loaded.items():  # allow bare TRL-style names at the top level
+            if key in SECTIONS:
+                data.setdefault(key, {}).update(value or {})
+            else:
+                section, name = resolve_key(key)
+                data.setdefault(section, {})[name] = value
+    for text in overrides:
+        section, name, value = parse_override(text)
+        data.setdefault(section, {})[name] = value
+    return config_from_dict(data)
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks; each error names the key(s) to fix."""
+    r, t, a = config.rollout, config.training, config.algorithm
+    if r.num_generations < 2:
+        raise ConfigError(
+            f"rollout.num_generations must be >= 2 (a group needs at least two completions to "
+            f"compare), got {r.num_generations}"
+        )
+    if t.per_device_train_batch_size % r.num_generations:
+        raise ConfigError(
+            f"training.per_device_train_batch_size ({t.per_device_train_batch_size}) must be a "
+            f"multiple of rollout.num_generations ({r.num_generations}), so each micro-batch "
+            "holds whole groups"
+        )
+    positive = {
+        "rollout.max_completion_length": r.max_completion_length,
+        "training.per_device_train_batch_size": t.per_device_train_batch_size,
+        "training.gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "algorithm.num_iterations": a.num_iterations,
+        "training.logging_steps": t.logging_steps,
+        "training.logprob_chunk_size": t.logprob_chunk_size,
+        "data.eval_size": config.data.eval_size + 1,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if t.max_steps < 0:
+        raise ConfigError(f"training.max_steps must be >= 0, got {t.max_steps}")
+    if r.temperature < 0:
+        raise ConfigError(f"rollout.temperature must be >= 0, got {r.temperature}")
+    if not 0 < r.top_p <= 1:
+        raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    if a.epsilon < 0 or (a.epsilon_high is not None and a.epsilon_high < 0):
+        raise ConfigError("algorithm.epsilon and algorithm.epsilon_high must be >= 0")
+    if a.beta < 0:
+        raise ConfigError(f"algorithm.beta must be >= 0, got {a.beta}")
+    if t.learning_rate <= 0:
+        raise ConfigError(f"training.learning_rate must be > 0, got {t.learning_rate}")
+    w = config.rewards.weights
+    if w is not None and config.rewards.funcs is not None and len(w) != len(config.rewards.funcs):
+        raise ConfigError(
+            f"rewards.weights has {len(w)} values but rewards.funcs has "
+            f"{len(config.rewards.funcs)}; give one weight per function"
+        )
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = nxt.value.value.strip()
+    return docs
+
+
+def reference_markdown() -> str:
+    """The config reference as Markdown tables (used by ``groupwise config`` and the README)."""
+    lines: list[str] = []
+    defaults = config_to_dict(Config())
+    for section, cls in _section_types().items():
+        lines += [f"### `{section}`", "", "| key | default | meaning |", "| --- | --- | --- |"]
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            default = defaults[section][f.name]
+            lines.append(f"| `{section}.{f.name}` | `{default!r}` | {docs.get(f.name, '')} |")
+        lines.append("")
+    return "\n".join(lines)

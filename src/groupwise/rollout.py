@@ -1,0 +1,221 @@
+"""Rollout: sample a group of G completions for each prompt.
+
+Choices:
+- Prompts are left-padded; each unique prompt is prefilled once and its KV cache repeated G
+  times (``one prefill per group``), then all B = P * G rows decode together.
+- Sampling is ours (temperature, top-k, top-p, greedy at temperature 0) with an explicit
+  ``torch.Generator`` so a seed reproduces a rollout.
+- A completion ends at its first EOS token (included in the completion and its mask); tokens
+  after it are padding. A completion that reaches ``max_completion_length`` without EOS is
+  *truncated*, flagged for ``mask_truncated_completions`` and ``completions/clipped_ratio``.
+- Rows that have finished are dropped from the decode batch as soon as enough of them are done,
+  so a few long completions do not keep the whole batch busy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class PromptBatch:
+    """Tokenized prompts, left-padded."""
+
+    input_ids: Tensor  # [P, Lp]
+    attention_mask: Tensor  # [P, Lp]
+
+    @property
+    def lengths(self) -> Tensor:
+        """Number of real tokens of each prompt."""
+        return self.attention_mask.sum(dim=1)  # [P]
+
+
+@dataclass
+class Rollout:
+    """G completions for each of P prompts (rows of one prompt are contiguous)."""
+
+    prompts: PromptBatch
+    completion_ids: Tensor  # [B, Lc], padded with pad_token_id after EOS
+    completion_mask: Tensor  # [B, Lc], 1 up to and including the first EOS
+    truncated: Tensor  # [B] bool: no EOS within max_completion_length
+    group_size: int
+
+    @property
+    def completion_lengths(self) -> Tensor:
+        """Number of completion tokens of each row."""
+        return self.completion_mask.sum(dim=1)  # [B]
+
+
+def tokenize_prompts(
+    tokenizer: Any, prompts: Sequence[str | list[dict[str, str]]], device: torch.device
+) -> PromptBatch:
+    """Apply the chat template to conversational prompts and left-pad the batch.
+
+    A prompt is either plain text (used as is) or a list of ``{"role", "content"}`` messages,
+    rendered with the tokenizer's chat template and the generation prompt.
+    """
+    texts = [render_prompt(tokenizer, p) for p in prompts]
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, width - len(row) :] = 1
+    return PromptBatch(input_ids.to(device), attention_mask.to(device))
+
+
+def render_prompt(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
+    """The text the model sees for ``prompt`` (chat template for conversations)."""
+    if isinstance(prompt, str):
+        return prompt
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("prompt is conversational but the tokenizer has no chat template")
+    text: str = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return text
+
+
+def sample_next(
+    logits: Tensor,
+    *,
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draw one token per row from ``softmax(logits / temperature)`` (greedy if temperature=0).
+
+    top-k keeps the k largest logits; top-p keeps the smallest set of tokens whose probability
+    reaches ``top_p`` (always at least the most likely token).
+    """
+    if temperature <= 0:
+        return logits.argmax(dim=-1)  # [R]
+    scores = logits.float() / temperature  # [R, V]
+    if top_k > 0 and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # [R, 1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)  # [R, V]
+        probs = torch.softmax(sorted_scores, dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass strictly before each token
+        drop_sorted = before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)  # [R, V]
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [R]
+
+
+def _positions(attention_mask: Tensor) -> Tensor:
+    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [R, L]
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prompts: PromptBatch,
+    *,
+    group_size: int,
+    max_completion_length: int,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+    min_new_tokens: int = 0,
+) -> Rollout:
+    """Sample ``group_size`` completions per prompt with one prefill per prompt.
+
+    ``min_new_tokens`` forbids EOS before that many tokens (benchmarks use it to fix the length).
+    """
+    from transformers import DynamicCache
+
+    device = prompts.input_ids.device
+    num_rows = prompts.input_ids.shape[0] * group_size
+    cache = DynamicCache(config=getattr(model, "config", None))
+    out = model(
+        input_ids=prompts.input_ids,
+        attention_mask=prompts.attention_mask,
+        position_ids=_positions(prompts.attention_mask),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache.batch_repeat_interleave(group_size)
+    logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)  # [B, V]
+    attn = prompts.attention_mask.repeat_interleave(group_size, dim=0)  # [B, Lp]
+    next_pos = prompts.lengths.repeat_interleave(group_size)  # [B]
+    eos = torch.tensor(list(eos_token_ids), device=device)
+    tokens = torch.full((num_rows, max_completion_length), pad_token_id, device=device)
+    done = torch.zeros(num_rows, dtype=torch.bool, device=device)
+    active = torch.arange(num_rows, device=device)  # rows still in the decode batch
+    for step in range(max_completion_length):
+        if step < min_new_tokens:
+            logits[:, eos] = float("-inf")
+        nxt = sample_next(
+            logits, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator
+        )  # [R]
+        tokens[active, step] = nxt
+        done[active] |= torch.isin(nxt, eos)
+        if bool(done.all()) or step == max_completion_length - 1:
+            break
+        keep = ~done[active]  # [R]
+        if int((~keep).sum()) * 4 >= active.numel():  # compact once a quarter has finished
+            keep_idx = keep.nonzero().squeeze(-1)
+            cache.batch_select_indices(keep_idx)
+            active, attn, next_pos = active[keep_idx], attn[keep_idx], next_pos[keep_idx]
+            nxt, keep = nxt[keep_idx], keep[keep_idx]
+        attn = torch.cat([attn, keep.long()[:, None]], dim=1)  # finished rows: masked, ignored
+        out = model(
+            input_ids=nxt[:, None],
+            attention_mask=attn,
+            position_ids=next_pos[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1]  # [R, V]
+        next_pos = next_pos + 1
+    return _finish(prompts, tokens, eos, pad_token_id, group_size)
+
+
+def _finish(
+    prompts: PromptBatch, tokens: Tensor, eos: Tensor, pad_token_id: int, group_size: int
+) -> Rollout:
+    is_eos = torch.isin(tokens, eos)  # [B, L]
+    has_eos = is_eos.any(dim=1)  # [B]
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), tokens.shape[1])  # [B]
+    idx = torch.arange(tokens.shape[1], device=tokens.device)[None, :]  # [1, L]
+    mask = (idx <= first_eos[:, None]).long()  # [B, L]
+    tokens = tokens.masked_fill(mask == 0, pad_token_id)
+    width = max(int(mask.sum(dim=1).max()), 1)
+    return Rollout(
+        prompts=prompts,
+        completion_ids=tokens[:, :width],
+        completion_mask=mask[:, :width],
+        truncated=~has_eos,
+        group_size=group_size,
+    )
+
+
+def select_groups(rollout: Rollout, start: int, stop: int) -> Rollout:
+    """The sub-rollout made of prompts ``start:stop`` and their G completions each."""
+    g = rollout.group_size
+    prompts = PromptBatch(
+        rollout.prompts.input_ids[start:stop], rollout.prompts.attention_mask[start:stop]
+    )
+    rows = slice(start * g, stop * g)
+    mask = rollout.completion_mask[rows]
+    width = max(int(mask.sum(dim=1).max()), 1)  # drop columns that are padding here
+    return Rollout(
+        prompts=prompts,
+        completion_ids=rollout.completion_ids[rows, :width],
+        completion_mask=mask[:, :width],
+        truncated=rollout.truncated[rows],
+        group_size=g,
+    )

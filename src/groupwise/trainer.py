@@ -1,0 +1,435 @@
+"""The GRPO trainer: one step is one rollout followed by mu policy updates.
+
+Algorithm (DeepSeekMath, arXiv 2402.03300, Alg. 1, with the variants of groupwise.core)::
+
+    for step in 1..max_steps:
+        prompts  <- next batch of P prompts
+        groups   <- G completions per prompt from pi_theta              (generate)
+        r        <- weighted sum of reward functions                    (score)
+        A        <- group-relative advantages of r                      (score)
+        old_logp <- log pi_theta_old(o)   only if mu > 1                (old_logp)
+        ref_logp <- log pi_ref(o)         only if beta > 0              (ref_logp)
+        repeat mu times:                                                (update)
+            loss <- clipped surrogate + beta * KL, aggregated by loss_type,
+                    accumulated over micro-batches with global normalisers
+            clip grad norm, AdamW step, schedule step
+        rollout copy <- pi_theta                                        (sync)
+
+Each phase is timed under its name (``time/<phase>`` in metrics.jsonl).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor
+
+from groupwise.config import Config, config_to_dict
+from groupwise.core import group_advantages, policy_loss
+from groupwise.data import Row, Task, build_task
+from groupwise.data.sampler import PromptSampler
+from groupwise.evaluation import EvalResult, eos_token_ids, evaluate_accuracy, row_columns
+from groupwise.forward import autocast_context, completion_logp
+from groupwise.metrics import (
+    MetricsAccumulator,
+    PhaseTimer,
+    Progress,
+    append_jsonl,
+    completion_metrics,
+    masked_mean,
+    reward_metrics,
+    write_json_atomic,
+)
+from groupwise.models import (
+    LoraSettings,
+    ReferencePolicy,
+    apply_lora,
+    load_base_model,
+    make_rollout_model,
+    sync_rollout_model,
+)
+from groupwise.optim import build_optimizer, build_scheduler
+from groupwise.rewards.base import RewardFunc, RewardRunner, resolve_reward
+from groupwise.rollout import Rollout, generate, select_groups, tokenize_prompts
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' picks cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class StepBatch:
+    """Everything the update phase needs about one rollout."""
+
+    rollout: Rollout
+    advantages: Tensor  # [B]
+    loss_mask: Tensor  # [B, Lc]
+    micro: list[tuple[int, int]]  # prompt ranges of the micro-batches
+    old_logp: list[Tensor | None]  # per micro-batch [b, lc]
+    ref_logp: list[Tensor | None]  # per micro-batch [b, lc]
+
+
+class GRPOTrainer:
+    """Trains ``config.model`` on ``task`` (default: ``config.data``) with GRPO.
+
+    ``reward_funcs`` (callables or names) replace ``config.rewards.funcs`` and the task's
+    defaults. ``task`` lets a program pass its own rows (``groupwise.data.Task``).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        reward_funcs: Sequence[RewardFunc | str] | None = None,
+        task: Task | None = None,
+    ) -> None:
+        self.config = config
+        t = config.training
+        if t.num_threads > 0:
+            torch.set_num_threads(t.num_threads)
+        seed_everything(t.seed)
+        self.device = pick_device(t.device)
+        self.out_dir = Path(t.output_dir)
+        self.task = task or build_task(
+            config.data.task,
+            train_size=config.data.train_size,
+            eval_size=config.data.eval_size,
+            seed=config.data.seed,
+            params=config.data.params,
+        )
+        self.rewards = self._build_rewards(reward_funcs)
+        self.sampler = PromptSampler(self.task.train, seed=t.seed)
+        self.amp_dtype = torch.bfloat16 if t.bf16 else None
+        self._build_models()
+        self.generator = torch.Generator(device=self.device).manual_seed(t.seed)
+        self.step_count = 0
+        self.num_tokens = 0
+        self.skipped_updates = 0
+
+    def _build_rewards(self, reward_funcs: Sequence[RewardFunc | str] | None) -> RewardRunner:
+        specs: Sequence[RewardFunc | str] | None = reward_funcs or self.config.rewards.funcs
+        funcs = [resolve_reward(s) for s in specs] if specs else list(self.task.reward_funcs)
+        return RewardRunner(funcs, self.config.rewards.weights)
+
+    def _build_models(self) -> None:
+        m, t, a = self.config.model, self.config.training, self.config.algorithm
+        lora = (
+            LoraSettings(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
+            if m.lora
+            else None
+        )
+        base, self.tokenizer = load_base_model(m.name, seed=t.seed, device=self.device)
+        low = torch.bfloat16 if t.bf16 else torch.float32
+        self.rollout_model = make_rollout_model(base, low)
+        self.policy = apply_lora(base, lora) if lora is not None else base
+        sync_rollout_model(self.policy, self.rollout_model)
+        self.reference = ReferencePolicy(self.policy, low) if a.beta > 0 else None
+        self.eos_ids = eos_token_ids(self.tokenizer, self.policy)
+        self.optimizer = build_optimizer(
+            self.policy.parameters(),
+            lr=t.learning_rate,
+            betas=(t.adam_beta1, t.adam_beta2),
+            weight_decay=t.weight_decay,
+        )
+        total_updates = t.max_steps * a.num_iterations
+        self.scheduler = build_scheduler(
+            self.optimizer, t.lr_scheduler_type, t.warmup_steps, total_updates
+        )
+
+    # ------------------------------------------------------------------ the step
+    @property
+    def prompts_per_step(self) -> int:
+        """P: prompts per step (completions per step / G)."""
+        t = self.config.training
+        completions = t.per_device_train_batch_size * t.gradient_accumulation_steps
+        return completions // self.config.rollout.num_generations
+
+    def step(self) -> dict[str, float]:
+        """One GRPO step (the algorithm box in the module docstring); returns its metrics."""
+        timer = PhaseTimer()
+        start = time.perf_counter()
+        with timer("generate"):
+            rows = self.sampler.next_batch(self.prompts_per_step)
+            rollout = self._generate(rows)
+        with timer("score"):
+            texts, metrics, advantages = self._score(rows, rollout)
+        batch = self._prepare(rollout, advantages)
+        with timer("old_logp"):
+            if self.config.algorithm.num_iterations > 1:
+                batch.old_logp = self._logp_no_grad(self.policy, batch)
+        with timer("ref_logp"):
+            if self.reference is not None:
+                batch.ref_logp = self._reference_logp(batch)
+        with timer("update"):
+            metrics.update(self._update(batch))
+        with timer("sync"):
+            sync_rollout_model(self.policy, self.rollout_model)
+        self.step_count += 1
+        self.num_tokens += int(rollout.completion_mask.sum()) + int(
+            rollout.prompts.attention_mask.sum() * rollout.group_size
+        )
+        metrics.update(completion_metrics(rollout.completion_lengths, rollout.truncated))
+        metrics.update(timer.metrics())
+        metrics.update(
+            step=self.step_count,
+            num_tokens=self.num_tokens,
+            learning_rate=float(self.scheduler.get_last_lr()[0]),
+            step_time=time.perf_counter() - start,
+        )
+        if self.config.training.log_completions:
+            self._log_completions(rows, texts, batch, metrics)
+        return metrics
+
+    def _generate(self, rows: list[Row]) -> Rollout:
+        r = self.config.rollout
+        prompts = tokenize_prompts(self.tokenizer, [row["prompt"] for row in rows], self.device)
+        return generate(
+            self.rollout_model,
+            prompts,
+            group_size=r.num_generations,
+            max_completion_length=r.max_completion_length,
+            eos_token_ids=self.eos_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            generator=self.generator,
+        )
+
+    def _score(
+        self, rows: list[Row], rollout: Rollout
+    ) -> tuple[list[str], dict[str, float], Tensor]:
+        g = rollout.group_size
+        texts = self.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+        prompts = [row["prompt"] for row in rows for _ in range(g)]
+        ids = [
+            row[m.bool()].tolist()
+            for row, m in zip(rollout.completion_ids, rollout.completion_mask, strict=True)
+        ]
+        result = self.rewards(prompts, texts, completion_ids=ids, **row_columns(rows, g))
+        advantages, zero_std = group_advantages(
+            result.total, g, scale_rewards=self.config.algorithm.scale_rewards
+        )
+        self._last_rewards = result
+        return texts, reward_metrics(result.total, result.per_func, g, zero_std), advantages
+
+    def _prepare(self, rollout: Rollout, advantages: Tensor) -> StepBatch:
+        per_micro = self.config.training.per_device_train_batch_size // rollout.group_size
+        num_prompts = rollout.prompts.input_ids.shape[0]
+        micro = [(s, min(s + per_micro, num_prompts)) for s in range(0, num_prompts, per_micro)]
+        loss_mask = rollout.completion_mask.clone()
+        if self.config.algorithm.mask_truncated_completions:
+            loss_mask[rollout.truncated] = 0
+        none: list[Tensor | None] = [None] * len(micro)
+        return StepBatch(rollout, advantages.to(self.device), loss_mask, micro, none, list(none))
+
+    @torch.no_grad()
+    def _logp_no_grad(self, model: torch.nn.Module, batch: StepBatch) -> list[Tensor | None]:
+        out: list[Tensor | None] = []
+        for start, stop in batch.micro:
+            sub = select_groups(batch.rollout, start, stop)
+            with autocast_context(self.device, self.amp_dtype):
+                logp, _ = self._forward(model, sub, entropy=False)
+            out.append(logp.detach())
+        return out
+
+    def _reference_logp(self, batch: StepBatch) -> list[Tensor | None]:
+        assert self.reference is not None
+        model, ctx = self.reference.context()
+        with ctx:
+            return self._logp_no_grad(model, batch)
+
+    def _forward(
+        self, model: torch.nn.Module, rollout: Rollout, *, entropy: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        return completion_logp(
+            model,
+            rollout,
+            temperature=max(self.config.rollout.temperature, 1e-6),
+            chunk_size=self.config.training.logprob_chunk_size,
+            compute_entropy=entropy,
+        )
+
+    def _update(self, batch: StepBatch) -> dict[str, float]:
+        """mu optimizer updates over the rollout, each accumulated over the micro-batches."""
+        a, t = self.config.algorithm, self.config.training
+        acc = MetricsAccumulator()
+        num_sequences = float(batch.rollout.completion_ids.shape[0])
+        num_tokens = float(batch.loss_mask.sum())
+        self.policy.train()
+        for _ in range(a.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_total = 0.0
+            for i, (start, stop) in enumerate(batch.micro):
+                loss, stats = self._micro_loss(batch, i, start, stop, num_sequences, num_tokens)
+                loss.backward()
+                loss_total += float(loss.detach())
+                acc.add(stats)
+            grad_norm = self._clip_and_step(t.max_grad_norm)
+            acc.add({"loss": loss_total, "grad_norm": grad_norm})
+        out = acc.summary()
+        out["skipped_updates"] = float(self.skipped_updates)
+        return out
+
+    def _micro_loss(
+        self,
+        batch: StepBatch,
+        index: int,
+        start: int,
+        stop: int,
+        num_sequences: float,
+        num_tokens: float,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        a, g = self.config.algorithm, batch.rollout.group_size
+        sub = select_groups(batch.rollout, start, stop)
+        mask = batch.loss_mask[start * g : stop * g, : sub.completion_ids.shape[1]]  # [b, lc]
+        with autocast_context(self.device, self.amp_dtype):
+            logp, entropy = self._forward(self.policy, sub, entropy=True)
+        old_logp = batch.old_logp[index]
+        loss, stats = policy_loss(
+            logp,
+            old_logp if old_logp is not None else logp.detach(),
+            batch.advantages[start * g : stop * g],
+            mask,
+            ref_logp=batch.ref_logp[index],
+            beta=a.beta,
+            epsilon_low=a.epsilon,
+            epsilon_high=a.epsilon_high,
+            loss_type=a.loss_type,
+            importance_sampling_level=a.importance_sampling_level,
+            kl_estimator=a.kl_estimator,
+            max_completion_length=self.config.rollout.max_completion_length,
+            num_sequences=num_sequences,
+            num_tokens=num_tokens,
+        )
+        if entropy is not None:
+            stats["entropy"] = masked_mean(entropy, sub.completion_mask)
+        return loss, stats
+
+    def _clip_and_step(self, max_norm: float) -> float:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        limit = max_norm if max_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+        if not np.isfinite(grad_norm):
+            self.skipped_updates += 1
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        return grad_norm
+
+    # ------------------------------------------------------------------ the run
+    def evaluate(self) -> EvalResult:
+        """Greedy accuracy on the task's held-out rows (with the current policy)."""
+        if self.task.correctness is None:
+            raise ValueError(f"task {self.task.name!r} has no correctness check to evaluate")
+        e = self.config.eval
+        sync_rollout_model(self.policy, self.rollout_model)
+        return evaluate_accuracy(
+            self.rollout_model,
+            self.tokenizer,
+            self.task.eval,
+            self.task.correctness,
+            batch_size=e.batch_size,
+            max_new_tokens=e.max_new_tokens,
+        )
+
+    def train(self) -> dict[str, Any]:
+        """Run ``max_steps`` steps with evaluation before/after; returns the summary."""
+        t, e = self.config.training, self.config.eval
+        wall_start = time.perf_counter()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.config)))
+        summary: dict[str, Any] = {
+            "model": self.config.model.name,
+            "task": self.task.name,
+            "run_dir": str(self.out_dir),
+        }
+        has_eval = self.task.correctness is not None and len(self.task.eval) > 0
+        if e.before and has_eval:
+            summary["eval_before"] = self._eval_and_log("before")
+        progress = Progress(t.max_steps, enabled=t.progress)
+        train_start = time.perf_counter()
+        try:
+            for _ in range(t.max_steps):
+                metrics = self.step()
+                if e.every_steps and has_eval and self.step_count % e.every_steps == 0:
+                    metrics["eval_accuracy"] = self._eval_and_log(f"step {self.step_count}")
+                if self.step_count % t.logging_steps == 0 or self.step_count == t.max_steps:
+                    append_jsonl(self.out_dir / "metrics.jsonl", metrics)
+                progress.update(self.step_count, metrics)
+        finally:
+            progress.close()
+        summary["train_time_s"] = time.perf_counter() - train_start
+        summary["steps"] = self.step_count
+        if e.after and has_eval:
+            summary["eval_after"] = self._eval_and_log("after")
+        if t.save_final:
+            summary["final_model"] = str(self.save(self.out_dir / "final"))
+        summary["wall_time_s"] = time.perf_counter() - wall_start
+        write_json_atomic(self.out_dir / "summary.json", summary)
+        return summary
+
+    def _eval_and_log(self, label: str) -> float:
+        result = self.evaluate()
+        print(
+            f"held-out greedy accuracy ({label}): {result.accuracy:.1%} on {len(result.scores)}",
+            flush=True,
+        )
+        return result.accuracy
+
+    def save(self, path: Path) -> Path:
+        """Save the policy (full model, or merged model plus ``adapter/`` under LoRA)."""
+        from groupwise.checkpoint import save_pretrained_atomic
+
+        return save_pretrained_atomic(self.policy, self.tokenizer, path)
+
+    def _log_completions(
+        self, rows: list[Row], texts: list[str], batch: StepBatch, metrics: dict[str, float]
+    ) -> None:
+        g = batch.rollout.group_size
+        per_func = self._last_rewards.per_func
+        records = []
+        for i, text in enumerate(texts):
+            records.append(
+                {
+                    "step": self.step_count,
+                    "prompt": rows[i // g]["prompt"],
+                    "completion": text,
+                    "rewards": {k: _finite_or_none(float(v[i])) for k, v in per_func.items()},
+                    "reward": float(self._last_rewards.total[i]),
+                    "advantage": float(batch.advantages[i]),
+                    "truncated": bool(batch.rollout.truncated[i]),
+                }
+            )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / "completions.jsonl"
+        with open(path, "a", encoding="utf-8") as handle:
+            import json
+
+            handle.write("".join(json.dumps(r) + "\n" for r in records))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None

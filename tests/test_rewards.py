@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from groupwise.rewards import (
+    RewardError,
+    RewardRunner,
+    answer_match,
+    exact_match,
+    format_reward,
+    last_number,
+    resolve_reward,
+)
+from groupwise.rewards.answer import number_only
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("68", 68.0),
+        ("The answer is 68.", 68.0),
+        ("23 + 45 = 68", 68.0),
+        ("-12", -12.0),
+        ("1,234 apples", 1234.0),
+        ("about 3.5", 3.5),
+        ("no digits here", None),
+        ("", None),
+    ],
+)
+def test_last_number(text: str, expected: float | None) -> None:
+    assert last_number(text) == expected
+
+
+def test_answer_match_right_wrong_and_malformed() -> None:
+    completions = ["68", "The sum is 68.", "67", "sixty-eight", "68 or 69", ""]
+    got = answer_match([""] * 6, completions, answer=["68"] * 6)
+    assert got == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_exact_and_number_only() -> None:
+    assert exact_match([""] * 3, [" 68 ", "68.", "x"], answer=["68"] * 3) == [1.0, 0.0, 0.0]
+    assert number_only([""] * 4, ["68", " -3 ", "68.", "is 68"]) == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_format_reward_tags() -> None:
+    reward = format_reward(r"<think>.*?</think>\s*<answer>.*?</answer>", name="tags")
+    completions = [
+        "<think>2+2</think> <answer>4</answer>",
+        "<answer>4</answer>",
+        "<think>x</think><answer>4</answer> trailing",
+        "<think>\nmulti\nline</think>\n<answer>4</answer>",
+    ]
+    assert reward([""] * 4, completions) == [1.0, 0.0, 0.0, 1.0]
+    assert reward.__name__ == "tags"
+
+
+def test_runner_weights_none_and_stats() -> None:
+    def half(prompts: list[Any], completions: list[str], **_: Any) -> list[float | None]:
+        return [0.5 if c else None for c in completions]
+
+    runner = RewardRunner([answer_match, half], weights=[2.0, 1.0])
+    result = runner(["p"] * 3, ["68", "1", ""], answer=["68", "68", "68"])
+    assert torch.allclose(result.total, torch.tensor([2.5, 0.5, 0.0]))
+    assert torch.isnan(result.per_func["half"][2])
+    assert runner.names == ["answer_match", "half"]
+
+
+def test_runner_names_the_raising_function_and_sample() -> None:
+    def fragile(prompts: list[Any], completions: list[str], **_: Any) -> list[float]:
+        return [1.0 / len(c) for c in completions]
+
+    runner = RewardRunner([fragile])
+    with pytest.raises(RewardError) as info:
+        runner(["p0", "p1", "p2"], ["ab", "", "c"])
+    message = str(info.value)
+    assert "'fragile'" in message and "ZeroDivisionError" in message
+    assert "sample 1" in message and "'p1'" in message
+
+
+def test_runner_wrong_length_and_type() -> None:
+    def short(prompts: list[Any], completions: list[str], **_: Any) -> list[float]:
+        return [1.0]
+
+    def words(prompts: list[Any], completions: list[str], **_: Any) -> list[Any]:
+        return ["good" for _ in completions]
+
+    def nan(prompts: list[Any], completions: list[str], **_: Any) -> list[float]:
+        return [float("nan") for _ in completions]
+
+    with pytest.raises(RewardError, match="'short' returned 1 values for 2 completions"):
+        RewardRunner([short])(["a", "b"], ["x", "y"])
+    with pytest.raises(RewardError, match="'words' returned 'good' for completion 0"):
+        RewardRunner([words])(["a"], ["x"])
+    with pytest.raises(RewardError, match="'nan' returned nan"):
+        RewardRunner([nan])(["a"], ["x"])
+
+
+def test_runner_rejects_wrong_signature() -> None:
+    def positional_only(texts: list[str]) -> list[float]:
+        return [0.0 for _ in texts]
+
+    with pytest.raises(RewardError, match="'positional_only' must accept keyword argument"):
+        RewardRunner([positional_only])
+
+
+def test_resolve_reward() -> None:
+    assert resolve_reward("answer_match") is answer_match
+    assert resolve_reward("groupwise.rewards.answer:exact_match") is exact_match
+    with pytest.raises(ValueError, match="unknown reward 'nope'"):
+        resolve_reward("nope")
+    with pytest.raises(ValueError, match="cannot import module"):
+        resolve_reward("no_such_module_xyz:f")

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from groupwise.models import load_base_model
+from groupwise.rollout import PromptBatch, _finish, generate, sample_next, tokenize_prompts
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[torch.nn.Module, object]:
+    model, tokenizer = load_base_model("tiny-random", seed=0, device=torch.device("cpu"))
+    model.eval()
+    model.config.use_cache = True
+    return model, tokenizer
+
+
+def test_sample_next_greedy_topk_topp() -> None:
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]]).repeat(2000, 1)
+    assert sample_next(logits[:1], temperature=0).tolist() == [1]
+    gen = torch.Generator().manual_seed(0)
+    topk = sample_next(logits, temperature=1.0, top_k=2, generator=gen)
+    assert set(topk.tolist()) == {1, 3}
+    # probs of 1, 3, 2, 0 are .644, .237, .087, .032: top_p=0.7 keeps tokens 1 and 3 only
+    topp = sample_next(logits, temperature=1.0, top_p=0.7, generator=gen)
+    assert set(topp.tolist()) == {1, 3}
+    share = (topp == 1).float().mean().item()
+    assert abs(share - 0.644 / (0.644 + 0.237)) < 0.04
+
+
+def test_sampling_is_seeded() -> None:
+    logits = torch.randn(16, 50)
+    a = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    b = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_finish_masks_end_at_first_eos() -> None:
+    eos, pad = 2, 0
+    tokens = torch.tensor([[5, 6, 2, 7, 2], [5, 6, 7, 8, 9], [2, 4, 4, 4, 4]])
+    prompts = PromptBatch(torch.ones(3, 1, dtype=torch.long), torch.ones(3, 1, dtype=torch.long))
+    rollout = _finish(prompts, tokens, torch.tensor([eos]), pad, group_size=1)
+    assert rollout.completion_mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert rollout.completion_ids.tolist() == [[5, 6, 2, 0, 0], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]]
+    assert rollout.truncated.tolist() == [False, True, False]
+
+
+def test_chat_template_and_left_padding(tiny: tuple[torch.nn.Module, object]) -> None:
+    _, tokenizer = tiny
+    prompts = [[{"role": "user", "content": "Hi"}], "plain text prompt that is longer than hi"]
+    batch = tokenize_prompts(tokenizer, prompts, torch.device("cpu"))
+    text = tokenizer.decode(batch.input_ids[0][batch.attention_mask[0].bool()])  # type: ignore[attr-defined]
+    assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    plain = tokenizer(prompts[1], add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    assert batch.attention_mask[0].all()  # the templated prompt is the longer one
+    assert int(batch.attention_mask[1].sum()) == len(plain)
+    assert batch.input_ids[1, -len(plain) :].tolist() == plain
+    assert batch.attention_mask[1, 0] == 0  # left padding
+
+
+def test_greedy_matches_hf_generate(tiny: tuple[torch.nn.Module, object]) -> None:
+    """Shared-prefix decoding with compaction == transformers' generate, row by row."""
+    model, tokenizer = tiny
+    prompts = ["What is 1 + 1?", "Name a colour:", "x"]
+    batch = tokenize_prompts(tokenizer, prompts, torch.device("cpu"))
+    eos = tokenizer.eos_token_id  # type: ignore[attr-defined]
+    ours = generate(
+        model,
+        batch,
+        group_size=2,
+        max_completion_length=12,
+        eos_token_ids=[eos],
+        pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
+        temperature=0.0,
+    )
+    for i, prompt in enumerate(prompts):
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]  # type: ignore[operator]
+        ref = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=eos)  # type: ignore[operator]
+        expected = ref[0, ids.shape[1] :].tolist()
+        for row in (2 * i, 2 * i + 1):
+            got = ours.completion_ids[row][ours.completion_mask[row].bool()].tolist()
+            assert got == expected
+
+
+def test_eos_stops_and_truncation_flags(tiny: tuple[torch.nn.Module, object]) -> None:
+    model, tokenizer = tiny
+    batch = tokenize_prompts(tokenizer, ["a", "b"], torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    rollout = generate(
+        model,
+        batch,
+        group_size=8,
+        max_completion_length=6,
+        eos_token_ids=list(range(0, 49152, 7)),  # many "EOS" ids: some rows end early
+        pad_token_id=0,
+        temperature=1.0,
+        generator=gen,
+    )
+    lengths = rollout.completion_lengths
+    assert rollout.completion_ids.shape[0] == 16
+    ends = rollout.completion_ids[torch.arange(16), lengths - 1]
+    assert lengths.min() < 6  # some stopped early
+    assert (rollout.truncated == (ends % 7 != 0)).all()  # truncated <=> did not end on EOS
+    assert (lengths[rollout.truncated] == 6).all()
+    inner = rollout.completion_ids[:, :-1] % 7 == 0  # no EOS before the last real token
+    idx = torch.arange(rollout.completion_ids.shape[1] - 1)[None, :]
+    assert not (inner & (idx < (lengths[:, None] - 1))).any()
+
+
+def test_min_new_tokens_forces_length(tiny: tuple[torch.nn.Module, object]) -> None:
+    model, tokenizer = tiny
+    batch = tokenize_prompts(tokenizer, ["a"], torch.device("cpu"))
+    rollout = generate(
+        model,
+        batch,
+        group_size=4,
+        max_completion_length=5,
+        eos_token_ids=list(range(0, 49152, 2)),
+        pad_token_id=1,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(0),
+        min_new_tokens=5,
+    )
+    assert rollout.completion_lengths.tolist() == [5, 5, 5, 5]

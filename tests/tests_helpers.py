@@ -1,0 +1,27 @@
+"""Helpers shared by test modules (importable because pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def tiny_overrides(tmp_path: Path, **extra: object) -> list[str]:
+    """Overrides for a fast tiny-random run writing into ``tmp_path``."""
+    base: dict[str, object] = {
+        "model.name": "tiny-random",
+        "max_steps": 2,
+        "num_generations": 4,
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 2,
+        "max_completion_length": 8,
+        "eval.before": False,
+        "eval.after": False,
+        "progress": False,
+        "save_final": False,
+        "output_dir": str(tmp_path / "run"),
+        "data.train_size": 64,
+        "data.eval_size": 8,
+        "learning_rate": 1e-3,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
