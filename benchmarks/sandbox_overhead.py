@@ -1,0 +1,84 @@
+"""Per-execution overhead of groupwise.sandbox, and throughput with parallel workers.
+
+Prints the median wall time of running ``pass`` in the sandbox versus a plain
+``python -c pass`` subprocess (same interpreter, runs alternated so that machine noise hits
+both alike) and their ratio; the unsafe mode (same bootstrap and rlimits, no bubblewrap) is
+shown as a breakdown.  Then it runs a batch of small programs through ``Sandbox.run_many``
+with several worker counts and prints executions per second.
+
+Usage: python benchmarks/sandbox_overhead.py [--runs 30] [--jobs 40] [--workers 1,2,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import time
+import warnings
+from collections.abc import Callable
+
+from groupwise.sandbox import Sandbox
+
+
+def _time_ms(fn: Callable[[], object]) -> float:
+    """Wall time of one call of ``fn`` in milliseconds."""
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def overhead(sandbox: Sandbox, unsafe: Sandbox, runs: int) -> None:
+    """Print median wall ms of plain, unsafe-mode and sandboxed ``pass``, alternating."""
+    python = sandbox.python
+    plain = lambda: subprocess.run([python, "-c", "pass"], check=True)  # noqa: E731
+    boxed = lambda: sandbox.run_python("pass")  # noqa: E731
+    bare = lambda: unsafe.run_python("pass")  # noqa: E731
+    for fn in (plain, boxed, bare):  # warm-up (page cache, probe)
+        fn()
+    samples: dict[str, list[float]] = {"plain": [], "unsafe": [], "sandbox": []}
+    for _ in range(runs):
+        samples["plain"].append(_time_ms(plain))
+        samples["sandbox"].append(_time_ms(boxed))
+        samples["unsafe"].append(_time_ms(bare))
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    print(f"sandbox mode: {sandbox.mode} ({sandbox.description})")
+    print(f"median wall ms over {runs} alternating runs:")
+    print(f"  plain subprocess `python -c pass`: {med['plain']:7.1f} ms")
+    print(f"  unsafe mode (bootstrap, no bwrap): {med['unsafe']:7.1f} ms")
+    print(f"  sandboxed `pass`:                  {med['sandbox']:7.1f} ms")
+    print(f"  ratio sandbox / plain:             {med['sandbox'] / med['plain']:7.2f} x")
+    print(f"  overhead sandbox - plain:          {med['sandbox'] - med['plain']:7.1f} ms")
+
+
+def throughput(sandbox: Sandbox, jobs: int, workers: list[int]) -> None:
+    """Print executions per second of ``jobs`` small programs for each worker count."""
+    codes = [f"print(sum(range({1000 + i})))" for i in range(jobs)]
+    print(f"throughput of run_many over {jobs} small programs:")
+    for n in workers:
+        start = time.perf_counter()
+        results = sandbox.run_many(codes, max_workers=n)
+        elapsed = time.perf_counter() - start
+        assert all(r.ok for r in results), [r for r in results if not r.ok][:1]
+        print(
+            f"  {n:2d} workers: {jobs / elapsed:7.1f} exec/s ({elapsed * 1000 / jobs:6.1f} ms each)"
+        )
+
+
+def main() -> None:
+    """Parse arguments and run both measurements."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30, help="runs per variant (alternated)")
+    parser.add_argument("--jobs", type=int, default=40, help="programs for the throughput test")
+    parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
+    args = parser.parse_args()
+    sandbox = Sandbox()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        unsafe = Sandbox(unsafe=True)
+    overhead(sandbox, unsafe, args.runs)
+    throughput(sandbox, args.jobs, [int(w) for w in args.workers.split(",")])
+
+
+if __name__ == "__main__":
+    main()
