@@ -120,6 +120,39 @@ def test_microbatching_matches_one_batch(tmp_path: Path) -> None:
         torch.testing.assert_close(results[0][name], results[1][name], atol=1e-6, rtol=1e-5)
 
 
+def half_constant(
+    prompts: list[Any], completions: list[str], answer: list[str], **_: Any
+) -> list[float]:
+    """Constant reward (a zero-std group) for even answers, varied for odd ones."""
+    return [
+        1.0 if int(a) % 2 == 0 else float(len(c) % 5) / 4.0
+        for c, a in zip(completions, answer, strict=True)
+    ]
+
+
+def test_skipping_zero_advantage_groups_is_exact(tmp_path: Path) -> None:
+    """Leaving zero-advantage groups out of the backward changes nothing when beta = 0."""
+    results, zero_std = [], []
+    for skip in (True, False):
+        config = load_config(
+            overrides=tiny_overrides(
+                tmp_path / str(skip),
+                max_steps=3,
+                bf16=False,
+                weight_decay=0.1,
+                skip_zero_advantage_groups=skip,
+            )
+        )
+        trainer = GRPOTrainer(config, reward_funcs=[half_constant])
+        trainer.train()
+        results.append(_snapshot(trainer.policy))
+        lines = (tmp_path / str(skip) / "run" / "metrics.jsonl").read_text().splitlines()
+        zero_std.append([json.loads(x)["frac_reward_zero_std"] for x in lines])
+    assert zero_std[0] == zero_std[1] and max(zero_std[0]) > 0  # some groups were skipped
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], atol=1e-6, rtol=1e-5)
+
+
 def test_same_seed_same_run(tmp_path: Path) -> None:
     logs = []
     for name in ("a", "b"):

@@ -4,6 +4,7 @@ groupwise train [CONFIG.yaml] [key=value ...]   train (defaults: the built-in ar
 groupwise config [CONFIG.yaml] [key=value ...]  print the resolved config as YAML
 groupwise config --reference                    print every key with its default and meaning
 groupwise tasks                                 list the built-in tasks
+groupwise report RUN_DIR                        write RUN_DIR/report.html and RUN_DIR/plots/
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 import yaml
 
 from groupwise.config import ConfigError, config_to_dict, load_config, reference_markdown
+from groupwise.tracking import TrackerUnavailableError
 
 
 def _split_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -40,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     cfg.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]")
     cfg.add_argument("--reference", action="store_true", help="every key, default and meaning")
     sub.add_parser("tasks", help="list the built-in tasks")
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html and plots/ from a run's logs")
+    rep.add_argument("run_dir", help="a run's output_dir")
     return parser
 
 
@@ -54,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, builder in sorted(TASKS.items()):
                 print(f"{name}: {(builder.__doc__ or '').strip().splitlines()[0]}")
             return 0
+        if args.command == "report":
+            from groupwise.report import report_main
+
+            return report_main(args.run_dir)
         if args.command == "config" and args.reference:
             print(reference_markdown())
             return 0
@@ -70,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"groupwise: config error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, TrackerUnavailableError) as exc:
         print(f"groupwise: error: {exc}", file=sys.stderr)
         return 2
 

@@ -43,6 +43,8 @@ class ModelConfig:
     """Dropout on the LoRA input (keep 0 so log-probs are deterministic)."""
     lora_target_modules: str | list[str] = "all-linear"
     """Modules to adapt: 'all-linear' or a list of module names (q_proj, v_proj, ...)."""
+    attn_implementation: str = "auto"
+    """transformers attention kernel: auto (eager on CPU, measured faster here; sdpa on GPU)."""
 
 
 @dataclass
@@ -67,7 +69,7 @@ class RolloutConfig:
 
     num_generations: int = 8
     """G, completions sampled per prompt (the group). Must be >= 2."""
-    max_completion_length: int = 24
+    max_completion_length: int = 16
     """Maximum new tokens per completion; longer ones are truncated (flagged)."""
     temperature: float = 1.0
     """Sampling temperature (also divides the logits when computing log-probs, as in TRL)."""
@@ -109,6 +111,12 @@ class RewardsConfig:
     """Reward functions; None = the task's default rewards."""
     weights: list[float] | None = None
     """One weight per reward function (TRL's reward_weights); None = all 1."""
+    kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Keyword arguments per reward name, e.g. {overlong_penalty: {cache_length: 8}}."""
+    unsafe_code_execution: bool = False
+    """Let code rewards run model code WITHOUT a sandbox when bubblewrap is unavailable."""
+    concurrent: bool = True
+    """Run the reward functions of a batch concurrently (sync ones in threads, async awaited)."""
 
 
 @dataclass
@@ -117,9 +125,9 @@ class TrainingConfig:
 
     max_steps: int = 60
     """Training steps; a step is one rollout followed by num_iterations optimizer updates."""
-    per_device_train_batch_size: int = 32
+    per_device_train_batch_size: int = 64
     """Completions per micro-batch (forward/backward); a multiple of num_generations."""
-    gradient_accumulation_steps: int = 2
+    gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer update; completions per step = this * batch size * ranks."""
     learning_rate: float = 1e-5
     """Peak AdamW learning rate."""
@@ -139,6 +147,8 @@ class TrainingConfig:
     """Seed for sampling, data order and model init."""
     bf16: bool = True
     """bf16 autocast for the policy forward/backward and a bf16 rollout copy (fp32 masters)."""
+    skip_zero_advantage_groups: bool = True
+    """Leave groups whose advantages are all 0 out of the backward pass (exact when beta=0)."""
     logprob_chunk_size: int = 1024
     """Tokens per chunk when computing log-probs from hidden states."""
     num_threads: int = 0
@@ -155,6 +165,10 @@ class TrainingConfig:
     """Save the trained model (or adapter) to output_dir/final."""
     progress: bool = True
     """Show a progress bar on the terminal."""
+    report_to: list[str] = field(default_factory=list)
+    """Live trackers besides metrics.jsonl: tensorboard (output_dir/tensorboard), wandb."""
+    report: bool = True
+    """Write output_dir/report.html and plots/ when training ends."""
 
 
 @dataclass

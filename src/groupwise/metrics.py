@@ -4,7 +4,9 @@ Logged per step (TRL's names where one exists):
 - ``reward``, ``reward_std`` (mean over groups of the within-group std), ``rewards/<f>/mean|std``
 - ``frac_reward_zero_std``: share of groups whose rewards are all equal (no learning signal)
 - ``completions/mean_length|min_length|max_length|mean_terminated_length|clipped_ratio``
-- ``kl`` (when beta > 0), ``entropy``, ``clip_ratio/low_mean|low_min|high_mean|high_max|
+- ``entropy``: mean per-token entropy of the tempered sampling distribution, taken during
+  generation (no extra pass; covers every completion)
+- ``kl`` (when beta > 0), ``clip_ratio/low_mean|low_min|high_mean|high_max|
   region_mean``, ``loss``, ``grad_norm``, ``learning_rate``, ``num_tokens`` (cumulative)
 - ``step_time`` and ``time/<phase>`` for generate, score, old_logp, ref_logp, update, sync.
 """

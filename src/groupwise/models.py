@@ -180,8 +180,14 @@ class LoraSettings:
     target_modules: str | list[str]
 
 
-def load_base_model(name_or_path: str, *, seed: int, device: torch.device) -> tuple[nn.Module, Any]:
-    """Load the model (float32 weights) and its tokenizer, by preset, directory or GGUF file."""
+def load_base_model(
+    name_or_path: str, *, seed: int, device: torch.device, attn_implementation: str = "auto"
+) -> tuple[nn.Module, Any]:
+    """Load the model (float32 weights) and its tokenizer, by preset, directory or GGUF file.
+
+    ``attn_implementation='auto'`` picks eager attention on CPU (for GRPO's short sequences it
+    beat SDPA here: see benchmarks/) and SDPA on GPUs.
+    """
     path = resolve_model_path(name_or_path)
     if path is None:
         model, tokenizer = tiny_random_model(seed)
@@ -191,6 +197,9 @@ def load_base_model(name_or_path: str, *, seed: int, device: torch.device) -> tu
         tokenizer = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     model.config.use_cache = False  # type: ignore[union-attr]
+    if attn_implementation == "auto":
+        attn_implementation = "eager" if device.type == "cpu" else "sdpa"
+    model.set_attn_implementation(attn_implementation)  # type: ignore[operator]
     return model.to(device), tokenizer
 
 

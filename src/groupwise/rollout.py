@@ -8,6 +8,8 @@ Choices:
 - A completion ends at its first EOS token (included in the completion and its mask); tokens
   after it are padding. A completion that reaches ``max_completion_length`` without EOS is
   *truncated*, flagged for ``mask_truncated_completions`` and ``completions/clipped_ratio``.
+- The entropy of the (tempered) sampling distribution is recorded at every sampled token: the
+  ``entropy`` metric costs no extra forward pass and covers every completion.
 - Rows that have finished are dropped from the decode batch as soon as enough of them are done,
   so a few long completions do not keep the whole batch busy.
 """
@@ -20,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from groupwise.core import entropy_from_logits
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Rollout:
     completion_mask: Tensor  # [B, Lc], 1 up to and including the first EOS
     truncated: Tensor  # [B] bool: no EOS within max_completion_length
     group_size: int
+    entropy: Tensor | None = None  # [B, Lc] per-token entropy of the sampling policy (nats)
 
     @property
     def completion_lengths(self) -> Tensor:
@@ -153,6 +158,7 @@ def generate(
     next_pos = prompts.lengths.repeat_interleave(group_size)  # [B]
     eos = torch.tensor(list(eos_token_ids), device=device)
     tokens = torch.full((num_rows, max_completion_length), pad_token_id, device=device)
+    entropy = torch.zeros((num_rows, max_completion_length), device=device)
     done = torch.zeros(num_rows, dtype=torch.bool, device=device)
     active = torch.arange(num_rows, device=device)  # rows still in the decode batch
     for step in range(max_completion_length):
@@ -162,6 +168,8 @@ def generate(
             logits, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator
         )  # [R]
         tokens[active, step] = nxt
+        if temperature > 0:
+            entropy[active, step] = entropy_from_logits(logits.float() / temperature)
         done[active] |= torch.isin(nxt, eos)
         if bool(done.all()) or step == max_completion_length - 1:
             break
@@ -181,7 +189,9 @@ def generate(
         )
         logits = out.logits[:, -1]  # [R, V]
         next_pos = next_pos + 1
-    return _finish(prompts, tokens, eos, pad_token_id, group_size)
+    rollout = _finish(prompts, tokens, eos, pad_token_id, group_size)
+    rollout.entropy = entropy[:, : rollout.completion_ids.shape[1]] * rollout.completion_mask
+    return rollout
 
 
 def _finish(
@@ -205,13 +215,19 @@ def _finish(
 
 def select_groups(rollout: Rollout, start: int, stop: int) -> Rollout:
     """The sub-rollout made of prompts ``start:stop`` and their G completions each."""
+    return take_groups(rollout, torch.arange(start, stop, device=rollout.completion_ids.device))
+
+
+def take_groups(rollout: Rollout, groups: Tensor) -> Rollout:
+    """The sub-rollout of the prompts listed in ``groups`` (and their G completions each).
+
+    Columns that are padding in every selected row are dropped.
+    """
     g = rollout.group_size
-    prompts = PromptBatch(
-        rollout.prompts.input_ids[start:stop], rollout.prompts.attention_mask[start:stop]
-    )
-    rows = slice(start * g, stop * g)
-    mask = rollout.completion_mask[rows]
-    width = max(int(mask.sum(dim=1).max()), 1)  # drop columns that are padding here
+    rows = group_rows(groups, g)
+    prompts = PromptBatch(rollout.prompts.input_ids[groups], rollout.prompts.attention_mask[groups])
+    mask = rollout.completion_mask[rows]  # [b, Lc]
+    width = max(int(mask.sum(dim=1).max()), 1) if rows.numel() else 1
     return Rollout(
         prompts=prompts,
         completion_ids=rollout.completion_ids[rows, :width],
@@ -219,3 +235,9 @@ def select_groups(rollout: Rollout, start: int, stop: int) -> Rollout:
         truncated=rollout.truncated[rows],
         group_size=g,
     )
+
+
+def group_rows(groups: Tensor, group_size: int) -> Tensor:
+    """Row indices of the completions of ``groups``."""
+    offsets = torch.arange(group_size, device=groups.device)[None, :]  # [1, G]
+    return (groups[:, None] * group_size + offsets).reshape(-1)  # [len(groups) * G]

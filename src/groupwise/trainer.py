@@ -20,8 +20,10 @@ Each phase is timed under its name (``time/<phase>`` in metrics.jsonl).
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +61,15 @@ from groupwise.models import (
 )
 from groupwise.optim import build_optimizer, build_scheduler
 from groupwise.rewards.base import RewardFunc, RewardRunner, resolve_reward
-from groupwise.rollout import Rollout, generate, select_groups, tokenize_prompts
+from groupwise.rollout import (
+    Rollout,
+    generate,
+    group_rows,
+    select_groups,
+    take_groups,
+    tokenize_prompts,
+)
+from groupwise.tracking import Tracker, build_trackers, close_trackers, completions_markdown
 
 
 def seed_everything(seed: int) -> None:
@@ -78,12 +88,20 @@ def pick_device(name: str) -> torch.device:
 
 @dataclass
 class StepBatch:
-    """Everything the update phase needs about one rollout."""
+    """Everything the update phase needs about one rollout.
+
+    ``rollout`` holds the groups that take part in the loss: with ``beta == 0`` a group whose
+    advantages are all 0 contributes exactly 0 to the loss and its gradient, so it is left out
+    of the forward/backward (``skip_zero_advantage_groups``). The normalisers still count every
+    completion of the step, so the loss and its gradient are unchanged.
+    """
 
     rollout: Rollout
-    advantages: Tensor  # [B]
-    loss_mask: Tensor  # [B, Lc]
-    micro: list[tuple[int, int]]  # prompt ranges of the micro-batches
+    advantages: Tensor  # [b] of the kept groups
+    loss_mask: Tensor  # [b, Lc]
+    num_sequences: float  # completions in the step (global normaliser)
+    num_tokens: float  # loss tokens in the step (global normaliser)
+    micro: list[tuple[int, int]]  # group ranges of the micro-batches, within ``rollout``
     old_logp: list[Tensor | None]  # per micro-batch [b, lc]
     ref_logp: list[Tensor | None]  # per micro-batch [b, lc]
 
@@ -124,6 +142,7 @@ class GRPOTrainer:
         self.step_count = 0
         self.num_tokens = 0
         self.skipped_updates = 0
+        self.trackers: list[Tracker] = []
 
     def _build_rewards(self, reward_funcs: Sequence[RewardFunc | str] | None) -> RewardRunner:
         specs: Sequence[RewardFunc | str] | None = reward_funcs or self.config.rewards.funcs
@@ -137,7 +156,9 @@ class GRPOTrainer:
             if m.lora
             else None
         )
-        base, self.tokenizer = load_base_model(m.name, seed=t.seed, device=self.device)
+        base, self.tokenizer = load_base_model(
+            m.name, seed=t.seed, device=self.device, attn_implementation=m.attn_implementation
+        )
         low = torch.bfloat16 if t.bf16 else torch.float32
         self.rollout_model = make_rollout_model(base, low)
         self.policy = apply_lora(base, lora) if lora is not None else base
@@ -188,6 +209,8 @@ class GRPOTrainer:
             rollout.prompts.attention_mask.sum() * rollout.group_size
         )
         metrics.update(completion_metrics(rollout.completion_lengths, rollout.truncated))
+        if rollout.entropy is not None:
+            metrics["entropy"] = float(masked_mean(rollout.entropy, rollout.completion_mask))
         metrics.update(timer.metrics())
         metrics.update(
             step=self.step_count,
@@ -196,7 +219,7 @@ class GRPOTrainer:
             step_time=time.perf_counter() - start,
         )
         if self.config.training.log_completions:
-            self._log_completions(rows, texts, batch, metrics)
+            self._log_completions(rows, texts, rollout, advantages)
         return metrics
 
     def _generate(self, rows: list[Row]) -> Rollout:
@@ -233,14 +256,31 @@ class GRPOTrainer:
         return texts, reward_metrics(result.total, result.per_func, g, zero_std), advantages
 
     def _prepare(self, rollout: Rollout, advantages: Tensor) -> StepBatch:
-        per_micro = self.config.training.per_device_train_batch_size // rollout.group_size
-        num_prompts = rollout.prompts.input_ids.shape[0]
-        micro = [(s, min(s + per_micro, num_prompts)) for s in range(0, num_prompts, per_micro)]
-        loss_mask = rollout.completion_mask.clone()
+        g = rollout.group_size
+        loss_mask = rollout.completion_mask.clone()  # [B, Lc]
         if self.config.algorithm.mask_truncated_completions:
             loss_mask[rollout.truncated] = 0
+        num_sequences, num_tokens = float(loss_mask.shape[0]), float(loss_mask.sum())
+        advantages = advantages.to(self.device)
+        groups = torch.arange(rollout.prompts.input_ids.shape[0], device=self.device)
+        if self.config.training.skip_zero_advantage_groups and self.reference is None:
+            groups = groups[(advantages.view(-1, g) != 0).any(dim=1)]
+        rollout = take_groups(rollout, groups)
+        rows = group_rows(groups, g)
+        per_micro = self.config.training.per_device_train_batch_size // g
+        n = groups.numel()
+        micro = [(s, min(s + per_micro, n)) for s in range(0, n, per_micro)]
         none: list[Tensor | None] = [None] * len(micro)
-        return StepBatch(rollout, advantages.to(self.device), loss_mask, micro, none, list(none))
+        return StepBatch(
+            rollout=rollout,
+            advantages=advantages[rows],
+            loss_mask=loss_mask[rows, : rollout.completion_ids.shape[1]],
+            num_sequences=num_sequences,
+            num_tokens=num_tokens,
+            micro=micro,
+            old_logp=none,
+            ref_logp=list(none),
+        )
 
     @torch.no_grad()
     def _logp_no_grad(self, model: torch.nn.Module, batch: StepBatch) -> list[Tensor | None]:
@@ -273,14 +313,16 @@ class GRPOTrainer:
         """mu optimizer updates over the rollout, each accumulated over the micro-batches."""
         a, t = self.config.algorithm, self.config.training
         acc = MetricsAccumulator()
-        num_sequences = float(batch.rollout.completion_ids.shape[0])
-        num_tokens = float(batch.loss_mask.sum())
         self.policy.train()
+        for p in self.policy.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
         for _ in range(a.num_iterations):
-            self.optimizer.zero_grad(set_to_none=True)
+            # zeros, not None: with every group skipped AdamW must still take its (momentum) step
+            self.optimizer.zero_grad(set_to_none=False)
             loss_total = 0.0
             for i, (start, stop) in enumerate(batch.micro):
-                loss, stats = self._micro_loss(batch, i, start, stop, num_sequences, num_tokens)
+                loss, stats = self._micro_loss(batch, i, start, stop)
                 loss.backward()
                 loss_total += float(loss.detach())
                 acc.add(stats)
@@ -291,19 +333,13 @@ class GRPOTrainer:
         return out
 
     def _micro_loss(
-        self,
-        batch: StepBatch,
-        index: int,
-        start: int,
-        stop: int,
-        num_sequences: float,
-        num_tokens: float,
+        self, batch: StepBatch, index: int, start: int, stop: int
     ) -> tuple[Tensor, dict[str, Tensor]]:
         a, g = self.config.algorithm, batch.rollout.group_size
         sub = select_groups(batch.rollout, start, stop)
         mask = batch.loss_mask[start * g : stop * g, : sub.completion_ids.shape[1]]  # [b, lc]
         with autocast_context(self.device, self.amp_dtype):
-            logp, entropy = self._forward(self.policy, sub, entropy=True)
+            logp, _ = self._forward(self.policy, sub, entropy=False)
         old_logp = batch.old_logp[index]
         loss, stats = policy_loss(
             logp,
@@ -318,11 +354,9 @@ class GRPOTrainer:
             importance_sampling_level=a.importance_sampling_level,
             kl_estimator=a.kl_estimator,
             max_completion_length=self.config.rollout.max_completion_length,
-            num_sequences=num_sequences,
-            num_tokens=num_tokens,
+            num_sequences=batch.num_sequences,
+            num_tokens=batch.num_tokens,
         )
-        if entropy is not None:
-            stats["entropy"] = masked_mean(entropy, sub.completion_mask)
         return loss, stats
 
     def _clip_and_step(self, max_norm: float) -> float:
@@ -355,7 +389,7 @@ class GRPOTrainer:
 
     def train(self) -> dict[str, Any]:
         """Run ``max_steps`` steps with evaluation before/after; returns the summary."""
-        t, e = self.config.training, self.config.eval
+        t = self.config.training
         wall_start = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.config)))
@@ -364,37 +398,63 @@ class GRPOTrainer:
             "task": self.task.name,
             "run_dir": str(self.out_dir),
         }
+        self.trackers = build_trackers(t.report_to, self.out_dir, config_to_dict(self.config))
+        try:
+            self._train_loop(summary)
+        finally:
+            close_trackers(self.trackers)
+        if t.save_final:
+            summary["final_model"] = str(self.save(self.out_dir / "final"))
+        summary["wall_time_s"] = time.perf_counter() - wall_start
+        write_json_atomic(self.out_dir / "summary.json", summary)
+        if t.report:
+            self._write_report()
+        return summary
+
+    def _train_loop(self, summary: dict[str, Any]) -> None:
+        """Evaluate, run the steps (logging each), evaluate again; fills ``summary``."""
+        t, e = self.config.training, self.config.eval
         has_eval = self.task.correctness is not None and len(self.task.eval) > 0
         if e.before and has_eval:
-            summary["eval_before"] = self._eval_and_log("before")
+            summary["eval_before"] = self._eval_and_log("before", step=0)
         progress = Progress(t.max_steps, enabled=t.progress)
         train_start = time.perf_counter()
         try:
             for _ in range(t.max_steps):
                 metrics = self.step()
                 if e.every_steps and has_eval and self.step_count % e.every_steps == 0:
-                    metrics["eval_accuracy"] = self._eval_and_log(f"step {self.step_count}")
+                    metrics["eval_accuracy"] = self._eval_and_log(
+                        f"step {self.step_count}", step=None
+                    )
                 if self.step_count % t.logging_steps == 0 or self.step_count == t.max_steps:
                     append_jsonl(self.out_dir / "metrics.jsonl", metrics)
+                    for tracker in self.trackers:
+                        tracker.log(metrics, self.step_count)
                 progress.update(self.step_count, metrics)
         finally:
             progress.close()
         summary["train_time_s"] = time.perf_counter() - train_start
         summary["steps"] = self.step_count
         if e.after and has_eval:
-            summary["eval_after"] = self._eval_and_log("after")
-        if t.save_final:
-            summary["final_model"] = str(self.save(self.out_dir / "final"))
-        summary["wall_time_s"] = time.perf_counter() - wall_start
-        write_json_atomic(self.out_dir / "summary.json", summary)
-        return summary
+            summary["eval_after"] = self._eval_and_log("after", step=self.step_count)
 
-    def _eval_and_log(self, label: str) -> float:
+    def _write_report(self) -> None:
+        try:
+            from groupwise.report import write_report  # lazy: matplotlib is slow to import
+
+            print(f"report: {write_report(self.out_dir)}", flush=True)
+        except Exception as exc:  # never lose a finished run to a plotting error
+            print(f"groupwise: could not write the report: {exc}", file=sys.stderr)
+
+    def _eval_and_log(self, label: str, step: int | None) -> float:
         result = self.evaluate()
         print(
             f"held-out greedy accuracy ({label}): {result.accuracy:.1%} on {len(result.scores)}",
             flush=True,
         )
+        if step is not None:
+            for tracker in self.trackers:
+                tracker.log({"eval_accuracy": result.accuracy}, step)
         return result.accuracy
 
     def save(self, path: Path) -> Path:
@@ -404,9 +464,9 @@ class GRPOTrainer:
         return save_pretrained_atomic(self.policy, self.tokenizer, path)
 
     def _log_completions(
-        self, rows: list[Row], texts: list[str], batch: StepBatch, metrics: dict[str, float]
+        self, rows: list[Row], texts: list[str], rollout: Rollout, advantages: Tensor
     ) -> None:
-        g = batch.rollout.group_size
+        g = rollout.group_size
         per_func = self._last_rewards.per_func
         records = []
         for i, text in enumerate(texts):
@@ -417,18 +477,18 @@ class GRPOTrainer:
                     "completion": text,
                     "rewards": {k: _finite_or_none(float(v[i])) for k, v in per_func.items()},
                     "reward": float(self._last_rewards.total[i]),
-                    "advantage": float(batch.advantages[i]),
-                    "truncated": bool(batch.rollout.truncated[i]),
+                    "advantage": float(advantages[i]),
+                    "truncated": bool(rollout.truncated[i]),
                 }
             )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / "completions.jsonl"
         with open(path, "a", encoding="utf-8") as handle:
-            import json
-
             handle.write("".join(json.dumps(r) + "\n" for r in records))
             handle.flush()
             os.fsync(handle.fileno())
+        for tracker in self.trackers:
+            tracker.log_text("completions", completions_markdown(records), self.step_count)
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -1,0 +1,70 @@
+"""Decode-step time of the rollout model for each attention kernel x KV-cache choice.
+
+Measured side by side in one process, alternating, so machine noise hits every variant alike.
+Usage: python benchmarks/decode_levers.py [--rows 64] [--steps 16] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache
+
+from groupwise.kernels import PreallocatedCache, register_grouped_attention
+from groupwise.kernels.kv_cache import num_cache_layers
+from groupwise.models import resolve_model_path
+
+
+def decode_ms(model: torch.nn.Module, cache_kind: str, rows: int, prompt: int, steps: int) -> float:
+    """Median milliseconds per decoded token for ``rows`` sequences after a shared prefill."""
+    ids = torch.randint(100, 1000, (rows // 8, prompt))
+    cache = (
+        DynamicCache(config=model.config)
+        if cache_kind == "dynamic"
+        else PreallocatedCache(num_cache_layers(model.config), prompt + steps + 1)
+    )
+    times = []
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(8)
+        nxt = torch.randint(100, 1000, (rows, 1))
+        for i in range(steps):
+            attn = torch.ones(rows, prompt + i + 1, dtype=torch.long)
+            pos = torch.full((rows, 1), prompt + i)
+            start = time.perf_counter()
+            model(input_ids=nxt, attention_mask=attn, position_ids=pos, past_key_values=cache)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--prompt", type=int, default=47)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    grouped = register_grouped_attention()
+    path = str(resolve_model_path("smollm2-135m-instruct"))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    variants = [(a, c) for a in ("sdpa", "eager", grouped) for c in ("dynamic", "preallocated")]
+    results: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
+    for _ in range(args.repeats):
+        for attn, cache in variants:
+            model.set_attn_implementation(attn)
+            results[(attn, cache)].append(decode_ms(model, cache, args.rows, args.prompt, args.steps))
+    base = statistics.median(results[("sdpa", "dynamic")])
+    print(f"bf16 SmolLM2-135M, {args.rows} rows, prompt {args.prompt}, {args.steps} tokens")
+    print("| attention | KV cache | ms / decode step | speed-up vs sdpa+dynamic |")
+    print("| --- | --- | --- | --- |")
+    for (attn, cache), values in results.items():
+        ms = statistics.median(values)
+        print(f"| {attn} | {cache} | {ms:.1f} | {base / ms:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up (if needed), lint, type-check and run the test suite (tests marked slow are skipped;
+# run them with: .venv/bin/python -m pytest -m slow).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+ruff check src tests benchmarks
+ruff format --check src tests benchmarks
+mypy
+status=0
+python -m pytest -q -m "not slow" --durations=15 "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+  echo "no tests were collected" >&2
+fi
+exit "$status"

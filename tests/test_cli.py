@@ -1,0 +1,85 @@
+"""The command line, run as a user would: in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests_helpers import tiny_overrides
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "groupwise", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_train_writes_run_directory(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"algorithm": {"loss_type": "grpo"}}))
+    overrides = tiny_overrides(
+        tmp_path, save_final=True, **{"eval.after": True, "data.eval_size": 4}
+    )
+    result = _run("train", str(config), *overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["algorithm"]["loss_type"] == "grpo"
+    assert saved["model"]["name"] == "tiny-random"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    for key in (
+        "reward",
+        "reward_std",
+        "rewards/answer_match/mean",
+        "frac_reward_zero_std",
+        "completions/mean_length",
+        "loss",
+        "grad_norm",
+        "learning_rate",
+        "step_time",
+        "time/generate",
+        "time/update",
+        "entropy",
+    ):
+        assert key in lines[-1], key
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0.0 <= summary["eval_after"] <= 1.0 and summary["steps"] == 2
+    assert "held-out accuracy" not in result.stdout or "after" in result.stdout
+    completions = (run / "completions.jsonl").read_text().splitlines()
+    assert len(completions) == 2 * 16  # 2 steps x 4 prompts x 4 completions
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(run / "final"))
+    assert model.config.num_hidden_layers == 2
+
+
+def test_bad_key_fails_with_its_name(tmp_path: Path) -> None:
+    result = _run("train", "model.name=tiny-random", "algorithm.betta=0.1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "algorithm.betta" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_value_and_missing_model(tmp_path: Path) -> None:
+    result = _run("train", "num_generations=1", cwd=tmp_path)
+    assert result.returncode == 2 and "rollout.num_generations must be >= 2" in result.stderr
+    result = _run("train", f"model.name={tmp_path / 'nowhere'}", cwd=tmp_path)
+    assert result.returncode == 2 and "nowhere" in result.stderr
+
+
+def test_config_command_prints_resolved_yaml(tmp_path: Path) -> None:
+    result = _run("config", "beta=0.04", "loss_type=grpo", cwd=tmp_path)
+    assert result.returncode == 0
+    data = yaml.safe_load(result.stdout)
+    assert data["algorithm"]["beta"] == 0.04 and data["algorithm"]["loss_type"] == "grpo"
+    reference = _run("config", "--reference", cwd=tmp_path)
+    assert "`algorithm.beta`" in reference.stdout
