@@ -56,7 +56,9 @@ def main() -> None:
     for _ in range(args.repeats):
         for attn, cache in variants:
             model.set_attn_implementation(attn)
-            results[(attn, cache)].append(decode_ms(model, cache, args.rows, args.prompt, args.steps))
+            results[(attn, cache)].append(
+                decode_ms(model, cache, args.rows, args.prompt, args.steps)
+            )
     base = statistics.median(results[("sdpa", "dynamic")])
     print(f"bf16 SmolLM2-135M, {args.rows} rows, prompt {args.prompt}, {args.steps} tokens")
     print("| attention | KV cache | ms / decode step | speed-up vs sdpa+dynamic |")

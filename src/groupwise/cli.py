@@ -52,8 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "tasks":
-            import groupwise.data.arithmetic  # noqa: F401  (registers the built-in tasks)
-            from groupwise.data.tasks import TASKS
+            from groupwise.data.tasks import TASKS, import_builtin_tasks
+
+            import_builtin_tasks()
 
             for name, builder in sorted(TASKS.items()):
                 print(f"{name}: {(builder.__doc__ or '').strip().splitlines()[0]}")

@@ -44,7 +44,7 @@ class ModelConfig:
     lora_target_modules: str | list[str] = "all-linear"
     """Modules to adapt: 'all-linear' or a list of module names (q_proj, v_proj, ...)."""
     attn_implementation: str = "auto"
-    """transformers attention kernel: auto (eager on CPU, measured faster here; sdpa on GPU)."""
+    """Attention kernel: auto (grouped on CPU, sdpa on GPU), grouped, eager, sdpa, or any HF name."""
 
 
 @dataclass
@@ -123,7 +123,7 @@ class RewardsConfig:
 class TrainingConfig:
     """Optimisation, logging and outputs."""
 
-    max_steps: int = 60
+    max_steps: int = 100
     """Training steps; a step is one rollout followed by num_iterations optimizer updates."""
     per_device_train_batch_size: int = 64
     """Completions per micro-batch (forward/backward); a multiple of num_generations."""
@@ -179,7 +179,7 @@ class EvalConfig:
     """Evaluate before training."""
     after: bool = True
     """Evaluate after training."""
-    every_steps: int = 0
+    every_steps: int = 25
     """Also evaluate every this many steps (0 = never)."""
     max_new_tokens: int = 32
     """Maximum new tokens when generating answers for evaluation."""

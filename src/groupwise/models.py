@@ -185,8 +185,8 @@ def load_base_model(
 ) -> tuple[nn.Module, Any]:
     """Load the model (float32 weights) and its tokenizer, by preset, directory or GGUF file.
 
-    ``attn_implementation='auto'`` picks eager attention on CPU (for GRPO's short sequences it
-    beat SDPA here: see benchmarks/) and SDPA on GPUs.
+    ``attn_implementation='auto'`` picks groupwise's grouped-query attention on CPU (for GRPO's
+    short sequences it beat SDPA and eager here: see benchmarks/README.md) and SDPA on GPUs.
     """
     path = resolve_model_path(name_or_path)
     if path is None:
@@ -198,7 +198,11 @@ def load_base_model(
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     model.config.use_cache = False  # type: ignore[union-attr]
     if attn_implementation == "auto":
-        attn_implementation = "eager" if device.type == "cpu" else "sdpa"
+        attn_implementation = "grouped" if device.type == "cpu" else "sdpa"
+    if attn_implementation == "grouped":
+        from groupwise.kernels import register_grouped_attention
+
+        attn_implementation = register_grouped_attention()
     model.set_attn_implementation(attn_implementation)  # type: ignore[operator]
     return model.to(device), tokenizer
 

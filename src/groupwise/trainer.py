@@ -60,7 +60,12 @@ from groupwise.models import (
     sync_rollout_model,
 )
 from groupwise.optim import build_optimizer, build_scheduler
-from groupwise.rewards.base import RewardFunc, RewardRunner, resolve_reward
+from groupwise.rewards.base import (
+    AnyRewardFunc,
+    RewardRunner,
+    resolve_reward,
+    rewards_from_config,
+)
 from groupwise.rollout import (
     Rollout,
     generate,
@@ -117,7 +122,7 @@ class GRPOTrainer:
         self,
         config: Config,
         *,
-        reward_funcs: Sequence[RewardFunc | str] | None = None,
+        reward_funcs: Sequence[AnyRewardFunc | str] | None = None,
         task: Task | None = None,
     ) -> None:
         self.config = config
@@ -144,10 +149,17 @@ class GRPOTrainer:
         self.skipped_updates = 0
         self.trackers: list[Tracker] = []
 
-    def _build_rewards(self, reward_funcs: Sequence[RewardFunc | str] | None) -> RewardRunner:
-        specs: Sequence[RewardFunc | str] | None = reward_funcs or self.config.rewards.funcs
-        funcs = [resolve_reward(s) for s in specs] if specs else list(self.task.reward_funcs)
-        return RewardRunner(funcs, self.config.rewards.weights)
+    def _build_rewards(self, reward_funcs: Sequence[AnyRewardFunc | str] | None) -> RewardRunner:
+        r = self.config.rewards
+        if reward_funcs:
+            funcs = [resolve_reward(s) for s in reward_funcs]
+        else:
+            funcs = rewards_from_config(
+                r,
+                max_completion_length=self.config.rollout.max_completion_length,
+                defaults=self.task.reward_funcs,
+            )
+        return RewardRunner(funcs, r.weights, concurrent=r.concurrent)
 
     def _build_models(self) -> None:
         m, t, a = self.config.model, self.config.training, self.config.algorithm
@@ -422,7 +434,8 @@ class GRPOTrainer:
         try:
             for _ in range(t.max_steps):
                 metrics = self.step()
-                if e.every_steps and has_eval and self.step_count % e.every_steps == 0:
+                last = self.step_count == t.max_steps and e.after  # evaluated just below
+                if e.every_steps and has_eval and self.step_count % e.every_steps == 0 and not last:
                     metrics["eval_accuracy"] = self._eval_and_log(
                         f"step {self.step_count}", step=None
                     )

@@ -41,12 +41,19 @@ def register_task(name: str) -> Callable[[TaskBuilder], TaskBuilder]:
     return add
 
 
+def import_builtin_tasks() -> None:
+    """Import the modules whose ``@register_task`` builders fill ``TASKS``."""
+    import groupwise.data.arithmetic
+    import groupwise.data.code
+    import groupwise.data.files
+    import groupwise.data.reasoning_gym  # noqa: F401
+
+
 def build_task(
     name: str, *, train_size: int, eval_size: int, seed: int, params: dict[str, Any]
 ) -> Task:
     """Build a registered task, with errors that name the config key to fix."""
-    import groupwise.data.arithmetic  # noqa: F401  (registers built-in tasks)
-
+    import_builtin_tasks()
     if name not in TASKS:
         raise ValueError(f"data.task: unknown task {name!r}; valid: {', '.join(sorted(TASKS))}")
     try:

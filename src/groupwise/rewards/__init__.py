@@ -3,21 +3,33 @@
 A reward function receives lists with one entry per completion: ``prompts``, ``completions``
 (the decoded completion text), ``completion_ids`` (token ids), and every dataset column by
 name (repeated for the G completions of a prompt). It returns one ``float`` (or ``None``: "not
-applicable", ignored in the weighted sum) per completion. Several functions combine as a weighted
-sum; each one's mean and std are logged as ``rewards/<name>/mean`` and ``rewards/<name>/std``.
+applicable", ignored in the weighted sum) per completion; it may be ``async def``. Several
+functions combine as a weighted sum (run concurrently); each one's mean and std are logged as
+``rewards/<name>/mean`` and ``rewards/<name>/std``.
+
+Built-ins (``rewards.funcs``; arguments in ``rewards.kwargs.<name>``): answer_match,
+exact_match, number_only, math_verify, think_answer_format, overlong_penalty,
+reasoning_gym_score, code_tests, code_pass, reward_model, repetition_penalty, length_penalty.
 """
 
 from groupwise.rewards.answer import answer_match, exact_match, format_reward, last_number
 from groupwise.rewards.base import (
     BUILTIN_REWARDS,
+    AnyRewardFunc,
+    AsyncRewardFunc,
     RewardError,
     RewardFunc,
     RewardRunner,
     resolve_reward,
+    rewards_from_config,
 )
+from groupwise.rewards.dialogue import length_penalty, repetition_penalty, reward_model
+from groupwise.rewards.math import math_verify, overlong_penalty, think_answer_format
 
 __all__ = [
     "BUILTIN_REWARDS",
+    "AnyRewardFunc",
+    "AsyncRewardFunc",
     "RewardError",
     "RewardFunc",
     "RewardRunner",
@@ -25,5 +37,12 @@ __all__ = [
     "exact_match",
     "format_reward",
     "last_number",
+    "length_penalty",
+    "math_verify",
+    "overlong_penalty",
+    "repetition_penalty",
     "resolve_reward",
+    "reward_model",
+    "rewards_from_config",
+    "think_answer_format",
 ]

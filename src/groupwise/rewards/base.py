@@ -1,51 +1,132 @@
-"""Running reward functions: weights, per-function stats, and errors that name the culprit."""
+"""Running reward functions: weights, per-function stats, and errors that name the culprit.
+
+Reward functions may be plain or ``async def``. A :class:`RewardRunner` with more than one
+function (or any async one) runs them concurrently: each sync function in a worker thread and
+the async ones awaited together in one event loop, so a slow reward (a sandbox, a reward model,
+a remote judge) does not hold up the others. Results are combined in the configured order.
+
+Built-in rewards are resolved by name (:func:`resolve_reward`). Keyword arguments for a reward
+come from ``rewards.kwargs.<name>``; *factory* built-ins (code sandboxes, reward models, the DAPO
+overlong penalty) are built from those arguments plus, when their signature asks for them,
+``max_completion_length`` (from ``rollout``) and ``unsafe_code_execution`` (from ``rewards``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import importlib
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+if TYPE_CHECKING:
+    from groupwise.config import RewardsConfig
+
 RewardFunc = Callable[..., Sequence[float | None]]
+AsyncRewardFunc = Callable[..., Awaitable[Sequence[float | None]]]
+AnyRewardFunc = RewardFunc | AsyncRewardFunc
+RewardFactory = Callable[..., AnyRewardFunc]
+
+_T = TypeVar("_T")
+_RESERVED = ("prompts", "completions")
 
 
 class RewardError(RuntimeError):
     """A reward function failed or returned something unusable; the message names it."""
 
 
-def reward_name(func: RewardFunc) -> str:
+def reward_name(func: AnyRewardFunc) -> str:
     """The name a reward is logged under (``rewards/<name>/mean``)."""
     return str(getattr(func, "__name__", type(func).__name__))
 
 
-def _builtin_rewards() -> dict[str, RewardFunc]:
-    from groupwise.rewards import answer
+def is_async_reward(func: AnyRewardFunc) -> bool:
+    """True for ``async def`` functions (or objects whose ``__call__`` is one)."""
+    if inspect.iscoroutinefunction(func):
+        return True
+    return inspect.iscoroutinefunction(getattr(func, "__call__", None))  # noqa: B004
+
+
+def _builtin_rewards() -> dict[str, AnyRewardFunc]:
+    """Built-in reward functions usable as they are (keyword arguments optional)."""
+    from groupwise.data import reasoning_gym
+    from groupwise.rewards import answer, dialogue
+    from groupwise.rewards import math as math_rewards
 
     return {
         "answer_match": answer.answer_match,
         "exact_match": answer.exact_match,
         "number_only": answer.number_only,
+        "math_verify": math_rewards.math_verify,
+        "think_answer_format": math_rewards.think_answer_format,
+        "reasoning_gym_score": reasoning_gym.reasoning_gym_score,
+        "repetition_penalty": dialogue.repetition_penalty,
+        "length_penalty": dialogue.length_penalty,
     }
 
 
-BUILTIN_REWARDS: tuple[str, ...] = ("answer_match", "exact_match", "number_only")
+def _builtin_factories() -> dict[str, RewardFactory]:
+    """Built-in rewards made by a factory from ``rewards.kwargs.<name>`` (and the context)."""
+    from groupwise.rewards import code, dialogue
+    from groupwise.rewards import math as math_rewards
+
+    return {
+        "code_tests": code.code_tests_reward,
+        "code_pass": code.code_pass_reward,
+        "overlong_penalty": math_rewards.overlong_penalty,
+        "reward_model": dialogue.reward_model,
+    }
 
 
-def resolve_reward(spec: str | RewardFunc) -> RewardFunc:
-    """A callable, a built-in name, or a ``module:function`` import path."""
+BUILTIN_REWARDS: tuple[str, ...] = (
+    "answer_match",
+    "exact_match",
+    "number_only",
+    "math_verify",
+    "think_answer_format",
+    "reasoning_gym_score",
+    "repetition_penalty",
+    "length_penalty",
+    "code_tests",
+    "code_pass",
+    "overlong_penalty",
+    "reward_model",
+)
+
+
+def resolve_reward(
+    spec: str | AnyRewardFunc,
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    context: Mapping[str, Any] | None = None,
+) -> AnyRewardFunc:
+    """A callable, a built-in name, or a ``module:function`` import path, with its arguments.
+
+    ``kwargs`` (``rewards.kwargs.<name>``) are bound to the function's named keyword
+    parameters, or passed to a factory built-in. ``context`` holds run settings
+    (``max_completion_length``, ``unsafe_code_execution``) that a factory receives when its
+    signature names them and ``kwargs`` does not set them. Without kwargs a plain built-in or
+    import path resolves to the function object itself.
+    """
+    kwargs = dict(kwargs or {})
+    label = spec if isinstance(spec, str) else reward_name(spec)
     if callable(spec):
-        return spec
+        return bind_reward_kwargs(spec, kwargs, label)
+    factories = _builtin_factories()
+    if spec in factories:
+        return _call_factory(spec, factories[spec], kwargs, context or {})
     builtins = _builtin_rewards()
     if spec in builtins:
-        return builtins[spec]
+        return bind_reward_kwargs(builtins[spec], kwargs, spec)
     if ":" not in spec:
         raise ValueError(
-            f"rewards.funcs: unknown reward {spec!r}; built-ins: {', '.join(builtins)}, "
+            f"rewards.funcs: unknown reward {spec!r}; built-ins: {', '.join(BUILTIN_REWARDS)}, "
             "or give an import path 'module:function'"
         )
     module_name, _, attr = spec.partition(":")
@@ -56,10 +137,126 @@ def resolve_reward(spec: str | RewardFunc) -> RewardFunc:
     func = getattr(module, attr, None)
     if not callable(func):
         raise ValueError(f"rewards.funcs: {spec!r} is not a callable in {module_name}")
-    return func
+    return bind_reward_kwargs(func, kwargs, spec)
 
 
-def check_signature(func: RewardFunc) -> None:
+def _keyword_params(func: Callable[..., Any]) -> list[str]:
+    """Names that ``func`` accepts as keywords (excluding ``prompts`` and ``completions``)."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params if p.kind in kinds and p.name not in _RESERVED]
+
+
+def bind_reward_kwargs(func: AnyRewardFunc, kwargs: Mapping[str, Any], label: str) -> AnyRewardFunc:
+    """``func`` with ``kwargs`` bound (they override same-named dataset columns).
+
+    Every key must be a named parameter of ``func``; the result keeps ``func``'s name and is
+    async when ``func`` is.
+    """
+    if not kwargs:
+        return func
+    accepted = _keyword_params(func)
+    for key in kwargs:
+        if key not in accepted:
+            raise ValueError(
+                f"rewards.kwargs.{label}: reward {label!r} has no parameter {key!r}; "
+                f"it accepts: {', '.join(accepted) or 'none'}"
+            )
+    bound_kwargs = dict(kwargs)
+    target: Any = func
+    if is_async_reward(func):
+
+        async def bound_async(*args: Any, **call: Any) -> Sequence[float | None]:
+            result: Sequence[float | None] = await target(*args, **{**call, **bound_kwargs})
+            return result
+
+        return functools.update_wrapper(bound_async, func)
+
+    def bound(*args: Any, **call: Any) -> Sequence[float | None]:
+        result: Sequence[float | None] = target(*args, **{**call, **bound_kwargs})
+        return result
+
+    return functools.update_wrapper(bound, func)
+
+
+def _call_factory(
+    name: str, factory: RewardFactory, kwargs: dict[str, Any], context: Mapping[str, Any]
+) -> AnyRewardFunc:
+    """Build a factory built-in, naming ``rewards.kwargs.<name>`` in every error."""
+    accepted = _keyword_params(factory)
+    for key in kwargs:
+        if key not in accepted:
+            raise ValueError(
+                f"rewards.kwargs.{name}: reward {name!r} has no parameter {key!r}; "
+                f"it accepts: {', '.join(accepted)}"
+            )
+    full = {k: v for k, v in context.items() if k in accepted and k not in kwargs}
+    full.update(kwargs)
+    params = inspect.signature(factory).parameters
+    missing = [
+        p.name
+        for p in params.values()
+        if p.default is inspect.Parameter.empty
+        and p.kind is not p.VAR_KEYWORD
+        and p.name not in full
+    ]
+    if missing:
+        raise ValueError(
+            f"rewards.kwargs.{name}: reward {name!r} needs {', '.join(missing)} "
+            f"(e.g. rewards.kwargs: {{{name}: {{{missing[0]}: ...}}}})"
+        )
+    try:
+        return factory(**full)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"rewards.kwargs.{name}: {exc}") from exc
+
+
+def rewards_from_config(
+    rewards: RewardsConfig,
+    *,
+    max_completion_length: int | None = None,
+    defaults: Sequence[AnyRewardFunc] = (),
+) -> list[AnyRewardFunc]:
+    """The reward functions of a run: ``rewards.funcs`` with ``rewards.kwargs``, or ``defaults``.
+
+    When ``rewards.funcs`` is None the task's default rewards are used; a default whose name
+    is a built-in is rebuilt by name if ``rewards.kwargs`` names it, or if it is a factory
+    (so ``unsafe_code_execution`` and ``max_completion_length`` reach it).
+    """
+    context: dict[str, Any] = {"unsafe_code_execution": rewards.unsafe_code_execution}
+    if max_completion_length is not None:
+        context["max_completion_length"] = max_completion_length
+    all_kwargs = dict(rewards.kwargs or {})
+    for key, value in all_kwargs.items():
+        if not isinstance(value, Mapping):
+            raise ValueError(
+                f"rewards.kwargs.{key}: expected a mapping of arguments, got {value!r}"
+            )
+    if rewards.funcs:
+        names = list(rewards.funcs)
+        funcs = [resolve_reward(n, all_kwargs.get(n), context=context) for n in names]
+    else:
+        names = [reward_name(f) for f in defaults]
+        factories = _builtin_factories()
+        funcs = [
+            resolve_reward(n, all_kwargs.get(n), context=context)
+            if n in all_kwargs or n in factories
+            else f
+            for n, f in zip(names, defaults, strict=True)
+        ]
+    unused = sorted(set(all_kwargs) - set(names))
+    if unused:
+        raise ValueError(
+            f"rewards.kwargs.{unused[0]}: no reward function named {unused[0]!r} is used "
+            f"(rewards: {', '.join(names) or 'none'})"
+        )
+    return funcs
+
+
+def check_signature(func: AnyRewardFunc) -> None:
     """Reject functions that cannot be called as ``f(prompts=..., completions=..., **columns)``."""
     name = reward_name(func)
     try:
@@ -68,12 +265,34 @@ def check_signature(func: RewardFunc) -> None:
         return
     params = sig.parameters
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    for needed in ("prompts", "completions"):
+    for needed in _RESERVED:
         if needed not in params and not takes_kwargs:
             raise RewardError(
                 f"reward function {name!r} must accept keyword argument {needed!r} "
                 "(signature: f(prompts, completions, **kwargs) -> list[float | None])"
             )
+
+
+def run_coroutine(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coro`` to completion, also when the calling thread already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def call_reward(func: AnyRewardFunc, **kwargs: Any) -> Any:
+    """Call one reward function synchronously (an async one is run to completion)."""
+    out = func(**kwargs)
+    if inspect.isawaitable(out):
+        return run_coroutine(_await(out))
+    return out
+
+
+async def _await(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
 
 
 @dataclass
@@ -86,10 +305,27 @@ class RewardResult:
     """name -> [B] raw rewards (NaN where the function returned None)."""
 
 
-class RewardRunner:
-    """Calls each reward function on a batch and combines them with weights."""
+@dataclass
+class _Failure:
+    exc: Exception
 
-    def __init__(self, funcs: Sequence[RewardFunc], weights: Sequence[float] | None = None) -> None:
+
+class RewardRunner:
+    """Calls each reward function on a batch and combines them with weights.
+
+    ``concurrent`` (default) runs the functions of a batch at the same time when there are
+    several or any is async; ``max_workers`` bounds the threads for sync functions (default:
+    one per sync function).
+    """
+
+    def __init__(
+        self,
+        funcs: Sequence[AnyRewardFunc],
+        weights: Sequence[float] | None = None,
+        *,
+        concurrent: bool = True,
+        max_workers: int | None = None,
+    ) -> None:
         if not funcs:
             raise ValueError("rewards.funcs: at least one reward function is needed")
         if weights is not None and len(weights) != len(funcs):
@@ -101,31 +337,73 @@ class RewardRunner:
         self.funcs = list(funcs)
         self.weights = [float(w) for w in weights] if weights is not None else [1.0] * len(funcs)
         self.names = _unique_names(self.funcs)
+        self.concurrent = concurrent
+        self.max_workers = max_workers
 
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[str], **columns: Sequence[Any]
     ) -> RewardResult:
         per_func: dict[str, torch.Tensor] = {}
         total = torch.zeros(len(completions), dtype=torch.float32)
-        for name, func, weight in zip(self.names, self.funcs, self.weights, strict=True):
-            values = self._call_one(name, func, prompts, completions, columns)
+        outputs = self._call_all(prompts, completions, columns)
+        for name, func, weight, out in zip(
+            self.names, self.funcs, self.weights, outputs, strict=True
+        ):
+            if isinstance(out, _Failure):
+                message = _describe_failure(name, func, out.exc, prompts, completions, columns)
+                raise RewardError(message) from out.exc
+            values = self._check(name, out, prompts, completions)
             per_func[name] = values
             total += weight * torch.nan_to_num(values, nan=0.0)
         return RewardResult(total=total, per_func=per_func)
 
-    def _call_one(
-        self,
-        name: str,
-        func: RewardFunc,
-        prompts: Sequence[Any],
-        completions: Sequence[str],
-        columns: dict[str, Sequence[Any]],
+    def _call_all(
+        self, prompts: Sequence[Any], completions: Sequence[str], columns: dict[str, Sequence[Any]]
+    ) -> list[Any]:
+        """Every function's raw output (or its exception), concurrently when useful."""
+
+        def arguments() -> dict[str, Any]:  # fresh lists per function: no shared mutation
+            args = {k: list(v) for k, v in columns.items()}
+            return {**args, "prompts": list(prompts), "completions": list(completions)}
+
+        parallel = len(self.funcs) > 1 or any(is_async_reward(f) for f in self.funcs)
+        if not (self.concurrent and parallel):
+            outputs: list[Any] = []
+            for func in self.funcs:
+                try:
+                    outputs.append(call_reward(func, **arguments()))
+                except Exception as exc:
+                    outputs.append(_Failure(exc))
+            return outputs
+        return run_coroutine(self._gather([arguments() for _ in self.funcs]))
+
+    async def _gather(self, arguments: list[dict[str, Any]]) -> list[Any]:
+        """Sync functions in a thread pool, async ones in this loop; all at once."""
+        loop = asyncio.get_running_loop()
+        num_sync = sum(not is_async_reward(f) for f in self.funcs)
+        workers = max(1, min(self.max_workers or num_sync, num_sync))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reward") as pool:
+
+            async def one(func: AnyRewardFunc, kwargs: dict[str, Any]) -> Any:
+                try:
+                    if is_async_reward(func):
+                        out = await func(**kwargs)  # type: ignore[misc]
+                    else:
+                        out = await loop.run_in_executor(pool, functools.partial(func, **kwargs))
+                    if inspect.isawaitable(out):
+                        out = await out
+                    return out
+                except Exception as exc:
+                    return _Failure(exc)
+
+            jobs = [one(f, a) for f, a in zip(self.funcs, arguments, strict=True)]
+            return list(await asyncio.gather(*jobs))
+
+    @staticmethod
+    def _check(
+        name: str, out: Any, prompts: Sequence[Any], completions: Sequence[str]
     ) -> torch.Tensor:
-        try:
-            out = func(prompts=list(prompts), completions=list(completions), **columns)
-        except Exception as exc:
-            message = _describe_failure(name, func, exc, prompts, completions, columns)
-            raise RewardError(message) from exc
+        """Validate one function's output and turn it into a [B] tensor (None -> NaN)."""
         if not isinstance(out, (list, tuple)) and not hasattr(out, "__len__"):
             raise RewardError(
                 f"reward function {name!r} returned {type(out).__name__}; "
@@ -157,7 +435,7 @@ class RewardRunner:
         return torch.tensor(values, dtype=torch.float32)
 
 
-def _unique_names(funcs: Sequence[RewardFunc]) -> list[str]:
+def _unique_names(funcs: Sequence[AnyRewardFunc]) -> list[str]:
     names: list[str] = []
     for func in funcs:
         base = reward_name(func)
@@ -175,7 +453,7 @@ def _short(value: Any, limit: int = 80) -> str:
 
 def _describe_failure(
     name: str,
-    func: RewardFunc,
+    func: AnyRewardFunc,
     exc: Exception,
     prompts: Sequence[Any],
     completions: Sequence[str],
@@ -186,7 +464,7 @@ def _describe_failure(
     for i in range(len(completions)):
         one = {k: [v[i]] for k, v in columns.items()}
         try:
-            func(prompts=[prompts[i]], completions=[completions[i]], **one)
+            call_reward(func, prompts=[prompts[i]], completions=[completions[i]], **one)
         except Exception:
             return (
                 f"{head} (on sample {i}: prompt {_short(prompts[i])}, "

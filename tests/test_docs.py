@@ -1,0 +1,43 @@
+"""The README documents every config key and every metric the trainer writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from groupwise.config import Config, config_to_dict
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_lists_every_config_key() -> None:
+    text = README.read_text()
+    missing = [
+        f"{section}.{name}"
+        for section, fields in config_to_dict(Config()).items()
+        for name in fields
+        if f"`{section}.{name}`" not in text
+    ]
+    assert not missing, (
+        f"README config reference is stale; run `groupwise config --reference`: {missing}"
+    )
+
+
+def test_readme_documents_the_metrics() -> None:
+    text = README.read_text()
+    for name in (
+        "reward",
+        "reward_std",
+        "frac_reward_zero_std",
+        "kl",
+        "entropy",
+        "clip_ratio/low_mean",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+        "loss",
+        "grad_norm",
+        "learning_rate",
+        "num_tokens",
+        "step_time",
+        "time/generate",
+    ):
+        assert f"`{name}`" in text, name

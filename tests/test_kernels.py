@@ -1,0 +1,80 @@
+"""Speed kernels against their straightforward twins."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import DynamicCache
+from transformers.models.llama.modeling_llama import eager_attention_forward
+
+from groupwise.kernels import PreallocatedCache, register_grouped_attention
+from groupwise.kernels.attention import grouped_attention
+from groupwise.kernels.kv_cache import num_cache_layers
+from groupwise.models import load_base_model
+
+
+class _Module(torch.nn.Module):
+    num_key_value_groups = 3
+
+
+def test_grouped_attention_equals_eager() -> None:
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 6, 5, 8, generator=gen)  # 6 query heads, 2 KV heads
+    k = torch.randn(2, 2, 9, 8, generator=gen)
+    v = torch.randn(2, 2, 9, 8, generator=gen)
+    mask = torch.zeros(2, 1, 5, 9)
+    mask[0, :, :, :3] = torch.finfo(torch.float32).min  # left padding of row 0
+    module = _Module().eval()
+    ours, _ = grouped_attention(module, q, k, v, mask, scaling=0.3)
+    ref, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.3)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_grouped_attention_model_logits_and_grads() -> None:
+    model, _ = load_base_model("tiny-random", seed=0, device=torch.device("cpu"))
+    other = copy.deepcopy(model)
+    model.set_attn_implementation(register_grouped_attention())
+    other.set_attn_implementation("eager")
+    ids = torch.randint(3, 1000, (3, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    a = model(input_ids=ids, attention_mask=mask).logits
+    b = other(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()  # padded positions attend to nothing real: their outputs are unused
+    torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)
+    a[real].sum().backward()
+    b[real].sum().backward()
+    for (name, p), q in zip(model.named_parameters(), other.parameters(), strict=True):
+        scale = float(q.grad.abs().max())  # sums of ~50k logits: compare relative to the largest
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6 * scale, rtol=1e-4, msg=name)
+
+
+def test_preallocated_cache_matches_dynamic() -> None:
+    """Prefill, repeat rows, decode, drop rows, grow past capacity: same logits as HF's cache."""
+    model, _ = load_base_model("tiny-random", seed=1, device=torch.device("cpu"))
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 1000, (2, 5), generator=gen)
+    tokens = torch.randint(3, 1000, (4, 6, 1), generator=gen)
+    keep = torch.tensor([0, 2, 3, 5])
+    caches = (
+        DynamicCache(config=model.config),
+        PreallocatedCache(num_cache_layers(model.config), 8),
+    )
+    outputs = []
+    for cache in caches:
+        with torch.no_grad():
+            logits = [model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1]]
+            cache.batch_repeat_interleave(3)  # 6 rows
+            rows = torch.arange(6)
+            for i in range(4):  # 5 + 4 = 9 positions: grows past the capacity of 8
+                step = tokens[i][rows]
+                out = model(input_ids=step, past_key_values=cache, use_cache=True)
+                logits.append(out.logits[:, -1])
+                if i == 1:
+                    cache.batch_select_indices(keep)
+                    rows = keep
+        outputs.append(logits)
+    for x, y in zip(outputs[0], outputs[1], strict=True):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
