@@ -26,7 +26,7 @@ def test_train_writes_run_directory(tmp_path: Path) -> None:
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({"algorithm": {"loss_type": "grpo"}}))
     overrides = tiny_overrides(
-        tmp_path, save_final=True, **{"eval.after": True, "data.eval_size": 4}
+        tmp_path, save_final=True, report=True, **{"eval.after": True, "data.eval_size": 4}
     )
     result = _run("train", str(config), *overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -56,6 +56,7 @@ def test_train_writes_run_directory(tmp_path: Path) -> None:
     assert "held-out accuracy" not in result.stdout or "after" in result.stdout
     completions = (run / "completions.jsonl").read_text().splitlines()
     assert len(completions) == 2 * 16  # 2 steps x 4 prompts x 4 completions
+    assert (run / "report.html").read_text().count("<img") >= 3
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(run / "final"))

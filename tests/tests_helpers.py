@@ -18,6 +18,7 @@ def tiny_overrides(tmp_path: Path, **extra: object) -> list[str]:
         "eval.after": False,
         "progress": False,
         "save_final": False,
+        "report": False,
         "output_dir": str(tmp_path / "run"),
         "data.train_size": 64,
         "data.eval_size": 8,
