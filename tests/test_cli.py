@@ -84,3 +84,25 @@ def test_config_command_prints_resolved_yaml(tmp_path: Path) -> None:
     assert data["algorithm"]["beta"] == 0.04 and data["algorithm"]["loss_type"] == "grpo"
     reference = _run("config", "--reference", cwd=tmp_path)
     assert "`algorithm.beta`" in reference.stdout
+
+
+def test_eval_compares_models(tmp_path: Path) -> None:
+    """`groupwise eval` on a tiny model: greedy accuracy, pass@k and maj@k in one table."""
+    result = _run(
+        "eval",
+        "tiny-random",
+        "data.eval_size=4",
+        "eval.max_new_tokens=4",
+        "--k",
+        "2",
+        "--baseline",
+        "tiny-random",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "arithmetic: 4 held-out prompts"
+    assert lines[1] == "| model | accuracy | pass@2 | pass@1 | maj@2 |"
+    assert len(lines) == 5
+    assert lines[3].startswith("| tiny-random (baseline) | 0.0% |")
+    assert lines[4].startswith("| tiny-random | 0.0% |")

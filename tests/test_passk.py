@@ -105,3 +105,12 @@ def test_maj_at_k_errors() -> None:
         maj_at_k([["1"]], ["1"], 0)
     with pytest.raises(ValueError):
         maj_at_k([], [], 1)
+
+
+def test_extract_answer_for_maj_at_k() -> None:
+    from groupwise.evaluation import extract_answer
+
+    assert extract_answer("23 + 45 = 68", "68") == "68.0"
+    assert extract_answer("no number", "68") is None
+    assert extract_answer("I think\nParis\n", "Paris") == "Paris"
+    assert extract_answer("", "Paris") is None

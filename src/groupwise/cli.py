@@ -5,6 +5,8 @@ groupwise config [CONFIG.yaml] [key=value ...]  print the resolved config as YAM
 groupwise config --reference                    print every key with its default and meaning
 groupwise tasks                                 list the built-in tasks
 groupwise report RUN_DIR                        write RUN_DIR/report.html and RUN_DIR/plots/
+groupwise eval MODEL_OR_RUN [CONFIG] [k=v ...] [--k K] [--baseline MODEL]
+                                                held-out accuracy, pass@k, maj@k as a table
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     cfg.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]")
     cfg.add_argument("--reference", action="store_true", help="every key, default and meaning")
     sub.add_parser("tasks", help="list the built-in tasks")
+    ev = sub.add_parser("eval", help="held-out greedy accuracy, pass@k and maj@k of a model")
+    ev.add_argument("target", help="a run directory (uses its final/ and config) or a model")
+    ev.add_argument("args", nargs="*", help="[CONFIG.yaml] [key=value ...]")
+    ev.add_argument("--k", type=int, default=1, help="samples per prompt for pass@k / maj@k")
+    ev.add_argument("--baseline", help="also evaluate this model (e.g. the base) for comparison")
     rep = sub.add_parser("report", help="write RUN_DIR/report.html and plots/ from a run's logs")
     rep.add_argument("run_dir", help="a run's output_dir")
     return parser
@@ -66,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config" and args.reference:
             print(reference_markdown())
             return 0
+        if args.command == "eval":
+            return _eval(args)
         path, overrides = _split_args(args.args)
         config = load_config(path, overrides)
         if args.command == "config":
@@ -82,6 +91,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, TrackerUnavailableError) as exc:
         print(f"groupwise: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from groupwise.evaluation import evaluate_model, format_table, resolve_eval_target
+
+    model, run_config = resolve_eval_target(args.target)
+    path, overrides = _split_args(args.args)
+    config = load_config(path or run_config, overrides)
+    if args.k < 1:
+        raise ConfigError(f"--k must be >= 1, got {args.k}")
+    results = {}
+    if args.baseline:
+        results[f"{args.baseline} (baseline)"] = evaluate_model(args.baseline, config, k=args.k)
+    results[args.target] = evaluate_model(model, config, k=args.k)
+    print(f"{config.data.task}: {config.data.eval_size} held-out prompts")
+    print(format_table(results))
+    return 0
 
 
 def _print_summary(summary: dict[str, object]) -> None:

@@ -129,9 +129,9 @@ class TrainingConfig:
     """Completions per micro-batch (forward/backward); a multiple of num_generations."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer update; completions per step = this * batch size * ranks."""
-    learning_rate: float = 1e-5
+    learning_rate: float = 2e-5
     """Peak AdamW learning rate."""
-    lr_scheduler_type: Literal["constant", "linear", "cosine"] = "constant"
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = "linear"
     """Schedule after warmup."""
     warmup_steps: int = 0
     """Linear warmup, in optimizer updates."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from groupwise.config import Config
 from groupwise.data import Row
 from groupwise.rewards.base import RewardFunc
 from groupwise.rollout import generate, tokenize_prompts
@@ -82,3 +84,151 @@ def eos_token_ids(tokenizer: Any, model: nn.Module | None = None) -> list[int]:
     if not ids:
         raise ValueError("the tokenizer has no eos_token_id; set one so completions can end")
     return sorted(ids)
+
+
+@dataclass
+class SampledResult:
+    """pass@k and maj@k from k sampled completions per held-out prompt."""
+
+    k: int
+    """Samples per prompt."""
+    pass_at_k: float
+    """Share of prompts with at least one correct sample (Chen et al. 2021 estimator, n = k)."""
+    pass_at_1: float
+    """Unbiased pass@1 from the same samples (mean correctness)."""
+    maj_at_k: float | None
+    """Share of prompts whose majority answer is the reference (None without an answer column)."""
+
+
+def extract_answer(text: str, reference: str) -> str | None:
+    """The answer written in a completion: the last number when the reference is a number,
+    else the last non-empty line."""
+    from groupwise.rewards.answer import last_number
+
+    try:
+        numeric = bool(float(reference.replace(",", "")) or True)
+    except ValueError:
+        numeric = False
+    if numeric:
+        value = last_number(text)
+        return None if value is None else repr(value)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+@torch.no_grad()
+def evaluate_sampled(
+    model: nn.Module,
+    tokenizer: Any,
+    rows: Sequence[Row],
+    correctness: RewardFunc,
+    *,
+    k: int,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> SampledResult:
+    """Sample ``k`` completions per prompt (one prefill per prompt) and score pass@k, maj@k."""
+    from groupwise.passk import maj_at_k, mean_pass_at_k
+
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    per_batch = max(batch_size // k, 1)
+    counts: list[int] = []
+    answers: list[list[str | None]] = []
+    for start in range(0, len(rows), per_batch):
+        chunk = rows[start : start + per_batch]
+        prompts = [row["prompt"] for row in chunk]
+        rollout = generate(
+            model,
+            tokenize_prompts(tokenizer, prompts, device),
+            group_size=k,
+            max_completion_length=max_new_tokens,
+            eos_token_ids=eos_token_ids(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            temperature=temperature,
+            generator=generator,
+        )
+        texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+        flat_prompts = [p for p in prompts for _ in range(k)]
+        scores = correctness(prompts=flat_prompts, completions=texts, **row_columns(chunk, k))
+        for i, row in enumerate(chunk):
+            group = scores[i * k : (i + 1) * k]
+            counts.append(sum(1 for s in group if (s or 0.0) >= 1.0))
+            if "answer" in row:
+                ref = str(row["answer"])
+                answers.append([extract_answer(t, ref) for t in texts[i * k : (i + 1) * k]])
+    maj = None
+    if len(answers) == len(rows) and rows:
+        refs = [str(r["answer"]) for r in rows]
+        maj = maj_at_k(answers, [extract_answer(r, r) or r for r in refs], k)
+    return SampledResult(
+        k=k,
+        pass_at_k=mean_pass_at_k(counts, k, k),
+        pass_at_1=mean_pass_at_k(counts, k, 1),
+        maj_at_k=maj,
+    )
+
+
+def resolve_eval_target(target: str) -> tuple[str, Path | None]:
+    """A run directory (its ``final/`` model and its ``config.yaml``) or a model name/path."""
+    path = Path(target)
+    if (path / "config.yaml").exists() and (path / "final" / "config.json").exists():
+        return str(path / "final"), path / "config.yaml"
+    return target, None
+
+
+def evaluate_model(name: str, config: Config, *, k: int) -> dict[str, float]:
+    """Greedy accuracy (and pass@k / maj@k when ``k > 1``) of a model on the config's task."""
+    from groupwise.data import build_task
+    from groupwise.models import load_base_model, pick_device
+
+    device = pick_device(config.training.device)
+    d, e = config.data, config.eval
+    task = build_task(d.task, train_size=1, eval_size=d.eval_size, seed=d.seed, params=d.params)
+    if task.correctness is None:
+        raise ValueError(f"data.task: task {task.name!r} has no correctness check to evaluate")
+    model, tokenizer = load_base_model(
+        name,
+        seed=config.training.seed,
+        device=device,
+        attn_implementation=config.model.attn_implementation,
+    )
+    model = model.to(torch.bfloat16 if config.training.bf16 else torch.float32).eval()
+    greedy = evaluate_accuracy(
+        model,
+        tokenizer,
+        task.eval,
+        task.correctness,
+        batch_size=e.batch_size,
+        max_new_tokens=e.max_new_tokens,
+    )
+    out = {"accuracy": greedy.accuracy}
+    if k > 1:
+        sampled = evaluate_sampled(
+            model,
+            tokenizer,
+            task.eval,
+            task.correctness,
+            k=k,
+            temperature=config.rollout.temperature or 1.0,
+            max_new_tokens=e.max_new_tokens,
+            batch_size=e.batch_size,
+            seed=config.training.seed,
+        )
+        out[f"pass@{k}"] = sampled.pass_at_k
+        out["pass@1"] = sampled.pass_at_1
+        if sampled.maj_at_k is not None:
+            out[f"maj@{k}"] = sampled.maj_at_k
+    return out
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """A Markdown table: one row per model, one column per metric."""
+    metrics = list(dict.fromkeys(m for r in results.values() for m in r))
+    lines = ["| model | " + " | ".join(metrics) + " |", "| --- |" + " --- |" * len(metrics)]
+    for name, values in results.items():
+        cells = [f"{values[m]:.1%}" if m in values else "-" for m in metrics]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

