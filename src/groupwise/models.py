@@ -138,16 +138,11 @@ def smollm2_tokenizer_dir() -> Path:
     return out
 
 
-def tiny_random_model(seed: int = 0) -> tuple[nn.Module, Any]:
-    """A 2-layer Llama-style model with seeded random weights and SmolLM2's tokenizer.
+def tiny_llama_config(tokenizer: Any, **extra: Any) -> Any:
+    """A 2-layer, 64-wide Llama config over ``tokenizer``'s vocabulary (tests, tiny models)."""
+    from transformers import LlamaConfig
 
-    Using the real tokenizer (with its chat template) keeps prompts, EOS handling and rewards
-    exactly as with the real model; only the weights are random.
-    """
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    tokenizer = load_tokenizer(smollm2_tokenizer_dir())
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -155,11 +150,23 @@ def tiny_random_model(seed: int = 0) -> tuple[nn.Module, Any]:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
-        tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
+
+
+def tiny_random_model(seed: int = 0) -> tuple[nn.Module, Any]:
+    """A 2-layer Llama-style model with seeded random weights and SmolLM2's tokenizer.
+
+    Using the real tokenizer (with its chat template) keeps prompts, EOS handling and rewards
+    exactly as with the real model; only the weights are random.
+    """
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(smollm2_tokenizer_dir())
+    config = tiny_llama_config(tokenizer, tie_word_embeddings=True)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -175,24 +175,12 @@ def make_tiny_reward_model(out_dir: str | Path, *, seed: int = 0, num_labels: in
     smoke tests and the dialogue example only; its scores carry no preference signal.
     """
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
 
-    from groupwise.models import smollm2_tokenizer_dir
+    from groupwise.models import smollm2_tokenizer_dir, tiny_llama_config
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
-    config = LlamaConfig(  # type: ignore[call-arg]
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        num_labels=num_labels,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = tiny_llama_config(tokenizer, num_labels=num_labels)
     torch.manual_seed(seed)
     model = LlamaForSequenceClassification(config)
     out = Path(out_dir).expanduser()
