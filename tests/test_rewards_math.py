@@ -43,6 +43,13 @@ pytest.importorskip("math_verify")
         ("", "42", 0.0),
         ("I don't know", "42", 0.0),
         ("<answer></answer>", "7", 0.0),
+        # restating the question is not answering it (a reward hack seen in a real run)
+        ("86 - 23 =", "63", 0.0),
+        ("<answer>86-23</answer>", "63", 0.0),
+        ("86 - 23 = 63", "63", 1.0),
+        ("<answer>The sum is 63.</answer>", "63", 1.0),
+        ("it is -5", "-5", 1.0),
+        ("half: 1/2", "0.5", 1.0),
     ],
 )
 def test_math_verify(completion: str, gold: str, expected: float) -> None:

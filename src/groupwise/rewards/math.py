@@ -16,6 +16,8 @@ _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _FORMAT = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _MAX_PARSE_CHARS = 4000  # math-verify looks at the end of the text; cap its work
+# a plain number: sign, thousands separators, decimals, a simple fraction
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
 
 
 def extract_tagged_answer(text: str) -> str | None:
@@ -57,11 +59,16 @@ def math_verify(
 ) -> list[float | None]:
     """1.0 when the completion's final answer equals the ``answer`` column mathematically.
 
-    The answer is read from the last ``<answer>...</answer>`` when present (wrapped in ``$``
-    unless it already has LaTeX), else from the whole completion, where math-verify prefers the
-    last ``\\boxed{}`` and then the last LaTeX or plain expression. Equality is symbolic or
-    numeric (``0.5 == \\frac{1}{2}``, ``1,234 == 1234``). A gold answer math-verify cannot
-    parse gives None (not applicable); an unparseable completion gives 0.0.
+    The answer is read from the last ``<answer>...</answer>`` when present, else from the whole
+    completion. There, a ``\\boxed{}`` wins; otherwise, when the gold answer is a plain number,
+    the prediction is the *last number* written, and else math-verify takes the last LaTeX or
+    plain expression. Equality is symbolic or numeric (``0.5 == \\frac{1}{2}``,
+    ``1,234 == 1234``). A gold answer math-verify cannot parse gives None (not applicable); an
+    unparseable completion gives 0.0.
+
+    Why the last number: math-verify evaluates a plain expression, so a policy that merely
+    restates the question ("86 - 23 =") would be scored as answering 63. We saw exactly that
+    reward hack in a real run (reward 0.06 -> 0.75 while held-out accuracy fell 30% -> 5%).
     """
     rewards: list[float | None] = []
     for completion, expected in zip(completions, answer, strict=True):
@@ -69,12 +76,26 @@ def math_verify(
         if not gold:
             rewards.append(None)
             continue
-        tagged = extract_tagged_answer(completion)
-        if tagged is not None and "$" not in tagged and "\\(" not in tagged:
-            tagged = f"${tagged}$"
-        pred = _parse(tagged if tagged is not None else completion, gold=False)
+        pred_text = _prediction_text(completion, numeric_gold=_is_plain_number(str(expected)))
+        pred = _parse(pred_text, gold=False) if pred_text is not None else []
         rewards.append(float(bool(pred) and _verify(gold, pred)))
     return rewards
+
+
+def _is_plain_number(text: str) -> bool:
+    return _NUMBER.fullmatch(text.strip().strip("$").strip()) is not None
+
+
+def _prediction_text(completion: str, *, numeric_gold: bool) -> str | None:
+    """The text math-verify should read the prediction from (None: no answer given)."""
+    tagged = extract_tagged_answer(completion)
+    text = tagged if tagged is not None else completion
+    if "\\boxed" in text or "$" in text or "\\(" in text:
+        return text  # LaTeX: math-verify's own extraction (boxed first)
+    if numeric_gold:
+        numbers = _NUMBER.findall(text)
+        return f"${numbers[-1].replace(',', '')}$" if numbers else None
+    return f"${text}$" if tagged is not None else text
 
 
 def think_answer_format(
