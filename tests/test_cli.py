@@ -26,11 +26,23 @@ def test_train_writes_run_directory(tmp_path: Path) -> None:
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({"algorithm": {"loss_type": "grpo"}}))
     overrides = tiny_overrides(
-        tmp_path, save_final=True, report=True, **{"eval.after": True, "data.eval_size": 4}
+        tmp_path,
+        save_final=True,
+        report=True,
+        progress=True,
+        log_completions_steps=2,
+        **{"eval.after": True, "data.eval_size": 4},
     )
     result = _run("train", str(config), *overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "run"
+    # the live view (plain lines off a terminal): a line per step, sampled completions at
+    # step 1 and step 2 (every log_completions_steps), two each, prompts from the run
+    steps = [x.split()[1] for x in result.stderr.splitlines() if x.startswith("step ")]
+    assert steps == ["1/2", "2/2"], result.stderr
+    assert result.stderr.count("  completion: ") == 4
+    logged = [json.loads(x) for x in (run / "completions.jsonl").read_text().splitlines()]
+    assert any(f"prompt: {r['prompt'][-1]['content']}" in result.stderr for r in logged)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["algorithm"]["loss_type"] == "grpo"
     assert saved["model"]["name"] == "tiny-random"

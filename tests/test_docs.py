@@ -18,7 +18,7 @@ def test_readme_lists_every_config_key() -> None:
         if f"`{section}.{name}`" not in text
     ]
     assert not missing, (
-        f"README config reference is stale; run `groupwise config --reference`: {missing}"
+        f"README config reference is stale; run `python scripts/update_readme_reference.py`: {missing}"
     )
 
 
@@ -41,3 +41,12 @@ def test_readme_documents_the_metrics() -> None:
         "time/generate",
     ):
         assert f"`{name}`" in text, name
+
+
+def test_readme_reference_matches_the_defaults() -> None:
+    from groupwise.config import reference_markdown
+
+    assert reference_markdown().strip() in README.read_text(), (
+        "README config reference is stale (a default or docstring changed); "
+        "run `python scripts/update_readme_reference.py`"
+    )

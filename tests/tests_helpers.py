@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 def tiny_overrides(tmp_path: Path, **extra: object) -> list[str]:
@@ -18,6 +19,7 @@ def tiny_overrides(tmp_path: Path, **extra: object) -> list[str]:
         "eval.after": False,
         "progress": False,
         "save_final": False,
+        "save_steps": 0,
         "report": False,
         "output_dir": str(tmp_path / "run"),
         "data.train_size": 64,
@@ -26,3 +28,11 @@ def tiny_overrides(tmp_path: Path, **extra: object) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def varied_reward(prompts: list[Any], completions: list[str], **_: Any) -> list[float]:
+    """A reward with spread inside most groups (by length), so every step updates the weights.
+
+    Importable as ``tests_helpers:varied_reward`` in ``rewards.funcs``.
+    """
+    return [float(len(c) % 5) / 4.0 for c in completions]

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import yaml
 
 from groupwise.config import ConfigError, config_to_dict, load_config, reference_markdown
+from groupwise.guards import NonFiniteUpdatesError, TrainingInterrupted
 from groupwise.tracking import TrackerUnavailableError
 
 
@@ -85,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = GRPOTrainer(config).train()
         _print_summary(summary)
         return 0
+    except TrainingInterrupted as exc:
+        print(f"groupwise: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except NonFiniteUpdatesError as exc:
+        print(f"groupwise: error: {exc}", file=sys.stderr)
+        return 1
     except ConfigError as exc:
         print(f"groupwise: config error: {exc}", file=sys.stderr)
         return 2

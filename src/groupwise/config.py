@@ -77,6 +77,8 @@ class RolloutConfig:
     """Nucleus sampling: keep the smallest token set with this much probability."""
     top_k: int = 0
     """Keep only the k most likely tokens (0 = off)."""
+    min_new_tokens: int = 0
+    """Forbid EOS before this many new tokens (benchmarks set it to fix the length)."""
 
 
 @dataclass
@@ -161,8 +163,22 @@ class TrainingConfig:
     """Write metrics every this many steps."""
     log_completions: bool = True
     """Write every prompt, completion, reward and advantage to completions.jsonl."""
+    log_completions_steps: int = 10
+    """Show sampled completions in the live view every this many steps (0 = never)."""
+    num_completions_to_print: int = 2
+    """How many completions the live view shows each time (the step's best, then its worst)."""
     save_final: bool = True
     """Save the trained model (or adapter) to output_dir/final."""
+    save_steps: int = 50
+    """Write a resumable checkpoint every this many steps and at the end (0 = never)."""
+    save_total_limit: int = 2
+    """Keep only the newest this many checkpoints (0 = keep all)."""
+    resume: str = ""
+    """'' = start fresh, 'auto' = continue from the newest checkpoint in output_dir (fresh if none), or a checkpoint path."""
+    overwrite_output_dir: bool = False
+    """Start fresh even if output_dir holds a run (its logs and checkpoints are deleted)."""
+    max_nonfinite_updates: int = 5
+    """Stop the run after this many non-finite losses/gradients in a row (0 = never stop)."""
     progress: bool = True
     """Show a progress bar on the terminal."""
     report_to: list[str] = field(default_factory=list)
@@ -396,8 +412,18 @@ def validate(config: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
-    if t.max_steps < 0:
-        raise ConfigError(f"training.max_steps must be >= 0, got {t.max_steps}")
+    non_negative = {
+        "training.max_steps": t.max_steps,
+        "rollout.min_new_tokens": r.min_new_tokens,
+        "training.save_steps": t.save_steps,
+        "training.save_total_limit": t.save_total_limit,
+        "training.max_nonfinite_updates": t.max_nonfinite_updates,
+        "training.log_completions_steps": t.log_completions_steps,
+        "training.num_completions_to_print": t.num_completions_to_print,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
     if r.temperature < 0:
         raise ConfigError(f"rollout.temperature must be >= 0, got {r.temperature}")
     if not 0 < r.top_p <= 1:
@@ -414,6 +440,51 @@ def validate(config: Config) -> None:
             f"rewards.weights has {len(w)} values but rewards.funcs has "
             f"{len(config.rewards.funcs)}; give one weight per function"
         )
+
+
+# Keys a resumed run may change: they steer logging, saving, evaluation and the run's length,
+# not the maths of the steps already taken. Everything else must match the checkpoint.
+RESUME_SAFE_KEYS = frozenset(
+    {
+        "training.max_steps",
+        "training.logging_steps",
+        "training.log_completions",
+        "training.log_completions_steps",
+        "training.num_completions_to_print",
+        "training.save_final",
+        "training.save_steps",
+        "training.save_total_limit",
+        "training.resume",
+        "training.overwrite_output_dir",
+        "training.max_nonfinite_updates",
+        "training.output_dir",
+        "training.num_threads",
+        "training.progress",
+        "training.report_to",
+        "training.report",
+        "rewards.concurrent",
+    }
+)
+RESUME_SAFE_SECTIONS = frozenset({"eval"})
+
+
+def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys whose value differs between a checkpoint's config and this run's, unsafe to change.
+
+    Both arguments are ``config_to_dict`` outputs. Returns ``"key: saved -> now"`` lines; keys
+    in ``RESUME_SAFE_KEYS`` or a section of ``RESUME_SAFE_SECTIONS`` may differ.
+    """
+    conflicts = []
+    for section, fields in current.items():
+        if section in RESUME_SAFE_SECTIONS:
+            continue
+        old_fields = saved.get(section, {})
+        for name, value in fields.items():
+            key = f"{section}.{name}"
+            old = old_fields.get(name, value)
+            if key not in RESUME_SAFE_KEYS and old != value:
+                conflicts.append(f"{key}: {old!r} -> {value!r}")
+    return conflicts
 
 
 def field_docs(cls: type) -> dict[str, str]:

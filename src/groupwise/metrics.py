@@ -1,4 +1,4 @@
-"""Metrics: per-step statistics under TRL's names, phase timers, the JSONL log and progress.
+"""Metrics: per-step statistics under TRL's names, phase timers and the JSONL log.
 
 Logged per step (TRL's names where one exists):
 - ``reward``, ``reward_std`` (mean over groups of the within-group std), ``rewards/<f>/mean|std``
@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from torch import Tensor
 
@@ -119,6 +118,37 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+def truncate_jsonl(path: Path, last_step: int) -> int:
+    """Keep the lines of a step log up to ``last_step``; returns how many were dropped.
+
+    A resumed run calls this on metrics.jsonl and completions.jsonl: lines written after its
+    checkpoint (their steps are taken again) and a line torn by a kill are removed, so the log
+    continues with no duplicated and no missing step. The file is replaced atomically.
+    """
+    if not path.exists():
+        return 0
+    kept: list[str] = []
+    dropped = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            step = json.loads(line).get("step")
+        except (json.JSONDecodeError, AttributeError):
+            dropped += 1
+            continue
+        if isinstance(step, int) and step <= last_step:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write("".join(kept))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    return dropped
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temporary file and rename it over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -138,58 +168,6 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-class Progress:
-    """A progress bar with step, reward and ETA (rich on a terminal, plain lines otherwise)."""
-
-    def __init__(self, total: int, enabled: bool = True, stream: TextIO | None = None) -> None:
-        self.total = total
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self._rich: Any = None
-        self._task: Any = None
-        self._start = time.perf_counter()
-        if enabled and self.stream.isatty():
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as RichProgress
-
-            self._rich = RichProgress(
-                TextColumn("[bold]GRPO"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-            )
-            self._rich.start()
-            self._task = self._rich.add_task("train", total=total, info="")
-
-    def update(self, step: int, metrics: dict[str, float]) -> None:
-        """Advance to ``step`` (1-based) and show the step's headline numbers."""
-        info = (
-            f"reward {metrics.get('reward', math.nan):.3f}  "
-            f"len {metrics.get('completions/mean_length', math.nan):.1f}  "
-            f"{metrics.get('step_time', math.nan):.1f}s/step"
-        )
-        if self._rich is not None:
-            self._rich.update(self._task, completed=step, info=info)
-        elif self.enabled:
-            elapsed = time.perf_counter() - self._start
-            eta = elapsed / max(step, 1) * (self.total - step)
-            print(f"step {step}/{self.total}  {info}  eta {eta:.0f}s", file=self.stream, flush=True)
-
-    def close(self) -> None:
-        """Stop the live display."""
-        if self._rich is not None:
-            self._rich.stop()
-
-
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``values`` over positions where ``mask`` is 1 (0 if the mask is empty)."""
     mask = mask.to(values.dtype)
@@ -204,11 +182,11 @@ def to_float_dict(stats: dict[str, Tensor]) -> dict[str, float]:
 __all__ = [
     "MetricsAccumulator",
     "PhaseTimer",
-    "Progress",
     "append_jsonl",
     "completion_metrics",
     "masked_mean",
     "reward_metrics",
     "to_float_dict",
+    "truncate_jsonl",
     "write_json_atomic",
 ]

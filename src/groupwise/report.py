@@ -338,13 +338,14 @@ def render_plots(data: RunData, smoothing: float | None) -> list[tuple[str, str,
 # ---------------------------------------------------------------------------- HTML
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
-max-width:1100px;padding:0 1em;color:#222}
+max-width:1400px;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:.3em .6em;vertical-align:top;text-align:left}
 th{background:#f4f4f4}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:.85em;max-width:60em}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:1em}
+figure{margin:0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{color:#555;font-size:.9em}
 .num{text-align:right;font-variant-numeric:tabular-nums}
 .muted{color:#777}
@@ -409,7 +410,9 @@ def _plots_html(plots: Sequence[tuple[str, str, bytes]]) -> str:
         f"<figcaption>{_esc(title)} (plots/{_esc(name)}.png)</figcaption></figure>"
         for name, title, png in plots
     )
-    return f'<section id="plots"><h2>Training curves</h2>{figures}</section>'
+    return (
+        f'<section id="plots"><h2>Training curves</h2><div class="plots">{figures}</div></section>'
+    )
 
 
 def _clip_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -35,20 +36,30 @@ import torch
 import yaml
 from torch import Tensor
 
-from groupwise.config import Config, config_to_dict
+from groupwise.checkpoint import (
+    CHECKPOINTS,
+    latest_checkpoint,
+    load_policy_weights,
+    load_trainer_state,
+    read_checkpoint_info,
+    save_checkpoint,
+)
+from groupwise.config import Config, ConfigError, config_to_dict, resume_conflicts
 from groupwise.core import group_advantages, policy_loss
 from groupwise.data import Row, Task, build_task
 from groupwise.data.sampler import PromptSampler
 from groupwise.evaluation import EvalResult, eos_token_ids, evaluate_accuracy, row_columns
 from groupwise.forward import autocast_context, completion_logp
+from groupwise.guards import NonFiniteUpdatesError, StopSignals, TrainingInterrupted
+from groupwise.live import LiveView
 from groupwise.metrics import (
     MetricsAccumulator,
     PhaseTimer,
-    Progress,
     append_jsonl,
     completion_metrics,
     masked_mean,
     reward_metrics,
+    truncate_jsonl,
     write_json_atomic,
 )
 from groupwise.models import (
@@ -141,6 +152,10 @@ class GRPOTrainer:
         self.step_count = 0
         self.num_tokens = 0
         self.skipped_updates = 0
+        self.nonfinite_in_a_row = 0
+        self.run_state: dict[str, Any] = {}  # eval_before, train_time_s: kept across resumes
+        self.last_checkpoint: Path | None = None
+        self.last_completions: list[dict[str, Any]] = []
         self.trackers: list[Tracker] = []
 
     def _build_rewards(self, reward_funcs: Sequence[AnyRewardFunc | str] | None) -> RewardRunner:
@@ -225,8 +240,9 @@ class GRPOTrainer:
             learning_rate=learning_rate,
             step_time=time.perf_counter() - start,
         )
+        self.last_completions = self._completion_records(rows, texts, rollout, advantages)
         if self.config.training.log_completions:
-            self._log_completions(rows, texts, rollout, advantages)
+            self._write_completions(self.last_completions)
         return metrics
 
     def _generate(self, rows: list[Row]) -> Rollout:
@@ -243,6 +259,7 @@ class GRPOTrainer:
             top_p=r.top_p,
             top_k=r.top_k,
             generator=self.generator,
+            min_new_tokens=r.min_new_tokens,
         )
 
     def _score(
@@ -372,8 +389,16 @@ class GRPOTrainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
         if not np.isfinite(grad_norm):
             self.skipped_updates += 1
-            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_in_a_row += 1
+            self.optimizer.zero_grad(set_to_none=False)
+            print(
+                f"groupwise: step {self.step_count + 1}: non-finite loss or gradient (grad norm "
+                f"{grad_norm}); update skipped ({self.nonfinite_in_a_row} in a row)",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
+            self.nonfinite_in_a_row = 0
             self.optimizer.step()
         self.scheduler.step()
         return grad_norm
@@ -395,11 +420,14 @@ class GRPOTrainer:
         )
 
     def train(self) -> dict[str, Any]:
-        """Run ``max_steps`` steps with evaluation before/after; returns the summary."""
+        """Run (or continue) the steps up to ``max_steps`` with evaluation; returns the summary.
+
+        Writes a checkpoint every ``save_steps`` steps and at the end. On SIGINT/SIGTERM it
+        finishes the step, checkpoints and raises :class:`TrainingInterrupted`.
+        """
         t = self.config.training
         wall_start = time.perf_counter()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.config)))
+        self._prepare_run_dir()
         summary: dict[str, Any] = {
             "model": self.config.model.name,
             "task": self.task.name,
@@ -407,7 +435,8 @@ class GRPOTrainer:
         }
         self.trackers = build_trackers(t.report_to, self.out_dir, config_to_dict(self.config))
         try:
-            self._train_loop(summary)
+            with StopSignals() as stop:
+                self._train_loop(summary, stop)
         finally:
             close_trackers(self.trackers)
         if t.save_final:
@@ -418,33 +447,158 @@ class GRPOTrainer:
             self._write_report()
         return summary
 
-    def _train_loop(self, summary: dict[str, Any]) -> None:
-        """Evaluate, run the steps (logging each), evaluate again; fills ``summary``."""
+    def _train_loop(self, summary: dict[str, Any], stop: StopSignals) -> None:
+        """Evaluate, run the steps (logging and checkpointing), evaluate again."""
         t, e = self.config.training, self.config.eval
         has_eval = self.task.correctness is not None and len(self.task.eval) > 0
-        if e.before and has_eval:
-            summary["eval_before"] = self._eval_and_log("before", step=0)
-        progress = Progress(t.max_steps, enabled=t.progress)
-        train_start = time.perf_counter()
+        if self.step_count == 0 and e.before and has_eval:
+            self.run_state["eval_before"] = self._eval_and_log("before", step=0)
+        summary.update(self.run_state)
+        view = LiveView(
+            t.max_steps,
+            enabled=t.progress,
+            log_completions_steps=t.log_completions_steps,
+            num_completions=t.num_completions_to_print,
+            initial=self.step_count,
+        )
+        if "eval_before" in self.run_state:
+            view.set_eval_accuracy(self.run_state["eval_before"])
+        train_start, time_before = time.perf_counter(), self.run_state.get("train_time_s", 0.0)
         try:
-            for _ in range(t.max_steps):
+            while self.step_count < t.max_steps:
                 metrics = self.step()
                 last = self.step_count == t.max_steps and e.after  # evaluated just below
                 if e.every_steps and has_eval and self.step_count % e.every_steps == 0 and not last:
                     metrics["eval_accuracy"] = self._eval_and_log(
                         f"step {self.step_count}", step=None
                     )
+                    view.set_eval_accuracy(metrics["eval_accuracy"])
                 if self.step_count % t.logging_steps == 0 or self.step_count == t.max_steps:
                     append_jsonl(self.out_dir / "metrics.jsonl", metrics)
                     for tracker in self.trackers:
                         tracker.log(metrics, self.step_count)
-                progress.update(self.step_count, metrics)
+                view.update(self.step_count, metrics, self.last_completions)
+                self.run_state["train_time_s"] = time_before + time.perf_counter() - train_start
+                self._guard_and_checkpoint(stop)
         finally:
-            progress.close()
-        summary["train_time_s"] = time.perf_counter() - train_start
+            view.close()
+        summary["train_time_s"] = time_before + time.perf_counter() - train_start
         summary["steps"] = self.step_count
         if e.after and has_eval:
             summary["eval_after"] = self._eval_and_log("after", step=self.step_count)
+
+    def _guard_and_checkpoint(self, stop: StopSignals) -> None:
+        """After a step: stop on runaway non-finite updates, checkpoint when due or asked to."""
+        t = self.config.training
+        if t.max_nonfinite_updates and self.nonfinite_in_a_row >= t.max_nonfinite_updates:
+            last = str(self.last_checkpoint) if self.last_checkpoint else None
+            raise NonFiniteUpdatesError(self.nonfinite_in_a_row, self.step_count, last)
+        due = t.save_steps > 0 and (
+            self.step_count % t.save_steps == 0 or self.step_count == t.max_steps
+        )
+        if due or stop.requested is not None:
+            self.save_checkpoint()
+        if stop.requested is not None:
+            raise TrainingInterrupted(stop.requested, self.step_count, str(self.last_checkpoint))
+
+    # ------------------------------------------------------------------ checkpoints and resume
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides the weights that the next step depends on."""
+        scheduler = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        return {
+            "step": self.step_count,
+            "num_tokens": self.num_tokens,
+            "skipped_updates": self.skipped_updates,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "run_state": dict(self.run_state),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": scheduler,
+            "sampler": self.sampler.state_dict(),
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": cuda,
+                "generator": self.generator.get_state(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (weights are loaded separately)."""
+        self.step_count = int(state["step"])
+        self.num_tokens = int(state["num_tokens"])
+        self.skipped_updates = int(state["skipped_updates"])
+        self.nonfinite_in_a_row = int(state["nonfinite_in_a_row"])
+        self.run_state = dict(state["run_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        # keep this run's schedule function (max_steps may have grown), restore its position
+        scheduler = dict(state["scheduler"], lr_lambdas=[None] * len(self.scheduler.lr_lambdas))
+        self.scheduler.load_state_dict(scheduler)
+        self.sampler.load_state_dict(state["sampler"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.generator.set_state(rng["generator"])
+
+    def save_checkpoint(self) -> Path:
+        """Write ``output_dir/checkpoints/step-<step>`` (atomic; older ones pruned)."""
+        t = self.config.training
+        self.last_checkpoint = save_checkpoint(
+            self.out_dir,
+            self.step_count,
+            self.policy,
+            self.tokenizer,
+            self.state_dict(),
+            config_to_dict(self.config),
+            keep=t.save_total_limit,
+        )
+        return self.last_checkpoint
+
+    def resume_from(self, path: Path) -> None:
+        """Load a checkpoint; refuses, naming the keys, if the config changed unsafely."""
+        info = read_checkpoint_info(path)
+        conflicts = resume_conflicts(info["config"], config_to_dict(self.config))
+        if conflicts:
+            raise ConfigError(
+                f"cannot resume from {path}: these settings differ from the checkpoint's and "
+                "would change the run:\n  " + "\n  ".join(conflicts) + "\nRestore them, or "
+                "start a new run in another training.output_dir"
+            )
+        load_policy_weights(self.policy, path)
+        sync_rollout_model(self.policy, self.rollout_model)
+        self.load_state_dict(load_trainer_state(path))
+        self.last_checkpoint = Path(path)
+        print(f"resumed from {path} at step {self.step_count}", flush=True)
+
+    def _prepare_run_dir(self) -> None:
+        """Resume (``training.resume``) or start fresh, never silently mixing two runs."""
+        t = self.config.training
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        logs = [self.out_dir / "metrics.jsonl", self.out_dir / "completions.jsonl"]
+        checkpoint: Path | None = None
+        if t.resume == "auto":
+            checkpoint = latest_checkpoint(self.out_dir)
+        elif t.resume:
+            checkpoint = Path(t.resume)
+            if not checkpoint.is_dir():
+                raise ConfigError(f"training.resume: no checkpoint directory at {checkpoint}")
+        elif any(p.exists() for p in logs) or (self.out_dir / CHECKPOINTS).exists():
+            if not t.overwrite_output_dir:
+                raise ConfigError(
+                    f"training.output_dir {self.out_dir} already holds a run; continue it with "
+                    "resume=auto, start over with overwrite_output_dir=true (deletes its logs "
+                    "and checkpoints), or choose another output_dir"
+                )
+            shutil.rmtree(self.out_dir / CHECKPOINTS, ignore_errors=True)
+        if checkpoint is not None:
+            self.resume_from(checkpoint)
+        for log in logs:  # drop steps after the checkpoint (or all, starting fresh)
+            truncate_jsonl(log, self.step_count)
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.config)))
 
     def _write_report(self) -> None:
         try:
@@ -471,9 +625,10 @@ class GRPOTrainer:
 
         return save_pretrained_atomic(self.policy, self.tokenizer, path)
 
-    def _log_completions(
+    def _completion_records(
         self, rows: list[Row], texts: list[str], rollout: Rollout, advantages: Tensor
-    ) -> None:
+    ) -> list[dict[str, Any]]:
+        """One record per completion: step, prompt, completion, rewards, advantage."""
         g = rollout.group_size
         per_func = self._last_rewards.per_func
         records = []
@@ -489,6 +644,9 @@ class GRPOTrainer:
                     "truncated": bool(rollout.truncated[i]),
                 }
             )
+        return records
+
+    def _write_completions(self, records: list[dict[str, Any]]) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / "completions.jsonl"
         with open(path, "a", encoding="utf-8") as handle:

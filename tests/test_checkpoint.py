@@ -1,0 +1,268 @@
+"""Checkpoints and resume: atomic saves, pruning, exact continuation after kills and signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from groupwise import GRPOTrainer, load_config
+from groupwise.checkpoint import CHECKPOINTS, latest_checkpoint, list_checkpoints
+from groupwise.config import ConfigError
+from tests_helpers import tiny_overrides
+
+# fp32 so that two processes compute bit-identical steps (bf16 CPU kernels are not bitwise
+# reproducible across processes here); a varied reward so every step updates the weights
+COMMON: dict[str, object] = {"bf16": False, "save_steps": 2, "save_total_limit": 0}
+REWARD = "rewards.funcs=[tests_helpers:varied_reward]"
+TESTS = Path(__file__).resolve().parent
+
+
+def _overrides(tmp_path: Path, **extra: object) -> list[str]:
+    return [*tiny_overrides(tmp_path, **{**COMMON, **extra}), REWARD]
+
+
+def _trainer(tmp_path: Path, **extra: object) -> GRPOTrainer:
+    return GRPOTrainer(load_config(overrides=_overrides(tmp_path, **extra)))
+
+
+def _metrics(run: Path) -> list[dict[str, Any]]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "step_time"))} for r in rows]
+
+
+def _weights(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+
+
+def _completion_steps(run: Path) -> list[int]:
+    lines = (run / "completions.jsonl").read_text().splitlines()
+    return sorted({json.loads(x)["step"] for x in lines})
+
+
+# ---------------------------------------------------------------------------- in one process
+class Crash(Exception):
+    """Stands in for a process dying between steps."""
+
+
+class CrashingTrainer(GRPOTrainer):
+    """Dies right after step ``crash_at`` was logged (and checkpointed, when one was due)."""
+
+    crash_at = 3
+
+    def _guard_and_checkpoint(self, stop: Any) -> None:
+        super()._guard_and_checkpoint(stop)
+        if self.step_count == self.crash_at:
+            raise Crash
+
+
+@pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, lora: bool) -> None:
+    full = _trainer(tmp_path / "full", max_steps=5, **{"model.lora": lora})
+    full.train()
+    split = tmp_path / "split"
+    config = load_config(overrides=_overrides(split, max_steps=5, **{"model.lora": lora}))
+    with pytest.raises(Crash):
+        CrashingTrainer(config).train()  # checkpoint at step 2; step 3 logged, then lost
+    assert [p.name for p in list_checkpoints(split / "run")] == ["step-00000002"]
+    assert [m["step"] for m in _metrics(split / "run")] == [1, 2, 3]
+    second = _trainer(split, max_steps=5, resume="auto", **{"model.lora": lora})
+    second.train()  # resumes at step 2: step 3 is taken again, its old log lines dropped
+    assert second.step_count == 5
+    assert _metrics(split / "run") == _metrics(tmp_path / "full" / "run")
+    assert _completion_steps(split / "run") == [1, 2, 3, 4, 5]
+    a, b = _weights(full), _weights(second)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.slow
+def test_max_steps_may_grow_on_resume(tmp_path: Path) -> None:
+    _trainer(tmp_path, max_steps=2, lr_scheduler_type="constant").train()
+    longer = _trainer(tmp_path, max_steps=4, resume="auto", lr_scheduler_type="constant")
+    longer.train()
+    assert [m["step"] for m in _metrics(tmp_path / "run")] == [1, 2, 3, 4]
+    assert [m["learning_rate"] for m in _metrics(tmp_path / "run")] == [1e-3] * 4
+
+
+def test_checkpoint_holds_a_loadable_model_and_pruning_keeps_the_newest(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, max_steps=5, save_steps=2, save_total_limit=2)
+    trainer.train()
+    run = tmp_path / "run"
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000004", "step-00000005"]
+    newest = latest_checkpoint(run)
+    assert newest is not None
+    info = json.loads((newest / "checkpoint.json").read_text())
+    assert info["step"] == 5 and info["config"]["training"]["max_steps"] == 5
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(newest / "model")
+    weights = load_file(str(next((newest / "model").glob("*.safetensors"))))
+    for name, param in trainer.policy.named_parameters():
+        if name in weights:
+            assert torch.equal(weights[name], param.detach()), name
+    assert loaded.config.vocab_size == trainer.policy.config.vocab_size
+
+
+def test_a_half_written_checkpoint_is_ignored_and_cleaned(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, max_steps=2)
+    trainer.train()
+    root = tmp_path / "run" / CHECKPOINTS
+    torn = root / ".step-00000004.tmp-999"
+    torn.mkdir()
+    (torn / "trainer_state.pt").write_bytes(b"\0" * 10)
+    incomplete = root / "step-00000009"  # no checkpoint.json: never renamed into place whole
+    incomplete.mkdir()
+    assert latest_checkpoint(tmp_path / "run") == root / "step-00000002"
+    resumed = _trainer(tmp_path, max_steps=3, resume="auto")
+    resumed.train()
+    assert resumed.step_count == 3 and not torn.exists()
+
+
+def test_resume_refuses_unsafe_config_changes_and_names_them(tmp_path: Path) -> None:
+    _trainer(tmp_path, max_steps=2).train()
+    with pytest.raises(ConfigError) as info:
+        _trainer(tmp_path, max_steps=4, resume="auto", num_generations=2, learning_rate=0.5).train()
+    message = str(info.value)
+    assert "rollout.num_generations: 4 -> 2" in message
+    assert "training.learning_rate: 0.001 -> 0.5" in message
+    assert "max_steps" not in message  # safe to change
+    # safe changes are accepted
+    ok = _trainer(tmp_path, max_steps=3, resume="auto", logging_steps=1, **{"eval.after": True})
+    summary = ok.train()
+    assert ok.step_count == 3 and "eval_after" in summary
+
+
+def test_fresh_start_refuses_an_existing_run_unless_told(tmp_path: Path) -> None:
+    _trainer(tmp_path, max_steps=1).train()
+    with pytest.raises(ConfigError, match=r"resume=auto.*overwrite_output_dir=true"):
+        _trainer(tmp_path, max_steps=1).train()
+    again = _trainer(tmp_path, max_steps=1, overwrite_output_dir=True)
+    again.train()
+    assert [m["step"] for m in _metrics(tmp_path / "run")] == [1]
+    with pytest.raises(ConfigError, match="training.resume: no checkpoint directory"):
+        _trainer(tmp_path, max_steps=1, resume=str(tmp_path / "nope")).train()
+
+
+# ---------------------------------------------------------------------------- across processes
+def _launch(tmp_path: Path, *extra: str, driver: str | None = None) -> subprocess.Popen[str]:
+    args = [*_overrides(tmp_path, max_steps=6, save_final=True), *extra]
+    code = driver or ""
+    code += "\nimport sys\nfrom groupwise.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), *sys.path]))
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _wait_for_step(run: Path, step: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= step:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.communicate()}")
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted 6-step run every interrupted one must reproduce."""
+    root = tmp_path_factory.mktemp("reference")
+    proc = _launch(root)
+    _out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return root / "run"
+
+
+def _assert_same_run(run: Path, reference: Path) -> None:
+    assert _metrics(run) == _metrics(reference)
+    assert [m["step"] for m in _metrics(run)] == [1, 2, 3, 4, 5, 6]
+    assert _completion_steps(run) == [1, 2, 3, 4, 5, 6]
+    a, b = _final_weights(run), _final_weights(reference)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_sigkill_mid_run_then_resume_matches(tmp_path: Path, reference_run: Path) -> None:
+    proc = _launch(tmp_path)
+    _wait_for_step(tmp_path / "run", 3, proc)  # past the step-2 checkpoint, mid-run
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest_checkpoint(tmp_path / "run") is not None
+    resumed = _launch(tmp_path, "resume=auto")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "resumed from" in out
+    _assert_same_run(tmp_path / "run", reference_run)
+
+
+KILL_WHILE_SAVING_STEP_4 = """
+import os, signal, torch
+_save = torch.save
+def _save_then_die(obj, f, *args, **kwargs):
+    _save(obj, f, *args, **kwargs)
+    if "step-00000004" in str(f):  # trainer state written, checkpoint not yet renamed
+        os.kill(os.getpid(), signal.SIGKILL)
+torch.save = _save_then_die
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_while_writing_a_checkpoint_then_resume_matches(
+    tmp_path: Path, reference_run: Path
+) -> None:
+    proc = _launch(tmp_path, driver=KILL_WHILE_SAVING_STEP_4)
+    proc.wait(timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    run = tmp_path / "run"
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000002"]
+    assert list((run / CHECKPOINTS).glob(".step-00000004.tmp-*"))  # the torn one is there
+    resumed = _launch(tmp_path, "resume=auto")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "resumed from" in out and "step-00000002" in out
+    _assert_same_run(run, reference_run)
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)]
+)
+def test_signal_checkpoints_and_exits_with_a_resume_hint(
+    tmp_path: Path, reference_run: Path, sig: int
+) -> None:
+    proc = _launch(tmp_path, "save_steps=0")  # only the signal writes a checkpoint
+    _wait_for_step(tmp_path / "run", 1, proc)
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + sig, err
+    assert "resume=auto" in err and signal.Signals(sig).name in err
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    assert checkpoint is not None
+    step = json.loads((checkpoint / "checkpoint.json").read_text())["step"]
+    assert 1 <= step < 6 and len(_metrics(tmp_path / "run")) == step
+    resumed = _launch(tmp_path, "save_steps=0", "resume=auto")
+    _out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    _assert_same_run(tmp_path / "run", reference_run)
