@@ -1,0 +1,197 @@
+"""TRL's GRPOTrainer on workload B1 (or B1-LoRA), timing every optimizer step.
+
+Runs inside the TRL virtual environment (benchmarks/trl_env.sh), never the groupwise one; the
+driver benchmarks/trl_vs_groupwise.py starts it as a subprocess. Workload B1: SmolLM2-135M-Instruct
+(a local HF directory, no hub access), 2-digit addition prompts in groupwise's arithmetic format,
+4 prompts x 8 completions = 32 completions per optimizer step, exactly 48 new tokens each (EOS
+suppressed with min_new_tokens), beta = 0.04 (reference model), mu = 1, lr 1e-5 constant, bf16 on
+CPU, fp32 master weights. --lora trains r=16, alpha=32 adapters on all linear layers instead.
+
+Batch semantics (TRL 1.x): per_device_train_batch_size counts completions, and with
+gradient_accumulation_steps=1 the generation batch is per_device_train_batch_size * processes *
+steps_per_generation = 32 * 1 * 1, so one optimizer step generates and trains on one batch of
+4 prompts x 8 completions, with no accumulation across steps.
+
+Each step's time is taken by a TrainerCallback from on_step_begin to on_step_end (generation,
+rewards, reference and policy forward/backward, optimizer step); Trainer's own logging after
+on_step_end is outside it, as groupwise's metrics writing is outside its step_time.
+Usage: .venv-trl/bin/python benchmarks/trl_b1.py --model-dir DIR --steps 5 [--lora] --out F.json
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import argparse
+import itertools
+import json
+import random
+import re
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+
+# Same prompt text as groupwise.data.arithmetic (kept in sync by hand: this file cannot import
+# groupwise, it runs in TRL's environment).
+TEMPLATE = "What is {a} + {b}? Reply with only the number."
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def addition_dataset(seed: int, size: int) -> Dataset:
+    """Conversational prompts "What is a + b? ..." with a, b in 10..99, shuffled, and answers."""
+    pairs = list(itertools.product(range(10, 100), range(10, 100)))
+    random.Random(seed).shuffle(pairs)
+    pairs = pairs[:size]
+    return Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": TEMPLATE.format(a=a, b=b)}] for a, b in pairs],
+            "answer": [str(a + b) for a, b in pairs],
+        }
+    )
+
+
+def _text(completion: Any) -> str:
+    """Completion text, whether TRL passes a string or a list of chat messages."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(str(message.get("content", "")) for message in completion)
+
+
+def sum_correct(completions: list[Any], answer: list[str], **_: Any) -> list[float]:
+    """1.0 when the last number in the completion equals the sum, else 0.0."""
+    rewards = []
+    for completion, expected in zip(completions, answer, strict=True):
+        found = _NUMBER.findall(_text(completion))
+        got = found[-1].replace(",", "") if found else None
+        try:
+            rewards.append(float(got is not None and float(got) == float(expected)))
+        except ValueError:
+            rewards.append(0.0)
+    return rewards
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of each optimizer step (on_step_begin -> on_step_end) and every log record."""
+
+    def __init__(self) -> None:
+        self.step_times: list[float] = []
+        self.logs: list[dict[str, Any]] = []
+        self._start: float | None = None
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._start is not None:
+            self.step_times.append(time.perf_counter() - self._start)
+            self._start = None
+
+    def on_log(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if logs:
+            record = {k: v for k, v in logs.items() if isinstance(v, (int, float, str))}
+            self.logs.append({"step": state.global_step, **record})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", required=True, help="local HF model directory")
+    parser.add_argument("--steps", type=int, default=5, help="optimizer steps to run")
+    parser.add_argument("--lora", action="store_true", help="LoRA r=16, alpha=32, all-linear")
+    parser.add_argument("--out", required=True, help="JSON file for the per-step times")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-gradient-checkpointing",
+        action="store_true",
+        help="turn off gradient checkpointing (TRL's GRPOConfig turns it on by default)",
+    )
+    args = parser.parse_args()
+
+    from trl import GRPOConfig, GRPOTrainer
+
+    prompts, group, length = 4, 8, 48
+    run_dir = tempfile.mkdtemp(prefix="trl-b1-")
+    config = GRPOConfig(
+        output_dir=run_dir,
+        use_cpu=True,
+        bf16=True,
+        per_device_train_batch_size=prompts * group,  # completions, not prompts
+        gradient_accumulation_steps=1,
+        num_generations=group,
+        max_completion_length=length,
+        generation_kwargs={"min_new_tokens": length},
+        beta=0.04,
+        num_iterations=1,
+        learning_rate=1e-5,
+        lr_scheduler_type="constant",
+        max_steps=args.steps,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        log_completions=False,
+        disable_tqdm=True,
+        seed=args.seed,
+        gradient_checkpointing=not args.no_gradient_checkpointing,
+    )
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    timer = StepTimer()
+    trainer = GRPOTrainer(
+        model=args.model_dir,
+        reward_funcs=sum_correct,
+        args=config,
+        train_dataset=addition_dataset(args.seed, size=max(1000, args.steps * prompts)),
+        peft_config=peft_config,
+        callbacks=[timer],
+    )
+    start = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - start
+    result = {
+        "trainer": "trl",
+        "workload": "B1-LoRA" if args.lora else "B1",
+        "steps": args.steps,
+        "step_times": timer.step_times,
+        "train_s": train_s,
+        "logs": timer.logs,
+        "torch_threads": torch.get_num_threads(),
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "generation_batch_size": config.generation_batch_size,
+        "steps_per_generation": config.steps_per_generation,
+        "versions": {
+            name: version(name)
+            for name in ("trl", "transformers", "peft", "torch", "accelerate", "datasets")
+        },
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
