@@ -1,6 +1,6 @@
 """Soak test: a long tiny-random run killed at random moments, resumed each time, nothing lost.
 
-    python scripts/soak.py [--steps 200] [--save-steps 10] [--kills 8] [--seed 0] [--out DIR]
+    python scripts/soak.py [--steps 200] [--save-steps 10] [--kills 10] [--seed 0] [--out DIR]
 
 Runs ``groupwise train ... resume=auto`` on the tiny random model (float32, so steps are
 bit-reproducible across processes) and kills it --kills times at random moments, with SIGKILL
@@ -75,16 +75,23 @@ def _steps_logged(run: Path) -> int:
 def run_with_kills(
     run: Path, steps: int, save_steps: int, kills: int, rng: random.Random
 ) -> list[dict[str, Any]]:
-    """Launch, kill at random, relaunch until the run completes; returns what happened."""
+    """Launch, kill at random, relaunch until the run completes; returns what happened.
+
+    Each kill waits until the log reaches a random step ahead of where the run stands, then a
+    random 0-0.4 s more, so kills land mid-step, mid-log-line and mid-checkpoint alike.
+    """
     events: list[dict[str, Any]] = []
     command = _command(run, steps, save_steps)
     while True:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
         if len(events) < kills:
-            delay = rng.uniform(6.0, 30.0)  # startup takes a few seconds: some kills hit it
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.05)
+            start = _steps_logged(run)
+            remaining = kills - len(events)
+            span = max(1, (steps - start) // (remaining + 1))
+            target = min(steps - 1, start + rng.randint(1, 2 * span))
+            while proc.poll() is None and _steps_logged(run) < target:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.4))
             if proc.poll() is None:
                 sig = signal.SIGTERM if rng.random() < 0.25 else signal.SIGKILL
                 logged = _steps_logged(run)
@@ -92,7 +99,6 @@ def run_with_kills(
                 proc.communicate()
                 events.append(
                     {
-                        "after_s": round(delay, 1),
                         "signal": sig.name,
                         "steps_logged_at_kill": logged,
                         "exit_code": proc.returncode,
@@ -136,9 +142,7 @@ def check(run: Path, steps: int, reference: Path | None) -> dict[str, bool]:
     if reference is not None:
         import torch
 
-        result["metrics equal the uninterrupted run"] = _metric_rows(run) == _metric_rows(
-            reference
-        )
+        result["metrics equal the uninterrupted run"] = _metric_rows(run) == _metric_rows(reference)
         a, b = _final_weights(run), _final_weights(reference)
         result["final weights equal the uninterrupted run"] = a.keys() == b.keys() and all(
             torch.equal(a[k], b[k]) for k in a
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--save-steps", type=int, default=10)
-    parser.add_argument("--kills", type=int, default=8)
+    parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/soak"))
     parser.add_argument("--no-reference", action="store_true", help="skip the uninterrupted run")

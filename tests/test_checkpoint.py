@@ -266,3 +266,38 @@ def test_signal_checkpoints_and_exits_with_a_resume_hint(
     _out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     _assert_same_run(tmp_path / "run", reference_run)
+
+
+# ---------------------------------------------------------------------------- guarded updates
+class PoisonedTrainer(GRPOTrainer):
+    """From step 2 on, every loss is NaN (as a diverging run or a bad reward would make it)."""
+
+    def _micro_loss(self, batch: Any, index: int, start: int, stop: int) -> Any:
+        loss, stats = super()._micro_loss(batch, index, start, stop)
+        return (loss * float("nan") if self.step_count >= 1 else loss), stats
+
+
+def test_non_finite_updates_are_skipped_then_stop_the_run(tmp_path: Path) -> None:
+    from groupwise.guards import NonFiniteUpdatesError
+
+    config = load_config(
+        overrides=_overrides(tmp_path, max_steps=6, save_steps=1, max_nonfinite_updates=2)
+    )
+    trainer = PoisonedTrainer(config)
+    after_step_1: dict[str, torch.Tensor] = {}
+    original = trainer.save_checkpoint
+
+    def snapshot_then_save() -> Path:
+        if trainer.step_count == 1:
+            after_step_1.update(_weights(trainer))
+        return original()
+
+    trainer.save_checkpoint = snapshot_then_save  # type: ignore[method-assign]
+    with pytest.raises(NonFiniteUpdatesError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert "2 non-finite updates in a row" in message and "step 3" in message
+    assert "training.max_nonfinite_updates" in message and "step-00000002" in message
+    assert [m["skipped_updates"] for m in _metrics(tmp_path / "run")] == [0.0, 1.0, 2.0]
+    for name, value in _weights(trainer).items():  # the skipped updates changed nothing
+        assert torch.equal(value, after_step_1[name]), name
