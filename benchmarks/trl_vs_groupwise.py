@@ -76,7 +76,9 @@ def run_measured(command: list[str], env: dict[str, str], log: Path) -> tuple[in
     return int(usage.ru_maxrss), wall
 
 
-def groupwise_command(workload: str, steps: int, out_dir: Path, model_dir: Path) -> list[str]:
+def groupwise_command(
+    workload: str, steps: int, out_dir: Path, model_dir: Path, extra: tuple[str, ...] = ()
+) -> list[str]:
     """groupwise's CLI on the workload, every extra (eval, saving, report, logs) turned off."""
     overrides = {
         "model.name": str(model_dir),
@@ -106,14 +108,20 @@ def groupwise_command(workload: str, steps: int, out_dir: Path, model_dir: Path)
     if workload == "B1-LoRA":
         overrides.update({"model.lora": "true", "model.lora_r": "16", "model.lora_alpha": "32"})
     args = [f"{k}={v}" for k, v in overrides.items()]
-    return [sys.executable, "-m", "groupwise", "train", *args]
+    return [sys.executable, "-m", "groupwise", "train", *args, *extra]
 
 
 def run_groupwise(
-    workload: str, steps: int, round_: int, work: Path, model_dir: Path, env: dict[str, str]
+    workload: str,
+    steps: int,
+    round_: int,
+    work: Path,
+    model_dir: Path,
+    env: dict[str, str],
+    extra: tuple[str, ...] = (),
 ) -> Run:
     out_dir = work / f"{workload}-groupwise-r{round_}"
-    command = groupwise_command(workload, steps, out_dir, model_dir)
+    command = groupwise_command(workload, steps, out_dir, model_dir, extra)
     log = out_dir.with_suffix(".log")
     rss, wall = run_measured(command, env, log)
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
@@ -274,6 +282,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-trl" / "results.json")
     parser.add_argument("--trl-venv", type=Path, default=ROOT / ".venv-trl")
     parser.add_argument(
+        "--groupwise-extra",
+        default="",
+        help="extra key=value overrides for groupwise, space-separated (a lever to measure)",
+    )
+    parser.add_argument(
         "--trl-no-gradient-checkpointing",
         action="store_true",
         help="turn off TRL's default gradient checkpointing",
@@ -298,7 +311,8 @@ def main() -> None:
             order = ("groupwise", "trl") if round_ % 2 == 0 else ("trl", "groupwise")
             for trainer in order:
                 if trainer == "groupwise":
-                    run = run_groupwise(workload, args.steps, round_, work, model_dir, env)
+                    extra = tuple(args.groupwise_extra.split())
+                    run = run_groupwise(workload, args.steps, round_, work, model_dir, env, extra)
                 else:
                     no_ckpt = args.trl_no_gradient_checkpointing
                     run = run_trl(

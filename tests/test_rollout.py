@@ -122,3 +122,24 @@ def test_min_new_tokens_forces_length(tiny: tuple[torch.nn.Module, object]) -> N
         min_new_tokens=5,
     )
     assert rollout.completion_lengths.tolist() == [5, 5, 5, 5]
+
+
+def test_gather_last_gives_the_same_rollout(tiny: tuple[torch.nn.Module, object]) -> None:
+    """The contiguous last-position LM head (evaluation's memory fix) samples the same tokens."""
+    model, tokenizer = tiny
+    texts = ["What is 1 + 2?", "Hi", "A longer prompt here"]
+    prompts = tokenize_prompts(tokenizer, texts, torch.device("cpu"))
+    outs = [
+        generate(
+            model,
+            prompts,
+            group_size=2,
+            max_completion_length=6,
+            eos_token_ids=[tokenizer.eos_token_id],  # type: ignore[attr-defined]
+            pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
+            temperature=0.0,
+            gather_last=gather,
+        )
+        for gather in (False, True)
+    ]
+    assert torch.equal(outs[0].completion_ids, outs[1].completion_ids)

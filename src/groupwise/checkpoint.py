@@ -20,7 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from groupwise.distributed import is_sharded, load_full_model_state
 from groupwise.models import is_peft
+
+
+def _quiet_saves() -> None:
+    """No per-shard progress bars from transformers in our logs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def replace_dir(tmp: Path, target: Path) -> None:
@@ -33,23 +41,30 @@ def replace_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_pretrained_atomic(policy: nn.Module, tokenizer: Any, target: Path) -> Path:
+def save_pretrained_atomic(
+    policy: nn.Module,
+    tokenizer: Any,
+    target: Path,
+    model_state: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write a model that ``AutoModelForCausalLM.from_pretrained(target)`` loads.
 
     Full fine-tuning: the model in float32 with its tokenizer. LoRA: the merged model, plus
     the adapter alone in ``target/adapter`` (loadable with ``peft.PeftModel.from_pretrained``).
+    ``model_state``: the full weights to write instead of the policy's own (FSDP-sharded).
     """
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    _quiet_saves()
     if is_peft(policy):
         policy.save_pretrained(str(tmp / "adapter"))  # type: ignore[operator]
         merged = _merged_copy(policy)
         merged.save_pretrained(str(tmp))
     else:
-        policy.save_pretrained(str(tmp))  # type: ignore[operator]
+        policy.save_pretrained(str(tmp), state_dict=model_state)  # type: ignore[operator]
     tokenizer.save_pretrained(str(tmp))
     replace_dir(tmp, target)
     return target
@@ -119,6 +134,7 @@ def save_checkpoint(
     state: dict[str, Any],
     config: dict[str, Any],
     keep: int,
+    model_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/step-<step>`` atomically; keep the newest ``keep`` (0 = all).
 
@@ -126,6 +142,7 @@ def save_checkpoint(
     (LoRA: what ``PeftModel.from_pretrained`` loads), ``trainer_state.pt`` and, last,
     ``checkpoint.json``. Everything goes to a temporary directory that is flushed to disk and
     renamed into place, so a kill at any moment leaves the previous checkpoints intact.
+    ``model_state``: the full weights to write instead of the policy's own (FSDP-sharded).
     """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -134,10 +151,11 @@ def save_checkpoint(
     target = root / f"step-{step:08d}"
     tmp = root / f".{target.name}.tmp-{os.getpid()}"
     tmp.mkdir()
+    _quiet_saves()
     if is_peft(policy):
         policy.save_pretrained(str(tmp / "adapter"))  # type: ignore[operator]
     else:
-        policy.save_pretrained(str(tmp / "model"))  # type: ignore[operator]
+        policy.save_pretrained(str(tmp / "model"), state_dict=model_state)  # type: ignore[operator]
         tokenizer.save_pretrained(str(tmp / "model"))
     torch.save(state, tmp / STATE_FILE)
     info = {"step": step, "config": config}
@@ -194,9 +212,12 @@ def load_policy_weights(policy: nn.Module, path: Path) -> None:
         weights: dict[str, torch.Tensor] = {}
         for file in files:
             weights.update(load_file(str(file)))
-        result = policy.load_state_dict(weights, strict=False)
         tied = _tied_names(policy)
-        missing = [k for k in result.missing_keys if k not in tied]
+        if is_sharded(policy):  # FSDP: every rank reads the file and keeps its shard
+            missing = [k for k in load_full_model_state(policy, weights) if k not in tied]
+        else:
+            result = policy.load_state_dict(weights, strict=False)
+            missing = [k for k in result.missing_keys if k not in tied]
     if missing:
         raise ValueError(f"checkpoint {path} lacks weights for: {', '.join(missing[:10])}")
 
@@ -206,7 +227,8 @@ def _tied_names(model: nn.Module) -> set[str]:
     seen: dict[int, str] = {}
     tied: set[str] = set()
     for name, param in model.named_parameters(remove_duplicate=False):
-        key = param.data_ptr()
+        local = param.to_local() if hasattr(param, "to_local") else param  # FSDP DTensor
+        key = local.data_ptr()
         if key in seen:
             tied.add(name)
         else:

@@ -81,10 +81,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config":
             print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
             return 0
+        from groupwise.distributed import destroy_distributed, is_main
         from groupwise.trainer import GRPOTrainer
 
-        summary = GRPOTrainer(config).train()
-        _print_summary(summary)
+        try:  # under torchrun the trainer joins the process group; leave it on the way out
+            summary = GRPOTrainer(config).train()
+            main_rank = is_main()
+        finally:
+            destroy_distributed()
+        if main_rank:
+            _print_summary(summary)
         return 0
     except TrainingInterrupted as exc:
         print(f"groupwise: {exc}", file=sys.stderr)

@@ -79,6 +79,8 @@ class RolloutConfig:
     """Keep only the k most likely tokens (0 = off)."""
     min_new_tokens: int = 0
     """Forbid EOS before this many new tokens (benchmarks set it to fix the length)."""
+    rank_invariant_sampling: bool = False
+    """Sample by inverse CDF from uniforms drawn for the global batch, so N processes sample as one (always on when N > 1)."""
 
 
 @dataclass
@@ -128,7 +130,7 @@ class TrainingConfig:
     max_steps: int = 100
     """Training steps; a step is one rollout followed by num_iterations optimizer updates."""
     per_device_train_batch_size: int = 64
-    """Completions per micro-batch (forward/backward); a multiple of num_generations."""
+    """Completions per micro-batch (forward/backward) on each rank; a multiple of num_generations."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer update; completions per step = this * batch size * ranks."""
     learning_rate: float = 2e-5
@@ -150,7 +152,11 @@ class TrainingConfig:
     bf16: bool = True
     """bf16 autocast for the policy forward/backward and a bf16 rollout copy (fp32 masters)."""
     skip_zero_advantage_groups: bool = True
-    """Leave groups whose advantages are all 0 out of the backward pass (exact when beta=0)."""
+    """Leave groups whose advantages are all 0 out of the backward pass (exact when beta=0; single process only)."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun: ddp (full replica per rank) or fsdp (FSDP2: parameters, gradients, optimizer state sharded)."""
+    gradient_checkpointing: bool = False
+    """Recompute decoder activations in the backward pass (less memory; no shared-prompt KV cache)."""
     logprob_chunk_size: int = 1024
     """Tokens per chunk when computing log-probs from hidden states."""
     num_threads: int = 0
@@ -434,6 +440,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"algorithm.beta must be >= 0, got {a.beta}")
     if t.learning_rate <= 0:
         raise ConfigError(f"training.learning_rate must be > 0, got {t.learning_rate}")
+    if t.strategy == "fsdp" and config.model.lora:
+        raise ConfigError(
+            "training.strategy=fsdp does not support model.lora=true; use training.strategy=ddp "
+            "(LoRA adapters are small enough to replicate)"
+        )
     w = config.rewards.weights
     if w is not None and config.rewards.funcs is not None and len(w) != len(config.rewards.funcs):
         raise ConfigError(

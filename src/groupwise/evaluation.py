@@ -61,6 +61,7 @@ def evaluate_accuracy(
             eos_token_ids=eos,
             pad_token_id=tokenizer.pad_token_id,
             temperature=0.0,
+            gather_last=True,
         )
         texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         values = correctness(prompts=prompts, completions=texts, **row_columns(chunk))
@@ -149,6 +150,7 @@ def evaluate_sampled(
             pad_token_id=tokenizer.pad_token_id,
             temperature=temperature,
             generator=generator,
+            gather_last=True,
         )
         texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         flat_prompts = [p for p in prompts for _ in range(k)]

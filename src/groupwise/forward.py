@@ -7,6 +7,8 @@ Choices:
 - *No full logits.* Only the final hidden states of completion tokens are kept and the
   log-probs come from ``groupwise.core.chunked_token_logp``, which never holds a
   ``[tokens x vocab]`` float32 tensor and recomputes logits chunk by chunk in the backward pass.
+- ``prefix_cache=False`` runs every row as prompt + completion without a KV cache (still with
+  chunked log-probs): gradient checkpointing drops KV caches inside the layers, so it needs this.
 - ``shared_prefix=False`` runs the straightforward path (each row is prompt + completion, the
   full logits and a float32 log-softmax), kept as the twin that tests compare against.
 """
@@ -60,6 +62,7 @@ def completion_logp(
     chunk_size: int = 1024,
     shared_prefix: bool = True,
     compute_entropy: bool = True,
+    prefix_cache: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-token log-probs ``logp`` [B, Lc] (0 at padding) and entropies of a rollout.
 
@@ -68,6 +71,18 @@ def completion_logp(
     """
     if not shared_prefix:
         return _completion_logp_naive(model, rollout, temperature=temperature)
+    if not prefix_cache:
+        body, head_weight = decoder_and_head(model)
+        hidden = _full_rows_hidden(body, rollout)
+        return _masked_token_logp(
+            hidden,
+            head_weight,
+            rollout.completion_ids,
+            rollout.completion_mask,
+            temperature,
+            chunk_size,
+            compute_entropy,
+        )
     from transformers import DynamicCache
 
     body, head_weight = decoder_and_head(model)
@@ -133,6 +148,19 @@ def _masked_token_logp(
         entropy = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
         entropy = entropy.masked_scatter(keep, ent_flat.detach())
     return logp, entropy
+
+
+def _full_rows_hidden(body: nn.Module, rollout: Rollout) -> Tensor:
+    """Hidden states [B, Lc, H] predicting the completion tokens, each row run in full."""
+    prompts, group = rollout.prompts, rollout.group_size
+    prompt_ids = prompts.input_ids.repeat_interleave(group, dim=0)  # [B, Lp]
+    prompt_mask = prompts.attention_mask.repeat_interleave(group, dim=0)  # [B, Lp]
+    ids = torch.cat([prompt_ids, rollout.completion_ids[:, :-1]], dim=1)  # [B, Lp + Lc - 1]
+    attn = torch.cat([prompt_mask, torch.ones_like(rollout.completion_ids[:, :-1])], dim=1)
+    pos = (attn.cumsum(dim=1) - 1).clamp(min=0)
+    out = body(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+    hidden: Tensor = out.last_hidden_state[:, prompt_ids.shape[1] - 1 :]  # [B, Lc, H]
+    return hidden
 
 
 def _completion_logp_naive(

@@ -221,6 +221,16 @@ def load_base_model(
     return model.to(device), tokenizer
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each decoder layer's activations in the backward pass (less memory, one more
+    forward). Call before LoRA wrapping; the policy forward then runs without a KV cache."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the name from transformers 5.x on
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)  # type: ignore[operator]
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)  # type: ignore[operator]
+
+
 def apply_lora(model: nn.Module, lora: LoraSettings) -> nn.Module:
     """Wrap ``model`` with trainable LoRA adapters (base weights frozen)."""
     from peft import LoraConfig, get_peft_model
@@ -274,10 +284,16 @@ def make_rollout_model(base: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 @torch.no_grad()
 def sync_rollout_model(policy: nn.Module, rollout: nn.Module) -> None:
-    """Copy the policy's current weights into the rollout copy (merging LoRA deltas)."""
+    """Copy the policy's current weights into the rollout copy (merging LoRA deltas).
+
+    Under FSDP each sharded parameter is all-gathered first: a collective, so every rank calls
+    this at the same point and each ends with a full rollout copy.
+    """
     if not is_peft(policy):
+        from groupwise.distributed import full_tensor
+
         for dst, src in zip(rollout.parameters(), policy.parameters(), strict=True):
-            dst.copy_(src)
+            dst.copy_(full_tensor(src))
         return
     from peft.tuners.lora import LoraLayer
 

@@ -16,6 +16,14 @@ Algorithm (DeepSeekMath, arXiv 2402.03300, Alg. 1, with the variants of groupwis
         rollout copy <- pi_theta                                        (sync)
 
 Each phase is timed under its name (``time/<phase>`` in metrics.jsonl).
+
+Under ``torchrun`` (see ``groupwise.distributed``) every rank draws the same global batch of
+prompts and keeps its contiguous slice, so all G completions of a prompt live on one rank.
+Sampling draws come from the global row index (``rollout.generate(total_rows=...)``), the loss
+normalisers are summed over ranks, and the loss is scaled by the world size before the
+backward (DDP and FSDP average gradients): N ranks take the same step as one process with
+the whole batch. Metrics are reduced over ranks; only rank 0 writes logs, reports, checkpoints
+(full weights and a full optimizer state, gathered to rank 0 under FSDP) and runs evaluation.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +57,25 @@ from groupwise.config import Config, ConfigError, config_to_dict, resume_conflic
 from groupwise.core import group_advantages, policy_loss
 from groupwise.data import Row, Task, build_task
 from groupwise.data.sampler import PromptSampler
+from groupwise.distributed import (
+    all_gather_cat,
+    all_gather_objects,
+    all_reduce_floats,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    full_model_state,
+    full_state_dicts,
+    full_tensor,
+    init_distributed,
+    is_main,
+    is_sharded,
+    load_full_optimizer_state,
+    rank,
+    rank_slice,
+    world_size,
+    wrap_policy,
+)
 from groupwise.evaluation import EvalResult, eos_token_ids, evaluate_accuracy, row_columns
 from groupwise.forward import autocast_context, completion_logp
 from groupwise.guards import NonFiniteUpdatesError, StopSignals, TrainingInterrupted
@@ -57,7 +85,6 @@ from groupwise.metrics import (
     PhaseTimer,
     append_jsonl,
     completion_metrics,
-    masked_mean,
     reward_metrics,
     truncate_jsonl,
     write_json_atomic,
@@ -66,9 +93,9 @@ from groupwise.models import (
     LoraSettings,
     ReferencePolicy,
     apply_lora,
+    enable_gradient_checkpointing,
     load_base_model,
     make_rollout_model,
-    pick_device,
     sync_rollout_model,
 )
 from groupwise.optim import build_optimizer, build_scheduler
@@ -116,6 +143,31 @@ class StepBatch:
     ref_logp: list[Tensor | None]  # per micro-batch [b, lc]
 
 
+class LogpModule(torch.nn.Module):
+    """The policy's per-token log-probs as a module, the unit DDP/FSDP wrap.
+
+    The forward reaches into the model (body, then the output-embedding weight), so the
+    data-parallel wrapper must sit around *this* call for its hooks to run.
+    """
+
+    def __init__(self, policy: torch.nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(
+        self, rollout: Rollout, temperature: float, chunk_size: int, prefix_cache: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """``completion_logp`` of the policy (no entropy)."""
+        return completion_logp(
+            self.policy,
+            rollout,
+            temperature=temperature,
+            chunk_size=chunk_size,
+            compute_entropy=False,
+            prefix_cache=prefix_cache,
+        )
+
+
 class GRPOTrainer:
     """Trains ``config.model`` on ``task`` (default: ``config.data``) with GRPO.
 
@@ -135,7 +187,7 @@ class GRPOTrainer:
         if t.num_threads > 0:
             torch.set_num_threads(t.num_threads)
         seed_everything(t.seed)
-        self.device = pick_device(t.device)
+        self.device = init_distributed(t.device)  # joins the process group under torchrun
         self.out_dir = Path(t.output_dir)
         self.task = task or build_task(
             config.data.task,
@@ -182,10 +234,14 @@ class GRPOTrainer:
         )
         low = torch.bfloat16 if t.bf16 else torch.float32
         self.rollout_model = make_rollout_model(base, low)
+        if t.gradient_checkpointing:
+            enable_gradient_checkpointing(base)
         self.policy = apply_lora(base, lora) if lora is not None else base
         sync_rollout_model(self.policy, self.rollout_model)
         self.reference = ReferencePolicy(self.policy, low) if a.beta > 0 else None
         self.eos_ids = eos_token_ids(self.tokenizer, self.policy)
+        # under fsdp this shards self.policy's parameters in place: the optimizer comes after
+        self.train_module = wrap_policy(LogpModule(self.policy), t.strategy, self.device)
         self.optimizer = build_optimizer(
             self.policy.parameters(),
             lr=t.learning_rate,
@@ -200,7 +256,7 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ the step
     @property
     def prompts_per_step(self) -> int:
-        """P: prompts per step (completions per step / G)."""
+        """P: prompts per step on this rank (its completions per step / G)."""
         t = self.config.training
         completions = t.per_device_train_batch_size * t.gradient_accumulation_steps
         return completions // self.config.rollout.num_generations
@@ -210,7 +266,8 @@ class GRPOTrainer:
         timer = PhaseTimer()
         start = time.perf_counter()
         with timer("generate"):
-            rows = self.sampler.next_batch(self.prompts_per_step)
+            every_row = self.sampler.next_batch(self.prompts_per_step * world_size())
+            rows = every_row[rank_slice(len(every_row))]  # this rank's prompts, whole groups
             rollout = self._generate(rows)
         with timer("score"):
             texts, metrics, advantages = self._score(rows, rollout)
@@ -227,27 +284,46 @@ class GRPOTrainer:
         with timer("sync"):
             sync_rollout_model(self.policy, self.rollout_model)
         self.step_count += 1
-        self.num_tokens += int(rollout.completion_mask.sum()) + int(
-            rollout.prompts.attention_mask.sum() * rollout.group_size
-        )
-        metrics.update(completion_metrics(rollout.completion_lengths, rollout.truncated))
-        if rollout.entropy is not None:
-            metrics["entropy"] = float(masked_mean(rollout.entropy, rollout.completion_mask))
-        metrics.update(timer.metrics())
+        metrics.update(self._rollout_metrics(rollout))
+        metrics.update(all_reduce_floats(timer.metrics(), {}))
         metrics.update(
             step=self.step_count,
             num_tokens=self.num_tokens,
             learning_rate=learning_rate,
             step_time=time.perf_counter() - start,
         )
-        self.last_completions = self._completion_records(rows, texts, rollout, advantages)
-        if self.config.training.log_completions:
+        records = self._completion_records(rows, texts, rollout, advantages)
+        self.last_completions = [r for part in all_gather_objects(records) for r in part]
+        if self.config.training.log_completions and is_main():
             self._write_completions(self.last_completions)
         return metrics
+
+    def _rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
+        """Token count, lengths and entropy over the global batch (every rank's rollout)."""
+        mask = rollout.completion_mask
+        entropy = rollout.entropy if rollout.entropy is not None else torch.zeros_like(mask)
+        sums = torch.tensor(
+            [
+                float(mask.sum()),
+                float(rollout.prompts.attention_mask.sum() * rollout.group_size),
+                float((entropy * mask).sum()),
+            ],
+            dtype=torch.float64,
+        )
+        tokens, prompt_tokens, entropy_sum = all_reduce_sum(sums).tolist()
+        self.num_tokens += int(tokens + prompt_tokens)
+        lengths = all_gather_cat(rollout.completion_lengths)
+        out = completion_metrics(lengths, all_gather_cat(rollout.truncated))
+        if rollout.entropy is not None:
+            out["entropy"] = entropy_sum / max(tokens, 1.0)
+        return out
 
     def _generate(self, rows: list[Row]) -> Rollout:
         r = self.config.rollout
         prompts = tokenize_prompts(self.tokenizer, [row["prompt"] for row in rows], self.device)
+        local_rows = len(rows) * r.num_generations
+        # torch.multinomial in one process; rank-invariant draws when N > 1 (or when asked)
+        invariant = r.rank_invariant_sampling or world_size() > 1
         return generate(
             self.rollout_model,
             prompts,
@@ -260,6 +336,8 @@ class GRPOTrainer:
             top_k=r.top_k,
             generator=self.generator,
             min_new_tokens=r.min_new_tokens,
+            row_offset=rank() * local_rows,
+            total_rows=local_rows * world_size() if invariant else None,
         )
 
     def _score(
@@ -277,17 +355,23 @@ class GRPOTrainer:
             result.total, g, scale_rewards=self.config.algorithm.scale_rewards
         )
         self._last_rewards = result
-        return texts, reward_metrics(result.total, result.per_func, g, zero_std), advantages
+        per_func = {k: all_gather_cat(v) for k, v in result.per_func.items()}
+        metrics = reward_metrics(
+            all_gather_cat(result.total), per_func, g, all_gather_cat(zero_std)
+        )  # over the global batch
+        return texts, metrics, advantages
 
     def _prepare(self, rollout: Rollout, advantages: Tensor) -> StepBatch:
         g = rollout.group_size
         loss_mask = rollout.completion_mask.clone()  # [B, Lc]
         if self.config.algorithm.mask_truncated_completions:
             loss_mask[rollout.truncated] = 0
-        num_sequences, num_tokens = float(loss_mask.shape[0]), float(loss_mask.sum())
+        counts = torch.tensor([loss_mask.shape[0], loss_mask.sum()], dtype=torch.float64)
+        num_sequences, num_tokens = all_reduce_sum(counts).tolist()  # global normalisers
         advantages = advantages.to(self.device)
         groups = torch.arange(rollout.prompts.input_ids.shape[0], device=self.device)
-        if self.config.training.skip_zero_advantage_groups and self.reference is None:
+        skip = self.config.training.skip_zero_advantage_groups and world_size() == 1
+        if skip and self.reference is None:  # ranks must run equally many backward passes
             groups = groups[(advantages.view(-1, g) != 0).any(dim=1)]
         rollout = take_groups(rollout, groups)
         rows = group_rows(groups, g)
@@ -312,7 +396,10 @@ class GRPOTrainer:
         for start, stop in batch.micro:
             sub = select_groups(batch.rollout, start, stop)
             with autocast_context(self.device, self.amp_dtype):
-                logp, _ = self._forward(model, sub, entropy=False)
+                if model is self.policy:  # through the DDP/FSDP wrapper (FSDP must unshard)
+                    logp, _ = self._policy_forward(sub)
+                else:
+                    logp, _ = self._forward(model, sub, entropy=False)
             out.append(logp.detach())
         return out
 
@@ -333,6 +420,24 @@ class GRPOTrainer:
             compute_entropy=entropy,
         )
 
+    def _policy_forward(self, rollout: Rollout) -> tuple[Tensor, Tensor | None]:
+        """Log-probs of the policy through its data-parallel wrapper."""
+        out: tuple[Tensor, Tensor | None] = self.train_module(
+            rollout,
+            max(self.config.rollout.temperature, 1e-6),
+            self.config.training.logprob_chunk_size,
+            not self.config.training.gradient_checkpointing,
+        )
+        return out
+
+    def _grad_sync(self, enabled: bool) -> AbstractContextManager[Any]:
+        """DDP: skip the gradient all-reduce on all but the last micro-batch of an update."""
+        no_sync = getattr(self.train_module, "no_sync", None)
+        if enabled or no_sync is None:
+            return nullcontext()
+        context: AbstractContextManager[Any] = no_sync()
+        return context
+
     def _update(self, batch: StepBatch) -> dict[str, float]:
         """mu optimizer updates over the rollout, each accumulated over the micro-batches."""
         a, t = self.config.algorithm, self.config.training
@@ -341,18 +446,23 @@ class GRPOTrainer:
         for p in self.policy.parameters():
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)
+        # DDP/FSDP average gradients over ranks; each rank's loss is already a share of the
+        # global loss (global normalisers), so scaling by N makes the average their sum
+        scale = float(world_size())
         for _ in range(a.num_iterations):
             # zeros, not None: with every group skipped AdamW must still take its (momentum) step
             self.optimizer.zero_grad(set_to_none=False)
             loss_total = 0.0
             for i, (start, stop) in enumerate(batch.micro):
-                loss, stats = self._micro_loss(batch, i, start, stop)
-                loss.backward()
+                with self._grad_sync(i == len(batch.micro) - 1):
+                    loss, stats = self._micro_loss(batch, i, start, stop)
+                    (loss * scale).backward()
                 loss_total += float(loss.detach())
                 acc.add(stats)
             grad_norm = self._clip_and_step(t.max_grad_norm)
             acc.add({"loss": loss_total, "grad_norm": grad_norm})
-        out = acc.summary()
+        ops = {"loss": "sum", "clip_ratio/low_min": "min", "clip_ratio/high_max": "max"}
+        out = all_reduce_floats(acc.summary(), ops)  # loss: each rank holds a share of it
         out["skipped_updates"] = float(self.skipped_updates)
         return out
 
@@ -363,7 +473,7 @@ class GRPOTrainer:
         sub = select_groups(batch.rollout, start, stop)
         mask = batch.loss_mask[start * g : stop * g, : sub.completion_ids.shape[1]]  # [b, lc]
         with autocast_context(self.device, self.amp_dtype):
-            logp, _ = self._forward(self.policy, sub, entropy=False)
+            logp, _ = self._policy_forward(sub)
         old_logp = batch.old_logp[index]
         loss, stats = policy_loss(
             logp,
@@ -386,7 +496,7 @@ class GRPOTrainer:
     def _clip_and_step(self, max_norm: float) -> float:
         params = [p for p in self.policy.parameters() if p.requires_grad]
         limit = max_norm if max_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+        grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, limit)))
         if not np.isfinite(grad_norm):
             self.skipped_updates += 1
             self.nonfinite_in_a_row += 1
@@ -409,15 +519,20 @@ class GRPOTrainer:
         if self.task.correctness is None:
             raise ValueError(f"task {self.task.name!r} has no correctness check to evaluate")
         e = self.config.eval
-        sync_rollout_model(self.policy, self.rollout_model)
-        return evaluate_accuracy(
-            self.rollout_model,
-            self.tokenizer,
-            self.task.eval,
-            self.task.correctness,
-            batch_size=e.batch_size,
-            max_new_tokens=e.max_new_tokens,
-        )
+        sync_rollout_model(self.policy, self.rollout_model)  # every rank (a collective on FSDP)
+        result: EvalResult | None = None
+        if is_main():  # the others wait for rank 0's result
+            result = evaluate_accuracy(
+                self.rollout_model,
+                self.tokenizer,
+                self.task.eval,
+                self.task.correctness,
+                batch_size=e.batch_size,
+                max_new_tokens=e.max_new_tokens,
+            )
+        shared = broadcast_object(result)
+        assert shared is not None
+        return shared
 
     def train(self) -> dict[str, Any]:
         """Run (or continue) the steps up to ``max_steps`` with evaluation; returns the summary.
@@ -432,8 +547,10 @@ class GRPOTrainer:
             "model": self.config.model.name,
             "task": self.task.name,
             "run_dir": str(self.out_dir),
+            "world_size": world_size(),
         }
-        self.trackers = build_trackers(t.report_to, self.out_dir, config_to_dict(self.config))
+        if is_main():
+            self.trackers = build_trackers(t.report_to, self.out_dir, config_to_dict(self.config))
         try:
             with StopSignals() as stop:
                 self._train_loop(summary, stop)
@@ -442,9 +559,11 @@ class GRPOTrainer:
         if t.save_final:
             summary["final_model"] = str(self.save(self.out_dir / "final"))
         summary["wall_time_s"] = time.perf_counter() - wall_start
-        write_json_atomic(self.out_dir / "summary.json", summary)
-        if t.report:
-            self._write_report()
+        if is_main():
+            write_json_atomic(self.out_dir / "summary.json", summary)
+            if t.report:
+                self._write_report()
+        barrier()
         return summary
 
     def _train_loop(self, summary: dict[str, Any], stop: StopSignals) -> None:
@@ -456,7 +575,7 @@ class GRPOTrainer:
         summary.update(self.run_state)
         view = LiveView(
             t.max_steps,
-            enabled=t.progress,
+            enabled=t.progress and is_main(),
             log_completions_steps=t.log_completions_steps,
             num_completions=t.num_completions_to_print,
             initial=self.step_count,
@@ -473,7 +592,8 @@ class GRPOTrainer:
                         f"step {self.step_count}", step=None
                     )
                     view.set_eval_accuracy(metrics["eval_accuracy"])
-                if self.step_count % t.logging_steps == 0 or self.step_count == t.max_steps:
+                log_due = self.step_count % t.logging_steps == 0 or self.step_count == t.max_steps
+                if log_due and is_main():
                     append_jsonl(self.out_dir / "metrics.jsonl", metrics)
                     for tracker in self.trackers:
                         tracker.log(metrics, self.step_count)
@@ -496,14 +616,21 @@ class GRPOTrainer:
         due = t.save_steps > 0 and (
             self.step_count % t.save_steps == 0 or self.step_count == t.max_steps
         )
-        if due or stop.requested is not None:
+        # ranks see a signal at different moments: all stop after the step in which any saw it
+        requested = next((r for r in all_gather_objects(stop.requested) if r is not None), None)
+        if due or requested is not None:
             self.save_checkpoint()
-        if stop.requested is not None:
-            raise TrainingInterrupted(stop.requested, self.step_count, str(self.last_checkpoint))
+        if requested is not None:
+            raise TrainingInterrupted(requested, self.step_count, str(self.last_checkpoint))
 
     # ------------------------------------------------------------------ checkpoints and resume
-    def state_dict(self) -> dict[str, Any]:
-        """Everything besides the weights that the next step depends on."""
+    def state_dict(self, optimizer: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything besides the weights that the next step depends on.
+
+        Every rank holds the same counters, data position and RNG states (same seed, same
+        draws), so rank 0's state stands for all. ``optimizer``: a full optimizer state
+        gathered under FSDP (default: this rank's own, complete under DDP).
+        """
         scheduler = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         return {
@@ -512,7 +639,8 @@ class GRPOTrainer:
             "skipped_updates": self.skipped_updates,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "run_state": dict(self.run_state),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer if optimizer is not None else self.optimizer.state_dict(),
+            "world_size": world_size(),
             "scheduler": scheduler,
             "sampler": self.sampler.state_dict(),
             "rng": {
@@ -531,7 +659,18 @@ class GRPOTrainer:
         self.skipped_updates = int(state["skipped_updates"])
         self.nonfinite_in_a_row = int(state["nonfinite_in_a_row"])
         self.run_state = dict(state["run_state"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if is_sharded(self.policy):
+            load_full_optimizer_state(self.policy, self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != world_size() and is_main():
+            print(
+                f"groupwise: resuming a {saved_world}-process run with {world_size()} processes: "
+                "completions per step = per_device_train_batch_size * gradient_accumulation_steps "
+                "* processes changes with it",
+                file=sys.stderr,
+            )
         # keep this run's schedule function (max_steps may have grown), restore its position
         scheduler = dict(state["scheduler"], lr_lambdas=[None] * len(self.scheduler.lr_lambdas))
         self.scheduler.load_state_dict(scheduler)
@@ -545,17 +684,27 @@ class GRPOTrainer:
         self.generator.set_state(rng["generator"])
 
     def save_checkpoint(self) -> Path:
-        """Write ``output_dir/checkpoints/step-<step>`` (atomic; older ones pruned)."""
+        """Write ``output_dir/checkpoints/step-<step>`` (atomic; older ones pruned).
+
+        Rank 0 writes; under FSDP the full weights and optimizer state are gathered to it first.
+        """
         t = self.config.training
-        self.last_checkpoint = save_checkpoint(
-            self.out_dir,
-            self.step_count,
-            self.policy,
-            self.tokenizer,
-            self.state_dict(),
-            config_to_dict(self.config),
-            keep=t.save_total_limit,
-        )
+        model_state, optimizer = None, None
+        if is_sharded(self.policy):  # a collective: every rank takes part
+            model_state, optimizer = full_state_dicts(self.policy, self.optimizer)
+        self.last_checkpoint = self.out_dir / CHECKPOINTS / f"step-{self.step_count:08d}"
+        if is_main():
+            self.last_checkpoint = save_checkpoint(
+                self.out_dir,
+                self.step_count,
+                self.policy,
+                self.tokenizer,
+                self.state_dict(optimizer),
+                config_to_dict(self.config),
+                keep=t.save_total_limit,
+                model_state=model_state,
+            )
+        barrier()
         return self.last_checkpoint
 
     def resume_from(self, path: Path) -> None:
@@ -575,7 +724,32 @@ class GRPOTrainer:
         print(f"resumed from {path} at step {self.step_count}", flush=True)
 
     def _prepare_run_dir(self) -> None:
-        """Resume (``training.resume``) or start fresh, never silently mixing two runs."""
+        """Resume (``training.resume``) or start fresh, never silently mixing two runs.
+
+        Rank 0 decides and prepares the directory; every rank then loads the same checkpoint
+        (read from the run directory: a shared file system on several nodes).
+        """
+        found: tuple[str | None, str | None] = (None, None)  # (checkpoint, error)
+        if is_main():
+            try:
+                checkpoint = self._find_checkpoint()
+                found = (str(checkpoint) if checkpoint else None, None)
+            except ConfigError as exc:
+                found = (None, str(exc))
+        checkpoint_path, error = broadcast_object(found)
+        if error is not None:
+            raise ConfigError(error)
+        if checkpoint_path is not None:
+            self.resume_from(Path(checkpoint_path))
+        if is_main():
+            for log in [self.out_dir / "metrics.jsonl", self.out_dir / "completions.jsonl"]:
+                truncate_jsonl(log, self.step_count)  # drop steps after the checkpoint (or all)
+            config_yaml = yaml.safe_dump(config_to_dict(self.config))
+            (self.out_dir / "config.yaml").write_text(config_yaml)
+        barrier()
+
+    def _find_checkpoint(self) -> Path | None:
+        """The checkpoint to resume from (or None), clearing an old run when told to."""
         t = self.config.training
         self.out_dir.mkdir(parents=True, exist_ok=True)
         logs = [self.out_dir / "metrics.jsonl", self.out_dir / "completions.jsonl"]
@@ -594,11 +768,7 @@ class GRPOTrainer:
                     "and checkpoints), or choose another output_dir"
                 )
             shutil.rmtree(self.out_dir / CHECKPOINTS, ignore_errors=True)
-        if checkpoint is not None:
-            self.resume_from(checkpoint)
-        for log in logs:  # drop steps after the checkpoint (or all, starting fresh)
-            truncate_jsonl(log, self.step_count)
-        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.config)))
+        return checkpoint
 
     def _write_report(self) -> None:
         try:
@@ -610,20 +780,31 @@ class GRPOTrainer:
 
     def _eval_and_log(self, label: str, step: int | None) -> float:
         result = self.evaluate()
-        print(
-            f"held-out greedy accuracy ({label}): {result.accuracy:.1%} on {len(result.scores)}",
-            flush=True,
-        )
+        if is_main():
+            print(
+                f"held-out greedy accuracy ({label}): {result.accuracy:.1%} on "
+                f"{len(result.scores)}",
+                flush=True,
+            )
         if step is not None:
             for tracker in self.trackers:
                 tracker.log({"eval_accuracy": result.accuracy}, step)
         return result.accuracy
 
     def save(self, path: Path) -> Path:
-        """Save the policy (full model, or merged model plus ``adapter/`` under LoRA)."""
+        """Save the policy (full model, or merged model plus ``adapter/`` under LoRA).
+
+        Rank 0 writes; under FSDP every rank must call this (the weights are gathered to rank 0).
+        """
         from groupwise.checkpoint import save_pretrained_atomic
 
-        return save_pretrained_atomic(self.policy, self.tokenizer, path)
+        model_state = None
+        if is_sharded(self.policy):
+            model_state = full_model_state(self.policy)
+        if is_main():
+            save_pretrained_atomic(self.policy, self.tokenizer, path, model_state=model_state)
+        barrier()
+        return path
 
     def _completion_records(
         self, rows: list[Row], texts: list[str], rollout: Rollout, advantages: Tensor
