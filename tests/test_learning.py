@@ -24,7 +24,8 @@ def _rewards(run: Path) -> list[float]:
     return [json.loads(x)["reward"] for x in lines]
 
 
-def test_tiny_random_learns_a_simple_reward(tmp_path: Path) -> None:
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_tiny_random_learns_a_simple_reward(tmp_path: Path, param_dtype: str) -> None:
     overrides = tiny_overrides(
         tmp_path,
         max_steps=16,
@@ -32,11 +33,12 @@ def test_tiny_random_learns_a_simple_reward(tmp_path: Path) -> None:
         per_device_train_batch_size=32,
         gradient_accumulation_steps=1,
         max_completion_length=2,
-        learning_rate=3e-2,
+        learning_rate=1e-1,  # 3e-2 learned within 16 steps for 1 seed in 4; 1e-1 for 4 in 4
+        **{"training.param_dtype": param_dtype},
     )
     GRPOTrainer(load_config(overrides=overrides), reward_funcs=[even_first_token]).train()
     rewards = _rewards(tmp_path / "run")
-    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    first, last = sum(rewards[:2]) / 2, sum(rewards[-4:]) / 4  # base rate ~0.5
     assert last > first + 0.3, rewards
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,6 +45,29 @@ def test_full_finetune_moves_every_parameter(tmp_path: Path, loss_type: str) -> 
     assert [m["step"] for m in lines] == [1, 2]
     assert all(m["kl"] >= 0 for m in lines)
     assert lines[0]["kl"] == pytest.approx(0.0, abs=1e-2)  # policy == reference at step 1
+
+
+def test_pure_bf16_trains_in_place_without_a_rollout_copy(tmp_path: Path) -> None:
+    from groupwise.optim import CompensatedAdamW
+
+    trainer = _train(tmp_path, beta=0.04, **{"training.param_dtype": "bfloat16"})
+    assert trainer.rollout_model is trainer.policy  # decodes itself: no copy to sync
+    assert {p.dtype for p in trainer.policy.parameters()} == {torch.bfloat16}
+    assert isinstance(trainer.optimizer, CompensatedAdamW)
+    assert trainer.reference is not None and trainer.reference.model is not None
+    before, ref_before = _snapshot(trainer.policy), _snapshot(trainer.reference.model)
+    trainer.train()
+    after = _snapshot(trainer.policy)
+    compensation = [s["compensation"] for s in trainer.optimizer.state.values()]
+    moved = [
+        n for n, c in zip(before, compensation, strict=True)
+        if not torch.equal(before[n], after[n]) or bool(c.any())
+    ]  # fmt: skip
+    assert len(moved) == len(before)  # every weight moved (some only below a bf16 ulp so far)
+    for name, value in _snapshot(trainer.reference.model).items():
+        assert torch.equal(value, ref_before[name]), f"reference parameter {name} changed"
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(m["entropy"]) and np.isfinite(m["loss"]) for m in lines)
 
 
 def test_lora_moves_adapters_only(tmp_path: Path) -> None:

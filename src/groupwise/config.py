@@ -151,6 +151,8 @@ class TrainingConfig:
     """Seed for sampling, data order and model init."""
     bf16: bool = True
     """bf16 autocast for the policy forward/backward and a bf16 rollout copy (fp32 masters)."""
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights' dtype; bfloat16 = pure bf16 training with Kahan-compensated AdamW (less memory, no rollout copy)."""
     skip_zero_advantage_groups: bool = True
     """Leave groups whose advantages are all 0 out of the backward pass (exact when beta=0; single process only)."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
@@ -440,6 +442,13 @@ def validate(config: Config) -> None:
         raise ConfigError(f"algorithm.beta must be >= 0, got {a.beta}")
     if t.learning_rate <= 0:
         raise ConfigError(f"training.learning_rate must be > 0, got {t.learning_rate}")
+    if t.param_dtype == "bfloat16" and not t.bf16:
+        raise ConfigError("training.param_dtype=bfloat16 needs training.bf16=true")
+    if t.param_dtype == "bfloat16" and t.strategy == "fsdp":
+        raise ConfigError(
+            "training.param_dtype=bfloat16 is not supported with training.strategy=fsdp yet; "
+            "use training.strategy=ddp or training.param_dtype=float32"
+        )
     if t.strategy == "fsdp" and config.model.lora:
         raise ConfigError(
             "training.strategy=fsdp does not support model.lora=true; use training.strategy=ddp "

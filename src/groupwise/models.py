@@ -5,7 +5,11 @@ Choices:
   directory, or a ``.gguf`` file. GGUF files are dequantized once by transformers and cached on
   disk as an ordinary float32 model directory, so later runs start in seconds and ``final/`` saves
   with ``save_pretrained``.
-- Full fine-tuning keeps float32 master weights; compute runs under bf16 autocast where asked.
+- Full fine-tuning keeps float32 master weights by default; compute runs under bf16 autocast
+  where asked. ``training.param_dtype=bfloat16`` loads the weights in bf16 instead (pure bf16
+  training: see ``groupwise.optim.CompensatedAdamW``); the policy then also serves as its own
+  rollout model, with no copy. Under LoRA the frozen base takes ``param_dtype`` and the adapters
+  stay float32.
 - LoRA wraps the policy with ``peft``; the reference policy is then the same model with adapters
   disabled (no second copy). With full fine-tuning the reference is a frozen copy, and there is
   none at all when ``beta == 0``.
@@ -195,9 +199,14 @@ class LoraSettings:
 
 
 def load_base_model(
-    name_or_path: str, *, seed: int, device: torch.device, attn_implementation: str = "auto"
+    name_or_path: str,
+    *,
+    seed: int,
+    device: torch.device,
+    attn_implementation: str = "auto",
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[nn.Module, Any]:
-    """Load the model (float32 weights) and its tokenizer, by preset, directory or GGUF file.
+    """Load the model (weights in ``dtype``) and its tokenizer, by preset, directory or GGUF file.
 
     ``attn_implementation='auto'`` picks groupwise's grouped-query attention on CPU (for GRPO's
     short sequences it beat SDPA and eager here: see benchmarks/README.md) and SDPA on GPUs.
@@ -209,7 +218,9 @@ def load_base_model(
         from transformers import AutoModelForCausalLM
 
         tokenizer = load_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    if model.dtype != dtype:  # the tiny random model is built in float32
+        model = model.to(dtype)
     model.config.use_cache = False  # type: ignore[union-attr]
     if attn_implementation == "auto":
         attn_implementation = "grouped" if device.type == "cpu" else "sdpa"
@@ -287,8 +298,11 @@ def sync_rollout_model(policy: nn.Module, rollout: nn.Module) -> None:
     """Copy the policy's current weights into the rollout copy (merging LoRA deltas).
 
     Under FSDP each sharded parameter is all-gathered first: a collective, so every rank calls
-    this at the same point and each ends with a full rollout copy.
+    this at the same point and each ends with a full rollout copy. A policy that is its own
+    rollout model (pure bf16 training) needs nothing.
     """
+    if rollout is policy:
+        return
     if not is_peft(policy):
         from groupwise.distributed import full_tensor
 

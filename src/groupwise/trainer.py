@@ -229,11 +229,18 @@ class GRPOTrainer:
             if m.lora
             else None
         )
+        dtype = getattr(torch, t.param_dtype)
         base, self.tokenizer = load_base_model(
-            m.name, seed=t.seed, device=self.device, attn_implementation=m.attn_implementation
+            m.name,
+            seed=t.seed,
+            device=self.device,
+            attn_implementation=m.attn_implementation,
+            dtype=dtype,
         )
         low = torch.bfloat16 if t.bf16 else torch.float32
-        self.rollout_model = make_rollout_model(base, low)
+        # pure bf16 training: the policy decodes itself (no copy)
+        shared = lora is None and dtype == low == torch.bfloat16
+        self.rollout_model = base if shared else make_rollout_model(base, low)
         if t.gradient_checkpointing:
             enable_gradient_checkpointing(base)
         self.policy = apply_lora(base, lora) if lora is not None else base
@@ -324,6 +331,7 @@ class GRPOTrainer:
         local_rows = len(rows) * r.num_generations
         # torch.multinomial in one process; rank-invariant draws when N > 1 (or when asked)
         invariant = r.rank_invariant_sampling or world_size() > 1
+        self.rollout_model.eval()  # it may be the policy itself (pure bf16 training)
         return generate(
             self.rollout_model,
             prompts,

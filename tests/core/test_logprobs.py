@@ -152,3 +152,9 @@ def test_empty_and_validation() -> None:
         chunked_token_logp(hidden, weight, targets.int())
     with pytest.raises(ValueError, match="weight"):
         chunked_token_logp(hidden, weight[:, :3], targets)
+
+
+def test_entropy_ignores_banned_tokens() -> None:
+    # a -inf logit (EOS banned by min_new_tokens) has p = 0 and adds 0, not NaN
+    logits = torch.tensor([[0.0, 0.0, float("-inf")]])
+    torch.testing.assert_close(entropy_from_logits(logits), torch.tensor([math.log(2.0)]))

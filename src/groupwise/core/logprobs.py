@@ -20,12 +20,14 @@ from torch.autograd.function import once_differentiable
 def entropy_from_logits(logits: Tensor) -> Tensor:
     """Entropy of ``softmax(logits)`` over the last dim, in float32::
 
-        H = -sum_v p_v log p_v,   p = softmax(logits)
+        H = -sum_v p_v log p_v,   p = softmax(logits),   0 log 0 = 0
 
-    ``logits`` is ``[..., V]``; returns ``[...]``.
+    ``logits`` is ``[..., V]`` (``-inf`` entries, e.g. a banned EOS, count as p = 0); returns
+    ``[...]``.
     """
     logp_all = F.log_softmax(logits.to(torch.float32), dim=-1)  # [..., V]
-    return -(logp_all.exp() * logp_all).sum(dim=-1)  # [...]
+    p = logp_all.exp()  # [..., V]
+    return -(p * logp_all.masked_fill(p == 0, 0.0)).sum(dim=-1)  # [...]
 
 
 def _check_inputs(

@@ -1,0 +1,115 @@
+"""CompensatedAdamW (pure bf16 training) against the AdamW formulas and float32 AdamW."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from groupwise.optim import CompensatedAdamW, build_optimizer
+
+
+def test_one_step_matches_the_formula() -> None:
+    # k = 1: m = (1-b1) g, v = (1-b2) g^2, m_hat = g, v_hat = g^2
+    # u = -lr (g / (|g| + eps) + wd p) = -lr (sign(g) + wd p) for |g| >> eps
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.bfloat16))
+    p.grad = torch.tensor([0.5, -0.25, 2.0], dtype=torch.bfloat16)
+    lr, wd = 0.01, 0.1
+    opt = CompensatedAdamW([p], lr=lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=wd)
+    opt.step()
+    start = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    g = torch.tensor([0.5, -0.25, 2.0], dtype=torch.float64)
+    want = start - lr * (g / (g.abs() + 1e-8) + wd * start)  # [0.989, -1.988, 0.4895]
+    state = opt.state[p]
+    got = p.double() + state["compensation"].double()  # the compensated weight p + c
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(state["exp_avg"].double(), 0.1 * g, atol=1e-4, rtol=1e-2)
+    torch.testing.assert_close(state["exp_avg_sq"].double(), 0.01 * g * g, atol=0, rtol=1e-6)
+    assert state["exp_avg"].dtype == torch.bfloat16
+    assert state["exp_avg_sq"].dtype == torch.float32
+
+
+def test_small_updates_accumulate_where_plain_bf16_loses_them() -> None:
+    """lr 1e-4 against weights of ~1 (a bf16 ulp there is 2^-7): 200 steps of float32 AdamW
+    move each weight ~0.02; plain bf16 AdamW rounds every update away, compensated tracks fp32."""
+    g = torch.Generator().manual_seed(0)
+    start = 1.0 + torch.rand(64, generator=g)  # [64]
+    grads = [1.0 + 0.5 * torch.randn(64, generator=g) for _ in range(200)]  # a steady drift
+
+    def run(dtype: torch.dtype, compensated: bool) -> torch.Tensor:
+        p = torch.nn.Parameter(start.to(dtype, copy=True))
+        opt: torch.optim.Optimizer
+        if compensated:
+            opt = CompensatedAdamW([p], lr=1e-4, betas=(0.9, 0.99))
+        else:
+            opt = torch.optim.AdamW([p], lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0)
+        for grad in grads:
+            p.grad = grad.to(dtype)
+            opt.step()
+        if compensated:
+            return p.detach().double() + opt.state[p]["compensation"].double()
+        return p.detach().double()
+
+    fp32 = run(torch.float32, False)
+    moved = (fp32 - start.double()).abs()
+    assert float(moved.mean()) > 5e-3  # the updates are real
+    plain = run(torch.bfloat16, False)
+    comp = run(torch.bfloat16, True)
+    assert float((plain - start.to(torch.bfloat16).double()).abs().max()) == 0.0  # all lost
+    start_bf16 = start.to(torch.bfloat16).double()  # where the bf16 runs begin
+    err = ((comp - start_bf16) - (fp32 - start.double())).abs()  # displacement vs float32's
+    assert float(err.max()) < 0.02 * float(moved.mean()), (float(err.max()), float(moved.mean()))
+
+
+def test_large_tensors_go_through_in_chunks() -> None:
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(10, 7, generator=g).to(torch.bfloat16)
+    grad = torch.randn(10, 7, generator=g).to(torch.bfloat16)
+    results = []
+    for chunk in (1 << 20, 3):
+        p = torch.nn.Parameter(w.clone())
+        opt = CompensatedAdamW([p], lr=1e-3, weight_decay=0.01, chunk_size=chunk)
+        for _ in range(3):
+            p.grad = grad.clone()
+            opt.step()
+        results.append((p.detach().clone(), opt.state[p]["compensation"].clone()))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def test_build_optimizer_picks_by_dtype() -> None:
+    fp32 = torch.nn.Linear(2, 2)
+    assert isinstance(
+        build_optimizer(fp32.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0),
+        torch.optim.AdamW,
+    )
+    bf16 = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    opt = build_optimizer(bf16.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0)
+    assert isinstance(opt, CompensatedAdamW)
+    mixed = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2).bfloat16())]
+    with pytest.raises(ValueError, match="mix dtypes"):
+        build_optimizer(mixed, lr=1e-3, betas=(0.9, 0.99), weight_decay=0)
+
+
+def test_state_dict_round_trip_continues_exactly() -> None:
+    g = torch.Generator().manual_seed(2)
+    grads = [torch.randn(5, generator=g).bfloat16() for _ in range(4)]
+    p = torch.nn.Parameter(torch.ones(5, dtype=torch.bfloat16))
+    opt = CompensatedAdamW([p], lr=1e-3)
+    for grad in grads[:2]:
+        p.grad = grad
+        opt.step()
+    saved_p, saved = p.detach().clone(), copy.deepcopy(opt.state_dict())
+    for grad in grads[2:]:
+        p.grad = grad
+        opt.step()
+    q = torch.nn.Parameter(saved_p)
+    opt2 = CompensatedAdamW([q], lr=1e-3)
+    opt2.load_state_dict(saved)
+    for grad in grads[2:]:
+        q.grad = grad
+        opt2.step()
+    assert torch.equal(p, q)
+    assert math.isclose(float(opt2.state[q]["step"]), 4.0)
