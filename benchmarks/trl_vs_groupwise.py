@@ -2,8 +2,12 @@
 
 Workload B1: SmolLM2-135M-Instruct, 2-digit addition prompts, 4 prompts x 8 completions = 32
 completions per optimizer step, exactly 48 new tokens each (EOS suppressed on both sides),
-beta = 0.04 (reference model on), mu = 1, lr 1e-5 constant, full fine-tuning, bf16 autocast over
-fp32 master weights. B1-LoRA: the same with LoRA r=16, alpha=32 on all linear layers.
+beta = 0.04 (reference model on), mu = 1, lr 1e-5 constant, full fine-tuning, bf16 where each
+trainer supports it: TRL's bf16 autocast over fp32 master weights; groupwise's pure bf16 weights
+with Kahan-compensated AdamW (``training.param_dtype=bfloat16``), in micro-batches of one group
+(8 completions, 4 accumulated per update), sampling by inverse CDF
+(``rollout.rank_invariant_sampling=true``; torch.multinomial is the single-process default). B1-LoRA: the same with LoRA r=16, alpha=32 on all
+linear layers (groupwise: bf16 frozen base, float32 adapters under autocast).
 
 Each trainer runs as its own subprocess of N steps: groupwise through its CLI in this venv, TRL
 through benchmarks/trl_b1.py in a separate venv (benchmarks/trl_env.sh creates it, pinned
@@ -86,8 +90,13 @@ def groupwise_command(
         "training.overwrite_output_dir": "true",
         "training.max_steps": str(steps),
         "rollout.num_generations": "8",
-        "training.per_device_train_batch_size": "32",
-        "training.gradient_accumulation_steps": "1",
+        # groupwise's levers (same work: 32 completions, one optimizer update per step):
+        # micro-batches of one group, and pure bf16 weights (Kahan-compensated AdamW)
+        "training.per_device_train_batch_size": "8",
+        "training.gradient_accumulation_steps": "4",
+        "training.param_dtype": "bfloat16",
+        # inverse-CDF sampling (one uniform per row and token) instead of torch.multinomial
+        "rollout.rank_invariant_sampling": "true",
         "rollout.max_completion_length": str(LENGTH),
         "rollout.min_new_tokens": str(LENGTH),
         "algorithm.beta": "0.04",

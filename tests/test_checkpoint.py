@@ -65,17 +65,26 @@ class CrashingTrainer(GRPOTrainer):
             raise Crash
 
 
-@pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, lora: bool) -> None:
-    full = _trainer(tmp_path / "full", max_steps=5, **{"model.lora": lora})
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"model.lora": False},
+        pytest.param({"model.lora": True}, marks=pytest.mark.slow),
+        # pure bf16: the Kahan compensation buffer must come back with the optimizer state
+        {"bf16": True, "param_dtype": "bfloat16"},
+    ],
+    ids=["full", "lora", "pure-bf16"],
+)
+def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, extra: dict[str, object]) -> None:
+    full = _trainer(tmp_path / "full", max_steps=5, **extra)
     full.train()
     split = tmp_path / "split"
-    config = load_config(overrides=_overrides(split, max_steps=5, **{"model.lora": lora}))
+    config = load_config(overrides=_overrides(split, max_steps=5, **extra))
     with pytest.raises(Crash):
         CrashingTrainer(config).train()  # checkpoint at step 2; step 3 logged, then lost
     assert [p.name for p in list_checkpoints(split / "run")] == ["step-00000002"]
     assert [m["step"] for m in _metrics(split / "run")] == [1, 2, 3]
-    second = _trainer(split, max_steps=5, resume="auto", **{"model.lora": lora})
+    second = _trainer(split, max_steps=5, resume="auto", **extra)
     second.train()  # resumes at step 2: step 3 is taken again, its old log lines dropped
     assert second.step_count == 5
     assert _metrics(split / "run") == _metrics(tmp_path / "full" / "run")

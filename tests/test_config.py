@@ -68,12 +68,18 @@ def test_unknown_key_in_yaml_is_named(tmp_path: Path) -> None:
         ("per_device_train_batch_size=12", "multiple of rollout.num_generations"),
         ("top_p=0", "rollout.top_p"),
         ("beta=-1", "algorithm.beta"),
+        ("param_dtype=float16", "training.param_dtype: 'float16' is not one of: float32, bfloat16"),
     ],
 )
 def test_bad_values_are_named(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(overrides=[override])
     assert message in str(info.value)
+
+
+def test_pure_bf16_needs_autocast() -> None:
+    with pytest.raises(ConfigError, match="training.param_dtype=bfloat16 needs training.bf16=true"):
+        load_config(overrides=["param_dtype=bfloat16", "bf16=false"])
 
 
 def test_ambiguous_and_malformed_overrides() -> None:

@@ -206,6 +206,15 @@ def test_inverse_cdf_sampling_follows_the_distribution() -> None:
     assert edge.tolist() == [0, 2]  # never the zero-probability token
 
 
+def test_pure_bf16_is_refused_with_several_processes(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "groupwise", "train", *_overrides(tmp_path, param_dtype="bfloat16", bf16=True)]
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT / 'src'}")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "training.param_dtype=bfloat16 is single-process only" in proc.stderr + proc.stdout
+
+
 def test_fsdp_with_lora_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"training.strategy=fsdp"):
         load_config(overrides=tiny_overrides(tmp_path, strategy="fsdp", **{"model.lora": True}))

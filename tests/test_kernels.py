@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import eager_attention_forward
@@ -29,6 +30,34 @@ def test_grouped_attention_equals_eager() -> None:
     ours, _ = grouped_attention(module, q, k, v, mask, scaling=0.3)
     ref, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.3)
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_long_sequences_take_fused_sdpa_and_equal_eager(dtype: torch.dtype) -> None:
+    from groupwise.kernels.attention import SDPA_MIN_LENGTH
+
+    gen = torch.Generator().manual_seed(1)
+    length, queries = SDPA_MIN_LENGTH + 7, 9
+    q = torch.randn(2, 6, queries, 8, generator=gen).to(dtype).requires_grad_(True)
+    k = torch.randn(2, 2, length, 8, generator=gen).to(dtype).requires_grad_(True)
+    v = torch.randn(2, 2, length, 8, generator=gen).to(dtype).requires_grad_(True)
+    mask = torch.zeros(2, 1, queries, length, dtype=dtype)
+    mask[0, :, :, :3] = torch.finfo(dtype).min  # left padding of row 0
+    mask[:, :, 4, -2:] = torch.finfo(dtype).min  # and some causal-style holes
+    module = _Module().eval()
+    ours, _ = grouped_attention(module, q, k, v, mask, scaling=0.3)
+    fn, names = ours.grad_fn, []  # clone <- transpose <- the fused kernel's backward
+    for _ in range(3):
+        names.append(type(fn).__name__)
+        fn = fn.next_functions[0][0]
+    assert any("ScaledDotProduct" in n for n in names), names
+    grads = torch.autograd.grad(ours.float().sum(), (q, k, v))
+    ref, _ = eager_attention_forward(module, q, k, v, mask, scaling=0.3)
+    ref_grads = torch.autograd.grad(ref.float().sum(), (q, k, v))
+    tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(ours, ref, **tol)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, **tol)
 
 
 def test_grouped_attention_model_logits_and_grads() -> None:

@@ -113,3 +113,6 @@ def test_state_dict_round_trip_continues_exactly() -> None:
         opt2.step()
     assert torch.equal(p, q)
     assert math.isclose(float(opt2.state[q]["step"]), 4.0)
+    for key in ("exp_avg", "exp_avg_sq", "compensation"):  # dtypes kept (torch would cast)
+        assert opt2.state[q][key].dtype == opt.state[p][key].dtype, key
+        assert torch.equal(opt2.state[q][key], opt.state[p][key]), key

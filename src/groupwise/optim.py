@@ -77,6 +77,19 @@ class CompensatedAdamW(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.chunk_size = chunk_size
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load as torch does, then put back the float32 second moments: torch casts every
+        floating-point state tensor to its parameter's dtype (bf16), which would round them."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for param_id, param in zip(saved_ids, params, strict=True):
+            saved = state_dict["state"].get(param_id, {})
+            if "exp_avg_sq" in saved:
+                self.state[param]["exp_avg_sq"] = saved["exp_avg_sq"].to(
+                    device=param.device, dtype=torch.float32, copy=True
+                )
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One AdamW update of every parameter that has a gradient."""

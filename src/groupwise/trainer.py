@@ -230,6 +230,11 @@ class GRPOTrainer:
             else None
         )
         dtype = getattr(torch, t.param_dtype)
+        if dtype == torch.bfloat16 and world_size() > 1:
+            raise ConfigError(
+                "training.param_dtype=bfloat16 is single-process only for now (its multi-process "
+                "equivalence is not tested); use training.param_dtype=float32 under torchrun"
+            )
         base, self.tokenizer = load_base_model(
             m.name,
             seed=t.seed,

@@ -64,11 +64,12 @@ def test_chunked_matches_naive_float32(chunk_size: int, temperature: float) -> N
     assert lp_c.dtype == ent_c.dtype == torch.float32
 
 
+@pytest.mark.parametrize("chunk_size", [10, 1024])  # several chunks; one (no fp32 accumulator)
 @pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float32])
-def test_bf16_hidden_matches_naive_bf16(weight_dtype: torch.dtype) -> None:
+def test_bf16_hidden_matches_naive_bf16(weight_dtype: torch.dtype, chunk_size: int) -> None:
     hidden, weight, targets, up = _inputs(torch.bfloat16)
     weight = weight.to(weight_dtype)
-    lp_c, ent_c, gh_c, gw_c = _grads("chunked", hidden, weight, targets, up, chunk_size=10)
+    lp_c, ent_c, gh_c, gw_c = _grads("chunked", hidden, weight, targets, up, chunk_size=chunk_size)
     lp_n, ent_n, gh_n, gw_n = _grads("naive", hidden, weight, targets, up)
     assert lp_c.dtype == torch.float32
     assert gh_c.dtype == torch.bfloat16 and gw_c.dtype == weight_dtype

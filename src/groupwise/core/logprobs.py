@@ -110,9 +110,10 @@ class _ChunkedTokenLogp(torch.autograd.Function):
         w = weight.to(hidden.dtype)  # [V, H]
         grad_logp = grad_logp.to(torch.float32)  # [N]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None  # [N, H]
+        one_chunk = hidden.shape[0] <= ctx.chunk_size  # no float32 [V, H] accumulator needed
         grad_weight = (
             torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # [V, H]
-            if need_weight
+            if need_weight and not one_chunk
             else None
         )
         for start in range(0, hidden.shape[0], ctx.chunk_size):
@@ -126,7 +127,9 @@ class _ChunkedTokenLogp(torch.autograd.Function):
             grad_logits_lp = grad_logits.to(hidden.dtype)  # [n, V]
             if grad_hidden is not None:
                 grad_hidden[start:end] = grad_logits_lp @ w  # [n, H]
-            if grad_weight is not None:
+            if need_weight and one_chunk:
+                grad_weight = (grad_logits_lp.T @ h_c).to(weight.dtype)  # [V, H]
+            elif grad_weight is not None:
                 grad_weight += (grad_logits_lp.T @ h_c).to(torch.float32)  # [V, H]
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
@@ -151,8 +154,8 @@ def chunked_token_logp(
     ``hidden`` ``[N, H]``, ``weight`` ``[V, H]`` (cast to ``hidden.dtype`` for the matmul),
     ``targets`` ``[N]`` int64 valid token ids (use any valid id, e.g. pad, on masked positions).
     Returns ``(logp [N] float32, entropy [N] float32 or None)``. ``logp`` is differentiable
-    w.r.t. ``hidden`` and ``weight`` (gradients in their own dtypes; the weight gradient is
-    accumulated over chunks in float32). The entropy is a detached diagnostic: no gradient.
+    w.r.t. ``hidden`` and ``weight`` (gradients in their own dtypes; over several chunks the
+    weight gradient is accumulated in float32). The entropy is a detached diagnostic: no gradient.
     The forward saves no ``[N, V]`` tensor; the backward recomputes logits per chunk (one extra
     matmul per chunk).
     """
