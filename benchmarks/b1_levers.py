@@ -12,7 +12,9 @@ Variants (cumulative, each adds one lever to the one above):
 - micro-batches: the same in micro-batches of one group (8 completions, 4 accumulated);
 - pure-bf16: bf16 weights with Kahan-compensated AdamW, the policy decodes itself (the
   trl_vs_groupwise default);
-- gradient-checkpointing: recompute decoder activations in the backward pass.
+- gradient-checkpointing: recompute decoder activations in the backward pass (instead of
+  no-lora-rollout-copy, which applies to B1-LoRA only: decode through the unmerged adapters
+  instead of a merged bf16 copy of the model).
 
 Usage (from the repository root, with the groupwise venv):
   .venv/bin/python benchmarks/b1_levers.py [--workload B1] [--steps 4] [--warmup 1] [--rounds 1]
@@ -41,6 +43,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "training.gradient_accumulation_steps=4",
     ),
     "pure-bf16": ("training.param_dtype=bfloat16",),
+    "no-lora-rollout-copy": (  # B1-LoRA only: decode through the unmerged adapters
+        "training.param_dtype=bfloat16",
+        "model.lora_rollout_copy=false",
+    ),
     "gradient-checkpointing": (
         "training.param_dtype=bfloat16",
         "training.gradient_checkpointing=true",

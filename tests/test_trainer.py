@@ -70,6 +70,22 @@ def test_pure_bf16_trains_in_place_without_a_rollout_copy(tmp_path: Path) -> Non
     assert all(np.isfinite(m["entropy"]) and np.isfinite(m["loss"]) for m in lines)
 
 
+def test_lora_can_decode_through_its_adapters(tmp_path: Path) -> None:
+    extra = {"model.lora": True, "model.lora_r": 4, "model.lora_rollout_copy": False}
+    trainer = _train(tmp_path, beta=0.04, param_dtype="bfloat16", **extra)
+    assert trainer.rollout_model is trainer.policy  # no merged copy
+    base = {n: p.dtype for n, p in trainer.policy.named_parameters() if not p.requires_grad}
+    assert set(base.values()) == {torch.bfloat16}  # frozen base in bf16, adapters float32
+    before = _snapshot(trainer.policy)
+    trainer.train()
+    after = _snapshot(trainer.policy)
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved and all("lora_" in n for n in moved)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    assert all(np.isfinite(m["loss"]) and m["completions/mean_length"] > 0 for m in lines)
+
+
 def test_lora_moves_adapters_only(tmp_path: Path) -> None:
     trainer = _train(tmp_path, **{"model.lora": True, "model.lora_r": 4, "beta": 0.04})
     assert trainer.reference is not None and trainer.reference.model is None  # no copy

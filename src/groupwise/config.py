@@ -43,6 +43,8 @@ class ModelConfig:
     """Dropout on the LoRA input (keep 0 so log-probs are deterministic)."""
     lora_target_modules: str | list[str] = "all-linear"
     """Modules to adapt: 'all-linear' or a list of module names (q_proj, v_proj, ...)."""
+    lora_rollout_copy: bool = True
+    """Under LoRA, decode with a merged copy of the policy (faster); false = through the adapters (one model copy less)."""
     attn_implementation: str = "auto"
     """Attention kernel: auto (grouped on CPU, sdpa on GPU), grouped, eager, sdpa, or any HF name."""
 

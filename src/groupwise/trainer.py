@@ -243,12 +243,17 @@ class GRPOTrainer:
             dtype=dtype,
         )
         low = torch.bfloat16 if t.bf16 else torch.float32
-        # pure bf16 training: the policy decodes itself (no copy)
+        # the policy decodes itself (no copy) under pure bf16 training, and under LoRA when asked
         shared = lora is None and dtype == low == torch.bfloat16
-        self.rollout_model = base if shared else make_rollout_model(base, low)
+        lora_decodes_itself = lora is not None and not m.lora_rollout_copy
+        self.rollout_model = (
+            base if shared or lora_decodes_itself else make_rollout_model(base, low)
+        )
         if t.gradient_checkpointing:
             enable_gradient_checkpointing(base)
         self.policy = apply_lora(base, lora) if lora is not None else base
+        if lora_decodes_itself:
+            self.rollout_model = self.policy  # through the unmerged adapters
         sync_rollout_model(self.policy, self.rollout_model)
         self.reference = ReferencePolicy(self.policy, low) if a.beta > 0 else None
         self.eos_ids = eos_token_ids(self.tokenizer, self.policy)
