@@ -34,7 +34,7 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,10 @@ from groupwise.models import (
 )
 from groupwise.rollout import PromptBatch, generate, tokenize_prompts
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+import trl_vs_groupwise as tvg
+
+ROOT = tvg.ROOT
 VARIANTS = ("groupwise", "hf")
 
 
@@ -259,7 +262,7 @@ def main() -> None:
         "new_tokens_per_call": tokens,
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "git": git_state(),
+        "git": tvg.git_state(),
         "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
         "times_s": times,
         "median_s": medians,
@@ -270,16 +273,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1))
     print(f"\nraw results: {args.out}")
-
-
-def git_state() -> dict[str, Any]:
-    """The commit measured and the files that differed from it (a dirty tree is worth knowing)."""
-
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.rstrip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": git("status", "--porcelain").splitlines()}
 
 
 def _transformers_version() -> str:

@@ -251,16 +251,6 @@ def vocab_size(model: str) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def git_state() -> dict[str, Any]:
-    """The commit measured and the files that differed from it (a dirty tree is worth knowing)."""
-
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.rstrip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": git("status", "--porcelain").splitlines()}
-
-
 def int_list(text: str) -> list[int]:
     """'48,128' -> [48, 128]."""
     return [int(x) for x in text.split(",") if x.strip()]
@@ -334,7 +324,7 @@ def main() -> None:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "model": model_name,
         "vocab_size": vocab,
-        "git": git_state(),
+        "git": tvg.git_state(),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),

@@ -203,6 +203,16 @@ def resolve_model_dir() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def git_state() -> dict[str, Any]:
+    """The commit measured and the files that differed from it (a dirty tree is worth knowing)."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.rstrip()
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": git("status", "--porcelain").splitlines()}
+
+
 def median_after_warmup(runs: list[Run], warmup: int) -> tuple[float, int]:
     """Median step time over every run's steps after the first ``warmup``; and how many."""
     times = [t for run in runs for t in run.step_times[warmup:]]
