@@ -107,3 +107,34 @@ def test_preallocated_cache_matches_dynamic() -> None:
         outputs.append(logits)
     for x, y in zip(outputs[0], outputs[1], strict=True):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_static_decoder_logits_equal_dynamic_cache_decoding() -> None:
+    """Compiled steps over the static cache give the logits of eager steps over transformers'
+    DynamicCache, position by position, with a left-padded prompt."""
+    from groupwise.kernels.compiled_decode import StaticDecoder, cache_capacity
+
+    model, _ = load_base_model("tiny-random", seed=0, device=torch.device("cpu"))
+    model.eval()
+    ids = torch.tensor([[0, 0, 11, 12, 13], [21, 22, 23, 24, 25]])  # [2, 5], row 0 left-padded
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    steps = [torch.tensor([31, 32]), torch.tensor([33, 34]), torch.tensor([35, 36])]
+    with torch.no_grad():
+        prefix = DynamicCache(config=model.config)
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=prefix)
+        dynamic = copy.deepcopy(prefix)
+        decoder = StaticDecoder(model, prefix, mask, max_new_tokens=len(steps))
+        assert decoder.mask.shape == (2, cache_capacity(5, 3)) == (2, 64)
+        attn, next_pos = mask, mask.sum(dim=1)
+        for t, tokens in enumerate(steps):
+            attn = torch.cat([attn, torch.ones(2, 1, dtype=attn.dtype)], dim=1)
+            want = model(
+                input_ids=tokens[:, None],
+                attention_mask=attn,
+                position_ids=next_pos[:, None],
+                past_key_values=dynamic,
+            ).logits[:, -1]
+            got = decoder.step(tokens, next_pos, t)
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+            next_pos = next_pos + 1

@@ -8,7 +8,12 @@ import math
 import pytest
 import torch
 
-from groupwise.optim import CompensatedAdamW, build_optimizer
+from groupwise.optim import (
+    CompensatedAdamW,
+    StochasticRoundingAdamW,
+    build_optimizer,
+    stochastic_round_bf16,
+)
 
 
 def test_one_step_matches_the_formula() -> None:
@@ -116,3 +121,131 @@ def test_state_dict_round_trip_continues_exactly() -> None:
     for key in ("exp_avg", "exp_avg_sq", "compensation"):  # dtypes kept (torch would cast)
         assert opt2.state[q][key].dtype == opt.state[p][key].dtype, key
         assert torch.equal(opt2.state[q][key], opt.state[p][key]), key
+
+
+# ---------------------------------------------------------------- stochastic rounding
+
+
+def test_stochastic_round_hand_computed_neighbours() -> None:
+    # 1 + 2^-9 lies a quarter of the way from 1 to the next bf16 value 1 + 2^-7 (ulp 2^-7):
+    # bits(x) = 0x3F804000; low 16 bits 0x4000 = 16384, so noise >= 65536 - 16384 rounds up
+    x = torch.full((4,), 1.0 + 2**-9)
+    noise = torch.tensor([0, 49151, 49152, 65535], dtype=torch.int32)
+    got = stochastic_round_bf16(x, noise)
+    want = torch.tensor([1.0, 1.0, 1.0 + 2**-7, 1.0 + 2**-7], dtype=torch.bfloat16)
+    assert torch.equal(got, want)
+    neg = stochastic_round_bf16(-x, noise)  # the magnitude rounds the same way
+    assert torch.equal(neg, -want)
+    exact = torch.tensor([0.0, -2.5, 1.0 + 2**-7, float("inf")])  # already bf16: unchanged
+    assert torch.equal(
+        stochastic_round_bf16(exact, torch.full((4,), 65535, dtype=torch.int32)),
+        exact.to(torch.bfloat16),
+    )
+    with pytest.raises(ValueError, match="float32 x and int32 noise"):
+        stochastic_round_bf16(x.double(), noise)
+
+
+def test_stochastic_round_is_unbiased() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = 1.0 + torch.rand(200, generator=g) * 0.01  # [200] between bf16 grid points
+    draws = torch.stack(
+        [
+            stochastic_round_bf16(
+                x, torch.randint(0, 65536, (200,), dtype=torch.int32, generator=g)
+            ).double()
+            for _ in range(2000)
+        ]
+    )  # [2000, 200]
+    ulp = 2.0**-7
+    nearest = (x.to(torch.bfloat16).double() - x.double()).abs()
+    assert float(nearest.max()) > 0.2 * ulp  # round-to-nearest would be biased here
+    # mean of 2000 draws: standard error <= ulp / (2 sqrt(2000)) ~ 0.011 ulp
+    assert float((draws.mean(dim=0) - x.double()).abs().max()) < 0.06 * ulp
+
+
+def test_stochastic_adamw_one_step_matches_the_formula() -> None:
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.bfloat16))
+    p.grad = torch.tensor([0.5, -0.25, 2.0], dtype=torch.bfloat16)
+    lr, wd = 0.01, 0.1
+    opt = StochasticRoundingAdamW([p], lr=lr, betas=(0.9, 0.99), weight_decay=wd)
+    opt.step()
+    start = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    g = torch.tensor([0.5, -0.25, 2.0], dtype=torch.float64)
+    want = start - lr * (g / (g.abs() + 1e-8) + wd * start)  # [0.989, -1.988, 0.4895]
+    ulp = torch.tensor([2**-7, 2**-7, 2**-9], dtype=torch.float64)  # bf16 spacing near want
+    assert bool(((p.double() - want).abs() < ulp).all())  # one of the two neighbours
+    state = opt.state[p]
+    assert set(state) == {"step", "exp_avg", "exp_avg_sq"}  # no compensation buffer
+    assert state["exp_avg_sq"].dtype == torch.bfloat16
+    v_ulp = 0.01 * g * g * 2**-7  # bf16 spacing of v relative to its value
+    assert bool(((state["exp_avg_sq"].double() - 0.01 * g * g).abs() <= v_ulp).all())
+
+
+def test_stochastic_adamw_tracks_float32_where_plain_bf16_stalls() -> None:
+    """The drift test above: lr 1e-4 against weights of ~1, 200 steps; averaged over the
+    weights, the stochastically rounded run moves as far as float32's (each weight by +-1 ulp)."""
+    g = torch.Generator().manual_seed(0)
+    start = 1.0 + torch.rand(256, generator=g)  # [256]
+    grads = [1.0 + 0.5 * torch.randn(256, generator=g) for _ in range(200)]
+
+    def run(dtype: torch.dtype) -> torch.Tensor:
+        p = torch.nn.Parameter(start.to(dtype, copy=True))
+        opt: torch.optim.Optimizer
+        if dtype == torch.bfloat16:
+            opt = StochasticRoundingAdamW([p], lr=1e-4, betas=(0.9, 0.99), seed=5)
+        else:
+            opt = torch.optim.AdamW([p], lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0)
+        for grad in grads:
+            p.grad = grad.to(dtype)
+            opt.step()
+        return p.detach().double()
+
+    fp32_moved = run(torch.float32) - start.double()  # [256] ~ -0.02 each
+    sr_moved = run(torch.bfloat16) - start.to(torch.bfloat16).double()
+    assert float(fp32_moved.abs().mean()) > 5e-3
+    # per weight within a few ulps (2^-7..2^-6 here); on average within 5% of float32's move
+    assert float((sr_moved - fp32_moved).abs().max()) < 4 * 2**-6
+    assert abs(float(sr_moved.mean() / fp32_moved.mean()) - 1.0) < 0.05
+
+
+def test_stochastic_adamw_is_seeded_and_resumes_exactly() -> None:
+    g = torch.Generator().manual_seed(2)
+    grads = [torch.randn(1000, generator=g).bfloat16() for _ in range(4)]
+
+    def fresh(seed: int) -> tuple[torch.nn.Parameter, StochasticRoundingAdamW]:
+        p = torch.nn.Parameter(torch.ones(1000, dtype=torch.bfloat16))
+        return p, StochasticRoundingAdamW([p], lr=1e-3, seed=seed, chunk_size=300)
+
+    p, opt = fresh(0)
+    for grad in grads[:2]:
+        p.grad = grad
+        opt.step()
+    saved_p, saved = p.detach().clone(), copy.deepcopy(opt.state_dict())
+    for grad in grads[2:]:
+        p.grad = grad
+        opt.step()
+    q, opt2 = fresh(0)
+    with torch.no_grad():
+        q.copy_(saved_p)
+    opt2.load_state_dict(saved)
+    for grad in grads[2:]:
+        q.grad = grad
+        opt2.step()
+    assert torch.equal(p, q)
+    other, opt3 = fresh(1)  # another seed draws other noise
+    for grad in grads:
+        other.grad = grad
+        opt3.step()
+    assert not torch.equal(p, other)
+
+
+def test_build_optimizer_picks_the_bf16_rounding() -> None:
+    bf16 = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    opt = build_optimizer(
+        bf16.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0, bf16_rounding="stochastic"
+    )
+    assert isinstance(opt, StochasticRoundingAdamW)
+    with pytest.raises(ValueError, match="valid: kahan, stochastic"):
+        build_optimizer(
+            bf16.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0, bf16_rounding="nearest"
+        )

@@ -1,5 +1,5 @@
-"""``python -m groupwise`` (also what ``torchrun -m groupwise`` runs)."""
+"""``python -m groupwise`` (also what ``torchrun -m groupwise`` runs); see ``groupwise.launch``."""
 
-from groupwise.cli import main
+from groupwise.launch import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

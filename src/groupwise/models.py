@@ -12,7 +12,11 @@ Choices:
   stay float32.
 - LoRA wraps the policy with ``peft``; the reference policy is then the same model with adapters
   disabled (no second copy). With full fine-tuning the reference is a frozen copy, and there is
-  none at all when ``beta == 0``.
+  none at all when ``beta == 0``. ``model.reference_on_disk`` maps that copy's weights from an
+  (unlinked) file and hands its pages back after each reference pass (``madvise``
+  ``MADV_DONTNEED``): they then live in the kernel's page cache, which keeps them warm for the
+  next pass and can evict them under memory pressure, instead of in the process's own memory
+  during rollout and update (the offload of verl's reference, to a file instead of host memory).
 - Rollout runs on a separate low-precision *inference copy* of the policy (bf16 on CPU), refreshed
   after every optimizer step (``sync_rollout_model``): decoding under autocast would re-cast every
   weight at every token.
@@ -21,9 +25,11 @@ Choices:
 from __future__ import annotations
 
 import copy
+import ctypes
 import hashlib
 import importlib.util
 import os
+import tempfile
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,18 +275,89 @@ class ReferencePolicy:
     copy made at start (kept in ``dtype``, bf16 by default on CPU, since it only runs forward).
     """
 
-    def __init__(self, policy: nn.Module, dtype: torch.dtype) -> None:
+    def __init__(
+        self, policy: nn.Module, dtype: torch.dtype, on_disk_dir: Path | None = None
+    ) -> None:
         self._policy = policy
         self.model: nn.Module | None = None
+        self._mapped: MappedWeights | None = None
         if not is_peft(policy):
             self.model = copy.deepcopy(policy).to(dtype).eval()
             self.model.requires_grad_(False)
+            if on_disk_dir is not None:
+                self._mapped = MappedWeights(self.model, on_disk_dir)
 
     def context(self) -> tuple[nn.Module, AbstractContextManager[Any]]:
-        """The module to run and a context under which it computes the reference policy."""
+        """The module to run and a context under which it computes the reference policy.
+
+        A file-backed copy first returns the heap's free pages to the kernel (``malloc_trim``),
+        so its pages, faulted back in now, take the room the update's freed activations held.
+        """
+        if self._mapped is not None:
+            trim_heap()
         if self.model is not None:
             return self.model, nullcontext()
         return self._policy, self._policy.disable_adapter()  # type: ignore[operator]
+
+    def release(self) -> None:
+        """After a reference pass: hand a file-backed copy's pages back to the kernel."""
+        if self._mapped is not None:
+            self._mapped.release()
+
+
+def trim_heap() -> bool:
+    """glibc ``malloc_trim(0)``: give the heap's free pages back to the kernel (False elsewhere)."""
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+class MappedWeights:
+    """A module's parameters moved into one memory-mapped file, whose pages can be released.
+
+    The file is created in ``directory`` and unlinked at once: the mapping keeps its data alive
+    (and nothing is left behind if the process dies). Parameters must be frozen, on the CPU.
+    """
+
+    ALIGN = 64
+
+    def __init__(self, module: nn.Module, directory: Path) -> None:
+        params = list(module.parameters())  # tied weights appear once
+        if any(p.requires_grad or p.device.type != "cpu" for p in params):
+            raise ValueError("only frozen CPU parameters can be memory-mapped")
+        offsets, total = [], 0
+        for p in params:
+            offsets.append(total)
+            total += -(-p.numel() * p.element_size() // self.ALIGN) * self.ALIGN
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="reference-", suffix=".bin", dir=directory)
+        try:
+            os.ftruncate(fd, total)
+            self.storage = torch.from_file(name, shared=True, size=total, dtype=torch.uint8)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+        self.nbytes = total
+        with torch.no_grad():
+            for p, start in zip(params, offsets, strict=True):
+                raw = self.storage[start : start + p.numel() * p.element_size()]
+                mapped = raw.view(p.dtype).view(p.shape)  # [*p.shape], in the file
+                mapped.copy_(p.data)
+                p.data = mapped
+        self.release()
+
+    def release(self) -> int:
+        """``madvise(MADV_DONTNEED)`` over the mapping: its pages leave this process's resident
+        set (the page cache keeps them). Returns the bytes advised, 0 where unsupported."""
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            done = libc.madvise(
+                ctypes.c_void_p(self.storage.data_ptr()), ctypes.c_size_t(self.nbytes), 4
+            )
+        except (OSError, AttributeError):
+            return 0
+        return self.nbytes if done == 0 else 0
 
 
 def make_rollout_model(base: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -10,7 +10,14 @@ Choices:
   weight updates let pure bf16 training match float32), and torchdistx's AnyPrecisionAdamW.
   The first moment is kept in bf16 (``m = 0.9 m + 0.1 g`` is well within its precision); the
   second moment in float32, because ``v = 0.999 v + 0.001 g^2`` changes ``v`` by less than half a
-  bf16 ulp, so a bf16 ``v`` would stop decaying.
+  bf16 ulp, so a bf16 ``v`` would stop decaying. State: 8 bytes per parameter.
+- ``training.bf16_rounding=stochastic`` trains them with :class:`StochasticRoundingAdamW`
+  instead: the new weight and second moment are rounded to bf16 *stochastically* (up with
+  probability equal to the fraction of the ulp below the exact value), so every rounding is
+  unbiased, ``E[bf16(x)] = x``, and small updates and the ``v`` decay survive on average (Zamirai
+  et al. 2020 compare it with Kahan summation; torchao's AdamW offers it as
+  ``bf16_stochastic_round``). No compensation buffer and a bf16 ``v``: 4 bytes per parameter,
+  for a noisier trajectory.
 """
 
 from __future__ import annotations
@@ -29,14 +36,24 @@ def build_optimizer(
     lr: float,
     betas: tuple[float, float],
     weight_decay: float,
+    bf16_rounding: str = "kahan",
+    seed: int = 0,
 ) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters: torch's for float32 weights, :class:`CompensatedAdamW`
-    when they are bfloat16 (pure bf16 training). Mixed dtypes are refused."""
+    """AdamW over the trainable parameters: torch's for float32 weights; for bfloat16 weights
+    (pure bf16 training) :class:`CompensatedAdamW` (``bf16_rounding="kahan"``) or
+    :class:`StochasticRoundingAdamW` (``"stochastic"``, its noise seeded by ``seed``). Mixed
+    dtypes are refused."""
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
         raise ValueError("the model has no trainable parameters")
     dtypes = {p.dtype for p in trainable}
     if dtypes == {torch.bfloat16}:
+        if bf16_rounding == "stochastic":
+            return StochasticRoundingAdamW(
+                trainable, lr=lr, betas=betas, weight_decay=weight_decay, seed=seed
+            )
+        if bf16_rounding != "kahan":
+            raise ValueError(f"unknown bf16_rounding {bf16_rounding!r}; valid: kahan, stochastic")
         return CompensatedAdamW(trainable, lr=lr, betas=betas, weight_decay=weight_decay)
     if torch.bfloat16 in dtypes:
         raise ValueError(f"trainable parameters mix dtypes {sorted(map(str, dtypes))}")
@@ -67,12 +84,7 @@ class CompensatedAdamW(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         chunk_size: int = 1 << 20,
     ) -> None:
-        if lr < 0 or eps < 0 or weight_decay < 0:
-            raise ValueError(
-                f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}"
-            )
-        if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        _check_hyper(lr, betas, eps, weight_decay)
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
         self.chunk_size = chunk_size
@@ -95,7 +107,6 @@ class CompensatedAdamW(torch.optim.Optimizer):
         """One AdamW update of every parameter that has a gradient."""
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            b1, b2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -108,16 +119,7 @@ class CompensatedAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
                     state["compensation"] = torch.zeros_like(p)
                 state["step"] += 1
-                k = float(state["step"])
-                hyper = {
-                    "lr": group["lr"],
-                    "b1": b1,
-                    "b2": b2,
-                    "eps": group["eps"],
-                    "wd": group["weight_decay"],
-                    "bias1": 1.0 - b1**k,
-                    "bias2_sqrt": math.sqrt(1.0 - b2**k),
-                }
+                hyper = _hyper(group, int(state["step"]))
                 tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["compensation"])
                 flat = [t.view(-1) for t in tensors]
                 for chunk in zip(*(t.split(self.chunk_size) for t in flat), strict=True):
@@ -141,6 +143,121 @@ def _compensated_adamw_chunk(
     weight.add_(update)  # s = p + c + u
     p.copy_(weight)  # round to bf16
     c.copy_(weight.sub_(p.float()))  # what the rounding lost
+
+
+def stochastic_round_bf16(x: Tensor, noise: Tensor) -> Tensor:
+    """``x`` (float32) rounded to bfloat16 down or up at random, unbiased: ``E[result] = x``.
+
+    bf16 keeps the top 16 bits of a float32. With ``low`` the 16 bits it drops and ``noise``
+    uniform on ``[0, 2^16)``, ``bits(x) + noise`` carries into the kept bits with probability
+    ``low / 2^16``, which is x's distance above the lower neighbour in ulps; clearing the low
+    bits then leaves that neighbour or the next one up (in magnitude; the sign bit is untouched).
+    ``noise`` is int32 with x's shape.
+    """
+    if x.dtype != torch.float32 or noise.dtype != torch.int32:
+        raise ValueError(f"expected float32 x and int32 noise, got {x.dtype} and {noise.dtype}")
+    bits = x.contiguous().view(torch.int32)  # [n]
+    rounded = bits.add(noise).bitwise_and_(-65536)  # [n] low 16 bits cleared
+    return rounded.view(torch.float32).to(torch.bfloat16)  # [n] exact: the low bits are zero
+
+
+class StochasticRoundingAdamW(torch.optim.Optimizer):
+    """AdamW for bfloat16 parameters with stochastically rounded weights and second moments.
+
+    With ``k`` the step, ``g`` the gradient, ``SR`` :func:`stochastic_round_bf16`::
+
+        m = bf16(b1 m + (1 - b1) g)          v' = b2 v + (1 - b2) g^2 (float32)   v = SR(v')
+        p = SR(p - lr (m / (1 - b1^k) / (sqrt(v' / (1 - b2^k)) + eps) + wd p))
+
+    State per parameter: ``exp_avg`` and ``exp_avg_sq`` (bf16). The noise for step ``k`` of
+    parameter ``i`` comes from a generator seeded with ``(seed, k, i)``, so a resumed run draws
+    the same noise as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        *,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        chunk_size: int = 1 << 20,
+    ) -> None:
+        _check_hyper(lr, betas, eps, weight_decay)
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+        self.seed, self.chunk_size = seed, chunk_size
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One AdamW update of every parameter that has a gradient."""
+        loss = closure() if closure is not None else None
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                index += 1
+                if p.grad is None:
+                    continue
+                if p.dtype != torch.bfloat16:
+                    raise ValueError(
+                        f"StochasticRoundingAdamW takes bfloat16 parameters, got {p.dtype}"
+                    )
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                k = int(state["step"])
+                hyper = _hyper(group, k)
+                gen = torch.Generator(device=p.device)
+                gen.manual_seed((self.seed * 1_000_003 + k) * 1_000_003 + index)
+                tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
+                flat = [t.view(-1) for t in tensors]
+                for chunk in zip(*(t.split(self.chunk_size) for t in flat), strict=True):
+                    _stochastic_adamw_chunk(*chunk, gen=gen, **hyper)
+        return loss
+
+
+def _stochastic_adamw_chunk(
+    p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, gen: torch.Generator, **h: Any
+) -> None:
+    """The update of :class:`StochasticRoundingAdamW` on one flat slice (in place)."""
+    noise = torch.empty(p.shape, dtype=torch.int32, device=p.device).random_(generator=gen)
+    g32 = g.float()  # [n]
+    m32 = m.float().mul_(h["b1"]).add_(g32, alpha=1.0 - h["b1"])  # [n]
+    m.copy_(m32)
+    v32 = v.float().mul_(h["b2"]).addcmul_(g32, g32, value=1.0 - h["b2"])  # [n] exact v'
+    v.copy_(stochastic_round_bf16(v32, noise.bitwise_and(65535)))  # [n] low 16 random bits
+    denom = v32.sqrt_().div_(h["bias2_sqrt"]).add_(h["eps"])  # [n]
+    weight = p.float()  # [n]
+    update = m32.div_(denom).mul_(-h["lr"] / h["bias1"])  # [n]
+    if h["wd"] != 0:
+        update.add_(weight, alpha=-h["lr"] * h["wd"])
+    p.copy_(stochastic_round_bf16(weight.add_(update), noise.bitwise_right_shift_(15)))
+
+
+def _check_hyper(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+    if lr < 0 or eps < 0 or weight_decay < 0:
+        raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
+    if not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"betas must be in [0, 1), got {betas}")
+
+
+def _hyper(group: dict[str, Any], k: int) -> dict[str, Any]:
+    """The scalars of AdamW step ``k`` of a parameter group."""
+    b1, b2 = group["betas"]
+    return {
+        "lr": group["lr"],
+        "b1": b1,
+        "b2": b2,
+        "eps": group["eps"],
+        "wd": group["weight_decay"],
+        "bias1": 1.0 - b1**k,
+        "bias2_sqrt": math.sqrt(1.0 - b2**k),
+    }
 
 
 def lr_lambda(kind: str, warmup_steps: int, total_steps: int) -> LRFactor:

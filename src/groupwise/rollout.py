@@ -150,6 +150,7 @@ def generate(
     row_offset: int = 0,
     total_rows: int | None = None,
     gather_last: bool = False,
+    compile_decode: bool = False,
 ) -> Rollout:
     """Sample ``group_size`` completions per prompt with one prefill per prompt.
 
@@ -162,6 +163,8 @@ def generate(
     vs 0.02 s on a copy). Evaluation sets it; training keeps the slice because the copy's
     small-batch matmul rounds differently with the batch size, which would break the
     bitwise equality of N ranks with one process (tests/test_distributed.py).
+    ``compile_decode``: decode through ``torch.compile`` over a static KV cache
+    (``groupwise.kernels.compiled_decode``; finished rows stay in the batch).
     """
     from transformers import DynamicCache
 
@@ -184,6 +187,12 @@ def generate(
     cache.batch_repeat_interleave(group_size)
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)  # [B, V]
     attn = prompts.attention_mask.repeat_interleave(group_size, dim=0)  # [B, Lp]
+    static = None
+    if compile_decode:
+        from groupwise.kernels.compiled_decode import StaticDecoder
+
+        static = StaticDecoder(model, cache, attn, max_completion_length)
+        del cache
     next_pos = prompts.lengths.repeat_interleave(group_size)  # [B]
     eos = torch.tensor(list(eos_token_ids), device=device)
     tokens = torch.full((num_rows, max_completion_length), pad_token_id, device=device)
@@ -211,6 +220,10 @@ def generate(
         done[active] |= torch.isin(nxt, eos)
         if bool(done.all()) or step == max_completion_length - 1:
             break
+        if static is not None:  # fixed shape: finished rows keep decoding, ignored
+            logits = static.step(nxt, next_pos, step)  # [B, V]
+            next_pos = next_pos + 1
+            continue
         keep = ~done[active]  # [R]
         if int((~keep).sum()) * 4 >= active.numel():  # compact once a quarter has finished
             keep_idx = keep.nonzero().squeeze(-1)

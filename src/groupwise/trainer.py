@@ -93,6 +93,7 @@ from groupwise.models import (
     LoraSettings,
     ReferencePolicy,
     apply_lora,
+    cache_dir,
     enable_gradient_checkpointing,
     load_base_model,
     make_rollout_model,
@@ -255,7 +256,8 @@ class GRPOTrainer:
         if lora_decodes_itself:
             self.rollout_model = self.policy  # through the unmerged adapters
         sync_rollout_model(self.policy, self.rollout_model)
-        self.reference = ReferencePolicy(self.policy, low) if a.beta > 0 else None
+        on_disk = cache_dir() / "mapped" if m.reference_on_disk else None
+        self.reference = ReferencePolicy(self.policy, low, on_disk) if a.beta > 0 else None
         self.eos_ids = eos_token_ids(self.tokenizer, self.policy)
         # under fsdp this shards self.policy's parameters in place: the optimizer comes after
         self.train_module = wrap_policy(LogpModule(self.policy), t.strategy, self.device)
@@ -264,6 +266,8 @@ class GRPOTrainer:
             lr=t.learning_rate,
             betas=(t.adam_beta1, t.adam_beta2),
             weight_decay=t.weight_decay,
+            bf16_rounding=t.bf16_rounding,
+            seed=t.seed,
         )
         total_updates = t.max_steps * a.num_iterations
         self.scheduler = build_scheduler(
@@ -356,6 +360,7 @@ class GRPOTrainer:
             min_new_tokens=r.min_new_tokens,
             row_offset=rank() * local_rows,
             total_rows=local_rows * world_size() if invariant else None,
+            compile_decode=r.compile,
         )
 
     def _score(
@@ -425,7 +430,9 @@ class GRPOTrainer:
         assert self.reference is not None
         model, ctx = self.reference.context()
         with ctx:
-            return self._logp_no_grad(model, batch)
+            out = self._logp_no_grad(model, batch)
+        self.reference.release()
+        return out
 
     def _forward(
         self, model: torch.nn.Module, rollout: Rollout, *, entropy: bool

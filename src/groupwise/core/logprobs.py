@@ -51,7 +51,12 @@ def _check_inputs(
 
 def _scaled_logits(h: Tensor, w: Tensor, temperature: float) -> Tensor:
     """``(h W^T) / temperature`` as a new float32 tensor (matmul in ``h.dtype``)."""
-    z = (h @ w.T).to(torch.float32)  # [n, V]
+    return _scale(h @ w.T, temperature)  # [n, V]
+
+
+def _scale(raw: Tensor, temperature: float, copy: bool = False) -> Tensor:
+    """``raw / temperature`` in float32 (``raw`` itself when it is float32, unless ``copy``)."""
+    z = raw.to(torch.float32, copy=copy)  # [n, V]
     if temperature != 1.0:
         z.div_(temperature)
     return z
@@ -76,13 +81,20 @@ class _ChunkedTokenLogp(torch.autograd.Function):
         lse = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)  # [N]
         n_ent = n_rows if compute_entropy else 0
         entropy = torch.empty(n_ent, dtype=torch.float32, device=hidden.device)  # [N] or [0]
+        # one chunk with a backward to come: keep the matmul's logits (compute dtype) for it
+        # instead of recomputing them there (same values; the float32 copy is made either way)
+        keep_raw = n_rows <= chunk_size and any(ctx.needs_input_grad[:2])
+        raw_kept = None
         for start in range(0, n_rows, chunk_size):
             end = min(start + chunk_size, n_rows)
-            z = _scaled_logits(hidden[start:end], w, temperature)  # [n, V] float32
+            raw = hidden[start:end] @ w.T  # [n, V] compute dtype
+            z = _scale(raw, temperature, copy=keep_raw)  # [n, V] float32, modified below
+            raw_kept = raw if keep_raw else None
+            del raw
             z_max = z.amax(dim=-1, keepdim=True)  # [n, 1]
             target_logit = z.gather(-1, targets[start:end, None]).squeeze(-1)  # [n]
             z.sub_(z_max)  # shifted logits z' = z - max, in place
-            e = torch.exp(z)  # [n, V]
+            e = torch.exp(z) if compute_entropy else z.exp_()  # [n, V] (z' kept for entropy)
             total = e.sum(dim=-1)  # [n]
             lse_c = z_max.squeeze(-1) + total.log()  # [n]
             logp[start:end] = target_logit - lse_c
@@ -93,6 +105,7 @@ class _ChunkedTokenLogp(torch.autograd.Function):
                 dot = e.mul_(z).sum(dim=-1)  # [n] sum_v e_v z'_v (e is not needed after)
                 entropy[start:end] = total.log() - dot / total
         ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.raw_logits = raw_kept
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
         ctx.mark_non_differentiable(entropy)
@@ -120,11 +133,16 @@ class _ChunkedTokenLogp(torch.autograd.Function):
             end = min(start + ctx.chunk_size, hidden.shape[0])
             h_c = hidden[start:end]  # [n, H]
             g_c = grad_logp[start:end, None]  # [n, 1]
-            grad_logits = _scaled_logits(h_c, w, temperature)  # [n, V] float32
+            raw, ctx.raw_logits = ctx.raw_logits, None  # kept by a one-chunk forward
+            grad_logits = (
+                _scaled_logits(h_c, w, temperature) if raw is None else _scale(raw, temperature)
+            )  # [n, V] float32
+            del raw
             grad_logits.sub_(lse[start:end, None]).exp_()  # softmax p, in place
             grad_logits.mul_(-g_c / temperature)  # -g p / T
             grad_logits.scatter_add_(-1, targets[start:end, None], g_c / temperature)
             grad_logits_lp = grad_logits.to(hidden.dtype)  # [n, V]
+            del grad_logits  # the float32 copy is not needed for the matmuls
             if grad_hidden is not None:
                 grad_hidden[start:end] = grad_logits_lp @ w  # [n, H]
             if need_weight and one_chunk:

@@ -1,0 +1,57 @@
+"""Model helpers: the file-backed reference policy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from groupwise.models import MappedWeights, ReferencePolicy, load_base_model
+
+
+def _resident_kb(address: int, nbytes: int) -> int:
+    """Resident kB of the mapping that starts at ``address`` (from /proc/self/smaps)."""
+    lines = Path("/proc/self/smaps").read_text().splitlines()
+    for i, line in enumerate(lines):
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(x, 16) for x in head.split("-"))
+            if start <= address < end:
+                for other in lines[i + 1 :]:
+                    if other.startswith("Rss:"):
+                        return int(other.split()[1])
+    raise AssertionError(f"no mapping at {address:#x}")
+
+
+def test_file_backed_reference_gives_the_same_logits_and_releases_its_pages(
+    tmp_path: Path,
+) -> None:
+    policy, _ = load_base_model("tiny-random", seed=0, device=torch.device("cpu"))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    in_memory = ReferencePolicy(policy, torch.bfloat16)
+    on_disk = ReferencePolicy(policy, torch.bfloat16, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the file is unlinked at once
+    with torch.no_grad():
+        want = in_memory.context()[0](input_ids=ids).logits
+        model = on_disk.context()[0]
+        got = model(input_ids=ids).logits
+        assert torch.equal(got, want)
+        mapped = on_disk._mapped
+        assert mapped is not None
+        params = list(model.parameters())
+        base = mapped.storage.data_ptr()
+        assert all(base <= p.data_ptr() < base + mapped.nbytes for p in params)
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied
+        if os.path.exists("/proc/self/smaps"):
+            assert _resident_kb(base, mapped.nbytes) * 1024 >= 0.9 * mapped.nbytes  # just read
+            on_disk.release()
+            assert _resident_kb(base, mapped.nbytes) == 0
+        assert torch.equal(model(input_ids=ids).logits, want)  # read back from the page cache
+    policy.requires_grad_(True)
+    try:
+        MappedWeights(policy, tmp_path)
+    except ValueError as err:
+        assert "frozen CPU parameters" in str(err)
+    else:
+        raise AssertionError("trainable parameters were mapped")
