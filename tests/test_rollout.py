@@ -3,8 +3,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from groupwise.core.logprobs import entropy_from_logits
 from groupwise.models import load_base_model
-from groupwise.rollout import PromptBatch, _finish, generate, sample_next, tokenize_prompts
+from groupwise.rollout import (
+    PromptBatch,
+    _finish,
+    generate,
+    sample_next,
+    sample_with_entropy,
+    tokenize_prompts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +197,19 @@ def test_compiled_static_decode_matches_eager(
                 assert int(lengths.max()) == 10
     finally:
         model.to(torch.float32)
+
+
+def test_sample_with_entropy_matches_entropy_from_logits() -> None:
+    gen = torch.Generator().manual_seed(4)
+    logits = 3 * torch.randn(6, 50, generator=gen)
+    logits[:, :3] = float("-inf")  # banned tokens (probability 0)
+    for kwargs in ({}, {"top_k": 5}, {"top_p": 0.5}):
+        for uniform in (None, torch.rand(6, generator=gen)):
+            nxt, h = sample_with_entropy(
+                logits, temperature=0.7, generator=gen, uniform=uniform, **kwargs
+            )
+            assert h is not None and bool((nxt >= 3).all())
+            # the entropy of the unfiltered distribution, whatever top-k/top-p keep
+            torch.testing.assert_close(h, entropy_from_logits(logits / 0.7), atol=1e-5, rtol=1e-5)
+    assert sample_with_entropy(logits, temperature=0.0)[1] is None
+    assert sample_with_entropy(logits, temperature=1.0, entropy=False)[1] is None

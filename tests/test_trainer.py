@@ -206,3 +206,41 @@ def test_same_seed_same_run(tmp_path: Path) -> None:
             ]
         )
     assert logs[0] == logs[1]
+
+
+def test_reference_spans_equal_micro_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ref_logp from spans of several groups (REFERENCE_TOKENS) == one micro-batch at a time,
+    sliced to each micro-batch's width."""
+    import groupwise.trainer as trainer_module
+    from groupwise.forward import completion_logp
+    from groupwise.rollout import select_groups
+
+    config = load_config(
+        overrides=tiny_overrides(
+            tmp_path,
+            bf16=False,
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=4,
+            **{"algorithm.beta": 0.1},
+        )
+    )
+    trainer = GRPOTrainer(config)
+    rows = trainer.sampler.next_batch(trainer.prompts_per_step)
+    rollout = trainer._generate(rows)
+    _, _, advantages = trainer._score(rows, rollout)
+    batch = trainer._prepare(rollout, advantages)
+    assert len(batch.micro) == 4  # one group (G = 4) per micro-batch
+    spans = trainer._reference_logp(batch)
+    assert trainer.reference is not None
+    model, _ = trainer.reference.context()
+    for (start, stop), got in zip(batch.micro, spans, strict=True):
+        sub = select_groups(batch.rollout, start, stop)
+        want, _ = completion_logp(model, sub, compute_entropy=False)
+        assert got is not None and got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(trainer_module, "REFERENCE_TOKENS", 1)  # one group per span
+    for a, b in zip(trainer._reference_logp(batch), spans, strict=True):
+        assert a is not None and b is not None
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -169,9 +169,16 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         m = bf16(b1 m + (1 - b1) g)          v' = b2 v + (1 - b2) g^2 (float32)   v = SR(v')
         p = SR(p - lr (m / (1 - b1^k) / (sqrt(v' / (1 - b2^k)) + eps) + wd p))
 
-    State per parameter: ``exp_avg`` and ``exp_avg_sq`` (bf16). The noise for step ``k`` of
-    parameter ``i`` comes from a generator seeded with ``(seed, k, i)``, so a resumed run draws
-    the same noise as an uninterrupted one.
+    State per parameter: ``exp_avg`` and ``exp_avg_sq`` (bf16).
+
+    Noise: each ``step()`` draws one pool of ``chunk_size`` uniform 32-bit words, and each
+    ``chunk_size`` slice of each parameter uses the pool XOR-ed with a key of its own (also
+    drawn), low 16 bits for ``v``, the next 16 for the weight. Every element's noise is uniform
+    and fresh at every step, so every rounding is unbiased; elements at the same offset of
+    different slices share a pool word (their noises are dependent, not independent). Drawing a
+    word per element instead cost 0.4 of the 0.65 s this step took for 135M parameters. The
+    generator is seeded with ``(seed, k)`` (``k`` the step count of the first parameter with a
+    gradient), so a resumed run draws the same noise as an uninterrupted one.
     """
 
     def __init__(
@@ -194,49 +201,64 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One AdamW update of every parameter that has a gradient."""
         loss = closure() if closure is not None else None
-        index = 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                index += 1
-                if p.grad is None:
-                    continue
-                if p.dtype != torch.bfloat16:
-                    raise ValueError(
-                        f"StochasticRoundingAdamW takes bfloat16 parameters, got {p.dtype}"
-                    )
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                k = int(state["step"])
-                hyper = _hyper(group, k)
-                gen = torch.Generator(device=p.device)
-                gen.manual_seed((self.seed * 1_000_003 + k) * 1_000_003 + index)
-                tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
-                flat = [t.view(-1) for t in tensors]
-                for chunk in zip(*(t.split(self.chunk_size) for t in flat), strict=True):
-                    _stochastic_adamw_chunk(*chunk, gen=gen, **hyper)
+        params = [(g, p) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return loss
+        gen, pool = self._noise_pool(params[0][1])
+        for group, p in params:
+            if p.dtype != torch.bfloat16:
+                raise ValueError(
+                    f"StochasticRoundingAdamW takes bfloat16 parameters, got {p.dtype}"
+                )
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+            hyper = _hyper(group, int(state["step"]))
+            tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
+            flat = [t.view(-1) for t in tensors]
+            for chunk in zip(*(t.split(self.chunk_size) for t in flat), strict=True):
+                key = int(torch.randint(0, 2**31 - 1, (), generator=gen))
+                noise = pool[: chunk[0].numel()].bitwise_xor(key)  # [n] uniform words
+                _stochastic_adamw_chunk(*chunk, noise=noise, **hyper)
         return loss
+
+    def _noise_pool(self, first: Tensor) -> tuple[torch.Generator, Tensor]:
+        """This step's generator and pool of uniform int32 words."""
+        k = int(self.state[first]["step"]) + 1 if self.state[first] else 1
+        gen = torch.Generator(device=first.device)
+        gen.manual_seed(self.seed * 1_000_003 + k)
+        pool = torch.empty(self.chunk_size, dtype=torch.int32, device=first.device)
+        return gen, pool.random_(generator=gen)  # [chunk_size] in [0, 2^31)
 
 
 def _stochastic_adamw_chunk(
-    p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, gen: torch.Generator, **h: Any
+    p: Tensor, g: Tensor, m: Tensor, v: Tensor, *, noise: Tensor, **h: Any
 ) -> None:
-    """The update of :class:`StochasticRoundingAdamW` on one flat slice (in place)."""
-    noise = torch.empty(p.shape, dtype=torch.int32, device=p.device).random_(generator=gen)
+    """The update of :class:`StochasticRoundingAdamW` on one flat slice (in place); ``noise``
+    int32 words (bits 0-15 round ``v``, bits 15-30 the weight), overwritten."""
     g32 = g.float()  # [n]
     m32 = m.float().mul_(h["b1"]).add_(g32, alpha=1.0 - h["b1"])  # [n]
     m.copy_(m32)
     v32 = v.float().mul_(h["b2"]).addcmul_(g32, g32, value=1.0 - h["b2"])  # [n] exact v'
-    v.copy_(stochastic_round_bf16(v32, noise.bitwise_and(65535)))  # [n] low 16 random bits
-    denom = v32.sqrt_().div_(h["bias2_sqrt"]).add_(h["eps"])  # [n]
+    del g32
+    denom = v32.sqrt().div_(h["bias2_sqrt"]).add_(h["eps"])  # [n]
+    v.copy_(_round_bits_(v32, noise.bitwise_and(65535)))  # [n] SR(v'), exact copy
     weight = p.float()  # [n]
     update = m32.div_(denom).mul_(-h["lr"] / h["bias1"])  # [n]
     if h["wd"] != 0:
         update.add_(weight, alpha=-h["lr"] * h["wd"])
-    p.copy_(stochastic_round_bf16(weight.add_(update), noise.bitwise_right_shift_(15)))
+    p.copy_(_round_bits_(weight.add_(update), noise.bitwise_right_shift_(15)))
+
+
+def _round_bits_(x: Tensor, noise: Tensor) -> Tensor:
+    """:func:`stochastic_round_bf16` in place on a float32 temporary, without the final cast:
+    ``x``'s low 16 bits are zero afterwards, so copying it into bf16 is exact."""
+    bits = x.view(torch.int32)  # [n]
+    bits.add_(noise).bitwise_and_(-65536)
+    return x
 
 
 def _check_hyper(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
