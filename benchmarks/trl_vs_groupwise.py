@@ -3,11 +3,19 @@
 Workload B1: SmolLM2-135M-Instruct, 2-digit addition prompts, 4 prompts x 8 completions = 32
 completions per optimizer step, exactly 48 new tokens each (EOS suppressed on both sides),
 beta = 0.04 (reference model on), mu = 1, lr 1e-5 constant, full fine-tuning, bf16 where each
-trainer supports it: TRL's bf16 autocast over fp32 master weights; groupwise's pure bf16 weights
-with Kahan-compensated AdamW (``training.param_dtype=bfloat16``), in micro-batches of one group
-(8 completions, 4 accumulated per update), sampling by inverse CDF
-(``rollout.rank_invariant_sampling=true``; torch.multinomial is the single-process default). B1-LoRA: the same with LoRA r=16, alpha=32 on all
-linear layers (groupwise: bf16 frozen base, float32 adapters under autocast).
+trainer supports it: TRL's bf16 autocast over fp32 master weights; groupwise's levers:
+- pure bf16 weights (``training.param_dtype=bfloat16``) with stochastically rounded AdamW
+  (``training.bf16_rounding=stochastic``: bf16 first and second moments, no compensation buffer);
+- micro-batches of one group (8 completions, 4 accumulated per update);
+- sampling by inverse CDF (``rollout.rank_invariant_sampling=true``; torch.multinomial is the
+  single-process default);
+- decoding through ``torch.compile`` over a static KV cache (``rollout.compile=true``; it
+  compiles during the warm-up step);
+- the frozen reference memory-mapped from a file whose pages are released after each reference
+  pass (``model.reference_on_disk=true``; full fine-tuning only);
+- glibc malloc tunables, which groupwise's command sets for itself at start-up.
+B1-LoRA: the same with LoRA r=16, alpha=32 on all linear layers (groupwise: bf16 frozen base
+and bf16 adapters, decoding with a merged bf16 copy).
 
 Each trainer runs as its own subprocess of N steps: groupwise through its CLI in this venv, TRL
 through benchmarks/trl_b1.py in a separate venv (benchmarks/trl_env.sh creates it, pinned
@@ -95,6 +103,9 @@ def groupwise_command(
         "training.per_device_train_batch_size": "8",
         "training.gradient_accumulation_steps": "4",
         "training.param_dtype": "bfloat16",
+        "training.bf16_rounding": "stochastic",
+        "rollout.compile": "true",
+        "model.reference_on_disk": "true",
         # inverse-CDF sampling (one uniform per row and token) instead of torch.multinomial
         "rollout.rank_invariant_sampling": "true",
         "rollout.max_completion_length": str(LENGTH),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -55,3 +56,19 @@ def test_file_backed_reference_gives_the_same_logits_and_releases_its_pages(
         assert "frozen CPU parameters" in str(err)
     else:
         raise AssertionError("trainable parameters were mapped")
+
+
+def test_release_pages_zeroes_whole_pages_only() -> None:
+    from groupwise.models import release_pages
+
+    t = torch.ones(3 * 4096 + 100, dtype=torch.uint8)
+    released = release_pages(t)
+    if released == 0:  # no madvise on this platform
+        return
+    page = mmap.PAGESIZE
+    start = t.data_ptr()
+    first = -(-start // page) * page - start  # offset of the first whole page inside t
+    last = (start + t.numel()) // page * page - start
+    assert released == last - first >= 2 * page
+    assert bool((t[first:last] == 0).all())  # the whole pages read as zeros now
+    assert bool((t[:first] == 1).all()) and bool((t[last:] == 1).all())  # the edges are kept

