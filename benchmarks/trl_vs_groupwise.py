@@ -13,7 +13,8 @@ trainer supports it: TRL's bf16 autocast over fp32 master weights; groupwise's l
   compiles during the warm-up step);
 - the frozen reference memory-mapped from a file whose pages are released after each reference
   pass (``model.reference_on_disk=true``; full fine-tuning only);
-- glibc malloc tunables, which groupwise's command sets for itself at start-up.
+- glibc malloc tunables (``GROUPWISE_MALLOC=tuned`` in groupwise's environment: the command
+  re-executes itself under them).
 B1-LoRA: the same with LoRA r=16, alpha=32 on all linear layers (groupwise: bf16 frozen base
 and bf16 adapters, decoding with a merged bf16 copy).
 
@@ -143,7 +144,8 @@ def run_groupwise(
     out_dir = work / f"{workload}-groupwise-r{round_}"
     command = groupwise_command(workload, steps, out_dir, model_dir, extra)
     log = out_dir.with_suffix(".log")
-    rss, wall = run_measured(command, env, log)
+    # the malloc tunables, unless the caller chose (GROUPWISE_MALLOC=default measures without)
+    rss, wall = run_measured(command, {"GROUPWISE_MALLOC": "tuned", **env}, log)
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "step_time" in r]
     names = ("generate", "score", "old_logp", "ref_logp", "update", "sync")

@@ -1,4 +1,4 @@
-"""Start-up: the command re-executes itself once under glibc's malloc tunables."""
+"""Start-up: asked to, the command re-executes itself once under glibc's malloc tunables."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 @pytest.mark.skipif(not GLIBC, reason="the tunables are glibc's")
-def test_tuned_environment_sets_the_tunables_once() -> None:
-    env = tuned_environment({"PATH": "/bin"})
+def test_tuned_environment_sets_the_tunables_once_when_asked() -> None:
+    env = tuned_environment({"PATH": "/bin", "GROUPWISE_MALLOC": "tuned"})
     assert env == {"PATH": "/bin", "GLIBC_TUNABLES": TUNABLES, "GROUPWISE_MALLOC": "tuned"}
     assert tuned_environment(env) is None  # after the re-exec: no loop
-    assert tuned_environment({"GROUPWISE_MALLOC": "default"}) is None  # opted out
-    assert tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}) is None  # user's own
+    assert tuned_environment({"PATH": "/bin"}) is None  # off by default
+    assert tuned_environment({"GROUPWISE_MALLOC": "default"}) is None
+    own = {"GROUPWISE_MALLOC": "tuned", "GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}
+    assert tuned_environment(own) is None  # the user's own tunables win
 
 
 @pytest.mark.skipif(not GLIBC, reason="the tunables are glibc's")
@@ -31,6 +33,7 @@ def test_entry_reexecutes_with_the_tunables_and_runs_the_command() -> None:
         "from groupwise.launch import entry; raise SystemExit(entry())"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("GROUPWISE_MALLOC", "GLIBC_TUNABLES")}
+    env["GROUPWISE_MALLOC"] = "tuned"
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )

@@ -1,8 +1,8 @@
-"""Process start-up: glibc malloc tuning, then the command line.
+"""Process start-up: optional glibc malloc tuning, then the command line.
 
-``groupwise`` and ``python -m groupwise`` start here. On glibc, the process re-executes itself
-once with two malloc tunables set (they are read only at start-up, and ``mallopt`` caps the
-threshold at 32 MB):
+``groupwise`` and ``python -m groupwise`` start here. With ``GROUPWISE_MALLOC=tuned`` (on glibc)
+the process re-executes itself once with two malloc tunables set (they are read only at
+start-up, and ``mallopt`` caps the threshold at 32 MB):
 
 - ``glibc.malloc.mmap_threshold`` (1 GiB): by default every allocation above the (dynamic,
   at most 32 MB) threshold is a fresh ``mmap`` that ``munmap`` returns on free, so each step's
@@ -13,8 +13,9 @@ threshold at 32 MB):
   thresholds, which would leave the trim threshold at 128 KB and hand the heap's top back to
   the kernel (and fault it in again) after every step.
 
-Measured on B1 (benchmarks/README.md): ~12.2 vs ~14.0 s per step, same peak RSS. Set
-``GROUPWISE_MALLOC=default`` to keep glibc's defaults. Non-glibc platforms are left alone.
+Measured (benchmarks/README.md): B1 ~12.2 vs ~14.0 s per step at the same peak RSS; the default
+run 546 vs 648 s, but its peak RSS rose from ~5.8 to 7.6 GB (freed memory stays in the heap,
+fragmented by the varying shapes), which is why it is opt-in. Non-glibc platforms are left alone.
 """
 
 from __future__ import annotations
@@ -32,18 +33,18 @@ _MARKER = "GROUPWISE_MALLOC"
 def tuned_environment(environ: dict[str, str]) -> dict[str, str] | None:
     """The environment to re-execute under, or None when no re-exec is needed or wanted.
 
-    None if ``GROUPWISE_MALLOC`` is already set (``tuned`` after our re-exec, ``default`` to opt
-    out), if the C library is not glibc, or if the user set ``GLIBC_TUNABLES`` themselves.
+    Only when ``GROUPWISE_MALLOC=tuned`` asks for it, the C library is glibc and
+    ``GLIBC_TUNABLES`` is not set yet (by the user, or by our own re-exec).
     """
-    if _MARKER in environ or "GLIBC_TUNABLES" in environ:
+    if environ.get(_MARKER) != "tuned" or "GLIBC_TUNABLES" in environ:
         return None
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    return {**environ, "GLIBC_TUNABLES": TUNABLES, _MARKER: "tuned"}
+    return {**environ, "GLIBC_TUNABLES": TUNABLES}
 
 
 def entry() -> int:
-    """Console entry point: re-execute once under the malloc tunables, then run the CLI."""
+    """Console entry point: re-execute once under the malloc tunables if asked, then the CLI."""
     env = tuned_environment(dict(os.environ))
     if env is not None:
         argv = [sys.executable, *sys.orig_argv[1:]]  # the same interpreter flags and command
