@@ -7,8 +7,8 @@ start-up, and ``mallopt`` caps the threshold at 32 MB):
 - ``glibc.malloc.mmap_threshold`` (1 GiB): by default every allocation above the (dynamic,
   at most 32 MB) threshold is a fresh ``mmap`` that ``munmap`` returns on free, so each step's
   ``[tokens x vocab]`` logits chunks and ``[vocab x hidden]`` gradients page-fault all their
-  memory in again (zero-filling a new 57 MB tensor measured 13-19 ms; adding into a warm one
-  3 ms). From the heap they are reused warm.
+  memory in again (writing a fresh 57 MB tensor 18-19 ms, a warm one 0.9-1.0 ms:
+  ``benchmarks/micro_levers.py``). From the heap they are reused warm.
 - ``glibc.malloc.trim_threshold`` (4 GiB): setting the first disables glibc's dynamic
   thresholds, which would leave the trim threshold at 128 KB and hand the heap's top back to
   the kernel (and fault it in again) after every step.
