@@ -60,19 +60,9 @@ def build_optimizer(
     return torch.optim.AdamW(trainable, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
-class CompensatedAdamW(torch.optim.Optimizer):
-    """AdamW for bfloat16 parameters with Kahan-compensated updates (see the module docstring).
-
-    With ``k`` the step number, ``g`` the gradient and ``p + c`` the weight::
-
-        m = b1 m + (1 - b1) g                v = b2 v + (1 - b2) g^2
-        u = -lr (m / (1 - b1^k) / (sqrt(v / (1 - b2^k)) + eps) + wd (p + c))
-        s = p + c + u  (in float32)          p = bf16(s)          c = bf16(s - p)
-
-    State per parameter: ``exp_avg`` (bf16), ``exp_avg_sq`` (float32), ``compensation`` (bf16).
-    The arithmetic runs in float32 over slices of ``chunk_size`` elements, so the temporaries
-    stay small next to the parameters.
-    """
+class _Bf16AdamW(torch.optim.Optimizer):
+    """What the bf16 AdamW variants share: AdamW's hyper-parameters, validated, and the size of
+    the float32 slices their arithmetic runs over (temporaries stay small next to the weights)."""
 
     def __init__(
         self,
@@ -88,6 +78,21 @@ class CompensatedAdamW(torch.optim.Optimizer):
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
         self.chunk_size = chunk_size
+
+
+class CompensatedAdamW(_Bf16AdamW):
+    """AdamW for bfloat16 parameters with Kahan-compensated updates (see the module docstring).
+
+    With ``k`` the step number, ``g`` the gradient and ``p + c`` the weight::
+
+        m = b1 m + (1 - b1) g                v = b2 v + (1 - b2) g^2
+        u = -lr (m / (1 - b1^k) / (sqrt(v / (1 - b2^k)) + eps) + wd (p + c))
+        s = p + c + u  (in float32)          p = bf16(s)          c = bf16(s - p)
+
+    State per parameter: ``exp_avg`` (bf16), ``exp_avg_sq`` (float32), ``compensation`` (bf16).
+    The arithmetic runs in float32 over slices of ``chunk_size`` elements, so the temporaries
+    stay small next to the parameters.
+    """
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load as torch does, then put back the float32 second moments: torch casts every
@@ -161,7 +166,7 @@ def stochastic_round_bf16(x: Tensor, noise: Tensor) -> Tensor:
     return rounded.view(torch.float32).to(torch.bfloat16)  # [n] exact: the low bits are zero
 
 
-class StochasticRoundingAdamW(torch.optim.Optimizer):
+class StochasticRoundingAdamW(_Bf16AdamW):
     """AdamW for bfloat16 parameters with stochastically rounded weights and second moments.
 
     With ``k`` the step, ``g`` the gradient, ``SR`` :func:`stochastic_round_bf16`::
@@ -192,10 +197,10 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         seed: int = 0,
         chunk_size: int = 1 << 20,
     ) -> None:
-        _check_hyper(lr, betas, eps, weight_decay)
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
-        super().__init__(params, defaults)
-        self.seed, self.chunk_size = seed, chunk_size
+        super().__init__(
+            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, chunk_size=chunk_size
+        )
+        self.seed = seed
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
