@@ -263,6 +263,11 @@ class GRPOTrainer:
         if lora_decodes_itself:
             self.rollout_model = self.policy  # through the unmerged adapters
         sync_rollout_model(self.policy, self.rollout_model)
+        if m.reference_on_disk and self.device.type != "cpu":
+            raise ConfigError(
+                "model.reference_on_disk=true maps the reference into CPU memory; "
+                f"the model runs on {self.device}: set it to false"
+            )
         on_disk = cache_dir() / "mapped" if m.reference_on_disk else None
         self.reference = ReferencePolicy(self.policy, low, on_disk) if a.beta > 0 else None
         self.eos_ids = eos_token_ids(self.tokenizer, self.policy)
