@@ -396,22 +396,6 @@ def make_rollout_model(base: nn.Module, dtype: torch.dtype) -> nn.Module:
     return rollout
 
 
-def _synced_weights(policy: nn.Module, rollout: nn.Module) -> list[tuple[Tensor, Any]]:
-    """(rollout tensor, policy source) pairs that :func:`sync_rollout_model` copies: every
-    parameter, or under LoRA each adapted layer's weight (source: its peft layer)."""
-    if not is_peft(policy):
-        return list(zip(rollout.parameters(), policy.parameters(), strict=True))
-    from peft.tuners.lora import LoraLayer
-
-    rollout_modules = dict(rollout.named_modules())
-    base_prefix = "base_model.model."
-    pairs: list[tuple[Tensor, Any]] = []
-    for name, module in policy.named_modules():
-        if isinstance(module, LoraLayer):
-            pairs.append((rollout_modules[name.removeprefix(base_prefix)].weight, module))
-    return pairs
-
-
 @torch.no_grad()
 def sync_rollout_model(policy: nn.Module, rollout: nn.Module) -> None:
     """Copy the policy's current weights into the rollout copy (merging LoRA deltas).
@@ -425,12 +409,20 @@ def sync_rollout_model(policy: nn.Module, rollout: nn.Module) -> None:
     if not is_peft(policy):
         from groupwise.distributed import full_tensor
 
-        for dst, src in _synced_weights(policy, rollout):
+        for dst, src in zip(rollout.parameters(), policy.parameters(), strict=True):
             dst.copy_(full_tensor(src))
         return
-    for dst, lora in _synced_weights(policy, rollout):
+    from peft.tuners.lora import LoraLayer
+
+    rollout_modules = dict(rollout.named_modules())
+    base_prefix = "base_model.model."
+    for name, module in policy.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        target = rollout_modules[name.removeprefix(base_prefix)]
+        lora: Any = module
         weight = lora.get_base_layer().weight
         for adapter in lora.active_adapters:
             if adapter in lora.lora_A:
                 weight = weight + lora.get_delta_weight(adapter)
-        dst.copy_(weight)
+        target.weight.copy_(weight)

@@ -289,7 +289,7 @@ def _finish(
     idx = torch.arange(tokens.shape[1], device=tokens.device)[None, :]  # [1, L]
     mask = (idx <= first_eos[:, None]).long()  # [B, L]
     tokens = tokens.masked_fill(mask == 0, pad_token_id)
-    width = max(int(mask.sum(dim=1).max()), 1)
+    width = used_width(mask)
     return Rollout(
         prompts=prompts,
         completion_ids=tokens[:, :width],
@@ -313,7 +313,7 @@ def take_groups(rollout: Rollout, groups: Tensor) -> Rollout:
     rows = group_rows(groups, g)
     prompts = PromptBatch(rollout.prompts.input_ids[groups], rollout.prompts.attention_mask[groups])
     mask = rollout.completion_mask[rows]  # [b, Lc]
-    width = max(int(mask.sum(dim=1).max()), 1) if rows.numel() else 1
+    width = used_width(mask)
     return Rollout(
         prompts=prompts,
         completion_ids=rollout.completion_ids[rows, :width],
@@ -321,6 +321,11 @@ def take_groups(rollout: Rollout, groups: Tensor) -> Rollout:
         truncated=rollout.truncated[rows],
         group_size=g,
     )
+
+
+def used_width(mask: Tensor) -> int:
+    """Columns up to the last one any row of ``mask`` [b, Lc] uses (at least 1)."""
+    return max(int(mask.sum(dim=1).max()), 1) if mask.numel() else 1
 
 
 def group_rows(groups: Tensor, group_size: int) -> Tensor:

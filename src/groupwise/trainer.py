@@ -113,6 +113,7 @@ from groupwise.rollout import (
     select_groups,
     take_groups,
     tokenize_prompts,
+    used_width,
 )
 from groupwise.tracking import Tracker, build_trackers, close_trackers, completions_markdown
 
@@ -358,7 +359,7 @@ class GRPOTrainer:
         # torch.multinomial in one process; rank-invariant draws when N > 1 (or when asked)
         invariant = r.rank_invariant_sampling or world_size() > 1
         self.rollout_model.eval()  # it may be the policy itself (pure bf16 training)
-        rollout = generate(
+        return generate(
             self.rollout_model,
             prompts,
             group_size=r.num_generations,
@@ -374,7 +375,6 @@ class GRPOTrainer:
             total_rows=local_rows * world_size() if invariant else None,
             compile_decode=r.compile,
         )
-        return rollout
 
     def _score(
         self, rows: list[Row], rollout: Rollout
@@ -458,8 +458,7 @@ class GRPOTrainer:
         self.reference.release()
         out: list[Tensor | None] = []
         for start, stop in batch.micro:  # each micro-batch's rows and width (as select_groups)
-            mask = rollout.completion_mask[start * g : stop * g]  # [b, Lc]
-            width = max(int(mask.sum(dim=1).max()), 1) if mask.numel() else 1
+            width = used_width(rollout.completion_mask[start * g : stop * g])
             out.append(full[start * g : stop * g, :width])
         return out
 
