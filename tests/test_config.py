@@ -82,6 +82,17 @@ def test_pure_bf16_needs_autocast() -> None:
         load_config(overrides=["param_dtype=bfloat16", "bf16=false"])
 
 
+def test_lora_merge_in_place_needs_lora_and_the_rollout_dtype() -> None:
+    with pytest.raises(ConfigError, match="model.lora_merge_in_place=true needs model.lora=true"):
+        load_config(overrides=["model.lora_merge_in_place=true"])
+    with pytest.raises(ConfigError, match="set training.param_dtype=bfloat16"):
+        load_config(overrides=["model.lora_merge_in_place=true", "model.lora=true"])
+    config = load_config(
+        overrides=["model.lora_merge_in_place=true", "model.lora=true", "param_dtype=bfloat16"]
+    )
+    assert config.model.lora_merge_in_place
+
+
 def test_ambiguous_and_malformed_overrides() -> None:
     with pytest.raises(ConfigError, match="key=value"):
         load_config(overrides=["beta"])

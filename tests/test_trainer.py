@@ -86,6 +86,35 @@ def test_lora_can_decode_through_its_adapters(tmp_path: Path) -> None:
     assert all(np.isfinite(m["loss"]) and m["completions/mean_length"] > 0 for m in lines)
 
 
+def test_lora_merged_in_place_equals_the_merged_copy(tmp_path: Path) -> None:
+    """model.lora_merge_in_place: the rollout model shares the base weights, the adapters are
+    merged into them for each rollout and the base comes back bitwise after it; the run is
+    the merged-copy run, completion for completion and loss for loss."""
+    lora = {"model.lora": True, "model.lora_r": 4, "beta": 0.04, "param_dtype": "bfloat16"}
+    runs = {}
+    for in_place in (False, True):
+        out = tmp_path / str(in_place)
+        trainer = _train(out, steps=3, **lora, **{"model.lora_merge_in_place": in_place})
+        base = {n: p for n, p in trainer.policy.named_parameters() if not p.requires_grad}
+        before = {n: p.detach().clone() for n, p in base.items()}
+        shares = {p.data_ptr() for p in trainer.rollout_model.parameters()} <= {
+            p.data_ptr() for p in base.values()
+        }
+        assert shares == in_place  # no copy of the weights when merging in place
+        trainer.train()
+        for name, value in base.items():
+            assert torch.equal(value, before[name]), f"base weight {name} changed"
+        lines = (out / "run" / "metrics.jsonl").read_text().splitlines()
+        runs[in_place] = [
+            {k: v for k, v in json.loads(x).items() if not k.startswith("time")} for x in lines
+        ]
+        runs[in_place] = [{k: v for k, v in r.items() if k != "step_time"} for r in runs[in_place]]
+        texts = (out / "run" / "completions.jsonl").read_text().splitlines()
+        runs[in_place].append([json.loads(t)["completion"] for t in texts])
+    assert runs[True] == runs[False]
+    assert any(r["loss"] != 0 for r in runs[True][:-1])
+
+
 def test_lora_moves_adapters_only(tmp_path: Path) -> None:
     trainer = _train(tmp_path, **{"model.lora": True, "model.lora_r": 4, "beta": 0.04})
     assert trainer.reference is not None and trainer.reference.model is None  # no copy

@@ -45,6 +45,8 @@ class ModelConfig:
     """Modules to adapt: 'all-linear' or a list of module names (q_proj, v_proj, ...)."""
     lora_rollout_copy: bool = True
     """Under LoRA, decode with a merged copy of the policy (faster); false = through the adapters (one model copy less)."""
+    lora_merge_in_place: bool = False
+    """Under LoRA, decode with the adapters merged into the base weights themselves, restored bitwise from a file-backed snapshot after each rollout (no merged copy; CPU)."""
     reference_on_disk: bool = False
     """Full fine-tuning: map the frozen reference from an unlinked file in the cache dir; its pages leave RSS after each reference pass."""
     attn_implementation: str = "auto"
@@ -167,6 +169,8 @@ class TrainingConfig:
     """Under torchrun: ddp (full replica per rank) or fsdp (FSDP2: parameters, gradients, optimizer state sharded)."""
     gradient_checkpointing: bool = False
     """Recompute decoder activations in the backward pass (less memory; no shared-prompt KV cache)."""
+    fused_kernels: bool = True
+    """Train through groupwise.kernels.fused: RMSNorm, SwiGLU MLP, attention softmax saving bf16 inputs (less activation memory)."""
     logprob_chunk_size: int = 1024
     """Tokens per chunk when computing log-probs from hidden states."""
     num_threads: int = 0
@@ -452,6 +456,18 @@ def validate(config: Config) -> None:
         raise ConfigError(f"training.learning_rate must be > 0, got {t.learning_rate}")
     if t.param_dtype == "bfloat16" and not t.bf16:
         raise ConfigError("training.param_dtype=bfloat16 needs training.bf16=true")
+    m = config.model
+    if m.lora_merge_in_place and not (m.lora and m.lora_rollout_copy):
+        raise ConfigError(
+            "model.lora_merge_in_place=true needs model.lora=true and model.lora_rollout_copy="
+            "true (it replaces the merged copy); set model.lora_merge_in_place=false"
+        )
+    if m.lora_merge_in_place and t.param_dtype != ("bfloat16" if t.bf16 else "float32"):
+        raise ConfigError(
+            "model.lora_merge_in_place=true decodes with the base weights themselves, so they "
+            "must be in the rollout dtype: set training.param_dtype=bfloat16 (with "
+            "training.bf16=true) or model.lora_merge_in_place=false"
+        )
     if t.strategy == "fsdp" and config.model.lora:
         raise ConfigError(
             "training.strategy=fsdp does not support model.lora=true; use training.strategy=ddp "

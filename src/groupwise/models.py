@@ -323,45 +323,80 @@ def trim_heap() -> bool:
         return False
 
 
+ALIGN = 64
+"""Byte alignment of each tensor inside a mapped file."""
+
+
+def _mapped_file(
+    tensors: list[Tensor], directory: Path, prefix: str
+) -> tuple[Tensor, list[Tensor]]:
+    """An unlinked file in ``directory`` holding a copy of each tensor, memory-mapped: its
+    uint8 storage and one view per tensor (same dtype and shape) into it. The mapping keeps the
+    data alive, and nothing is left behind if the process dies."""
+    offsets, total = [], 0
+    for t in tensors:
+        offsets.append(total)
+        total += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
+    total = -(-max(total, 1) // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages: all releasable
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".bin", dir=directory)
+    try:
+        os.ftruncate(fd, total)
+        storage = torch.from_file(name, shared=True, size=total, dtype=torch.uint8)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    views = []
+    with torch.no_grad():
+        for t, start in zip(tensors, offsets, strict=True):
+            raw = storage[start : start + t.numel() * t.element_size()]
+            view = raw.view(t.dtype).view(t.shape)  # [*t.shape], in the file
+            view.copy_(t)
+            views.append(view)
+    return storage, views
+
+
 class MappedWeights:
     """A module's parameters moved into one memory-mapped file, whose pages can be released.
 
-    The file is created in ``directory`` and unlinked at once: the mapping keeps its data alive
-    (and nothing is left behind if the process dies). Parameters must be frozen, on the CPU.
+    The file is created in ``directory`` and unlinked at once (:func:`_mapped_file`).
+    Parameters must be frozen, on the CPU.
     """
-
-    ALIGN = 64
 
     def __init__(self, module: nn.Module, directory: Path) -> None:
         params = list(module.parameters())  # tied weights appear once
         if any(p.requires_grad or p.device.type != "cpu" for p in params):
             raise ValueError("only frozen CPU parameters can be memory-mapped")
-        offsets, total = [], 0
-        for p in params:
-            offsets.append(total)
-            total += -(-p.numel() * p.element_size() // self.ALIGN) * self.ALIGN
-        total = -(-total // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages: all releasable
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="reference-", suffix=".bin", dir=directory)
-        try:
-            os.ftruncate(fd, total)
-            self.storage = torch.from_file(name, shared=True, size=total, dtype=torch.uint8)
-        finally:
-            os.close(fd)
-            os.unlink(name)
-        self.nbytes = total
-        with torch.no_grad():
-            for p, start in zip(params, offsets, strict=True):
-                raw = self.storage[start : start + p.numel() * p.element_size()]
-                mapped = raw.view(p.dtype).view(p.shape)  # [*p.shape], in the file
-                mapped.copy_(p.data)
-                p.data = mapped
+        self.storage, views = _mapped_file([p.data for p in params], directory, "reference-")
+        self.nbytes = self.storage.numel()
+        for p, mapped in zip(params, views, strict=True):
+            p.data = mapped
         self.release()
 
     def release(self) -> int:
         """Drop the mapping's pages from this process's resident set (the page cache keeps
         them). Returns the bytes released, 0 where unsupported."""
         return release_pages(self.storage)
+
+
+class MappedSnapshot:
+    """Bitwise copies of CPU tensors kept in a memory-mapped file, to put back with
+    :meth:`restore`; their pages leave the resident set after writing and after each restore."""
+
+    def __init__(self, tensors: list[Tensor], directory: Path) -> None:
+        if any(t.device.type != "cpu" for t in tensors):
+            raise ValueError("only CPU tensors can be snapshotted to a mapped file")
+        self.tensors = tensors
+        self.storage, self.saved = _mapped_file(tensors, directory, "snapshot-")
+        release_pages(self.storage)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Copy every saved tensor back into its original, one at a time (each copy's pages
+        are released before the next is read, so at most one tensor's pages are resident)."""
+        for t, saved in zip(self.tensors, self.saved, strict=True):
+            t.copy_(saved)
+            release_pages(saved)
 
 
 def release_pages(tensor: Tensor) -> int:
@@ -412,17 +447,50 @@ def sync_rollout_model(policy: nn.Module, rollout: nn.Module) -> None:
         for dst, src in zip(rollout.parameters(), policy.parameters(), strict=True):
             dst.copy_(full_tensor(src))
         return
-    from peft.tuners.lora import LoraLayer
-
     rollout_modules = dict(rollout.named_modules())
     base_prefix = "base_model.model."
+    for name, _, merged in _merged_lora_weights(policy):
+        rollout_modules[name.removeprefix(base_prefix)].weight.copy_(merged)
+
+
+def _merged_lora_weights(policy: nn.Module) -> Any:
+    """For each LoRA layer of ``policy``: its name, base weight, and ``W + sum of deltas``."""
+    from peft.tuners.lora import LoraLayer
+
     for name, module in policy.named_modules():
         if not isinstance(module, LoraLayer):
             continue
-        target = rollout_modules[name.removeprefix(base_prefix)]
         lora: Any = module
-        weight = lora.get_base_layer().weight
+        base = lora.get_base_layer().weight
+        weight = base
         for adapter in lora.active_adapters:
             if adapter in lora.lora_A:
                 weight = weight + lora.get_delta_weight(adapter)
-        target.weight.copy_(weight)
+        yield name, base, weight
+
+
+def lora_base_weights(policy: nn.Module) -> list[Tensor]:
+    """The base weights of ``policy``'s LoRA layers (what :func:`merge_lora_in_place` writes)."""
+    return [base for _, base, _ in _merged_lora_weights(policy)]
+
+
+@torch.no_grad()
+def merge_lora_in_place(policy: nn.Module) -> None:
+    """Write ``W + B A * scale`` into each LoRA layer's base weight ``W`` (shared with a
+    :func:`make_rollout_shell` model), with the arithmetic of :func:`sync_rollout_model`. The
+    caller restores ``W`` (e.g. from a :class:`MappedSnapshot`) before training reads it."""
+    for _, base, merged in _merged_lora_weights(policy):
+        base.copy_(merged)
+
+
+def make_rollout_shell(base: nn.Module) -> nn.Module:
+    """A rollout model whose modules are copies of ``base``'s but whose parameters and buffers
+    are ``base``'s own tensors (no weight copy). Under LoRA, the adapters are merged into those
+    shared weights for a rollout (:func:`merge_lora_in_place`) and restored afterwards."""
+    if is_peft(base):
+        raise ValueError("make the rollout shell from the base model, before applying LoRA")
+    shared: dict[int, Any] = {id(t): t for t in (*base.parameters(), *base.buffers())}
+    shell: nn.Module = copy.deepcopy(base, shared)
+    shell.eval()
+    shell.config.use_cache = True  # type: ignore[union-attr]
+    return shell

@@ -34,8 +34,8 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,7 @@ from groupwise.distributed import (
 from groupwise.evaluation import EvalResult, eos_token_ids, evaluate_accuracy, row_columns
 from groupwise.forward import autocast_context, completion_logp
 from groupwise.guards import NonFiniteUpdatesError, StopSignals, TrainingInterrupted
+from groupwise.kernels.fused import install_fused_kernels
 from groupwise.live import LiveView
 from groupwise.metrics import (
     MetricsAccumulator,
@@ -91,12 +92,16 @@ from groupwise.metrics import (
 )
 from groupwise.models import (
     LoraSettings,
+    MappedSnapshot,
     ReferencePolicy,
     apply_lora,
     cache_dir,
     enable_gradient_checkpointing,
     load_base_model,
+    lora_base_weights,
     make_rollout_model,
+    make_rollout_shell,
+    merge_lora_in_place,
     sync_rollout_model,
 )
 from groupwise.optim import build_optimizer, build_scheduler
@@ -250,20 +255,36 @@ class GRPOTrainer:
             attn_implementation=m.attn_implementation,
             dtype=dtype,
         )
+        if t.fused_kernels:
+            install_fused_kernels(base)  # before any copy: copies keep the routing
         low = torch.bfloat16 if t.bf16 else torch.float32
         # the policy decodes itself (no copy) under pure bf16 training, and under LoRA when asked
         shared = lora is None and dtype == low == torch.bfloat16
         lora_decodes_itself = lora is not None and not m.lora_rollout_copy
-        self.rollout_model = (
-            base if shared or lora_decodes_itself else make_rollout_model(base, low)
-        )
+        in_place = lora is not None and m.lora_merge_in_place
+        if in_place and self.device.type != "cpu":
+            raise ConfigError(
+                "model.lora_merge_in_place=true keeps its snapshot in CPU memory; the model runs "
+                f"on {self.device}: set it to false"
+            )
+        if shared or lora_decodes_itself:
+            self.rollout_model = base
+        elif in_place:  # the rollout model's weights are the base's own
+            self.rollout_model = make_rollout_shell(base)
+        else:
+            self.rollout_model = make_rollout_model(base, low)
         if t.gradient_checkpointing:
             enable_gradient_checkpointing(base)
         pure_bf16 = dtype == torch.bfloat16
         self.policy = apply_lora(base, lora, pure_bf16) if lora is not None else base
         if lora_decodes_itself:
             self.rollout_model = self.policy  # through the unmerged adapters
-        sync_rollout_model(self.policy, self.rollout_model)
+        self.lora_snapshot = (
+            MappedSnapshot(lora_base_weights(self.policy), cache_dir() / "mapped")
+            if in_place
+            else None
+        )
+        self._sync_rollout()
         if m.reference_on_disk and self.device.type != "cpu":
             raise ConfigError(
                 "model.reference_on_disk=true maps the reference into CPU memory; "
@@ -316,7 +337,7 @@ class GRPOTrainer:
         with timer("update"):
             metrics.update(self._update(batch))
         with timer("sync"):
-            sync_rollout_model(self.policy, self.rollout_model)
+            self._sync_rollout()
         self.step_count += 1
         metrics.update(self._rollout_metrics(rollout))
         metrics.update(all_reduce_floats(timer.metrics(), {}))
@@ -359,22 +380,42 @@ class GRPOTrainer:
         # torch.multinomial in one process; rank-invariant draws when N > 1 (or when asked)
         invariant = r.rank_invariant_sampling or world_size() > 1
         self.rollout_model.eval()  # it may be the policy itself (pure bf16 training)
-        return generate(
-            self.rollout_model,
-            prompts,
-            group_size=r.num_generations,
-            max_completion_length=r.max_completion_length,
-            eos_token_ids=self.eos_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            generator=self.generator,
-            min_new_tokens=r.min_new_tokens,
-            row_offset=rank() * local_rows,
-            total_rows=local_rows * world_size() if invariant else None,
-            compile_decode=r.compile,
-        )
+        with self._rollout_weights():
+            return generate(
+                self.rollout_model,
+                prompts,
+                group_size=r.num_generations,
+                max_completion_length=r.max_completion_length,
+                eos_token_ids=self.eos_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                top_k=r.top_k,
+                generator=self.generator,
+                min_new_tokens=r.min_new_tokens,
+                row_offset=rank() * local_rows,
+                total_rows=local_rows * world_size() if invariant else None,
+                compile_decode=r.compile,
+            )
+
+    def _sync_rollout(self) -> None:
+        """Bring the rollout model up to the policy (nothing to do when LoRA merges in place:
+        the merge happens under :meth:`_rollout_weights`)."""
+        if self.lora_snapshot is None:
+            sync_rollout_model(self.policy, self.rollout_model)
+
+    @contextmanager
+    def _rollout_weights(self) -> Iterator[None]:
+        """Under ``model.lora_merge_in_place``: the adapters merged into the base weights for
+        the block, which are then restored bitwise from their snapshot."""
+        if self.lora_snapshot is None:
+            yield
+            return
+        merge_lora_in_place(self.policy)
+        try:
+            yield
+        finally:
+            self.lora_snapshot.restore()
 
     def _score(
         self, rows: list[Row], rollout: Rollout
@@ -573,17 +614,18 @@ class GRPOTrainer:
         if self.task.correctness is None:
             raise ValueError(f"task {self.task.name!r} has no correctness check to evaluate")
         e = self.config.eval
-        sync_rollout_model(self.policy, self.rollout_model)  # every rank (a collective on FSDP)
+        self._sync_rollout()  # every rank (a collective on FSDP)
         result: EvalResult | None = None
         if is_main():  # the others wait for rank 0's result
-            result = evaluate_accuracy(
-                self.rollout_model,
-                self.tokenizer,
-                self.task.eval,
-                self.task.correctness,
-                batch_size=e.batch_size,
-                max_new_tokens=e.max_new_tokens,
-            )
+            with self._rollout_weights():
+                result = evaluate_accuracy(
+                    self.rollout_model,
+                    self.tokenizer,
+                    self.task.eval,
+                    self.task.correctness,
+                    batch_size=e.batch_size,
+                    max_new_tokens=e.max_new_tokens,
+                )
         shared = broadcast_object(result)
         assert shared is not None
         return shared
@@ -772,7 +814,7 @@ class GRPOTrainer:
                 "start a new run in another training.output_dir"
             )
         load_policy_weights(self.policy, path)
-        sync_rollout_model(self.policy, self.rollout_model)
+        self._sync_rollout()
         self.load_state_dict(load_trainer_state(path))
         self.last_checkpoint = Path(path)
         print(f"resumed from {path} at step {self.step_count}", flush=True)

@@ -159,3 +159,25 @@ def test_entropy_ignores_banned_tokens() -> None:
     # a -inf logit (EOS banned by min_new_tokens) has p = 0 and adds 0, not NaN
     logits = torch.tensor([[0.0, 0.0, float("-inf")]])
     torch.testing.assert_close(entropy_from_logits(logits), torch.tensor([math.log(2.0)]))
+
+
+@pytest.mark.parametrize("chunk_size", [10, 1024])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_float32_rows_split_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, chunk_size: int, dtype: torch.dtype
+) -> None:
+    """The float32 temporaries taken FLOAT_ROWS rows at a time (here 4, with a partial last
+    block in every chunk) give bitwise the values of one block per chunk, and match naive."""
+    from groupwise.core import logprobs
+
+    hidden, weight, targets, up = _inputs(dtype)
+    kw = {"temperature": 0.7, "chunk_size": chunk_size}
+    whole = _grads("chunked", hidden, weight, targets, up, **kw)
+    monkeypatch.setattr(logprobs, "FLOAT_ROWS", 4)
+    split = _grads("chunked", hidden, weight, targets, up, **kw)
+    for got, want in zip(split, whole, strict=True):
+        assert torch.equal(got, want)
+    if dtype == torch.float32:
+        naive = _grads("naive", hidden, weight, targets, up, temperature=0.7)
+        for got, want in zip(split, naive, strict=True):
+            torch.testing.assert_close(got, want, rtol=0.0, atol=1e-5)

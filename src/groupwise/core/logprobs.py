@@ -3,8 +3,10 @@
 ``chunked_token_logp`` computes, for rows ``n`` of ``hidden`` ``[N, H]`` and the LM-head weight
 ``W`` ``[V, H]``, the log-probability of ``targets[n]`` under ``softmax(h_n W^T / temperature)``.
 It is a custom ``torch.autograd.Function``: the forward keeps only ``hidden``, ``W``, ``targets``
-and one log-sum-exp per row; the backward recomputes each chunk's logits. Peak extra memory is
-``O(chunk_size * V)`` instead of ``O(N * V)``.
+and one log-sum-exp per row; the backward recomputes each chunk's logits (or, with a single
+chunk, reuses the forward's compute-dtype logits and overwrites them with their gradient). Peak
+extra memory is ``O(chunk_size * V)`` in the compute dtype plus ``FLOAT_ROWS * V`` in float32,
+instead of ``O(N * V)`` float32.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+FLOAT_ROWS = 64
+"""Rows per float32 temporary: the ``[rows, V]`` float32 logits are made this many rows at a time
+from the compute-dtype matmul output (12.6 MB for V = 49152 instead of 75 MB for 384 rows)."""
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
@@ -49,11 +55,6 @@ def _check_inputs(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
 
-def _scaled_logits(h: Tensor, w: Tensor, temperature: float) -> Tensor:
-    """``(h W^T) / temperature`` as a new float32 tensor (matmul in ``h.dtype``)."""
-    return _scale(h @ w.T, temperature)  # [n, V]
-
-
 def _scale(raw: Tensor, temperature: float, copy: bool = False) -> Tensor:
     """``raw / temperature`` in float32 (``raw`` itself when it is float32, unless ``copy``)."""
     z = raw.to(torch.float32, copy=copy)  # [n, V]
@@ -82,28 +83,30 @@ class _ChunkedTokenLogp(torch.autograd.Function):
         n_ent = n_rows if compute_entropy else 0
         entropy = torch.empty(n_ent, dtype=torch.float32, device=hidden.device)  # [N] or [0]
         # one chunk with a backward to come: keep the matmul's logits (compute dtype) for it
-        # instead of recomputing them there (same values; the float32 copy is made either way)
+        # instead of recomputing them there (same values)
         keep_raw = n_rows <= chunk_size and any(ctx.needs_input_grad[:2])
         raw_kept = None
         for start in range(0, n_rows, chunk_size):
             end = min(start + chunk_size, n_rows)
             raw = hidden[start:end] @ w.T  # [n, V] compute dtype
-            z = _scale(raw, temperature, copy=keep_raw)  # [n, V] float32, modified below
+            for a in range(start, end, FLOAT_ROWS):  # float32 temporaries of FLOAT_ROWS rows
+                b = min(a + FLOAT_ROWS, end)
+                z = _scale(raw[a - start : b - start], temperature, copy=True)  # [r, V] float32
+                z_max = z.amax(dim=-1, keepdim=True)  # [r, 1]
+                target_logit = z.gather(-1, targets[a:b, None]).squeeze(-1)  # [r]
+                z.sub_(z_max)  # shifted logits z' = z - max, in place
+                e = torch.exp(z) if compute_entropy else z.exp_()  # [r, V] (z' kept for entropy)
+                total = e.sum(dim=-1)  # [r]
+                lse_c = z_max.squeeze(-1) + total.log()  # [r]
+                logp[a:b] = target_logit - lse_c
+                lse[a:b] = lse_c
+                if compute_entropy:
+                    # H = log s - sum_v e_v z'_v / s with e = exp(z'), s = sum e: both terms are
+                    # small when H ~ 0, so no cancellation (unlike lse - sum p z)
+                    dot = e.mul_(z).sum(dim=-1)  # [r] sum_v e_v z'_v (e is not needed after)
+                    entropy[a:b] = total.log() - dot / total
             raw_kept = raw if keep_raw else None
             del raw
-            z_max = z.amax(dim=-1, keepdim=True)  # [n, 1]
-            target_logit = z.gather(-1, targets[start:end, None]).squeeze(-1)  # [n]
-            z.sub_(z_max)  # shifted logits z' = z - max, in place
-            e = torch.exp(z) if compute_entropy else z.exp_()  # [n, V] (z' kept for entropy)
-            total = e.sum(dim=-1)  # [n]
-            lse_c = z_max.squeeze(-1) + total.log()  # [n]
-            logp[start:end] = target_logit - lse_c
-            lse[start:end] = lse_c
-            if compute_entropy:
-                # H = log s - sum_v e_v z'_v / s with e = exp(z'), s = sum e: both terms are
-                # small when H ~ 0, so no cancellation (unlike lse - sum p z)
-                dot = e.mul_(z).sum(dim=-1)  # [n] sum_v e_v z'_v (e is not needed after)
-                entropy[start:end] = total.log() - dot / total
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.raw_logits = raw_kept
         ctx.temperature = temperature
@@ -132,23 +135,25 @@ class _ChunkedTokenLogp(torch.autograd.Function):
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             end = min(start + ctx.chunk_size, hidden.shape[0])
             h_c = hidden[start:end]  # [n, H]
-            g_c = grad_logp[start:end, None]  # [n, 1]
             raw, ctx.raw_logits = ctx.raw_logits, None  # kept by a one-chunk forward
-            grad_logits = (
-                _scaled_logits(h_c, w, temperature) if raw is None else _scale(raw, temperature)
-            )  # [n, V] float32
-            del raw
-            grad_logits.sub_(lse[start:end, None]).exp_()  # softmax p, in place
-            grad_logits.mul_(-g_c / temperature)  # -g p / T
-            grad_logits.scatter_add_(-1, targets[start:end, None], g_c / temperature)
-            grad_logits_lp = grad_logits.to(hidden.dtype)  # [n, V]
-            del grad_logits  # the float32 copy is not needed for the matmuls
+            if raw is None:
+                raw = h_c @ w.T  # [n, V] compute dtype, the forward's values
+            for a in range(start, end, FLOAT_ROWS):  # overwrite raw with d logp / d z, in place
+                b = min(a + FLOAT_ROWS, end)
+                g_r = grad_logp[a:b, None]  # [r, 1]
+                grad_z = _scale(raw[a - start : b - start], temperature, copy=True)  # [r, V]
+                grad_z.sub_(lse[a:b, None]).exp_()  # softmax p, in place
+                grad_z.mul_(-g_r / temperature)  # -g p / T
+                grad_z.scatter_add_(-1, targets[a:b, None], g_r / temperature)
+                raw[a - start : b - start] = grad_z  # rounded to the compute dtype
+            grad_logits_lp = raw  # [n, V] compute dtype
             if grad_hidden is not None:
                 grad_hidden[start:end] = grad_logits_lp @ w  # [n, H]
             if need_weight and one_chunk:
                 grad_weight = (grad_logits_lp.T @ h_c).to(weight.dtype)  # [V, H]
             elif grad_weight is not None:
                 grad_weight += (grad_logits_lp.T @ h_c).to(torch.float32)  # [V, H]
+            del raw, grad_logits_lp
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None

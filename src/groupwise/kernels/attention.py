@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from groupwise.kernels.fused import softmax_probs
+
 GROUPED_ATTENTION = "groupwise_grouped"
 SDPA_MIN_LENGTH = 256
 """Key length from which multi-token queries use fused SDPA instead of the grouped kernel."""
@@ -61,7 +63,7 @@ def grouped_attention(
         scores = (scores.view(b, kv, rep, q, length) + mask[:, :, None]).view(
             b, kv, rep * q, length
         )
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = softmax_probs(scores, query.dtype)  # [B,kv,r*q,L]; keeps bf16 probs for backward
     if dropout > 0 and module.training:
         probs = nn.functional.dropout(probs, p=dropout)
     out = torch.matmul(probs, value)  # [B, kv, r*q, D]
