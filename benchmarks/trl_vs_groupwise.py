@@ -128,6 +128,8 @@ def groupwise_command(
     }
     if workload == "B1-LoRA":
         overrides.update({"model.lora": "true", "model.lora_r": "16", "model.lora_alpha": "32"})
+        # decode with the adapters merged into the (shared) base weights, restored after
+        overrides["model.lora_merge_in_place"] = "true"
     args = [f"{k}={v}" for k, v in overrides.items()]
     return [sys.executable, "-m", "groupwise", "train", *args, *extra]
 

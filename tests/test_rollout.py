@@ -213,3 +213,26 @@ def test_sample_with_entropy_matches_entropy_from_logits() -> None:
             torch.testing.assert_close(h, entropy_from_logits(logits / 0.7), atol=1e-5, rtol=1e-5)
     assert sample_with_entropy(logits, temperature=0.0)[1] is None
     assert sample_with_entropy(logits, temperature=1.0, entropy=False)[1] is None
+
+
+@pytest.mark.parametrize("block", [8, 256])
+def test_two_level_inverse_cdf_equals_one_cumsum(
+    monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """Dyadic probabilities (sums exact in float32): the block search picks exactly the token
+    of a flat cumsum + searchsorted, including a vocabulary that is not a multiple of the block
+    and targets on block boundaries."""
+    import groupwise.rollout as rollout_module
+    from groupwise.rollout import inverse_cdf_sample
+
+    monkeypatch.setattr(rollout_module, "CDF_BLOCK", block)
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.randint(0, 4, (300, 37), generator=gen).float() / 16  # [R, V], zeros included
+    probs[:, 0] += 1 / 16  # no empty row
+    uniform = torch.randint(0, 64, (300,), generator=gen).float() / 64  # boundaries hit often
+    cdf = probs.cumsum(-1)
+    target = (uniform[:, None] * cdf[:, -1:]).contiguous()
+    want = torch.searchsorted(cdf, target, right=True).clamp(max=36).squeeze(-1)
+    got = inverse_cdf_sample(probs, uniform)
+    assert torch.equal(got, want)
+    assert bool((probs.gather(-1, got[:, None]) > 0).all())  # never a zero-probability token

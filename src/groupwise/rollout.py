@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from groupwise.core import entropy_from_logits
@@ -156,12 +157,44 @@ def sample_with_entropy(
     if uniform is None:  # torch.multinomial draws an exponential per vocabulary entry: ~1/3
         # of decode time on CPU for 32 x 49152 (profiled); the inverse CDF below is the fast path
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1), h  # [R]
-    cdf = probs.cumsum(dim=-1)  # [R, V]
-    target = (uniform[:, None] * cdf[:, -1:]).contiguous()  # [R, 1]
-    picked = torch.searchsorted(cdf, target, right=True).clamp(max=probs.shape[-1] - 1)
-    picked = picked.squeeze(-1)  # [R]
+    picked = inverse_cdf_sample(probs, uniform)  # [R]
     ok = probs.gather(-1, picked[:, None]).squeeze(-1) > 0  # rounding at the very top end
+    if bool(ok.all()):
+        return picked, h
     return torch.where(ok, picked, probs.argmax(dim=-1)), h
+
+
+CDF_BLOCK = 256
+"""Vocabulary entries per block of :func:`inverse_cdf_sample`'s two-level search."""
+
+
+def inverse_cdf_sample(probs: Tensor, uniform: Tensor) -> Tensor:
+    """Per row, the first token whose cumulative probability exceeds ``u * total``::
+
+        pick_r = min { v : sum_{w <= v} p_rw > u_r * sum_w p_rw }
+
+    ``probs`` ``[R, V]`` (unnormalised is fine), ``uniform`` ``[R]`` in [0, 1). Searched in two
+    levels: the cumulative sums of blocks of ``CDF_BLOCK`` entries locate the block, then the
+    cumulative sum inside that one block locates the token. A full ``cumsum`` over the
+    vocabulary is a sequential scan; the block sums are one vectorised reduction (32 x 49152 on
+    this CPU: 0.78 ms vs 0.11 ms, benchmarks/README.md). May return a zero-probability token
+    when rounding leaves the target past a block's last positive entry; callers check.
+    """
+    rows, vocab = probs.shape
+    block = min(CDF_BLOCK, vocab)
+    pad = -vocab % block
+    padded = F.pad(probs, (0, pad)) if pad else probs  # [R, nb * block]
+    blocks = padded.view(rows, -1, block)  # [R, nb, block]
+    block_sums = blocks.sum(dim=-1)  # [R, nb]
+    block_cdf = block_sums.cumsum(dim=-1)  # [R, nb]
+    target = (uniform[:, None] * block_cdf[:, -1:]).contiguous()  # [R, 1]
+    last = block_cdf.shape[1] - 1
+    b = torch.searchsorted(block_cdf, target, right=True).clamp(max=last)  # [R, 1]
+    before = block_cdf.gather(-1, b) - block_sums.gather(-1, b)  # [R, 1] mass before block b
+    inner = blocks.gather(1, b[:, :, None].expand(rows, 1, block)).squeeze(1)  # [R, block]
+    inner_cdf = inner.cumsum(dim=-1).add_(before)  # [R, block]
+    j = torch.searchsorted(inner_cdf, target, right=True).clamp(max=block - 1)  # [R, 1]
+    return (b * block + j).squeeze(-1).clamp(max=vocab - 1)  # [R]
 
 
 def _positions(attention_mask: Tensor) -> Tensor:
