@@ -92,9 +92,9 @@ def test_swiglu_mlp_equals_transformers(dtype: torch.dtype) -> None:
         torch.testing.assert_close(got, want, **tol)
 
 
-def test_swiglu_mlp_under_autocast_equals_transformers() -> None:
-    """float32 weights under bf16 autocast: the function casts as autocast does and returns
-    float32 weight gradients."""
+def test_float32_mlp_under_autocast_takes_silu_mul_and_equals_transformers() -> None:
+    """float32 weights under bf16 autocast: the projections stay autocast's (its cast cache
+    keeps one bf16 copy of each weight per forward) and only silu(a) * b is fused."""
     torch.manual_seed(0)
     plain, fused = _pair(LlamaMLP(_config()))
     gen = torch.Generator().manual_seed(2)
@@ -103,6 +103,15 @@ def test_swiglu_mlp_under_autocast_equals_transformers() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_ref, g_ref = _grads(plain, x, dy)
         y, g = _grads(fused, x, dy)
+        out = fused(x.clone().requires_grad_(True))
+    names, seen, todo = set(), set(), [out.grad_fn]
+    while todo:  # every node of the backward graph
+        fn = todo.pop()
+        if fn is not None and id(fn) not in seen:
+            seen.add(id(fn))
+            names.add(type(fn).__name__)
+            todo.extend(f for f, _ in fn.next_functions)
+    assert "SiluMulFunctionBackward" in names and "SwiGLUFunctionBackward" not in names, names
     assert y.dtype == torch.bfloat16 and torch.equal(y, y_ref)
     for got, want in zip(g, g_ref, strict=True):
         assert got.dtype == want.dtype == torch.float32

@@ -80,46 +80,41 @@ class RMSNormFunction(torch.autograd.Function):
 class SwiGLUFunction(torch.autograd.Function):
     """``o = (silu(x Wg^T) * (x Wu^T)) Wd^T`` saving ``x``, ``a``, ``b`` (module docstring).
 
-    ``dtype`` is the compute dtype: the weights and ``x`` are cast to it first (autocast's job,
-    done here so that the backward casts the same way) and each gradient is returned in its
-    input's dtype.
+    ``x`` and the three weights share one dtype, the compute dtype (:func:`_mlp_forward` sends
+    anything else, e.g. float32 weights under bf16 autocast, to :class:`SiluMulFunction`, so that
+    autocast's cast cache keeps serving one bf16 copy of each weight per forward).
     """
 
     @staticmethod
-    def forward(
-        ctx: FunctionCtx, x: Tensor, wg: Tensor, wu: Tensor, wd: Tensor, dtype: torch.dtype
-    ) -> Tensor:
+    def forward(ctx: FunctionCtx, x: Tensor, wg: Tensor, wu: Tensor, wd: Tensor) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            xc, wgc, wuc, wdc = (t.to(dtype) for t in (x, wg, wu, wd))
-            a = F.linear(xc, wgc)  # [..., I]
-            b = F.linear(xc, wuc)  # [..., I]
-            out = F.linear(F.silu(a) * b, wdc)  # [..., H]
-        ctx.save_for_backward(xc, wgc, wuc, wdc, a, b)
-        ctx.dtypes = (x.dtype, wg.dtype, wu.dtype, wd.dtype)  # type: ignore[attr-defined]
+            a = F.linear(x, wg)  # [..., I]
+            b = F.linear(x, wu)  # [..., I]
+            out = F.linear(F.silu(a) * b, wd)  # [..., H]
+        ctx.save_for_backward(x, wg, wu, wd, a, b)
         return out
 
     @staticmethod
     def backward(ctx: FunctionCtx, do: Tensor) -> tuple[Tensor | None, ...]:
         xc, wgc, wuc, wdc, a, b = ctx.saved_tensors  # type: ignore[attr-defined]
-        x_dtype, wg_dtype, wu_dtype, wd_dtype = ctx.dtypes  # type: ignore[attr-defined]
         need = ctx.needs_input_grad  # type: ignore[attr-defined]
         do2 = _rows(do.to(wdc.dtype))  # [N, H]
         act = F.silu(_rows(a))  # [N, I] bitwise the forward's
         dwd = None
         if need[3]:
-            dwd = (do2.t() @ (act * _rows(b))).to(wd_dtype)  # [H, I]
+            dwd = do2.t() @ (act * _rows(b))  # [H, I]
         dh = do2 @ wdc  # [N, I]
         da, db = _silu_mul_grads(dh, _rows(a), _rows(b), act)  # [N, I] each
         del dh, act
         dx = dwg = dwu = None
         if need[0]:
-            dx = (da @ wgc + db @ wuc).view(xc.shape).to(x_dtype)  # [..., H]
+            dx = (da @ wgc + db @ wuc).view(xc.shape)  # [..., H]
         x2 = _rows(xc)  # [N, H]
         if need[1]:
-            dwg = (da.t() @ x2).to(wg_dtype)  # [I, H]
+            dwg = da.t() @ x2  # [I, H]
         if need[2]:
-            dwu = (db.t() @ x2).to(wu_dtype)  # [I, H]
-        return dx, dwg, dwu, dwd, None
+            dwu = db.t() @ x2  # [I, H]
+        return dx, dwg, dwu, dwd
 
 
 def _silu_mul_grads(dh: Tensor, a: Tensor, b: Tensor, act: Tensor) -> tuple[Tensor, Tensor]:
@@ -192,16 +187,13 @@ def _mlp_forward(self: Any, x: Tensor) -> Tensor:
     if not torch.is_grad_enabled():
         return type(self).forward(self, x)
     projections = (self.gate_proj, self.up_proj, self.down_proj)
-    if all(_plain_linear(p) for p in projections):
-        dtype = (
-            torch.get_autocast_dtype(x.device.type)
-            if torch.is_autocast_enabled(x.device.type)
-            else x.dtype
-        )
-        weights = [p.weight for p in projections]
-        if torch.is_autocast_enabled(x.device.type) or all(w.dtype == dtype for w in weights):
-            out: Tensor = SwiGLUFunction.apply(x, *weights, dtype)
-            return out
+    autocast = torch.is_autocast_enabled(x.device.type)
+    dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+    if all(_plain_linear(p) and p.weight.dtype == dtype for p in projections) and (
+        x.dtype == dtype
+    ):
+        out: Tensor = SwiGLUFunction.apply(x, *(p.weight for p in projections))
+        return out
     h: Tensor = SiluMulFunction.apply(self.gate_proj(x), self.up_proj(x))
     return self.down_proj(h)
 
