@@ -15,8 +15,11 @@ trainer supports it: TRL's bf16 autocast over fp32 master weights; groupwise's l
   pass (``model.reference_on_disk=true``; full fine-tuning only);
 - glibc malloc tunables (``GROUPWISE_MALLOC=tuned`` in groupwise's environment: the command
   re-executes itself under them).
+- the fused training kernels (``training.fused_kernels=true``: RMSNorm, SwiGLU MLP and
+  attention softmax saving bf16 inputs instead of float32 copies).
 B1-LoRA: the same with LoRA r=16, alpha=32 on all linear layers (groupwise: bf16 frozen base
-and bf16 adapters, decoding with a merged bf16 copy).
+and bf16 adapters, decoding with the adapters merged into the base weights in place,
+``model.lora_merge_in_place=true``, restored bitwise after each rollout).
 
 Each trainer runs as its own subprocess of N steps: groupwise through its CLI in this venv, TRL
 through benchmarks/trl_b1.py in a separate venv (benchmarks/trl_env.sh creates it, pinned
@@ -107,6 +110,8 @@ def groupwise_command(
         "training.bf16_rounding": "stochastic",
         "rollout.compile": "true",
         "model.reference_on_disk": "true",
+        # RMSNorm, SwiGLU and softmax saving bf16 inputs (groupwise.kernels.fused)
+        "training.fused_kernels": "true",
         # inverse-CDF sampling (one uniform per row and token) instead of torch.multinomial
         "rollout.rank_invariant_sampling": "true",
         "rollout.max_completion_length": str(LENGTH),

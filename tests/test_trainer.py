@@ -70,6 +70,21 @@ def test_pure_bf16_trains_in_place_without_a_rollout_copy(tmp_path: Path) -> Non
     assert all(np.isfinite(m["entropy"]) and np.isfinite(m["loss"]) for m in lines)
 
 
+def test_fused_kernels_train_pure_bf16(tmp_path: Path) -> None:
+    trainer = _train(
+        tmp_path, beta=0.04, **{"training.param_dtype": "bfloat16", "training.fused_kernels": True}
+    )
+    norm = trainer.policy.model.norm  # type: ignore[union-attr]
+    x = torch.randn(1, 2, norm.weight.shape[0], dtype=torch.bfloat16, requires_grad=True)
+    assert type(norm(x).grad_fn).__name__ == "RMSNormFunctionBackward"  # routed
+    before = _snapshot(trainer.policy)
+    trainer.train()
+    after = _snapshot(trainer.policy)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(m["loss"]) and np.isfinite(m["kl"]) for m in lines)
+
+
 def test_lora_can_decode_through_its_adapters(tmp_path: Path) -> None:
     extra = {"model.lora": True, "model.lora_r": 4, "model.lora_rollout_copy": False}
     trainer = _train(tmp_path, beta=0.04, param_dtype="bfloat16", **extra)

@@ -169,8 +169,8 @@ class TrainingConfig:
     """Under torchrun: ddp (full replica per rank) or fsdp (FSDP2: parameters, gradients, optimizer state sharded)."""
     gradient_checkpointing: bool = False
     """Recompute decoder activations in the backward pass (less memory; no shared-prompt KV cache)."""
-    fused_kernels: bool = True
-    """Train through groupwise.kernels.fused: RMSNorm, SwiGLU MLP, attention softmax saving bf16 inputs (less activation memory)."""
+    fused_kernels: bool = False
+    """Train through groupwise.kernels.fused: RMSNorm, SwiGLU MLP, attention softmax saving bf16 inputs (less activation memory under pure bf16)."""
     logprob_chunk_size: int = 1024
     """Tokens per chunk when computing log-probs from hidden states."""
     num_threads: int = 0
