@@ -62,7 +62,10 @@ def build_optimizer(
 
 class _Bf16AdamW(torch.optim.Optimizer):
     """What the bf16 AdamW variants share: AdamW's hyper-parameters, validated, and the size of
-    the float32 slices their arithmetic runs over (temporaries stay small next to the weights)."""
+    the float32 slices their arithmetic runs over (temporaries stay small next to the weights:
+    2^18 elements keep a slice's ~5 float32 temporaries near the L2 caches; the 135M-parameter
+    stochastic-rounding step took 0.28 s against 0.33-0.40 s with 2^20, 0.45-0.62 s with 2^16;
+    benchmarks/README.md)."""
 
     def __init__(
         self,
@@ -72,7 +75,7 @@ class _Bf16AdamW(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
-        chunk_size: int = 1 << 20,
+        chunk_size: int = 1 << 18,
     ) -> None:
         _check_hyper(lr, betas, eps, weight_decay)
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
@@ -195,7 +198,7 @@ class StochasticRoundingAdamW(_Bf16AdamW):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         seed: int = 0,
-        chunk_size: int = 1 << 20,
+        chunk_size: int = 1 << 18,
     ) -> None:
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, chunk_size=chunk_size
