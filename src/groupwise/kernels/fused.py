@@ -9,7 +9,8 @@ activations, 186 MB of it these copies (measured with saved-tensor hooks; benchm
 
 The functions here run the forward with the very ops transformers runs (same dtypes, so the
 outputs are bitwise equal) and keep only the bf16 inputs; the backward recomputes the cheap
-element-wise parts in float32 (notation: ``dy`` the incoming gradient, ``s`` = sigmoid)::
+element-wise parts: RMSNorm's in float32, the MLP's with the ops autograd itself would run on
+them (aten's ``silu_backward``) (notation: ``dy`` the incoming gradient, ``s`` = sigmoid)::
 
     RMSNorm   y = w * bf16(x r),  r = rsqrt(mean(x^2) + eps)           saves x, r
               g = float(dy * w), xh = x r:  dx = r (g - xh mean(g xh)),  dw = sum(dy xh)
@@ -20,8 +21,8 @@ element-wise parts in float32 (notation: ``dy`` the incoming gradient, ``s`` = s
               dz = p (dp - sum(dp p))
 
 The backward reads the bf16 probabilities where transformers reads float32 ones (a relative
-difference of at most 2^-8 in each ``p``, below the bf16 rounding of ``dz`` itself); the others
-equal transformers' gradients up to float32 rounding. :func:`install_fused_kernels` routes the
+difference of at most 2^-8 in each ``p``, below the bf16 rounding of ``dz`` itself); RMSNorm's
+equals transformers' gradient up to float32 rounding. :func:`install_fused_kernels` routes the
 supported modules' forward through them when autograd records (under ``no_grad`` the modules
 run their own code, which is what compiled decoding traces); modules it does not recognise are
 left alone.
