@@ -31,6 +31,7 @@ import importlib.util
 import mmap
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -453,7 +454,7 @@ def sync_rollout_model(policy: nn.Module, rollout: nn.Module) -> None:
         rollout_modules[name.removeprefix(base_prefix)].weight.copy_(merged)
 
 
-def _merged_lora_weights(policy: nn.Module) -> Any:
+def _merged_lora_weights(policy: nn.Module) -> Iterator[tuple[str, Tensor, Tensor]]:
     """For each LoRA layer of ``policy``: its name, base weight, and ``W + sum of deltas``."""
     from peft.tuners.lora import LoraLayer
 
