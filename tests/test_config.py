@@ -63,7 +63,7 @@ def test_unknown_key_in_yaml_is_named(tmp_path: Path) -> None:
     [
         ("loss_type=ppo", "algorithm.loss_type: 'ppo' is not one of: grpo, dapo, dr_grpo"),
         ("max_steps=ten", "training.max_steps: expected an integer"),
-        ("bf16=maybe", "training.bf16: expected true or false"),
+        ("bf16=maybe", "training.bf16: 'maybe' is not a valid"),
         ("num_generations=1", "rollout.num_generations must be >= 2"),
         ("per_device_train_batch_size=12", "multiple of rollout.num_generations"),
         ("top_p=0", "rollout.top_p"),
@@ -86,7 +86,7 @@ def test_lora_merge_in_place_needs_lora_and_the_rollout_dtype() -> None:
     with pytest.raises(ConfigError, match="model.lora_merge_in_place=true needs model.lora=true"):
         load_config(overrides=["model.lora_merge_in_place=true"])
     with pytest.raises(ConfigError, match="set training.param_dtype=bfloat16"):
-        load_config(overrides=["model.lora_merge_in_place=true", "model.lora=true"])
+        load_config(overrides=["model.lora_merge_in_place=true", "model.lora=true", "bf16=true"])
     config = load_config(
         overrides=["model.lora_merge_in_place=true", "model.lora=true", "param_dtype=bfloat16"]
     )

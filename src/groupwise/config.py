@@ -157,8 +157,8 @@ class TrainingConfig:
     """Clip the global gradient norm to this (0 = no clipping)."""
     seed: int = 0
     """Seed for sampling, data order and model init."""
-    bf16: bool = True
-    """bf16 autocast for the policy forward/backward and a bf16 rollout copy (fp32 masters)."""
+    bf16: bool | Literal["auto"] = "auto"
+    """bf16 autocast for the policy forward/backward and a bf16 rollout copy (fp32 masters); auto = where the device computes bf16 natively (CUDA with bf16; a CPU whose bf16 matmul a cached probe measures >= 1.5x float32's)."""
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights' dtype; bfloat16 = pure bf16 training with Kahan-compensated AdamW (less memory, no rollout copy)."""
     bf16_rounding: Literal["kahan", "stochastic"] = "kahan"
@@ -454,20 +454,16 @@ def validate(config: Config) -> None:
         raise ConfigError(f"algorithm.beta must be >= 0, got {a.beta}")
     if t.learning_rate <= 0:
         raise ConfigError(f"training.learning_rate must be > 0, got {t.learning_rate}")
-    if t.param_dtype == "bfloat16" and not t.bf16:
-        raise ConfigError("training.param_dtype=bfloat16 needs training.bf16=true")
+    if t.param_dtype == "bfloat16" and t.bf16 is False:
+        raise ConfigError("training.param_dtype=bfloat16 needs training.bf16=true (or auto)")
     m = config.model
     if m.lora_merge_in_place and not (m.lora and m.lora_rollout_copy):
         raise ConfigError(
             "model.lora_merge_in_place=true needs model.lora=true and model.lora_rollout_copy="
             "true (it replaces the merged copy); set model.lora_merge_in_place=false"
         )
-    if m.lora_merge_in_place and t.param_dtype != ("bfloat16" if t.bf16 else "float32"):
-        raise ConfigError(
-            "model.lora_merge_in_place=true decodes with the base weights themselves, so they "
-            "must be in the rollout dtype: set training.param_dtype=bfloat16 (with "
-            "training.bf16=true) or model.lora_merge_in_place=false"
-        )
+    if m.lora_merge_in_place and t.bf16 != "auto":  # auto: checked once resolved
+        check_merge_in_place_dtype(t.param_dtype, bool(t.bf16))
     if t.strategy == "fsdp" and config.model.lora:
         raise ConfigError(
             "training.strategy=fsdp does not support model.lora=true; use training.strategy=ddp "
@@ -505,6 +501,18 @@ RESUME_SAFE_KEYS = frozenset(
     }
 )
 RESUME_SAFE_SECTIONS = frozenset({"eval"})
+
+
+def check_merge_in_place_dtype(param_dtype: str, bf16: bool) -> None:
+    """``model.lora_merge_in_place`` decodes with the base weights, so they must be in the
+    rollout dtype (bf16 under bf16 compute, float32 otherwise)."""
+    if param_dtype != ("bfloat16" if bf16 else "float32"):
+        raise ConfigError(
+            "model.lora_merge_in_place=true decodes with the base weights themselves, so they "
+            f"must be in the rollout dtype ({'bfloat16' if bf16 else 'float32'} here): set "
+            "training.param_dtype=bfloat16 with training.bf16=true, or "
+            "model.lora_merge_in_place=false"
+        )
 
 
 def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

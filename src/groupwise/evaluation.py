@@ -185,6 +185,7 @@ def evaluate_model(name: str, config: Config, *, k: int) -> dict[str, float]:
     """Greedy accuracy (and pass@k / maj@k when ``k > 1``) of a model on the config's task."""
     from groupwise.data import build_task
     from groupwise.models import load_base_model, pick_device
+    from groupwise.precision import resolve_precision
 
     device = pick_device(config.training.device)
     d, e = config.data, config.eval
@@ -197,7 +198,10 @@ def evaluate_model(name: str, config: Config, *, k: int) -> dict[str, float]:
         device=device,
         attn_implementation=config.model.attn_implementation,
     )
-    model = model.to(torch.bfloat16 if config.training.bf16 else torch.float32).eval()
+    choice = resolve_precision(
+        config.training.bf16, device, param_dtype=config.training.param_dtype
+    )
+    model = model.to(torch.bfloat16 if choice.bf16 else torch.float32).eval()
     greedy = evaluate_accuracy(
         model,
         tokenizer,

@@ -53,7 +53,13 @@ from groupwise.checkpoint import (
     read_checkpoint_info,
     save_checkpoint,
 )
-from groupwise.config import Config, ConfigError, config_to_dict, resume_conflicts
+from groupwise.config import (
+    Config,
+    ConfigError,
+    check_merge_in_place_dtype,
+    config_to_dict,
+    resume_conflicts,
+)
 from groupwise.core import group_advantages, policy_loss
 from groupwise.data import Row, Task, build_task
 from groupwise.data.sampler import PromptSampler
@@ -105,6 +111,7 @@ from groupwise.models import (
     sync_rollout_model,
 )
 from groupwise.optim import build_optimizer, build_scheduler
+from groupwise.precision import PrecisionChoice, resolve_precision
 from groupwise.rewards.base import (
     AnyRewardFunc,
     RewardRunner,
@@ -211,7 +218,8 @@ class GRPOTrainer:
         )
         self.rewards = self._build_rewards(reward_funcs)
         self.sampler = PromptSampler(self.task.train, seed=t.seed)
-        self.amp_dtype = torch.bfloat16 if t.bf16 else None
+        self.precision = self._resolve_precision()
+        self.amp_dtype = torch.bfloat16 if self.precision.bf16 else None
         self._build_models()
         self.generator = torch.Generator(device=self.device).manual_seed(t.seed)
         self.step_count = 0
@@ -222,6 +230,19 @@ class GRPOTrainer:
         self.last_checkpoint: Path | None = None
         self.last_completions: list[dict[str, Any]] = []
         self.trackers: list[Tracker] = []
+
+    def _resolve_precision(self) -> PrecisionChoice:
+        """``training.bf16`` for this device (rank 0 decides: a probe per rank would differ)."""
+        t = self.config.training
+        choice = None
+        if is_main():
+            choice = resolve_precision(t.bf16, self.device, param_dtype=t.param_dtype)
+            print(
+                f"precision: {'bf16' if choice.bf16 else 'float32'} ({choice.reason})", flush=True
+            )
+        shared = broadcast_object(choice)
+        assert shared is not None
+        return shared
 
     def _build_rewards(self, reward_funcs: Sequence[AnyRewardFunc | str] | None) -> RewardRunner:
         r = self.config.rewards
@@ -257,11 +278,13 @@ class GRPOTrainer:
         )
         if t.fused_kernels:
             install_fused_kernels(base)  # before any copy: copies keep the routing
-        low = torch.bfloat16 if t.bf16 else torch.float32
+        low = torch.bfloat16 if self.precision.bf16 else torch.float32
         # the policy decodes itself (no copy) under pure bf16 training, and under LoRA when asked
         shared = lora is None and dtype == low == torch.bfloat16
         lora_decodes_itself = lora is not None and not m.lora_rollout_copy
         in_place = lora is not None and m.lora_merge_in_place
+        if in_place:
+            check_merge_in_place_dtype(t.param_dtype, self.precision.bf16)
         if in_place and self.device.type != "cpu":
             raise ConfigError(
                 "model.lora_merge_in_place=true keeps its snapshot in CPU memory; the model runs "
@@ -644,6 +667,7 @@ class GRPOTrainer:
             "task": self.task.name,
             "run_dir": str(self.out_dir),
             "world_size": world_size(),
+            "precision": self.precision.as_dict(),
         }
         if is_main():
             self.trackers = build_trackers(t.report_to, self.out_dir, config_to_dict(self.config))
@@ -840,9 +864,16 @@ class GRPOTrainer:
         if is_main():
             for log in [self.out_dir / "metrics.jsonl", self.out_dir / "completions.jsonl"]:
                 truncate_jsonl(log, self.step_count)  # drop steps after the checkpoint (or all)
-            config_yaml = yaml.safe_dump(config_to_dict(self.config))
+            config_yaml = self._precision_comment() + yaml.safe_dump(config_to_dict(self.config))
             (self.out_dir / "config.yaml").write_text(config_yaml)
         barrier()
+
+    def _precision_comment(self) -> str:
+        """config.yaml's first lines: what ``training.bf16`` resolved to here, and why."""
+        p = self.precision
+        return (
+            f"# training.bf16: {p.setting} -> {'true' if p.bf16 else 'false'}\n# why: {p.reason}\n"
+        )
 
     def _find_checkpoint(self) -> Path | None:
         """The checkpoint to resume from (or None), clearing an old run when told to."""

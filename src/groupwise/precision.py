@@ -1,0 +1,208 @@
+"""Which precision to compute in, chosen by what the device does well (``training.bf16=auto``).
+
+bf16 autocast (with float32 master weights and a bf16 rollout copy) is only a speed lever where
+the hardware multiplies bf16 natively: CUDA GPUs from Ampere on, and CPUs with AVX512-BF16 or
+AMX. Elsewhere torch emulates it: on a 2-core AMD EPYC with AVX2 only, a bf16 matmul ran at
+0.9 GFLOP/s against 35-54 GFLOP/s in float32, and the default run went from ~6 s to ~70 s per
+step. So on CPU the choice is measured, not assumed:
+
+    probe:    r32 = GFLOP/s of a [64, 576] x [576, 1536] float32 matmul (SmolLM2-135M's MLP)
+              r16 = the same in bfloat16
+    choose:   bf16  if r16 >= BF16_MIN_SPEEDUP * r32  else float32
+
+The probe takes well under a second and its result is cached per machine in
+``cache_dir()/precision.json``, keyed by the CPU's model and ISA flags, the torch version, the
+thread count and the ISA-limiting environment variables (``ONEDNN_MAX_CPU_ISA``,
+``ATEN_CPU_CAPABILITY``, ``MKL_ENABLE_INSTRUCTIONS``), so a changed machine is probed again.
+On CUDA the choice is ``torch.cuda.is_bf16_supported()``; on other devices float32. An explicit
+``training.bf16=true/false`` always wins, and ``training.param_dtype=bfloat16`` (pure bf16
+weights) implies bf16 compute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BF16_MIN_SPEEDUP = 1.5
+"""bf16 is picked on CPU when its matmul is at least this much faster than float32's: below it
+the casts autocast adds and the bf16 rollout copy's rounding buy too little (on an AVX512-BF16
+CPU the matmul ratio was 2.7-4.3x, see the README's Hardware section)."""
+
+PROBE_SHAPE = (64, 576, 1536)
+"""[rows, in, out] of the probe matmul: SmolLM2-135M's up-projection on 64 tokens."""
+
+ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+"""Environment variables that change which CPU kernels torch runs (part of the cache key)."""
+
+Probe = Callable[[torch.dtype], float]
+"""Measures the matmul rate of one dtype, in GFLOP/s."""
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What ``training.bf16`` resolved to on this device, and why."""
+
+    bf16: bool
+    """bf16 autocast for the policy's forward/backward and a bf16 rollout copy."""
+    setting: str
+    """The config's value: 'auto', 'true' or 'false'."""
+    reason: str
+    """One sentence a user can read in the run log."""
+    probe: dict[str, float] | None = None
+    """The measured rates (``float32_gflops``, ``bfloat16_gflops``) when a probe decided."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def matmul_gflops(
+    dtype: torch.dtype, seconds: float = 0.15, shape: tuple[int, int, int] = PROBE_SHAPE
+) -> float:
+    """Rate of ``[m, k] @ [k, n]`` in ``dtype`` on the CPU: GFLOP/s = 2 m k n / time per call."""
+    m, k, n = shape
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=gen).to(dtype)  # [m, k]
+    b = torch.randn(k, n, generator=gen).to(dtype)  # [k, n]
+    a @ b  # warm-up: kernel selection, packing
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < seconds:
+        a @ b
+        calls += 1
+    elapsed = time.perf_counter() - start
+    return 2.0 * m * k * n * calls / elapsed / 1e9
+
+
+def machine_key() -> str:
+    """A short hash of what decides CPU matmul speed here (see the module docstring)."""
+    parts = [
+        _cpu_identity(),
+        torch.__version__,
+        str(torch.get_num_threads()),
+        str(torch.backends.cpu.get_cpu_capability()),
+        *(f"{name}={os.environ.get(name, '')}" for name in ISA_ENV),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def cpu_description() -> str:
+    """The CPU's model name and its matmul-relevant ISA flags, e.g. 'AMD EPYC (avx2 fma)'."""
+    model, flags = _cpu_model_and_flags()
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "bf16")
+    shown = [f for f in wanted if f in flags]
+    return f"{model} ({' '.join(shown) if shown else 'no SIMD flags read'})"
+
+
+def resolve_precision(
+    setting: bool | str,
+    device: torch.device,
+    *,
+    param_dtype: str = "float32",
+    probe: Probe | None = None,
+    cache_file: Path | None = None,
+) -> PrecisionChoice:
+    """Resolve ``training.bf16`` (``True``, ``False`` or ``"auto"``) for ``device``.
+
+    ``probe`` measures a dtype's matmul rate (default :func:`matmul_gflops`); ``cache_file``
+    keeps probe results per machine (default ``cache_dir()/precision.json``; tests inject both).
+    """
+    if setting is True or setting is False:
+        word = "true" if setting else "false"
+        return PrecisionChoice(setting, word, f"training.bf16={word} was set explicitly")
+    if setting != "auto":
+        raise ValueError(f"training.bf16: {setting!r} is not one of: true, false, auto")
+    if param_dtype == "bfloat16":
+        return PrecisionChoice(True, "auto", "training.param_dtype=bfloat16 computes in bf16")
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        why = "this GPU supports bf16" if ok else "this GPU has no bf16 support"
+        return PrecisionChoice(ok, "auto", why)
+    if device.type != "cpu":
+        return PrecisionChoice(False, "auto", f"float32 on {device.type} (no bf16 probe there)")
+    return _probe_cpu(probe or matmul_gflops, cache_file or _default_cache_file())
+
+
+def _probe_cpu(probe: Probe, cache_file: Path) -> PrecisionChoice:
+    key = machine_key()
+    cache = _read_cache(cache_file)
+    rates = cache.get(key)
+    source = "cached probe"
+    if not _valid_rates(rates):
+        rates = {
+            "float32_gflops": round(probe(torch.float32), 2),
+            "bfloat16_gflops": round(probe(torch.bfloat16), 2),
+        }
+        source = "probe"
+        cache[key] = rates
+        _write_cache(cache_file, cache)
+    assert rates is not None
+    r32, r16 = rates["float32_gflops"], rates["bfloat16_gflops"]
+    bf16 = r16 >= BF16_MIN_SPEEDUP * r32
+    verdict = "bf16 is faster" if bf16 else "bf16 is not natively fast here"
+    reason = (
+        f"{source} on {cpu_description()}: bf16 matmul {r16:.1f} vs float32 {r32:.1f} "
+        f"GFLOP/s ({r16 / max(r32, 1e-9):.2f}x; bf16 needs >= {BF16_MIN_SPEEDUP}x): {verdict}"
+    )
+    return PrecisionChoice(bf16, "auto", reason, dict(rates))
+
+
+def _valid_rates(rates: Any) -> bool:
+    return isinstance(rates, dict) and all(
+        isinstance(rates.get(k), (int, float)) and rates[k] > 0
+        for k in ("float32_gflops", "bfloat16_gflops")
+    )
+
+
+def _default_cache_file() -> Path:
+    from groupwise.models import cache_dir
+
+    return cache_dir() / "precision.json"
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(path: Path, data: dict[str, Any]) -> None:
+    """Atomic (a temporary file renamed over the old one); a read-only cache is not an error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _cpu_model_and_flags() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set[str]()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return model, flags
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        name = name.strip()
+        if name in ("model name", "Model") and value.strip():
+            model = value.strip()
+        elif name in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def _cpu_identity() -> str:
+    model, flags = _cpu_model_and_flags()
+    return f"{platform.machine()} {model} {' '.join(sorted(flags))}"
