@@ -4,8 +4,10 @@ Runs inside the TRL virtual environment (benchmarks/trl_env.sh), never the group
 driver benchmarks/trl_vs_groupwise.py starts it as a subprocess. Workload B1: SmolLM2-135M-Instruct
 (a local HF directory, no hub access), 2-digit addition prompts in groupwise's arithmetic format,
 4 prompts x 8 completions = 32 completions per optimizer step, exactly 48 new tokens each (EOS
-suppressed with min_new_tokens), beta = 0.04 (reference model), mu = 1, lr 1e-5 constant, bf16 on
-CPU, fp32 master weights. --lora trains r=16, alpha=32 adapters on all linear layers instead.
+suppressed with min_new_tokens), beta = 0.04 (reference model), mu = 1, lr 1e-5 constant, fp32
+master weights; --precision bf16 (the default) is TRL's bf16=True (bf16 autocast on CPU),
+--precision fp32 is bf16=False (everything in float32). --lora trains r=16, alpha=32 adapters on
+all linear layers instead.
 
 Batch semantics (TRL 1.x): per_device_train_batch_size counts completions, and with
 gradient_accumulation_steps=1 the generation batch is per_device_train_batch_size * processes *
@@ -15,7 +17,19 @@ steps_per_generation = 32 * 1 * 1, so one optimizer step generates and trains on
 Each step's time is taken by a TrainerCallback from on_step_begin to on_step_end (generation,
 rewards, reference and policy forward/backward, optimizer step); Trainer's own logging after
 on_step_end is outside it, as groupwise's metrics writing is outside its step_time.
-Usage: .venv-trl/bin/python benchmarks/trl_b1.py --model-dir DIR --steps 5 [--lora] --out F.json
+
+Phases of each step, timed by wrapping three of the trainer's methods on the instance (a
+perf_counter pair per call, nothing else changes):
+- generate: ``GRPOTrainer._generate`` (prompt tokenization, ``model.generate``, decoding text);
+- ref_logp: ``_get_per_token_logps_and_entropies`` calls made with gradients off (the reference
+  model's, or the adapters-disabled policy's, log-probs; with mu = 1 and one generation batch per
+  step TRL computes no old-policy log-probs);
+- prepare: ``_prepare_inputs`` (generate, rewards, advantages, ref_logp);
+- update: the step minus prepare (the policy forward and backward, clipping, the optimizer and
+  scheduler steps, zero_grad).
+Each step also records the prompts' token counts (for the driver's FLOP floor).
+Usage: .venv-trl/bin/python benchmarks/trl_b1.py --model-dir DIR --steps 5 [--lora]
+    [--precision bf16|fp32] --out F.json
 """
 
 from __future__ import annotations
@@ -81,19 +95,34 @@ def sum_correct(completions: list[Any], answer: list[str], **_: Any) -> list[flo
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of each optimizer step (on_step_begin -> on_step_end) and every log record."""
+    """Wall time of each optimizer step (on_step_begin -> on_step_end), its phases (filled in by
+    :func:`time_phases`' wrappers) and every log record."""
 
     def __init__(self) -> None:
         self.step_times: list[float] = []
+        self.phases: list[dict[str, float]] = []
         self.logs: list[dict[str, Any]] = []
+        self.current: dict[str, float] = {}
         self._start: float | None = None
 
+    def add(self, name: str, value: float) -> None:
+        """Add ``value`` to the current step's ``name``."""
+        self.current[name] = self.current.get(name, 0.0) + value
+
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.current = {}
         self._start = time.perf_counter()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._start is not None:
-            self.step_times.append(time.perf_counter() - self._start)
+            total = time.perf_counter() - self._start
+            self.step_times.append(total)
+            phases = {k: self.current.get(k, 0.0) for k in ("generate", "ref_logp", "prepare")}
+            phases["update"] = total - phases["prepare"]
+            phases["other"] = phases["prepare"] - phases["generate"] - phases["ref_logp"]
+            phases["prompt_rows"] = self.current.get("prompt_rows", 0.0)
+            phases["prompt_tokens"] = self.current.get("prompt_tokens", 0.0)
+            self.phases.append(phases)
             self._start = None
 
     def on_log(
@@ -109,6 +138,41 @@ class StepTimer(TrainerCallback):
             self.logs.append({"step": state.global_step, **record})
 
 
+def time_phases(trainer: Any, timer: StepTimer) -> None:
+    """Wrap the trainer's ``_generate``, ``_prepare_inputs`` and no-grad
+    ``_get_per_token_logps_and_entropies`` on the instance, adding their seconds to ``timer``."""
+    generate = trainer._generate
+    prepare = trainer._prepare_inputs
+    logps = trainer._get_per_token_logps_and_entropies
+
+    def timed_generate(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        out = generate(*args, **kwargs)
+        timer.add("generate", time.perf_counter() - start)
+        prompt_ids = out[0]  # one list of token ids per row
+        timer.add("prompt_rows", float(len(prompt_ids)))
+        timer.add("prompt_tokens", float(sum(len(ids) for ids in prompt_ids)))
+        return out
+
+    def timed_prepare(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        out = prepare(*args, **kwargs)
+        timer.add("prepare", time.perf_counter() - start)
+        return out
+
+    def timed_logps(*args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled():  # the policy's forward in compute_loss
+            return logps(*args, **kwargs)
+        start = time.perf_counter()
+        out = logps(*args, **kwargs)
+        timer.add("ref_logp", time.perf_counter() - start)
+        return out
+
+    trainer._generate = timed_generate
+    trainer._prepare_inputs = timed_prepare
+    trainer._get_per_token_logps_and_entropies = timed_logps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True, help="local HF model directory")
@@ -116,6 +180,12 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help="LoRA r=16, alpha=32, all-linear")
     parser.add_argument("--out", required=True, help="JSON file for the per-step times")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        default="bf16",
+        help="bf16: GRPOConfig(bf16=True), autocast over fp32 weights; fp32: bf16=False",
+    )
     parser.add_argument(
         "--no-gradient-checkpointing",
         action="store_true",
@@ -130,7 +200,7 @@ def main() -> None:
     config = GRPOConfig(
         output_dir=run_dir,
         use_cpu=True,
-        bf16=True,
+        bf16=args.precision == "bf16",
         per_device_train_batch_size=prompts * group,  # completions, not prompts
         gradient_accumulation_steps=1,
         num_generations=group,
@@ -170,6 +240,7 @@ def main() -> None:
         peft_config=peft_config,
         callbacks=[timer],
     )
+    time_phases(trainer, timer)
     start = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - start
@@ -177,7 +248,9 @@ def main() -> None:
         "trainer": "trl",
         "workload": "B1-LoRA" if args.lora else "B1",
         "steps": args.steps,
+        "precision": "bf16" if config.bf16 else "fp32",
         "step_times": timer.step_times,
+        "phases": timer.phases,
         "train_s": train_s,
         "logs": timer.logs,
         "torch_threads": torch.get_num_threads(),
