@@ -99,7 +99,11 @@ def cpu_description() -> str:
     model, flags = _cpu_model_and_flags()
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "bf16")
     shown = [f for f in wanted if f in flags]
-    return f"{model} ({' '.join(shown) if shown else 'no SIMD flags read'})"
+    limits = [f"{name}={os.environ[name]}" for name in ISA_ENV if os.environ.get(name)]
+    kernels = f"torch kernels {torch.backends.cpu.get_cpu_capability()}"
+    return f"{model} ({' '.join(shown) if shown else 'no SIMD flags read'}; {kernels}" + (
+        f"; {' '.join(limits)})" if limits else ")"
+    )
 
 
 def resolve_precision(
