@@ -1,0 +1,455 @@
+"""Structure check: the working tree trains bit for bit like a baseline commit.
+
+    python scripts/structure_check.py [--base REV] [--only NAME[,NAME]] [--keep] [--jobs N]
+
+A change that only restructures the code must not change a single bit of what training
+computes. This script runs the same short float32 tiny-random trainings twice, once with the
+package source of the baseline commit (``BASELINE_COMMIT``, or ``--base REV``) and once with the
+working tree's ``src/``, and checks, per configuration, that
+
+- every ``metrics.jsonl`` record is exactly equal (keys starting with ``time/`` or
+  ``step_time`` removed; floats compared with ``==``, NaN equal to NaN), and
+- every tensor of the final weights (``final/**/*.safetensors``) is equal (``torch.equal``).
+
+It prints the first difference of each configuration and exits 1 on any difference (2 when a
+run fails or the set-up does).
+
+The baseline is a commit, not a file of recorded numbers: float32 matmul kernels differ in the
+low bits between CPUs (AVX2 vs AVX-512), so both sides are computed on the machine at hand. The
+base side is ``git archive BASE src`` extracted into a temporary directory and run with the same
+interpreter, its ``src/`` first on ``PYTHONPATH`` (ahead of the editable install); the reward
+function below prints the ``groupwise`` file each training process imported, and the script
+checks that it belongs to the intended tree.
+
+Configurations (``--only``): ``grpo``, ``dapo``, ``dr_grpo`` (each loss type), ``lora``
+(``model.lora=true``), ``mu2`` (``algorithm.num_iterations=2``), ``beta`` (``algorithm.beta=0.04``,
+a reference model) and ``ddp`` (2 CPU processes with gloo under ``torchrun``). Each is
+``python -m groupwise train`` with ``training.bf16=false`` (and ``training.param_dtype=float32``
+where the tree has that key), 3 steps of 16 completions, one thread per process.
+
+The model: ``lora`` trains the ``tiny-random`` preset itself. Its EOS is one token in 49152
+that it practically never samples, so every completion runs to ``max_completion_length``, and
+with equal lengths the three loss aggregations are the same number (measured: grpo, dapo and
+dr_grpo ended in bitwise equal weights), which would hide a mistake in any of them. The other
+configurations therefore train a copy of it (``tiny-random-eos``, built once per check by the
+base tree and loaded from its directory by both sides) whose tied EOS embedding row is
+``EOS_SCALE`` times the first unit vector: the EOS logit becomes ``EOS_SCALE`` times the first
+coordinate of the normalised hidden state, and completions end after 1 to 8 tokens.
+
+When a change is meant to change the numbers, move ``BASELINE_COMMIT`` to that change's commit.
+``--self`` runs the working tree on both sides (run-to-run reproducibility).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BASELINE_COMMIT = "9aa1675c990848ed56a953d5a78a23cf1e1dc010"
+"""The commit the working tree must train exactly like (the state before issue 16's change)."""
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+STEPS = 3
+IGNORED_PREFIXES = ("time/", "step_time")
+"""Metric keys that are wall-clock timings (they differ run to run)."""
+MARKER = "structure_check: groupwise imported from "
+EOS_SCALE = 4.0
+"""The ``tiny-random-eos`` model's EOS embedding row (see the module docstring)."""
+PERTURBED_LR = 1.1e-3
+"""The working side's learning rate under the hidden ``--perturb`` (the check must then fail)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration: overrides on top of ``common_overrides``, run in ``nproc`` processes."""
+
+    name: str
+    overrides: dict[str, object] = field(default_factory=dict)
+    nproc: int = 1
+
+
+CASES: tuple[Case, ...] = (
+    Case("grpo", {"algorithm.loss_type": "grpo"}),
+    Case("dapo", {"algorithm.loss_type": "dapo"}),
+    Case("dr_grpo", {"algorithm.loss_type": "dr_grpo"}),
+    Case("lora", {"model.lora": "true", "model.name": "tiny-random"}),
+    Case("mu2", {"algorithm.num_iterations": 2}),
+    Case("beta", {"algorithm.beta": 0.04}),
+    # 2 ranks x 8 completions = the same 16 completions per step as the others' 2 micro-batches
+    Case("ddp", {"training.strategy": "ddp", "training.gradient_accumulation_steps": 1}, nproc=2),
+)
+
+_announced = False
+
+
+def varied_reward(prompts: list[Any], completions: list[str], **_: Any) -> list[float]:
+    """Spread inside each group (by length), so every step moves the weights.
+
+    The training processes import it as ``structure_check:varied_reward``; its first call in a
+    process prints which ``groupwise`` that process imported.
+    """
+    global _announced
+    if not _announced:
+        _announced = True
+        print(f"{MARKER}{sys.modules['groupwise'].__file__}", file=sys.stderr, flush=True)
+    return [float(len(c) % 5) / 4.0 for c in completions]
+
+
+def common_overrides(out: Path, model: Path, param_dtype: bool) -> dict[str, object]:
+    """Settings shared by every configuration: fp32, small, fast, the final weights saved."""
+    overrides: dict[str, object] = {
+        "model.name": str(model),
+        "training.max_steps": STEPS,
+        "rollout.num_generations": 4,
+        "rollout.max_completion_length": 8,
+        "training.per_device_train_batch_size": 8,
+        "training.gradient_accumulation_steps": 2,
+        "training.learning_rate": 1e-3,
+        "training.bf16": "false",
+        "training.num_threads": 1,
+        "training.device": "cpu",
+        "training.save_final": "true",
+        "training.save_steps": 0,
+        "training.progress": "false",
+        "training.report": "false",
+        "training.output_dir": str(out),
+        "eval.before": "false",
+        "eval.after": "false",
+        "eval.every_steps": 0,
+        "data.train_size": 64,
+        "data.eval_size": 8,
+        "rewards.funcs": "[structure_check:varied_reward]",
+    }
+    if param_dtype:
+        overrides["training.param_dtype"] = "float32"
+    return overrides
+
+
+# --------------------------------------------------------------------------------- comparison
+def _same(a: Any, b: Any) -> bool:
+    """Exact equality of JSON values; NaN equals NaN; 1 and 1.0 are not the same value."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def metric_records(run: Path) -> list[dict[str, Any]]:
+    """``run/metrics.jsonl`` without the timing keys."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    return [{k: v for k, v in r.items() if not k.startswith(IGNORED_PREFIXES)} for r in records]
+
+
+def final_weights(run: Path) -> dict[str, Any]:
+    """Every tensor under ``run/final`` keyed ``file:tensor`` (LoRA adds ``adapter/``)."""
+    from safetensors.torch import load_file
+
+    final = run / "final"
+    out: dict[str, Any] = {}
+    for file in sorted(final.rglob("*.safetensors")):
+        rel = file.relative_to(final).as_posix()
+        out.update({f"{rel}:{name}": t for name, t in load_file(str(file)).items()})
+    return out
+
+
+def compare_runs(base: Path, work: Path, steps: int | None = STEPS) -> str | None:
+    """The first difference between two run directories, or None when they are identical.
+
+    Also reports a run that cannot show a difference: fewer than ``steps`` records, no
+    weights, weights that are not float32, or gradients that were 0 throughout.
+    """
+    for side, run in (("base", base), ("work", work)):
+        if not (run / "metrics.jsonl").is_file():
+            return f"{side}: no metrics.jsonl in {run}"
+    a, b = metric_records(base), metric_records(work)
+    if steps is not None and len(a) != steps:
+        return f"base: {len(a)} metrics records, expected {steps}"
+    for i, (ra, rb) in enumerate(zip(a, b, strict=False)):  # lengths compared below
+        where = f"metrics record {i + 1} (step {ra.get('step')})"
+        for key in ra.keys() - rb.keys():
+            return f"{where}: {key!r} only in base"
+        for key in rb.keys() - ra.keys():
+            return f"{where}: {key!r} only in work"
+        for key in ra:
+            if not _same(ra[key], rb[key]):
+                return f"{where}: {key!r} base {ra[key]!r} != work {rb[key]!r}"
+    if len(a) != len(b):
+        return f"metrics: {len(a)} records in base, {len(b)} in work"
+    if not any(r.get("grad_norm") for r in a):
+        return "base: grad_norm 0 or missing at every step (the weights may not have moved)"
+
+    import torch
+
+    wa, wb = final_weights(base), final_weights(work)
+    if not wa:
+        return f"base: no *.safetensors under {base / 'final'}"
+    for name in sorted(wa.keys() - wb.keys()):
+        return f"final weights: {name} only in base"
+    for name in sorted(wb.keys() - wa.keys()):
+        return f"final weights: {name} only in work"
+    for name in sorted(wa):
+        ta, tb = wa[name], wb[name]
+        if ta.dtype != torch.float32:
+            return f"final weights: {name} is {ta.dtype} in base, not float32"
+        if ta.dtype != tb.dtype or ta.shape != tb.shape:
+            return f"final weights: {name} base {ta.dtype}{list(ta.shape)} != work {tb.dtype}{list(tb.shape)}"
+        if not torch.equal(ta, tb):
+            diff = (ta.double() - tb.double()).abs().nan_to_num(nan=math.inf)
+            return f"final weights: {name} differs (max abs diff {diff.max().item():.3g}, {int((diff > 0).sum())} of {ta.numel()} elements)"
+    return None
+
+
+# ---------------------------------------------------------------------------------- running
+@dataclass
+class Side:
+    """One source tree the configurations run against."""
+
+    label: str
+    src: Path
+    extra: dict[str, object] = field(default_factory=dict)
+    param_dtype: bool = True
+
+
+@dataclass
+class RunResult:
+    case: Case
+    side: Side
+    run: Path
+    seconds: float
+    error: str | None
+
+
+def _git(*args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"structure_check: git {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def resolve_base(rev: str) -> str:
+    """The full commit id of ``rev``; exits 2 (with a hint) when this clone lacks it."""
+    proc = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        print(
+            f"structure_check: base {rev} is not a commit of this clone "
+            "(a shallow CI checkout needs the full history: git fetch --unshallow)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return proc.stdout.strip()
+
+
+def extract_src(commit: str, dest: Path) -> Path:
+    """``git archive commit src`` extracted under ``dest``; returns ``dest/src``."""
+    data = subprocess.run(
+        ["git", "archive", "--format=tar", commit, "src"], cwd=ROOT, capture_output=True
+    )
+    if data.returncode != 0:
+        raise SystemExit(f"structure_check: git archive failed: {data.stderr.decode().strip()}")
+    with tarfile.open(fileobj=io.BytesIO(data.stdout)) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+        else:  # Python < 3.10.12 / 3.11.4
+            tar.extractall(dest)  # our own repository's archive
+    return dest / "src"
+
+
+def child_env(src: Path) -> dict[str, str]:
+    """The environment of a training process: ``src`` ahead of the editable install."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(src), str(SCRIPTS)])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def has_param_dtype(src: Path, cwd: Path) -> bool:
+    """Whether ``groupwise config --reference`` of the tree at ``src`` lists training.param_dtype."""
+    cmd = [sys.executable, "-m", "groupwise", "config", "--reference"]
+    proc = subprocess.run(cmd, env=child_env(src), cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"structure_check: {' '.join(cmd)} failed at {src}:\n{proc.stderr}")
+    return "`training.param_dtype`" in proc.stdout
+
+
+_BUILD_MODEL = """
+import sys, torch
+from groupwise.models import tiny_random_model
+model, tokenizer = tiny_random_model(0)
+assert model.config.tie_word_embeddings
+with torch.no_grad():
+    row = model.get_input_embeddings().weight[tokenizer.eos_token_id]
+    row.zero_()
+    row[0] = float(sys.argv[2])
+model.save_pretrained(sys.argv[1])
+tokenizer.save_pretrained(sys.argv[1])
+"""
+
+
+def build_eos_model(src: Path, dest: Path) -> Path:
+    """``tiny-random-eos`` (see the module docstring), built by the tree at ``src`` into ``dest``."""
+    cmd = [sys.executable, "-c", _BUILD_MODEL, str(dest), str(EOS_SCALE)]
+    proc = subprocess.run(cmd, env=child_env(src), cwd=dest.parent, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"structure_check: building tiny-random-eos failed:\n{proc.stderr}")
+    return dest
+
+
+def run_case(case: Case, side: Side, workdir: Path, model: Path) -> RunResult:
+    """``python -m groupwise train`` (under torchrun when ``case.nproc > 1``) in ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = workdir / "run"
+    common = common_overrides(run, model, side.param_dtype)
+    overrides = {**common, **case.overrides, **side.extra}
+    launcher = [sys.executable]
+    if case.nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone"]
+        launcher += [f"--nproc_per_node={case.nproc}"]
+    cmd = [*launcher, "-m", "groupwise", "train", *(f"{k}={v}" for k, v in overrides.items())]
+    start = time.monotonic()
+    proc = subprocess.run(
+        cmd, env=child_env(side.src), cwd=workdir, capture_output=True, text=True, timeout=600
+    )
+    seconds = time.monotonic() - start
+    (workdir / "stdout.txt").write_text(proc.stdout)
+    (workdir / "stderr.txt").write_text(proc.stderr)
+    error = None
+    if proc.returncode != 0:
+        error = f"exit {proc.returncode}; stderr ends:\n{proc.stderr[-3000:]}"
+    else:
+        imported = {
+            line[len(MARKER) :].strip()
+            for line in proc.stderr.splitlines()
+            if line.startswith(MARKER)
+        }
+        wrong = [p for p in imported if not Path(p).resolve().is_relative_to(side.src.resolve())]
+        if not imported:
+            error = "no training process reported which groupwise it imported"
+        elif wrong:
+            error = f"imported groupwise from {wrong[0]}, not from {side.src}"
+    return RunResult(case, side, run, seconds, error)
+
+
+def run_all(
+    cases: Sequence[Case], sides: Sequence[Side], tmp: Path, model: Path, jobs: int
+) -> dict[tuple[str, str], RunResult]:
+    """Every case on every side: multi-process cases one at a time, then the rest ``jobs`` wide."""
+    results: dict[tuple[str, str], RunResult] = {}
+
+    def task(case: Case, side: Side) -> Callable[[], RunResult]:
+        return lambda: run_case(case, side, tmp / side.label / case.name, model)
+
+    wide = [task(c, s) for c in cases if c.nproc > 1 for s in sides]
+    narrow = [task(c, s) for c in cases if c.nproc == 1 for s in sides]
+    done = [t() for t in wide]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        done += list(pool.map(lambda t: t(), narrow))
+    for r in done:
+        results[(r.case.name, r.side.label)] = r
+    return results
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--base", default=BASELINE_COMMIT, help="baseline git revision")
+    parser.add_argument("--only", default="", help="comma-separated configuration names")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--jobs", type=int, default=_cpus(), help="parallel runs (default: CPUs)")
+    parser.add_argument(
+        "--self", dest="self_check", action="store_true", help="working tree on both sides"
+    )
+    parser.add_argument("--perturb", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    names = [n for n in args.only.split(",") if n]
+    unknown = sorted(set(names) - {c.name for c in CASES})
+    if unknown:
+        parser.error(f"unknown configuration {unknown}; known: {[c.name for c in CASES]}")
+    cases = [c for c in CASES if not names or c.name in names]
+
+    start = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="structure_check-"))
+    try:
+        work = Side("work", ROOT / "src")
+        if args.perturb:
+            work.extra["training.learning_rate"] = PERTURBED_LR
+        if args.self_check:
+            base, what = Side("base", ROOT / "src"), "the working tree (--self)"
+        else:
+            commit = resolve_base(args.base)
+            base = Side("base", extract_src(commit, tmp / "base-tree"))
+            what = f"{commit[:12]} ({args.base})" if args.base != commit else commit[:12]
+        print(f"structure check: {what} vs the working tree {ROOT}")
+        print(f"configurations: {', '.join(c.name for c in cases)}; {args.jobs} parallel runs")
+        sys.stdout.flush()
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            model = pool.submit(build_eos_model, base.src, tmp / "tiny-random-eos")
+            flags = list(pool.map(lambda s: has_param_dtype(s.src, tmp), (base, work)))
+        base.param_dtype, work.param_dtype = flags
+        results = run_all(cases, (base, work), tmp / "runs", model.result(), args.jobs)
+
+        failed = different = 0
+        width = max(len(c.name) for c in cases)
+        for case in cases:
+            rb, rw = results[(case.name, "base")], results[(case.name, "work")]
+            took = f"base {rb.seconds:.1f} s, work {rw.seconds:.1f} s"
+            errors = [f"{r.side.label}: {r.error}" for r in (rb, rw) if r.error]
+            if errors:
+                failed += 1
+                print(f"{case.name:<{width}}  FAILED     {took}\n  " + "\n  ".join(errors))
+                continue
+            diff = compare_runs(rb.run, rw.run)
+            if diff is None:
+                print(f"{case.name:<{width}}  identical  {took}")
+            else:
+                different += 1
+                print(f"{case.name:<{width}}  DIFFERENT  {took}\n  {diff}")
+        wall = time.monotonic() - start
+        ok = len(cases) - failed - different
+        print(
+            f"{ok}/{len(cases)} identical, {different} different, {failed} failed "
+            f"({wall:.0f} s wall)"
+        )
+        if args.keep:
+            print(f"kept {tmp} (runs/<base|work>/<configuration>/{{run,stdout.txt,stderr.txt}})")
+        return 2 if failed else 1 if different else 0
+    finally:
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
