@@ -3,7 +3,9 @@
 Levers: bf16 autocast vs float32; attention kernel (sdpa, eager, grouped); shared prompt prefix
 (one prefill per group, chunked LM head) vs the straightforward path (prompt + completion per row,
 full float32 log-softmax). Variants alternate over several repeats; medians are printed.
+``--fp32-only``: every variant in float32 (the levers on a CPU without native bf16).
 Usage: python benchmarks/update_levers.py [--prompts 8] [--group 8] [--length 16] [--repeats 3]
+    [--fp32-only]
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--length", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fp32-only", action="store_true", help="every variant in float32")
     args = parser.parse_args()
     torch.set_num_threads(2)
     grouped = register_grouped_attention()
@@ -65,8 +68,10 @@ def main() -> None:
         ("bf16-autocast", grouped, True),
         ("bf16-autocast", "eager", False),
     ]
+    if args.fp32_only:
+        variants = [("fp32", attn, shared) for _, attn, shared in variants[1:]]
     results: dict[tuple[str, str, bool], list[float]] = {v: [] for v in variants}
-    timed(model, rollout, True, True)  # warm-up
+    timed(model, rollout, not args.fp32_only, True)  # warm-up
     for _ in range(args.repeats):
         for precision, attn, shared in variants:
             model.set_attn_implementation(attn)

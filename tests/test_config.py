@@ -68,7 +68,10 @@ def test_unknown_key_in_yaml_is_named(tmp_path: Path) -> None:
         ("per_device_train_batch_size=12", "multiple of rollout.num_generations"),
         ("top_p=0", "rollout.top_p"),
         ("beta=-1", "algorithm.beta"),
-        ("param_dtype=float16", "training.param_dtype: 'float16' is not one of: float32, bfloat16"),
+        (
+            "param_dtype=float16",
+            "training.param_dtype: 'float16' is not one of: auto, float32, bfloat16",
+        ),
     ],
 )
 def test_bad_values_are_named(override: str, message: str) -> None:
@@ -86,7 +89,14 @@ def test_lora_merge_in_place_needs_lora_and_the_rollout_dtype() -> None:
     with pytest.raises(ConfigError, match="model.lora_merge_in_place=true needs model.lora=true"):
         load_config(overrides=["model.lora_merge_in_place=true"])
     with pytest.raises(ConfigError, match="set training.param_dtype=bfloat16"):
-        load_config(overrides=["model.lora_merge_in_place=true", "model.lora=true", "bf16=true"])
+        load_config(
+            overrides=[
+                "model.lora_merge_in_place=true",
+                "model.lora=true",
+                "bf16=true",
+                "param_dtype=float32",
+            ]
+        )
     config = load_config(
         overrides=["model.lora_merge_in_place=true", "model.lora=true", "param_dtype=bfloat16"]
     )

@@ -10,10 +10,13 @@ import torch
 import yaml
 
 from groupwise import GRPOTrainer, load_config
+from groupwise.config import ConfigError
 from groupwise.precision import (
     BF16_MIN_SPEEDUP,
+    PrecisionChoice,
     machine_key,
     matmul_gflops,
+    resolve_param_dtype,
     resolve_precision,
 )
 from tests_helpers import tiny_overrides, varied_reward
@@ -99,24 +102,81 @@ def test_the_real_probe_measures_a_positive_rate() -> None:
     assert matmul_gflops(torch.float32, seconds=0.01, shape=(8, 16, 16)) > 0
 
 
+BF16 = PrecisionChoice(True, "auto", "probe")
+
+
+@pytest.mark.parametrize(
+    ("choice", "device", "kwargs", "expected", "why"),
+    [
+        (BF16, CPU, {}, "bfloat16", "pure bf16 training"),
+        (PrecisionChoice(False, "auto", "probe"), CPU, {}, "float32", "float32 compute"),
+        (BF16, torch.device("cuda"), {}, "float32", "float32 masters on cuda"),
+        (BF16, CPU, {"world_size": 2}, "float32", "single-process only"),
+        (BF16, CPU, {"lora": True}, "float32", "LoRA keeps float32 adapters"),
+        (BF16, CPU, {"lora": True, "merge_in_place": True}, "bfloat16", "pure bf16"),
+    ],
+)
+def test_param_dtype_auto(
+    choice: PrecisionChoice,
+    device: torch.device,
+    kwargs: dict[str, object],
+    expected: str,
+    why: str,
+) -> None:
+    resolved = resolve_param_dtype("auto", choice, device, **kwargs)  # type: ignore[arg-type]
+    assert resolved.param_dtype == expected and why in resolved.param_reason
+    assert resolved.bf16 == choice.bf16  # the compute choice is kept
+
+
+@pytest.mark.parametrize("setting", ["float32", "bfloat16"])
+def test_an_explicit_param_dtype_wins(setting: str) -> None:
+    resolved = resolve_param_dtype(setting, BF16, torch.device("cuda"), lora=True, world_size=4)
+    assert resolved.param_dtype == setting
+    with pytest.raises(ValueError, match="auto, float32, bfloat16"):
+        resolve_param_dtype("float16", BF16, CPU)
+
+
+def _cache_rates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bf16_rate: float) -> dict:
+    """Point GROUPWISE_CACHE at tmp_path/cache holding a probe result for this machine."""
+    monkeypatch.setenv("GROUPWISE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    rates = {"float32_gflops": 40.0, "bfloat16_gflops": bf16_rate}
+    (tmp_path / "cache" / "precision.json").write_text(json.dumps({machine_key(): rates}))
+    return rates
+
+
+def test_resuming_on_a_cpu_that_picks_other_weights_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _cache_rates(tmp_path, monkeypatch, 900.0)  # a bf16 CPU: pure bf16 weights
+    overrides = tiny_overrides(tmp_path, max_steps=1, save_steps=1, param_dtype="auto")
+    GRPOTrainer(load_config(overrides=overrides), reward_funcs=[varied_reward]).train()
+    _cache_rates(tmp_path, monkeypatch, 0.9)  # now float32 weights
+    more = load_config(overrides=[*overrides, "max_steps=2", "resume=auto"])
+    with pytest.raises(ConfigError, match="set training.param_dtype=bfloat16"):
+        GRPOTrainer(more, reward_funcs=[varied_reward]).train()
+
+
 @pytest.mark.parametrize(("bf16_rate", "expected"), [(0.9, False), (900.0, True)])
 def test_the_run_says_what_it_picked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bf16_rate: float, expected: bool
 ) -> None:
     """A cached probe result decides a real run; config.yaml and summary.json say so."""
-    monkeypatch.setenv("GROUPWISE_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "cache").mkdir()
-    rates = {"float32_gflops": 40.0, "bfloat16_gflops": bf16_rate}
-    (tmp_path / "cache" / "precision.json").write_text(json.dumps({machine_key(): rates}))
-    config = load_config(overrides=tiny_overrides(tmp_path, max_steps=1))
-    assert config.training.bf16 == "auto"
+    rates = _cache_rates(tmp_path, monkeypatch, bf16_rate)
+    config = load_config(overrides=tiny_overrides(tmp_path, max_steps=1, param_dtype="auto"))
+    assert config.training.bf16 == "auto" and config.training.param_dtype == "auto"
     trainer = GRPOTrainer(config, reward_funcs=[varied_reward])
     assert (trainer.amp_dtype == torch.bfloat16) is expected
+    weights = torch.bfloat16 if expected else torch.float32  # pure bf16 where bf16 is native
+    assert {p.dtype for p in trainer.policy.parameters()} == {weights}
+    assert (trainer.rollout_model is trainer.policy) is expected  # no rollout copy
     summary = trainer.train()
     assert summary["precision"]["bf16"] is expected
     assert summary["precision"]["probe"] == rates
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["precision"] == summary["precision"]
+    assert on_disk["precision"]["param_dtype"] == ("bfloat16" if expected else "float32")
     text = (tmp_path / "run" / "config.yaml").read_text()
     assert text.startswith(f"# training.bf16: auto -> {'true' if expected else 'false'}\n")
+    assert f"# training.param_dtype: {'bfloat16' if expected else 'float32'} (auto" in text
     assert yaml.safe_load(text)["training"]["bf16"] == "auto"  # still loads as a config

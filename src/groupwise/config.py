@@ -159,8 +159,8 @@ class TrainingConfig:
     """Seed for sampling, data order and model init."""
     bf16: bool | Literal["auto"] = "auto"
     """bf16 autocast for the policy forward/backward and a bf16 rollout copy (fp32 masters); auto = where the device computes bf16 natively (CUDA with bf16; a CPU whose bf16 matmul a cached probe measures >= 1.5x float32's)."""
-    param_dtype: Literal["float32", "bfloat16"] = "float32"
-    """Weights' dtype; bfloat16 = pure bf16 training with Kahan-compensated AdamW (less memory, no rollout copy)."""
+    param_dtype: Literal["auto", "float32", "bfloat16"] = "float32"
+    """Weights' dtype; bfloat16 = pure bf16 training with Kahan-compensated AdamW (less memory, no rollout copy); auto = bfloat16 where bf16 compute was picked on a CPU in one process (full fine-tuning), else float32."""
     bf16_rounding: Literal["kahan", "stochastic"] = "kahan"
     """Pure bf16 AdamW: kahan (compensation buffer, float32 second moment) or stochastic rounding (half the state)."""
     skip_zero_advantage_groups: bool = True
@@ -462,7 +462,7 @@ def validate(config: Config) -> None:
             "model.lora_merge_in_place=true needs model.lora=true and model.lora_rollout_copy="
             "true (it replaces the merged copy); set model.lora_merge_in_place=false"
         )
-    if m.lora_merge_in_place and t.bf16 != "auto":  # auto: checked once resolved
+    if m.lora_merge_in_place and "auto" not in (t.bf16, t.param_dtype):  # else once resolved
         check_merge_in_place_dtype(t.param_dtype, bool(t.bf16))
     if t.strategy == "fsdp" and config.model.lora:
         raise ConfigError(

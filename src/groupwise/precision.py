@@ -27,7 +27,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,10 @@ class PrecisionChoice:
     """One sentence a user can read in the run log."""
     probe: dict[str, float] | None = None
     """The measured rates (``float32_gflops``, ``bfloat16_gflops``) when a probe decided."""
+    param_dtype: str = "float32"
+    """The weights' dtype, ``training.param_dtype`` resolved (:func:`resolve_param_dtype`)."""
+    param_reason: str = ""
+    """Why that weight dtype."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,6 +137,46 @@ def resolve_precision(
     if device.type != "cpu":
         return PrecisionChoice(False, "auto", f"float32 on {device.type} (no bf16 probe there)")
     return _probe_cpu(probe or matmul_gflops, cache_file or _default_cache_file())
+
+
+def resolve_param_dtype(
+    setting: str,
+    choice: PrecisionChoice,
+    device: torch.device,
+    *,
+    lora: bool = False,
+    merge_in_place: bool = False,
+    world_size: int = 1,
+) -> PrecisionChoice:
+    """``choice`` with ``training.param_dtype`` (``auto``, ``float32``, ``bfloat16``) resolved.
+
+    auto = bfloat16 weights (pure bf16 training: Kahan-compensated AdamW, no rollout copy) where
+    all of these hold, float32 master weights otherwise:
+
+    - bf16 compute was picked (natively fast bf16);
+    - the device is a CPU (on GPUs float32 masters under autocast are the norm and memory is
+      less tight);
+    - one process (pure bf16 training is single-process for now);
+    - full fine-tuning, or LoRA decoding with the adapters merged in place (which needs the base
+      weights in the rollout dtype); other LoRA runs keep float32 adapters.
+    """
+    if setting in ("float32", "bfloat16"):
+        return replace(choice, param_dtype=setting, param_reason=f"training.param_dtype={setting}")
+    if setting != "auto":
+        raise ValueError(
+            f"training.param_dtype: {setting!r} is not one of: auto, float32, bfloat16"
+        )
+    blockers = [
+        (not choice.bf16, "float32 compute"),
+        (device.type != "cpu", f"float32 masters on {device.type}"),
+        (world_size > 1, "pure bf16 is single-process only"),
+        (lora and not merge_in_place, "LoRA keeps float32 adapters"),
+    ]
+    why = next((reason for blocked, reason in blockers if blocked), None)
+    if why is not None:
+        return replace(choice, param_dtype="float32", param_reason=f"auto -> float32 ({why})")
+    reason = "auto -> bfloat16 (native bf16 on this CPU, one process: pure bf16 training)"
+    return replace(choice, param_dtype="bfloat16", param_reason=reason)
 
 
 def _probe_cpu(probe: Probe, cache_file: Path) -> PrecisionChoice:

@@ -111,7 +111,7 @@ from groupwise.models import (
     sync_rollout_model,
 )
 from groupwise.optim import build_optimizer, build_scheduler
-from groupwise.precision import PrecisionChoice, resolve_precision
+from groupwise.precision import PrecisionChoice, resolve_param_dtype, resolve_precision
 from groupwise.rewards.base import (
     AnyRewardFunc,
     RewardRunner,
@@ -232,14 +232,23 @@ class GRPOTrainer:
         self.trackers: list[Tracker] = []
 
     def _resolve_precision(self) -> PrecisionChoice:
-        """``training.bf16`` for this device (rank 0 decides: a probe per rank would differ)."""
-        t = self.config.training
+        """``training.bf16`` and ``training.param_dtype`` for this device (rank 0 decides: a
+        probe per rank would differ)."""
+        t, m = self.config.training, self.config.model
         choice = None
         if is_main():
             choice = resolve_precision(t.bf16, self.device, param_dtype=t.param_dtype)
-            print(
-                f"precision: {'bf16' if choice.bf16 else 'float32'} ({choice.reason})", flush=True
+            choice = resolve_param_dtype(
+                t.param_dtype,
+                choice,
+                self.device,
+                lora=m.lora,
+                merge_in_place=m.lora_merge_in_place,
+                world_size=world_size(),
             )
+            compute = "bf16" if choice.bf16 else "float32"
+            print(f"precision: {compute} compute ({choice.reason})", flush=True)
+            print(f"precision: {choice.param_dtype} weights ({choice.param_reason})", flush=True)
         shared = broadcast_object(choice)
         assert shared is not None
         return shared
@@ -263,7 +272,7 @@ class GRPOTrainer:
             if m.lora
             else None
         )
-        dtype = getattr(torch, t.param_dtype)
+        dtype = getattr(torch, self.precision.param_dtype)
         if dtype == torch.bfloat16 and world_size() > 1:
             raise ConfigError(
                 "training.param_dtype=bfloat16 is single-process only for now (its multi-process "
@@ -284,7 +293,7 @@ class GRPOTrainer:
         lora_decodes_itself = lora is not None and not m.lora_rollout_copy
         in_place = lora is not None and m.lora_merge_in_place
         if in_place:
-            check_merge_in_place_dtype(t.param_dtype, self.precision.bf16)
+            check_merge_in_place_dtype(self.precision.param_dtype, self.precision.bf16)
         if in_place and self.device.type != "cpu":
             raise ConfigError(
                 "model.lora_merge_in_place=true keeps its snapshot in CPU memory; the model runs "
@@ -761,6 +770,7 @@ class GRPOTrainer:
             "run_state": dict(self.run_state),
             "optimizer": optimizer if optimizer is not None else self.optimizer.state_dict(),
             "world_size": world_size(),
+            "param_dtype": self.precision.param_dtype,
             "scheduler": scheduler,
             "sampler": self.sampler.state_dict(),
             "rng": {
@@ -774,6 +784,13 @@ class GRPOTrainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (weights are loaded separately)."""
+        saved_dtype = state.get("param_dtype", self.precision.param_dtype)
+        if saved_dtype != self.precision.param_dtype:  # e.g. auto resolved on another CPU
+            raise ConfigError(
+                f"cannot resume: the checkpoint trained {saved_dtype} weights and this run "
+                f"would train {self.precision.param_dtype} ones ({self.precision.param_reason}); "
+                f"set training.param_dtype={saved_dtype}"
+            )
         self.step_count = int(state["step"])
         self.num_tokens = int(state["num_tokens"])
         self.skipped_updates = int(state["skipped_updates"])
@@ -873,6 +890,7 @@ class GRPOTrainer:
         p = self.precision
         return (
             f"# training.bf16: {p.setting} -> {'true' if p.bf16 else 'false'}\n# why: {p.reason}\n"
+            f"# training.param_dtype: {p.param_dtype} ({p.param_reason})\n"
         )
 
     def _find_checkpoint(self) -> Path | None:
