@@ -25,6 +25,9 @@ def tiny_overrides(tmp_path: Path, **extra: object) -> list[str]:
         "data.train_size": 64,
         "data.eval_size": 8,
         "learning_rate": 1e-3,
+        # float32 master weights on every CPU kind (param_dtype=auto would pick pure bf16 on
+        # CPUs with native bf16 only): the same code paths wherever the tests run
+        "training.param_dtype": "float32",
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -159,7 +159,7 @@ class TrainingConfig:
     """Seed for sampling, data order and model init."""
     bf16: bool | Literal["auto"] = "auto"
     """bf16 autocast for the policy forward/backward and a bf16 rollout copy (fp32 masters); auto = where the device computes bf16 natively (CUDA with bf16; a CPU whose bf16 matmul a cached probe measures >= 1.5x float32's)."""
-    param_dtype: Literal["auto", "float32", "bfloat16"] = "float32"
+    param_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Weights' dtype; bfloat16 = pure bf16 training with Kahan-compensated AdamW (less memory, no rollout copy); auto = bfloat16 where bf16 compute was picked on a CPU in one process (full fine-tuning), else float32."""
     bf16_rounding: Literal["kahan", "stochastic"] = "kahan"
     """Pure bf16 AdamW: kahan (compensation buffer, float32 second moment) or stochastic rounding (half the state)."""
