@@ -158,7 +158,7 @@ class TrainingConfig:
     seed: int = 0
     """Seed for sampling, data order and model init."""
     bf16: bool | Literal["auto"] = "auto"
-    """bf16 autocast for the policy forward/backward and a bf16 rollout copy (fp32 masters); auto = where the device computes bf16 natively (CUDA with bf16; a CPU whose bf16 matmul a cached probe measures >= 1.5x float32's)."""
+    """bf16 compute: autocast for the policy forward/backward and bf16 rollout weights; auto = where the device computes bf16 natively (CUDA with bf16; a CPU whose bf16 matmul a cached probe measures >= 1.5x float32's)."""
     param_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Weights' dtype; bfloat16 = pure bf16 training with Kahan-compensated AdamW (less memory, no rollout copy); auto = bfloat16 where bf16 compute was picked on a CPU in one process (full fine-tuning), else float32."""
     bf16_rounding: Literal["kahan", "stochastic"] = "kahan"
