@@ -63,7 +63,7 @@ def test_unknown_key_in_yaml_is_named(tmp_path: Path) -> None:
     [
         ("loss_type=ppo", "algorithm.loss_type: 'ppo' is not one of: grpo, dapo, dr_grpo"),
         ("max_steps=ten", "training.max_steps: expected an integer"),
-        ("bf16=maybe", "training.bf16: 'maybe' is not a valid"),
+        ("bf16=maybe", "training.bf16: 'maybe' is not true, false or 'auto'"),
         ("num_generations=1", "rollout.num_generations must be >= 2"),
         ("per_device_train_batch_size=12", "multiple of rollout.num_generations"),
         ("top_p=0", "rollout.top_p"),

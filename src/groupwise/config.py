@@ -265,7 +265,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 return _coerce(key, value, arg)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(annotation)}")
+        raise ConfigError(f"{key}: {value!r} is not {_type_name(annotation)}")
     if origin is Literal:
         if value not in args:
             valid = ", ".join(str(a) for a in args)
@@ -304,7 +304,19 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
 
 
 def _type_name(annotation: Any) -> str:
-    return str(annotation).replace("typing.", "")
+    """What a value of ``annotation`` may be, in a user's words ("true, false or 'auto'")."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        names = [_type_name(a) for a in typing.get_args(annotation) if a is not type(None)]
+        return " or ".join(names)
+    if origin is Literal:
+        return ", ".join(repr(a) for a in typing.get_args(annotation))
+    if annotation is bool:
+        return "true, false"
+    name = getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
+    return {"float": "a number", "int": "an integer", "str": "a string", "list": "a list"}.get(
+        name, name
+    )
 
 
 def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
