@@ -288,3 +288,21 @@ def test_reference_spans_equal_micro_batches(
     for a, b in zip(trainer._reference_logp(batch), spans, strict=True):
         assert a is not None and b is not None
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_rewards_see_which_completions_were_cut_off(tmp_path: Path) -> None:
+    """Reward functions get ``truncated`` (one bool per completion) beside ``completion_ids``."""
+    seen: list[tuple[list[bool], list[list[int]]]] = []
+
+    def spy(prompts: list[Any], completions: list[str], **kw: Any) -> list[float]:
+        seen.append((kw["truncated"], kw["completion_ids"]))
+        return [float(len(c) % 3) for c in completions]
+
+    config = load_config(overrides=tiny_overrides(tmp_path, max_steps=1, max_completion_length=4))
+    trainer = GRPOTrainer(config, reward_funcs=[spy])
+    trainer.train()
+    truncated, ids = seen[0]
+    assert len(truncated) == len(ids) == 16 and all(isinstance(t, bool) for t in truncated)
+    # cut off = no EOS within the limit
+    eos = set(trainer.eos_ids)
+    assert truncated == [not any(t in eos for t in row) for row in ids]

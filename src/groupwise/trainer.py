@@ -459,7 +459,13 @@ class GRPOTrainer:
             row[m.bool()].tolist()
             for row, m in zip(rollout.completion_ids, rollout.completion_mask, strict=True)
         ]
-        result = self.rewards(prompts, texts, completion_ids=ids, **row_columns(rows, g))
+        result = self.rewards(
+            prompts,
+            texts,
+            completion_ids=ids,
+            truncated=rollout.truncated.tolist(),
+            **row_columns(rows, g),
+        )
         advantages, zero_std = group_advantages(
             result.total, g, scale_rewards=self.config.algorithm.scale_rewards
         )

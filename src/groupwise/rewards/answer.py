@@ -23,14 +23,27 @@ def last_number(text: str) -> float | None:
 
 
 def answer_match(
-    prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[Any], **_: Any
+    prompts: Sequence[Any],
+    completions: Sequence[str],
+    answer: Sequence[Any],
+    truncated: Sequence[bool] | None = None,
+    require_finished: bool = False,
+    **_: Any,
 ) -> list[float]:
-    """1.0 when the last number in the completion equals the ``answer`` column, else 0.0."""
+    """1.0 when the last number in the completion equals the ``answer`` column, else 0.0.
+
+    ``require_finished`` (``rewards.kwargs: {answer_match: {require_finished: true}}``): a
+    completion cut off at ``max_completion_length`` (``truncated``, passed by the trainer)
+    scores 0, since the last number of a cut-off text need not be its answer (a policy can
+    learn to follow the answer with chatter that the limit cuts off before another number).
+    """
+    cut = list(truncated) if truncated is not None else [False] * len(completions)
     rewards = []
-    for completion, expected in zip(completions, answer, strict=True):
+    for completion, expected, was_cut in zip(completions, answer, cut, strict=True):
         got = last_number(completion)
         want = last_number(str(expected))
-        rewards.append(float(got is not None and want is not None and abs(got - want) < 1e-9))
+        ok = got is not None and want is not None and abs(got - want) < 1e-9
+        rewards.append(float(ok and not (require_finished and was_cut)))
     return rewards
 
 
