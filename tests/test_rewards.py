@@ -117,12 +117,12 @@ def test_resolve_reward() -> None:
 
 def test_answer_match_can_require_a_finished_completion() -> None:
     """The hole seen in a real run: the answer, then chatter that the length limit cut off before
-    another number. Scored by default; 0 with require_finished, finished answers unaffected."""
+    another number. 0 by default; scored with require_finished=False; finished answers as before."""
     completions = ["44 + 45 equals 89, which is the sum of", "44 + 45 = 89.", "44 + 45 = 88."]
     truncated = [True, False, False]
     answer = ["89"] * 3
-    assert answer_match([""] * 3, completions, answer, truncated=truncated) == [1.0, 1.0, 0.0]
-    strict = answer_match([""] * 3, completions, answer, truncated=truncated, require_finished=True)
-    assert strict == [0.0, 1.0, 0.0]
-    # without the trainer's truncated flags nothing counts as cut off
-    assert answer_match([""] * 3, completions, answer, require_finished=True) == [1.0, 1.0, 0.0]
+    assert answer_match([""] * 3, completions, answer, truncated=truncated) == [0.0, 1.0, 0.0]
+    loose = answer_match([""] * 3, completions, answer, truncated=truncated, require_finished=False)
+    assert loose == [1.0, 1.0, 0.0]
+    # without the trainer's truncated flags (evaluation) nothing counts as cut off
+    assert answer_match([""] * 3, completions, answer) == [1.0, 1.0, 0.0]

@@ -27,15 +27,18 @@ def answer_match(
     completions: Sequence[str],
     answer: Sequence[Any],
     truncated: Sequence[bool] | None = None,
-    require_finished: bool = False,
+    require_finished: bool = True,
     **_: Any,
 ) -> list[float]:
     """1.0 when the last number in the completion equals the ``answer`` column, else 0.0.
 
-    ``require_finished`` (``rewards.kwargs: {answer_match: {require_finished: true}}``): a
-    completion cut off at ``max_completion_length`` (``truncated``, passed by the trainer)
-    scores 0, since the last number of a cut-off text need not be its answer (a policy can
-    learn to follow the answer with chatter that the limit cuts off before another number).
+    ``require_finished`` (default; ``rewards.kwargs: {answer_match: {require_finished: false}}``
+    turns it off): a completion cut off at ``max_completion_length`` (``truncated``, passed by
+    the trainer; evaluation passes none) scores 0, since the last number of a cut-off text need
+    not be its answer. Seen in a real run: the policy learned to follow the answer with chatter
+    that the 16-token limit cut off before another number ("44 + 45 equals 89, which is the sum
+    of"); at evaluation's 32 tokens the chatter named other numbers, and held-out accuracy fell
+    from 74.0% to 46.5% (float32, seed 1); requiring a finished completion: 82.5%.
     """
     cut = list(truncated) if truncated is not None else [False] * len(completions)
     rewards = []
