@@ -28,24 +28,24 @@ import argparse
 import copy
 import os
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flop_floor import load_matmul_params
+
 from groupwise.data import build_task
 from groupwise.evaluation import eos_token_ids
-from groupwise.models import load_base_model
+from groupwise.models import load_base_model, resolve_model_path
 from groupwise.precision import ISA_ENV, cpu_description, matmul_gflops
 from groupwise.rollout import Rollout, generate, tokenize_prompts
 
 VARIANTS = ("multinomial", "inverse-cdf", "compiled", "int8")
 PROMPTS, G, LENGTH = 8, 8, 16
-
-
-def matmul_params(model: torch.nn.Module) -> int:
-    """Weights that multiply activations per token: every Linear, the LM head included."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
 def int8_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -115,7 +115,9 @@ def main() -> None:
             times[v].append(time.perf_counter() - start)
     rate = matmul_gflops(torch.float32, seconds=0.3, shape=(64, 576, 1536))
     tokens = int(batch.attention_mask.sum()) + PROMPTS * G * LENGTH
-    floor = 2 * matmul_params(model) * tokens / (rate * 1e9)
+    model_dir = resolve_model_path("smollm2-135m-instruct")
+    assert model_dir is not None
+    floor = 2 * load_matmul_params(model_dir).total * tokens / (rate * 1e9)
     isa = " ".join(f"{k}={os.environ[k]}" for k in ISA_ENV if k in os.environ) or "none"
     print(f"CPU: {cpu_description()}; torch capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"ISA limits: {isa}; float32 matmul [64,576]x[576,1536]: {rate:.0f} GFLOP/s")
