@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from groupwise import GRPOTrainer, load_config
+from groupwise.rollout import PromptBatch, Rollout
+from groupwise.trainer import groups_per_microbatch
 from tests_helpers import tiny_overrides
 
 
@@ -187,21 +189,40 @@ def test_variants_run_and_move(tmp_path: Path, extra: dict[str, object]) -> None
 
 
 def test_microbatching_matches_one_batch(tmp_path: Path) -> None:
-    """2 micro-batches of 2 prompts == 1 batch of 4 prompts (global normalisers), fp32."""
+    """2 micro-batches of 2 prompts == 1 batch of 4 prompts == 4 micro-batches of one prompt
+    cut by the token budget (global normalisers), fp32."""
     results = []
-    for size, accum in ((8, 2), (16, 1)):
+    for size, accum, budget in ((8, 2, 0), (16, 1, 0), (16, 1, 1)):
         trainer = _train(
-            tmp_path / f"{size}",
+            tmp_path / f"{size}-{budget}",
             steps=1,
             bf16=False,
             per_device_train_batch_size=size,
             gradient_accumulation_steps=accum,
+            max_tokens_per_microbatch=budget,
             loss_type="grpo",
         )
         trainer.train()
         results.append(_snapshot(trainer.policy))
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_groups_per_microbatch_follows_the_token_budget() -> None:
+    """A group costs its prompt once plus G completions: 10 + 4 * 6 = 34 tokens here."""
+    prompts = PromptBatch(torch.ones(3, 10, dtype=torch.long), torch.ones(3, 10, dtype=torch.long))
+    rollout = Rollout(
+        prompts=prompts,
+        completion_ids=torch.ones(12, 6, dtype=torch.long),
+        completion_mask=torch.ones(12, 6, dtype=torch.long),
+        truncated=torch.zeros(12, dtype=torch.bool),
+        group_size=4,
+    )
+    assert groups_per_microbatch(rollout, cap=3, max_tokens=0) == 3  # no limit
+    assert groups_per_microbatch(rollout, cap=3, max_tokens=68) == 2
+    assert groups_per_microbatch(rollout, cap=3, max_tokens=67) == 1
+    assert groups_per_microbatch(rollout, cap=3, max_tokens=5) == 1  # at least one group
+    assert groups_per_microbatch(rollout, cap=1, max_tokens=1000) == 1  # the batch size caps it
 
 
 def half_constant(

@@ -171,6 +171,8 @@ class TrainingConfig:
     """Recompute decoder activations in the backward pass (less memory; no shared-prompt KV cache)."""
     fused_kernels: bool = False
     """Train through groupwise.kernels.fused: RMSNorm, SwiGLU MLP, attention softmax saving bf16 inputs (less activation memory under pure bf16)."""
+    max_tokens_per_microbatch: int = 512
+    """Split each micro-batch further, by whole groups, so one forward/backward holds at most about this many tokens (each group's prompt once plus its G completions at the batch's width); the update is the same sum, with less activation memory (B1: 4.8 -> 2.7 GB); 0 = no limit."""
     logprob_chunk_size: int = 1024
     """Tokens per chunk when computing log-probs from hidden states."""
     num_threads: int = 0
@@ -445,6 +447,7 @@ def validate(config: Config) -> None:
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     non_negative = {
+        "training.max_tokens_per_microbatch": t.max_tokens_per_microbatch,
         "training.max_steps": t.max_steps,
         "rollout.min_new_tokens": r.min_new_tokens,
         "training.save_steps": t.save_steps,

@@ -490,7 +490,10 @@ class GRPOTrainer:
             groups = groups[(advantages.view(-1, g) != 0).any(dim=1)]
         rollout = take_groups(rollout, groups)
         rows = group_rows(groups, g)
-        per_micro = self.config.training.per_device_train_batch_size // g
+        t = self.config.training
+        per_micro = groups_per_microbatch(
+            rollout, t.per_device_train_batch_size // g, t.max_tokens_per_microbatch
+        )
         n = groups.numel()
         micro = [(s, min(s + per_micro, n)) for s in range(0, n, per_micro)]
         none: list[Tensor | None] = [None] * len(micro)
@@ -987,6 +990,20 @@ class GRPOTrainer:
             os.fsync(handle.fileno())
         for tracker in self.trackers:
             tracker.log_text("completions", completions_markdown(records), self.step_count)
+
+
+def groups_per_microbatch(rollout: Rollout, cap: int, max_tokens: int) -> int:
+    """Groups per forward/backward: at most ``cap``, and at most ``max_tokens`` tokens each.
+
+    A group costs its prompt once (the shared-prompt forward) plus G completions at the
+    rollout's width. The same on every rank (the minimum), so FSDP's collectives pair up.
+    """
+    if max_tokens <= 0:
+        return cap
+    g = rollout.group_size
+    per_group = rollout.prompts.input_ids.shape[1] + g * rollout.completion_ids.shape[1]
+    fit = float(min(cap, max(1, max_tokens // per_group)))
+    return int(all_reduce_floats({"fit": fit}, {"fit": "min"})["fit"])
 
 
 def _finite_or_none(value: float) -> float | None:
