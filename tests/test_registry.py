@@ -50,3 +50,18 @@ def test_loader_runs_once_on_first_lookup() -> None:
     assert calls == []
     assert reg.get("late") == 3 and reg.names() == ("late",)
     assert calls == [1]
+
+
+def test_unregister_removes_and_returns_the_entry() -> None:
+    def loader() -> None:
+        reg.add("builtin", 1)
+
+    reg: Registry[int] = Registry("k", loader=loader)
+    reg.add("mine", 2)
+    assert reg.unregister("mine") == 2 and "mine" not in reg
+    assert reg.unregister("builtin") == 1  # loaded first: the loader does not bring it back
+    assert reg.names() == ()
+    with pytest.raises(UnknownNameError, match="k: unknown name 'mine'"):
+        reg.unregister("mine")
+    reg.add("mine", 3)  # the name is free again
+    assert reg.get("mine") == 3

@@ -60,12 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "tasks":
-            from groupwise.data.tasks import TASKS, import_builtin_tasks
+            from groupwise.data.tasks import TASKS
 
-            import_builtin_tasks()
-
-            for name, builder in sorted(TASKS.items()):
-                print(f"{name}: {(builder.__doc__ or '').strip().splitlines()[0]}")
+            for name in sorted(TASKS):  # the first lookup imports the built-in tasks
+                doc = (TASKS.get(name).__doc__ or "").strip()
+                print(f"{name}: {doc.splitlines()[0] if doc else ''}")
             return 0
         if args.command == "report":
             from groupwise.report import report_main

@@ -69,6 +69,12 @@ class Registry(Generic[T]):
             )
         return self._entries[name]
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return its entry (e.g. to undo a registration in a test)."""
+        entry = self.get(name)  # loads first, so a lazily loaded entry cannot come back
+        del self._entries[name]
+        return entry
+
     def names(self) -> tuple[str, ...]:
         """Registered names, in registration order."""
         self._load()

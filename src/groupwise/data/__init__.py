@@ -5,6 +5,6 @@ plus any other columns; those columns are passed to reward functions by name. A 
 train split, a held-out split, its default reward functions and the check used for accuracy.
 """
 
-from groupwise.data.tasks import TASKS, Row, Task, build_task
+from groupwise.data.tasks import TASKS, Row, Task, build_task, register_task
 
-__all__ = ["TASKS", "Row", "Task", "build_task"]
+__all__ = ["TASKS", "Row", "Task", "build_task", "register_task"]

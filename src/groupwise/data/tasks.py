@@ -1,4 +1,12 @@
-"""The task registry."""
+"""Tasks and their registry, ``TASKS`` (``data.task``).
+
+A task builder registers itself where it is defined, built-in or user code alike::
+
+    from groupwise.data.tasks import Task, register_task
+
+    @register_task("my_task")
+    def my_task(*, train_size: int, eval_size: int, seed: int, level: int = 1) -> Task: ...
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from groupwise.registry import Registry, UnknownNameError
 from groupwise.rewards.base import RewardFunc
 
 Row = dict[str, Any]
@@ -28,17 +37,6 @@ class Task:
 
 
 TaskBuilder = Callable[..., Task]
-TASKS: dict[str, TaskBuilder] = {}
-
-
-def register_task(name: str) -> Callable[[TaskBuilder], TaskBuilder]:
-    """Decorator adding a task builder ``f(train_size, eval_size, seed, **params)``."""
-
-    def add(builder: TaskBuilder) -> TaskBuilder:
-        TASKS[name] = builder
-        return builder
-
-    return add
 
 
 def import_builtin_tasks() -> None:
@@ -49,14 +47,28 @@ def import_builtin_tasks() -> None:
     import groupwise.data.reasoning_gym  # noqa: F401
 
 
+TASKS: Registry[TaskBuilder] = Registry("data.task", loader=import_builtin_tasks)
+"""Task builders by name (``data.task``); the built-ins are imported on first lookup."""
+
+
+def register_task(name: str, *, replace: bool = False) -> Callable[[TaskBuilder], TaskBuilder]:
+    """Decorator adding a task builder ``f(train_size, eval_size, seed, **params)`` as ``name``.
+
+    The name can then be given in ``data.task`` (its keyword parameters in ``data.params``);
+    registering a taken name needs ``replace=True``.
+    """
+    return TASKS.register(name, replace=replace)
+
+
 def build_task(
     name: str, *, train_size: int, eval_size: int, seed: int, params: dict[str, Any]
 ) -> Task:
     """Build a registered task, with errors that name the config key to fix."""
-    import_builtin_tasks()
     if name not in TASKS:
-        raise ValueError(f"data.task: unknown task {name!r}; valid: {', '.join(sorted(TASKS))}")
+        raise UnknownNameError(
+            f"data.task: unknown task {name!r}; valid: {', '.join(sorted(TASKS))}"
+        )
     try:
-        return TASKS[name](train_size=train_size, eval_size=eval_size, seed=seed, **params)
+        return TASKS.get(name)(train_size=train_size, eval_size=eval_size, seed=seed, **params)
     except TypeError as exc:
         raise ValueError(f"data.params: bad parameters for task {name!r}: {exc}") from exc

@@ -7,19 +7,27 @@ applicable", ignored in the weighted sum) per completion; it may be ``async def`
 functions combine as a weighted sum (run concurrently); each one's mean and std are logged as
 ``rewards/<name>/mean`` and ``rewards/<name>/std``.
 
-Built-ins (``rewards.funcs``; arguments in ``rewards.kwargs.<name>``): answer_match,
-exact_match, number_only, math_verify, think_answer_format, overlong_penalty,
+Rewards are chosen by name in ``rewards.funcs`` (arguments in ``rewards.kwargs.<name>``) from
+the registries :data:`REWARDS` and :data:`REWARD_FACTORIES`, which each reward joins with a
+decorator where it is defined (``@register_reward("name")``; user code does the same). Built-ins:
+answer_match, exact_match, number_only, math_verify, think_answer_format, overlong_penalty,
 reasoning_gym_score, code_tests, code_pass, reward_model, repetition_penalty, length_penalty.
 """
 
+from typing import Any
+
+from groupwise.rewards import base as _base
 from groupwise.rewards.answer import answer_match, exact_match, format_reward, last_number
 from groupwise.rewards.base import (
-    BUILTIN_REWARDS,
+    REWARD_FACTORIES,
+    REWARDS,
     AnyRewardFunc,
     AsyncRewardFunc,
     RewardError,
     RewardFunc,
     RewardRunner,
+    register_reward,
+    register_reward_factory,
     resolve_reward,
     rewards_from_config,
 )
@@ -28,6 +36,8 @@ from groupwise.rewards.math import math_verify, overlong_penalty, think_answer_f
 
 __all__ = [
     "BUILTIN_REWARDS",
+    "REWARDS",
+    "REWARD_FACTORIES",
     "AnyRewardFunc",
     "AsyncRewardFunc",
     "RewardError",
@@ -40,9 +50,17 @@ __all__ = [
     "length_penalty",
     "math_verify",
     "overlong_penalty",
+    "register_reward",
+    "register_reward_factory",
     "repetition_penalty",
     "resolve_reward",
     "reward_model",
     "rewards_from_config",
     "think_answer_format",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BUILTIN_REWARDS":  # computed on use: listing them imports every reward module
+        return _base.builtin_reward_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

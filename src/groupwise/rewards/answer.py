@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from groupwise.rewards.base import RewardFunc
+from groupwise.rewards.base import RewardFunc, register_reward
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -22,6 +22,7 @@ def last_number(text: str) -> float | None:
         return None
 
 
+@register_reward("answer_match")
 def answer_match(
     prompts: Sequence[Any],
     completions: Sequence[str],
@@ -50,6 +51,7 @@ def answer_match(
     return rewards
 
 
+@register_reward("exact_match")
 def exact_match(
     prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[Any], **_: Any
 ) -> list[float]:
@@ -72,6 +74,7 @@ def format_reward(pattern: str, *, name: str | None = None, full: bool = True) -
     return reward
 
 
+@register_reward("number_only")
 def number_only(prompts: Sequence[Any], completions: Sequence[str], **_: Any) -> list[float]:
     """1.0 when the completion is a single number and nothing else."""
     return [float(re.fullmatch(r"-?\d[\d,]*(\.\d+)?", c.strip()) is not None) for c in completions]

@@ -5,9 +5,12 @@ function (or any async one) runs them concurrently: each sync function in a work
 the async ones awaited together in one event loop, so a slow reward (a sandbox, a reward model,
 a remote judge) does not hold up the others. Results are combined in the configured order.
 
-Built-in rewards are resolved by name (:func:`resolve_reward`). Keyword arguments for a reward
-come from ``rewards.kwargs.<name>``; *factory* built-ins (code sandboxes, reward models, the DAPO
-overlong penalty) are built from those arguments plus, when their signature asks for them,
+Rewards are resolved by name (:func:`resolve_reward`) from two registries, each filled by a
+decorator where the reward is defined (built-ins and user code alike): :data:`REWARDS`
+(``@register_reward("name")``, functions usable as they are) and :data:`REWARD_FACTORIES`
+(``@register_reward_factory("name")``). Keyword arguments for a reward come from
+``rewards.kwargs.<name>``; *factories* (code sandboxes, reward models, the DAPO overlong
+penalty) are built from those arguments plus, when their signature asks for them,
 ``max_completion_length`` (from ``rollout``) and ``unsafe_code_execution`` (from ``rewards``).
 """
 
@@ -25,6 +28,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from groupwise.registry import Registry, UnknownNameError
+
 if TYPE_CHECKING:
     from groupwise.config import RewardsConfig
 
@@ -34,6 +39,7 @@ AnyRewardFunc = RewardFunc | AsyncRewardFunc
 RewardFactory = Callable[..., AnyRewardFunc]
 
 _T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
 _RESERVED = ("prompts", "completions")
 
 
@@ -53,51 +59,65 @@ def is_async_reward(func: AnyRewardFunc) -> bool:
     return inspect.iscoroutinefunction(getattr(func, "__call__", None))  # noqa: B004
 
 
-def _builtin_rewards() -> dict[str, AnyRewardFunc]:
-    """Built-in reward functions usable as they are (keyword arguments optional)."""
-    from groupwise.data import reasoning_gym
-    from groupwise.rewards import answer, dialogue
-    from groupwise.rewards import math as math_rewards
-
-    return {
-        "answer_match": answer.answer_match,
-        "exact_match": answer.exact_match,
-        "number_only": answer.number_only,
-        "math_verify": math_rewards.math_verify,
-        "think_answer_format": math_rewards.think_answer_format,
-        "reasoning_gym_score": reasoning_gym.reasoning_gym_score,
-        "repetition_penalty": dialogue.repetition_penalty,
-        "length_penalty": dialogue.length_penalty,
-    }
+def import_builtin_rewards() -> None:
+    """Import the modules whose ``@register_reward`` functions fill the reward registries."""
+    import groupwise.rewards.answer
+    import groupwise.rewards.code
+    import groupwise.rewards.dialogue
+    import groupwise.rewards.math
+    import groupwise.rewards.reasoning_gym  # noqa: F401
 
 
-def _builtin_factories() -> dict[str, RewardFactory]:
-    """Built-in rewards made by a factory from ``rewards.kwargs.<name>`` (and the context)."""
-    from groupwise.rewards import code, dialogue
-    from groupwise.rewards import math as math_rewards
-
-    return {
-        "code_tests": code.code_tests_reward,
-        "code_pass": code.code_pass_reward,
-        "overlong_penalty": math_rewards.overlong_penalty,
-        "reward_model": dialogue.reward_model,
-    }
+REWARDS: Registry[AnyRewardFunc] = Registry("rewards.funcs", loader=import_builtin_rewards)
+"""Reward functions usable as they are, by name (``rewards.kwargs.<name>`` binds arguments)."""
+REWARD_FACTORIES: Registry[RewardFactory] = Registry("rewards.funcs", loader=import_builtin_rewards)
+"""Rewards built by name from ``rewards.kwargs.<name>`` (and the run context); see the module
+docstring. When a name is in both registries the factory is used."""
 
 
-BUILTIN_REWARDS: tuple[str, ...] = (
-    "answer_match",
-    "exact_match",
-    "number_only",
-    "math_verify",
-    "think_answer_format",
-    "reasoning_gym_score",
-    "repetition_penalty",
-    "length_penalty",
-    "code_tests",
-    "code_pass",
-    "overlong_penalty",
-    "reward_model",
-)
+def register_reward(name: str, *, replace: bool = False) -> Callable[[_F], _F]:
+    """Decorator adding a reward function ``f(prompts, completions, **columns)`` as ``name``.
+
+    The name can then be given in ``rewards.funcs`` (and ``rewards.kwargs.<name>``);
+    registering a taken name needs ``replace=True``.
+    """
+
+    def add(func: _F) -> _F:
+        REWARDS.add(name, func, replace=replace)
+        return func
+
+    return add
+
+
+def register_reward_factory(name: str, *, replace: bool = False) -> Callable[[_F], _F]:
+    """Decorator adding a factory that builds a reward from ``rewards.kwargs.<name>``.
+
+    The factory takes keyword arguments (plus ``max_completion_length`` and
+    ``unsafe_code_execution`` when its signature names them) and returns a reward function.
+    """
+
+    def add(factory: _F) -> _F:
+        REWARD_FACTORIES.add(name, factory, replace=replace)
+        return factory
+
+    return add
+
+
+def builtin_reward_names() -> tuple[str, ...]:
+    """Names of the rewards groupwise itself registers: plain ones, then factories."""
+    entries: list[tuple[str, Callable[..., Any]]] = [(n, REWARDS.get(n)) for n in REWARDS]
+    entries += [(n, REWARD_FACTORIES.get(n)) for n in REWARD_FACTORIES]
+    return tuple(n for n, f in entries if getattr(f, "__module__", "").startswith("groupwise."))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BUILTIN_REWARDS":  # computed: the registries are filled on first lookup
+        return builtin_reward_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+BUILTIN_REWARDS: tuple[str, ...]
+"""Names of the built-in rewards (see :func:`builtin_reward_names`)."""
 
 
 def resolve_reward(
@@ -118,16 +138,15 @@ def resolve_reward(
     label = spec if isinstance(spec, str) else reward_name(spec)
     if callable(spec):
         return bind_reward_kwargs(spec, kwargs, label)
-    factories = _builtin_factories()
-    if spec in factories:
-        return _call_factory(spec, factories[spec], kwargs, context or {})
-    builtins = _builtin_rewards()
-    if spec in builtins:
-        return bind_reward_kwargs(builtins[spec], kwargs, spec)
+    if spec in REWARD_FACTORIES:
+        return _call_factory(spec, REWARD_FACTORIES.get(spec), kwargs, context or {})
+    if spec in REWARDS:
+        return bind_reward_kwargs(REWARDS.get(spec), kwargs, spec)
     if ":" not in spec:
-        raise ValueError(
-            f"rewards.funcs: unknown reward {spec!r}; built-ins: {', '.join(BUILTIN_REWARDS)}, "
-            "or give an import path 'module:function'"
+        valid = ", ".join((*REWARDS.names(), *REWARD_FACTORIES.names()))
+        raise UnknownNameError(
+            f"rewards.funcs: unknown reward {spec!r}; valid: {valid}, "
+            "or an import path 'module:function'"
         )
     module_name, _, attr = spec.partition(":")
     try:
@@ -240,10 +259,9 @@ def rewards_from_config(
         funcs = [resolve_reward(n, all_kwargs.get(n), context=context) for n in names]
     else:
         names = [reward_name(f) for f in defaults]
-        factories = _builtin_factories()
         funcs = [
             resolve_reward(n, all_kwargs.get(n), context=context)
-            if n in all_kwargs or n in factories
+            if n in all_kwargs or n in REWARD_FACTORIES
             else f
             for n, f in zip(names, defaults, strict=True)
         ]

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from groupwise.rewards.base import RewardFunc
+from groupwise.rewards.base import RewardFunc, register_reward_factory
 from groupwise.sandbox import Sandbox, SandboxLimits, SandboxUnavailableError, run_tests
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -163,6 +163,7 @@ def make_code_reward(
     return reward
 
 
+@register_reward_factory("code_tests")
 def code_tests_reward(
     *,
     unsafe_code_execution: bool = False,
@@ -181,6 +182,7 @@ def code_tests_reward(
     )
 
 
+@register_reward_factory("code_pass")
 def code_pass_reward(
     *,
     unsafe_code_execution: bool = False,

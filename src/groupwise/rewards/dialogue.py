@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from groupwise.rewards.base import RewardFunc
+from groupwise.rewards.base import RewardFunc, register_reward, register_reward_factory
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -58,6 +58,7 @@ def _load(path: str, device: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+@register_reward_factory("reward_model")
 def reward_model(
     path: str,
     *,
@@ -119,6 +120,7 @@ def reward_model(
     return reward_model
 
 
+@register_reward("repetition_penalty")
 def repetition_penalty(
     prompts: Sequence[Any], completions: Sequence[str], *, ngram_size: int = 3, **_: Any
 ) -> list[float]:
@@ -137,6 +139,7 @@ def repetition_penalty(
     return rewards
 
 
+@register_reward("length_penalty")
 def length_penalty(
     prompts: Sequence[Any],
     completions: Sequence[str],

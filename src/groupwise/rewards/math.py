@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from groupwise.rewards.base import RewardFunc
+from groupwise.rewards.base import RewardFunc, register_reward, register_reward_factory
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _FORMAT = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
@@ -54,6 +54,7 @@ def _verify(gold: list[Any], pred: list[Any]) -> bool:
     return bool(verify(gold, pred, timeout_seconds=timeout))
 
 
+@register_reward("math_verify")
 def math_verify(
     prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[Any], **_: Any
 ) -> list[float | None]:
@@ -98,6 +99,7 @@ def _prediction_text(completion: str, *, numeric_gold: bool) -> str | None:
     return f"${text}$" if tagged is not None else text
 
 
+@register_reward("think_answer_format")
 def think_answer_format(
     prompts: Sequence[Any], completions: Sequence[str], **_: Any
 ) -> list[float]:
@@ -118,6 +120,7 @@ def think_answer_format(
     return rewards
 
 
+@register_reward_factory("overlong_penalty")
 def overlong_penalty(max_completion_length: int, cache_length: int) -> RewardFunc:
     """DAPO's soft overlong punishment (arXiv 2503.14476, eq. 13), as a reward function.
 

@@ -109,7 +109,9 @@ def test_runner_rejects_wrong_signature() -> None:
 def test_resolve_reward() -> None:
     assert resolve_reward("answer_match") is answer_match
     assert resolve_reward("groupwise.rewards.answer:exact_match") is exact_match
-    with pytest.raises(ValueError, match="unknown reward 'nope'"):
+    with pytest.raises(ValueError, match=r"rewards.funcs: unknown reward 'nope'; valid: .*"):
+        resolve_reward("nope")
+    with pytest.raises(ValueError, match=r"valid: .*answer_match.*or an import path"):
         resolve_reward("nope")
     with pytest.raises(ValueError, match="cannot import module"):
         resolve_reward("no_such_module_xyz:f")
@@ -126,3 +128,18 @@ def test_answer_match_can_require_a_finished_completion() -> None:
     assert loose == [1.0, 1.0, 0.0]
     # without the trainer's truncated flags (evaluation) nothing counts as cut off
     assert answer_match([""] * 3, completions, answer) == [1.0, 1.0, 0.0]
+
+
+def test_builtin_rewards_are_registered_where_defined_and_documented() -> None:
+    """Each built-in joins a registry with a decorator in its own module; the package docstring
+    lists them all."""
+    import groupwise.rewards as rewards_package
+    from groupwise.rewards import BUILTIN_REWARDS, REWARD_FACTORIES, REWARDS
+
+    documented = rewards_package.__doc__.split("Built-ins:")[1].replace("\n", " ").strip(" .")
+    assert sorted(BUILTIN_REWARDS) == sorted(n.strip() for n in documented.split(","))
+    assert set(REWARD_FACTORIES.names()) >= {"code_tests", "code_pass", "overlong_penalty"}
+    assert REWARDS.get("number_only") is number_only
+    for name in BUILTIN_REWARDS:
+        entry = REWARDS.get(name) if name in REWARDS else REWARD_FACTORIES.get(name)
+        assert entry.__module__.startswith("groupwise.rewards."), name

@@ -7,13 +7,14 @@ import pytest
 
 pytest.importorskip("reasoning_gym")
 
+import groupwise.data.reasoning_gym as rg_task
 from groupwise.data import build_task
-from groupwise.data.reasoning_gym import (
+from groupwise.rewards import resolve_reward
+from groupwise.rewards.reasoning_gym import (
     extract_answer,
     reasoning_gym_correct,
     reasoning_gym_score,
 )
-from groupwise.rewards import resolve_reward
 
 
 def _task(name: str, seed: int = 0, **params: Any) -> Any:
@@ -92,6 +93,8 @@ def test_countdown_partial_credit_and_config() -> None:
 
 def test_reward_is_a_builtin_and_errors_are_named() -> None:
     assert resolve_reward("reasoning_gym_score") is reasoning_gym_score
+    assert rg_task.reasoning_gym_score is reasoning_gym_score  # still importable from data/
+    assert rg_task.extract_answer is extract_answer
     with pytest.raises(ValueError, match="data.params: reasoning-gym dataset 'no_such_set'"):
         _task("no_such_set")
     with pytest.raises(ValueError, match=r"data.params.config.seed: set by groupwise"):

@@ -20,7 +20,7 @@ from groupwise.rewards.code import (
 )
 from groupwise.sandbox import Sandbox, SandboxUnavailableError
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 AVAILABLE, REASON = Sandbox.available()
 needs_sandbox = pytest.mark.skipif(not AVAILABLE, reason=f"no bubblewrap sandbox: {REASON}")
 

@@ -10,7 +10,7 @@ import pytest
 from groupwise.data import build_task
 from groupwise.data.files import DataFileError, load_rows, read_records, split_rows
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
 
 
