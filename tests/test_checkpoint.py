@@ -54,15 +54,14 @@ class Crash(Exception):
     """Stands in for a process dying between steps."""
 
 
-class CrashingTrainer(GRPOTrainer):
-    """Dies right after step ``crash_at`` was logged (and checkpointed, when one was due)."""
+def crash_after(step: int) -> Any:
+    """A step callback that dies right after ``step`` was logged (and checkpointed, when due)."""
 
-    crash_at = 3
-
-    def _guard_and_checkpoint(self, stop: Any) -> None:
-        super()._guard_and_checkpoint(stop)
-        if self.step_count == self.crash_at:
+    def callback(trainer: GRPOTrainer, metrics: dict[str, float]) -> None:
+        if trainer.step_count == step:
             raise Crash
+
+    return callback
 
 
 @pytest.mark.parametrize(
@@ -81,7 +80,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, extra: dict[str, o
     split = tmp_path / "split"
     config = load_config(overrides=_overrides(split, max_steps=5, **extra))
     with pytest.raises(Crash):
-        CrashingTrainer(config).train()  # checkpoint at step 2; step 3 logged, then lost
+        # checkpoint at step 2; step 3 logged, then lost
+        GRPOTrainer(config, callbacks=[crash_after(3)]).train()
     assert [p.name for p in list_checkpoints(split / "run")] == ["step-00000002"]
     assert [m["step"] for m in _metrics(split / "run")] == [1, 2, 3]
     second = _trainer(split, max_steps=5, resume="auto", **extra)
@@ -278,30 +278,24 @@ def test_signal_checkpoints_and_exits_with_a_resume_hint(
 
 
 # ---------------------------------------------------------------------------- guarded updates
-class PoisonedTrainer(GRPOTrainer):
-    """From step 2 on, every loss is NaN (as a diverging run or a bad reward would make it)."""
-
-    def _micro_loss(self, batch: Any, index: int, start: int, stop: int) -> Any:
-        loss, stats = super()._micro_loss(batch, index, start, stop)
-        return (loss * float("nan") if self.step_count >= 1 else loss), stats
-
-
 def test_non_finite_updates_are_skipped_then_stop_the_run(tmp_path: Path) -> None:
+    """From step 2 on every gradient is NaN (as a diverging run or a bad reward would make it)."""
     from groupwise.guards import NonFiniteUpdatesError
 
     config = load_config(
         overrides=_overrides(tmp_path, max_steps=6, save_steps=1, max_nonfinite_updates=2)
     )
-    trainer = PoisonedTrainer(config)
     after_step_1: dict[str, torch.Tensor] = {}
-    original = trainer.save_checkpoint
 
-    def snapshot_then_save() -> Path:
-        if trainer.step_count == 1:
-            after_step_1.update(_weights(trainer))
-        return original()
+    def poison_after_step_1(trainer: GRPOTrainer, metrics: dict[str, float]) -> None:
+        if trainer.step_count != 1:
+            return
+        after_step_1.update(_weights(trainer))
+        for p in trainer.policy.parameters():
+            if p.requires_grad:
+                p.register_hook(lambda grad: grad * float("nan"))
 
-    trainer.save_checkpoint = snapshot_then_save  # type: ignore[method-assign]
+    trainer = GRPOTrainer(config, callbacks=[poison_after_step_1])
     with pytest.raises(NonFiniteUpdatesError) as info:
         trainer.train()
     message = str(info.value)

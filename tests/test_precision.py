@@ -168,7 +168,7 @@ def test_the_run_says_what_it_picked(
     config = load_config(overrides=tiny_overrides(tmp_path, max_steps=1, param_dtype="auto"))
     assert config.training.bf16 == "auto" and config.training.param_dtype == "auto"
     trainer = GRPOTrainer(config, reward_funcs=[varied_reward])
-    assert (trainer.amp_dtype == torch.bfloat16) is expected
+    assert (trainer.parts.amp_dtype == torch.bfloat16) is expected
     weights = torch.bfloat16 if expected else torch.float32  # pure bf16 where bf16 is native
     assert {p.dtype for p in trainer.policy.parameters()} == {weights}
     assert (trainer.rollout_model is trainer.policy) is expected  # no rollout copy

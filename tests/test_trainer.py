@@ -12,7 +12,7 @@ import torch
 
 from groupwise import GRPOTrainer, load_config
 from groupwise.rollout import PromptBatch, Rollout
-from groupwise.trainer import groups_per_microbatch
+from groupwise.step_batch import groups_per_microbatch
 from tests_helpers import tiny_overrides
 
 
@@ -55,12 +55,12 @@ def test_pure_bf16_trains_in_place_without_a_rollout_copy(tmp_path: Path) -> Non
     trainer = _train(tmp_path, beta=0.04, **{"training.param_dtype": "bfloat16"})
     assert trainer.rollout_model is trainer.policy  # decodes itself: no copy to sync
     assert {p.dtype for p in trainer.policy.parameters()} == {torch.bfloat16}
-    assert isinstance(trainer.optimizer, CompensatedAdamW)
+    assert isinstance(trainer.parts.optimizer, CompensatedAdamW)
     assert trainer.reference is not None and trainer.reference.model is not None
     before, ref_before = _snapshot(trainer.policy), _snapshot(trainer.reference.model)
     trainer.train()
     after = _snapshot(trainer.policy)
-    compensation = [s["compensation"] for s in trainer.optimizer.state.values()]
+    compensation = [s["compensation"] for s in trainer.parts.optimizer.state.values()]
     moved = [
         n for n, c in zip(before, compensation, strict=True)
         if not torch.equal(before[n], after[n]) or bool(c.any())
@@ -153,7 +153,7 @@ def test_lora_moves_adapters_only(tmp_path: Path) -> None:
         batch,
         group_size=2,
         max_completion_length=4,
-        eos_token_ids=trainer.eos_ids,
+        eos_token_ids=trainer.parts.engine.eos_token_ids,  # type: ignore[attr-defined]
         pad_token_id=0,
         temperature=1.0,
         generator=torch.Generator().manual_seed(0),
@@ -278,7 +278,7 @@ def test_reference_spans_equal_micro_batches(
 ) -> None:
     """ref_logp from spans of several groups (REFERENCE_TOKENS) == one micro-batch at a time,
     sliced to each micro-batch's width."""
-    import groupwise.trainer as trainer_module
+    import groupwise.build as trainer_module
     from groupwise.forward import completion_logp
     from groupwise.rollout import select_groups
 
@@ -292,12 +292,12 @@ def test_reference_spans_equal_micro_batches(
         )
     )
     trainer = GRPOTrainer(config)
-    rows = trainer.sampler.next_batch(trainer.prompts_per_step)
-    rollout = trainer._generate(rows)
-    _, _, advantages = trainer._score(rows, rollout)
-    batch = trainer._prepare(rollout, advantages)
+    rows = trainer.next_rows()
+    step = trainer.grpo_step
+    rollout = step.generate(rows)
+    batch = step.prepare(rollout, step.score(rows, rollout).advantages)
     assert len(batch.micro) == 4  # one group (G = 4) per micro-batch
-    spans = trainer._reference_logp(batch)
+    spans = step.ref_logp(batch)
     assert trainer.reference is not None
     model, _ = trainer.reference.context()
     for (start, stop), got in zip(batch.micro, spans, strict=True):
@@ -306,7 +306,7 @@ def test_reference_spans_equal_micro_batches(
         assert got is not None and got.shape == want.shape
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     monkeypatch.setattr(trainer_module, "REFERENCE_TOKENS", 1)  # one group per span
-    for a, b in zip(trainer._reference_logp(batch), spans, strict=True):
+    for a, b in zip(step.ref_logp(batch), spans, strict=True):
         assert a is not None and b is not None
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
@@ -325,5 +325,5 @@ def test_rewards_see_which_completions_were_cut_off(tmp_path: Path) -> None:
     truncated, ids = seen[0]
     assert len(truncated) == len(ids) == 16 and all(isinstance(t, bool) for t in truncated)
     # cut off = no EOS within the limit
-    eos = set(trainer.eos_ids)
+    eos = set(trainer.parts.engine.eos_token_ids)  # type: ignore[attr-defined]
     assert truncated == [not any(t in eos for t in row) for row in ids]

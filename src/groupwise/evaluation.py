@@ -1,4 +1,8 @@
-"""Held-out evaluation: greedy accuracy of a model on a task's held-out rows."""
+"""Held-out evaluation: greedy accuracy (and pass@k, maj@k) on a task's held-out rows.
+
+Evaluation decodes through a rollout engine (:mod:`groupwise.rollout.engine`), the same one
+training samples from; ``groupwise eval`` wraps a loaded model in the local engine.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from torch import nn
 from groupwise.config import Config
 from groupwise.data import Row
 from groupwise.rewards.base import RewardFunc
-from groupwise.rollout import generate, tokenize_prompts
+from groupwise.rollout import RolloutEngine, RolloutRequest, SamplingParams, tokenize_prompts
 
 
 @dataclass
@@ -36,37 +40,30 @@ def row_columns(rows: Sequence[Row], repeat: int = 1) -> dict[str, list[Any]]:
 
 @torch.no_grad()
 def evaluate_accuracy(
-    model: nn.Module,
+    engine: RolloutEngine,
     tokenizer: Any,
     rows: Sequence[Row],
     correctness: RewardFunc,
     *,
     batch_size: int = 64,
     max_new_tokens: int = 32,
+    device: torch.device | None = None,
 ) -> EvalResult:
     """Greedy-decode every held-out prompt and average ``correctness`` over them."""
-    device = next(model.parameters()).device
-    eos = eos_token_ids(tokenizer)
+    device = device or torch.device("cpu")
+    greedy = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
     completions: list[str] = []
     scores: list[float] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        prompts = [row["prompt"] for row in chunk]
-        batch = tokenize_prompts(tokenizer, prompts, device)
-        rollout = generate(
-            model,
-            batch,
-            group_size=1,
-            max_completion_length=max_new_tokens,
-            eos_token_ids=eos,
-            pad_token_id=tokenizer.pad_token_id,
-            temperature=0.0,
-            gather_last=True,
-        )
-        texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-        values = correctness(prompts=prompts, completions=texts, **row_columns(chunk))
-        completions += texts
-        scores += [float(v or 0.0) for v in values]
+    with engine.serving():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            prompts = [row["prompt"] for row in chunk]
+            batch = tokenize_prompts(tokenizer, prompts, device)
+            rollout = engine.generate(batch, RolloutRequest(1, greedy, evaluation=True))
+            texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+            values = correctness(prompts=prompts, completions=texts, **row_columns(chunk))
+            completions += texts
+            scores += [float(v or 0.0) for v in values]
     accuracy = sum(scores) / max(len(scores), 1)
     return EvalResult(accuracy=accuracy, completions=completions, scores=scores)
 
@@ -119,7 +116,7 @@ def extract_answer(text: str, reference: str) -> str | None:
 
 @torch.no_grad()
 def evaluate_sampled(
-    model: nn.Module,
+    engine: RolloutEngine,
     tokenizer: Any,
     rows: Sequence[Row],
     correctness: RewardFunc,
@@ -129,29 +126,22 @@ def evaluate_sampled(
     max_new_tokens: int,
     batch_size: int = 64,
     seed: int = 0,
+    device: torch.device | None = None,
 ) -> SampledResult:
     """Sample ``k`` completions per prompt (one prefill per prompt) and score pass@k, maj@k."""
     from groupwise.passk import maj_at_k, mean_pass_at_k
 
-    device = next(model.parameters()).device
+    device = device or torch.device("cpu")
     generator = torch.Generator(device=device).manual_seed(seed)
+    sampling = SamplingParams(max_tokens=max_new_tokens, temperature=temperature)
     per_batch = max(batch_size // k, 1)
     counts: list[int] = []
     answers: list[list[str | None]] = []
     for start in range(0, len(rows), per_batch):
         chunk = rows[start : start + per_batch]
         prompts = [row["prompt"] for row in chunk]
-        rollout = generate(
-            model,
-            tokenize_prompts(tokenizer, prompts, device),
-            group_size=k,
-            max_completion_length=max_new_tokens,
-            eos_token_ids=eos_token_ids(tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            temperature=temperature,
-            generator=generator,
-            gather_last=True,
-        )
+        request = RolloutRequest(k, sampling, generator=generator, evaluation=True)
+        rollout = engine.generate(tokenize_prompts(tokenizer, prompts, device), request)
         texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         flat_prompts = [p for p in prompts for _ in range(k)]
         scores = correctness(prompts=flat_prompts, completions=texts, **row_columns(chunk, k))
@@ -202,18 +192,20 @@ def evaluate_model(name: str, config: Config, *, k: int) -> dict[str, float]:
         config.training.bf16, device, param_dtype=config.training.param_dtype
     )
     model = model.to(torch.bfloat16 if choice.bf16 else torch.float32).eval()
+    engine = local_engine(model, tokenizer)
     greedy = evaluate_accuracy(
-        model,
+        engine,
         tokenizer,
         task.eval,
         task.correctness,
         batch_size=e.batch_size,
         max_new_tokens=e.max_new_tokens,
+        device=device,
     )
     out = {"accuracy": greedy.accuracy}
     if k > 1:
         sampled = evaluate_sampled(
-            model,
+            engine,
             tokenizer,
             task.eval,
             task.correctness,
@@ -222,12 +214,21 @@ def evaluate_model(name: str, config: Config, *, k: int) -> dict[str, float]:
             max_new_tokens=e.max_new_tokens,
             batch_size=e.batch_size,
             seed=config.training.seed,
+            device=device,
         )
         out[f"pass@{k}"] = sampled.pass_at_k
         out["pass@1"] = sampled.pass_at_1
         if sampled.maj_at_k is not None:
             out[f"maj@{k}"] = sampled.maj_at_k
     return out
+
+
+def local_engine(model: nn.Module, tokenizer: Any) -> RolloutEngine:
+    """The local engine decoding with ``model`` as it is (no training, no weight sync)."""
+    from groupwise.rollout.local import LocalEngine
+    from groupwise.rollout.weights import SharedWeights
+
+    return LocalEngine(SharedWeights(model), eos_token_ids(tokenizer), tokenizer.pad_token_id)
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:

@@ -75,5 +75,7 @@ def test_validation(rewards: torch.Tensor, group_size: int, match: str) -> None:
 
 
 def test_unknown_scale_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="unknown scale_rewards 'foo'; valid: group, batch, none"):
+    with pytest.raises(
+        ValueError, match="algorithm.scale_rewards: unknown name 'foo'; valid: group, batch, none"
+    ):
         group_advantages(torch.zeros(4), 2, "foo")

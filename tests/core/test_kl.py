@@ -48,7 +48,9 @@ def test_k3_clamped_no_overflow() -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(ValueError, match="unknown estimator 'k4'; valid: k1, k2, k3"):
+    with pytest.raises(
+        ValueError, match="algorithm.kl_estimator: unknown name 'k4'; valid: k1, k2, k3"
+    ):
         kl_penalty(torch.zeros(2), torch.zeros(2), "k4")
     with pytest.raises(ValueError, match="shapes differ"):
         kl_penalty(torch.zeros(2), torch.zeros(3))

@@ -75,7 +75,9 @@ def test_aggregate_all_masked_is_zero_not_nan() -> None:
 
 
 def test_aggregate_errors() -> None:
-    with pytest.raises(ValueError, match="unknown loss_type 'foo'; valid: grpo, dapo, dr_grpo"):
+    with pytest.raises(
+        ValueError, match="algorithm.loss_type: unknown name 'foo'; valid: grpo, dapo, dr_grpo"
+    ):
         aggregate_loss(torch.ones(2, 3), MASK, "foo")
     with pytest.raises(ValueError, match="max_completion_length"):
         aggregate_loss(torch.ones(2, 3), MASK, "dr_grpo")
@@ -283,13 +285,18 @@ def test_sequence_ratio_matches_plain_gspo_gradient() -> None:
 def test_policy_loss_validation() -> None:
     z = torch.zeros(2, 3)
     adv = torch.zeros(2)
-    with pytest.raises(ValueError, match="unknown loss_type 'x'; valid: grpo, dapo, dr_grpo"):
+    with pytest.raises(
+        ValueError, match="algorithm.loss_type: unknown name 'x'; valid: grpo, dapo, dr_grpo"
+    ):
         policy_loss(z, z, adv, MASK, loss_type="x")
     with pytest.raises(
-        ValueError, match="unknown importance_sampling_level 'seq'; valid: token, sequence"
+        ValueError,
+        match="algorithm.importance_sampling_level: unknown name 'seq'; valid: token, sequence",
     ):
         policy_loss(z, z, adv, MASK, importance_sampling_level="seq")
-    with pytest.raises(ValueError, match="unknown kl_estimator 'k9'; valid: k1, k2, k3"):
+    with pytest.raises(
+        ValueError, match="algorithm.kl_estimator: unknown name 'k9'; valid: k1, k2, k3"
+    ):
         policy_loss(z, z, adv, MASK, kl_estimator="k9")
     with pytest.raises(ValueError, match="requires ref_logp"):
         policy_loss(z, z, adv, MASK, beta=0.1)
@@ -297,5 +304,5 @@ def test_policy_loss_validation() -> None:
         policy_loss(z, z, torch.zeros(3), MASK)
     with pytest.raises(ValueError, match="old_logp"):
         importance_ratio(z, torch.zeros(2, 4), MASK)
-    with pytest.raises(ValueError, match="unknown importance_sampling_level"):
+    with pytest.raises(ValueError, match="algorithm.importance_sampling_level: unknown name 'foo'"):
         importance_ratio(z, z, MASK, "foo")

@@ -1,11 +1,49 @@
-"""Group-relative advantages (GRPO, arXiv 2402.03300; Dr. GRPO, arXiv 2503.20783)."""
+"""Group-relative advantages (GRPO, arXiv 2402.03300; Dr. GRPO, arXiv 2503.20783).
+
+The scaling of the centred rewards is registered in :data:`ADVANTAGE_SCALINGS` under its
+``algorithm.scale_rewards`` name. Shapes: ``[P, G]``, ``P`` prompts, ``G`` completions each.
+"""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-SCALE_REWARDS: tuple[str, ...] = ("group", "batch", "none")
+from groupwise.registry import Registry
+
+
+class AdvantageScalingFn(Protocol):
+    """``f(centered, rewards, eps) -> A``: ``centered = r - mean_g(r)``, all ``[P, G]``."""
+
+    def __call__(self, centered: Tensor, rewards: Tensor, eps: float) -> Tensor: ...
+
+
+ADVANTAGE_SCALINGS: Registry[AdvantageScalingFn] = Registry("algorithm.scale_rewards")
+"""Advantage scalings by name (``algorithm.scale_rewards``): group, batch, none."""
+
+
+@ADVANTAGE_SCALINGS.register("group")
+def scale_by_group_std(centered: Tensor, rewards: Tensor, eps: float) -> Tensor:
+    """``A_i = (r_i - mean_g(r)) / (std_g(r) + eps)``: GRPO (arXiv 2402.03300)."""
+    return centered / (rewards.std(dim=1, keepdim=True, correction=1) + eps)  # [P, G]
+
+
+@ADVANTAGE_SCALINGS.register("batch")
+def scale_by_batch_std(centered: Tensor, rewards: Tensor, eps: float) -> Tensor:
+    """``A_i = (r_i - mean_g(r)) / (std_B(r) + eps)``, std over the whole batch (PPO Lite)."""
+    return centered / (rewards.std(correction=1) + eps)  # [P, G]
+
+
+@ADVANTAGE_SCALINGS.register("none")
+def no_scaling(centered: Tensor, rewards: Tensor, eps: float) -> Tensor:
+    """``A_i = r_i - mean_g(r)``: Dr. GRPO (arXiv 2503.20783), no difficulty bias from std."""
+    return centered  # [P, G]
+
+
+SCALE_REWARDS: tuple[str, ...] = ADVANTAGE_SCALINGS.names()
+"""Names of :data:`ADVANTAGE_SCALINGS` (kept for compatibility)."""
 
 
 def group_advantages(
@@ -23,16 +61,14 @@ def group_advantages(
         "batch": A_i = (r_i - mean_g(r)) / (std_B(r) + eps)   # std over the whole batch
         "none":  A_i =  r_i - mean_g(r)                        # Dr. GRPO, no std scaling
 
-    Standard deviations use Bessel's correction (unbiased, ``/(n - 1)``). A group whose rewards
-    are all equal gets ``A_i = 0`` exactly in every mode.
+    (``scale_rewards`` is a name in :data:`ADVANTAGE_SCALINGS`.) Standard deviations use
+    Bessel's correction (unbiased, ``/(n - 1)``). A group whose rewards are all equal gets
+    ``A_i = 0`` exactly in every mode.
 
     Returns ``(advantages [B] float32, zero_std [B // G] bool)`` where ``zero_std`` flags the
     groups whose rewards are all equal (they carry no learning signal).
     """
-    if scale_rewards not in SCALE_REWARDS:
-        raise ValueError(
-            f"unknown scale_rewards {scale_rewards!r}; valid: {', '.join(SCALE_REWARDS)}"
-        )
+    scale = ADVANTAGE_SCALINGS.get(scale_rewards)
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [B], got shape {tuple(rewards.shape)}")
     if group_size < 2:
@@ -50,11 +86,6 @@ def group_advantages(
     if r.shape[0] == 0:
         return r.reshape(-1), zero_std
     centered = r - r.mean(dim=1, keepdim=True)  # [P, G]
-    if scale_rewards == "group":
-        advantages = centered / (r.std(dim=1, keepdim=True, correction=1) + eps)  # [P, G]
-    elif scale_rewards == "batch":
-        advantages = centered / (r.std(correction=1) + eps)  # [P, G]
-    else:
-        advantages = centered  # [P, G]
+    advantages = scale(centered, r, eps)  # [P, G]
     advantages = torch.where(zero_std[:, None], torch.zeros_like(advantages), advantages)  # [P, G]
     return advantages.reshape(-1), zero_std  # [B], [P]

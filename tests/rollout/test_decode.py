@@ -222,7 +222,7 @@ def test_two_level_inverse_cdf_equals_one_cumsum(
     """Dyadic probabilities (sums exact in float32): the block search picks exactly the token
     of a flat cumsum + searchsorted, including a vocabulary that is not a multiple of the block
     and targets on block boundaries."""
-    import groupwise.rollout as rollout_module
+    import groupwise.rollout.sampling as rollout_module
     from groupwise.rollout import inverse_cdf_sample
 
     monkeypatch.setattr(rollout_module, "CDF_BLOCK", block)

@@ -1,0 +1,203 @@
+"""Building the parts a run trains with: policy, rollout weights and engine, reference,
+data-parallel wrapper, optimizer and schedule (see ``groupwise.models`` for the choices)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from groupwise.config import Config, ConfigError, check_merge_in_place_dtype
+from groupwise.distributed import world_size, wrap_policy
+from groupwise.evaluation import eos_token_ids
+from groupwise.forward import autocast_context, completion_logp
+from groupwise.kernels.fused import install_fused_kernels
+from groupwise.models import (
+    LoraSettings,
+    ReferencePolicy,
+    apply_lora,
+    cache_dir,
+    enable_gradient_checkpointing,
+    load_base_model,
+)
+from groupwise.optim import build_optimizer, build_scheduler
+from groupwise.precision import PrecisionChoice
+from groupwise.rollout import EngineContext, Rollout, RolloutEngine, build_engine, used_width
+from groupwise.rollout.weights import RolloutWeights, build_rollout_weights, choose_strategy
+from groupwise.step_batch import StepBatch
+
+REFERENCE_TOKENS = 4096
+"""Completion tokens per forward of the reference pass (B1: 1.6 vs 1.9 s with micro-batches)."""
+REFERENCE_CHUNK = 256
+"""At most this many rows of reference logits at a time (a span's are not all held at once)."""
+
+
+class LogpModule(nn.Module):
+    """The policy's per-token log-probs as a module, the unit DDP/FSDP wrap.
+
+    The forward reaches into the model (body, then the output-embedding weight), so the
+    data-parallel wrapper must sit around *this* call for its hooks to run.
+    """
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(
+        self, rollout: Rollout, temperature: float, chunk_size: int, prefix_cache: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """``completion_logp`` of the policy (no entropy)."""
+        return completion_logp(
+            self.policy,
+            rollout,
+            temperature=temperature,
+            chunk_size=chunk_size,
+            compute_entropy=False,
+            prefix_cache=prefix_cache,
+        )
+
+
+@dataclass
+class TrainingParts:
+    """The models and optimizer of a run, and the two log-prob passes over them."""
+
+    config: Config
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    policy: nn.Module
+    tokenizer: Any
+    weights: RolloutWeights
+    engine: RolloutEngine
+    reference: ReferencePolicy | None
+    train_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    @property
+    def temperature(self) -> float:
+        """The sampling temperature the log-probs are computed at (>= 1e-6)."""
+        return max(self.config.rollout.temperature, 1e-6)
+
+    def policy_logp(self, rollout: Rollout) -> tuple[Tensor, Tensor | None]:
+        """Log-probs of the policy through its data-parallel wrapper, ``[b, lc]``."""
+        t = self.config.training
+        out: tuple[Tensor, Tensor | None] = self.train_module(
+            rollout, self.temperature, t.logprob_chunk_size, not t.gradient_checkpointing
+        )
+        return out
+
+    def reference_logp(self, batch: StepBatch) -> list[Tensor | None]:
+        """ref_logp per micro-batch. The reference keeps no activations, so it runs spans of up
+        to ``REFERENCE_TOKENS`` completion tokens (bigger matmuls) instead of micro-batches."""
+        assert self.reference is not None
+        model, ctx = self.reference.context()
+        rollout, g = batch.rollout, batch.rollout.group_size
+        num_groups = rollout.prompts.input_ids.shape[0]
+        per_span = max(1, REFERENCE_TOKENS // (g * rollout.completion_ids.shape[1]))
+        spans = [(s, min(s + per_span, num_groups)) for s in range(0, num_groups, per_span)]
+        full = torch.zeros(rollout.completion_ids.shape, device=self.device)  # [B, Lc]
+        chunk = min(REFERENCE_CHUNK, self.config.training.logprob_chunk_size)
+        with ctx, torch.no_grad():
+            for start, stop in spans:
+                with autocast_context(self.device, self.amp_dtype):
+                    logp, _ = completion_logp(
+                        model,
+                        batch.sub(start, stop),
+                        temperature=self.temperature,
+                        chunk_size=chunk,
+                        compute_entropy=False,
+                    )
+                full[start * g : stop * g, : logp.shape[1]] = logp  # [b, lc]
+        self.reference.release()
+        out: list[Tensor | None] = []
+        for start, stop in batch.micro:  # each micro-batch's rows and width (as select_groups)
+            width = used_width(rollout.completion_mask[start * g : stop * g])
+            out.append(full[start * g : stop * g, :width])
+        return out
+
+
+def build_parts(config: Config, precision: PrecisionChoice, device: torch.device) -> TrainingParts:
+    """Load the policy and build everything around it, in the order the weights need."""
+    m, t, a = config.model, config.training, config.algorithm
+    dtype = getattr(torch, precision.param_dtype)
+    if dtype == torch.bfloat16 and world_size() > 1:
+        raise ConfigError(
+            "training.param_dtype=bfloat16 is single-process only for now (its multi-process "
+            "equivalence is not tested); use training.param_dtype=float32 under torchrun"
+        )
+    _check_cpu_only(m.lora and m.lora_merge_in_place, "model.lora_merge_in_place", device)
+    _check_cpu_only(m.reference_on_disk, "model.reference_on_disk", device)
+    base, tokenizer = load_base_model(
+        m.name, seed=t.seed, device=device, attn_implementation=m.attn_implementation, dtype=dtype
+    )
+    if t.fused_kernels:
+        install_fused_kernels(base)  # before any copy: copies keep the routing
+    low = torch.bfloat16 if precision.bf16 else torch.float32
+    if m.lora and m.lora_merge_in_place:
+        check_merge_in_place_dtype(precision.param_dtype, precision.bf16)
+    strategy = choose_strategy(
+        lora=m.lora,
+        param_dtype=dtype,
+        rollout_dtype=low,
+        lora_rollout_copy=m.lora_rollout_copy,
+        merge_in_place=m.lora_merge_in_place,
+    )
+    lora = LoraSettings(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
+
+    def make_policy(model: nn.Module) -> nn.Module:
+        if t.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return apply_lora(model, lora, dtype == torch.bfloat16) if m.lora else model
+
+    policy, weights = build_rollout_weights(
+        base, make_policy, strategy=strategy, rollout_dtype=low, snapshot_dir=cache_dir() / "mapped"
+    )
+    on_disk = cache_dir() / "mapped" if m.reference_on_disk else None
+    reference = ReferencePolicy(policy, low, on_disk) if a.beta > 0 else None
+    eos_ids = eos_token_ids(tokenizer, policy)
+    # under fsdp this shards the policy's parameters in place: the optimizer comes after
+    train_module = wrap_policy(LogpModule(policy), t.strategy, device)
+    optimizer, scheduler = _optimizer(config, policy)
+    r = config.rollout
+    context = EngineContext(policy, weights, tokenizer, eos_ids, r.compile, r.engine_kwargs)
+    return TrainingParts(
+        config=config,
+        device=device,
+        amp_dtype=torch.bfloat16 if precision.bf16 else None,
+        policy=policy,
+        tokenizer=tokenizer,
+        weights=weights,
+        engine=build_engine(r.engine, context),
+        reference=reference,
+        train_module=train_module,
+        optimizer=optimizer,
+        scheduler=scheduler,
+    )
+
+
+def _optimizer(
+    config: Config, policy: nn.Module
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW (compensated or stochastically rounded under pure bf16) and its schedule."""
+    t = config.training
+    optimizer = build_optimizer(
+        policy.parameters(),
+        lr=t.learning_rate,
+        betas=(t.adam_beta1, t.adam_beta2),
+        weight_decay=t.weight_decay,
+        bf16_rounding=t.bf16_rounding,
+        seed=t.seed,
+    )
+    total_updates = t.max_steps * config.algorithm.num_iterations
+    scheduler = build_scheduler(optimizer, t.lr_scheduler_type, t.warmup_steps, total_updates)
+    return optimizer, scheduler
+
+
+def _check_cpu_only(enabled: bool, key: str, device: torch.device) -> None:
+    if enabled and device.type != "cpu":
+        raise ConfigError(
+            f"{key}=true keeps its weights in CPU memory; the model runs on {device}: "
+            "set it to false"
+        )

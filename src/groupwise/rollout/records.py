@@ -1,0 +1,136 @@
+"""Rollout records: the prompts of a step and the completions (or episodes) sampled for them.
+
+A :class:`Rollout` holds G completions per prompt, rows of one prompt contiguous. It is ready
+for conversations: ``loss_mask`` marks the tokens the policy produced (trained) against tokens
+an environment or a tool inserted (kept in the context, no loss, no KL), and ``turn_index``
+says which turn each token belongs to. A single-turn rollout leaves both ``None``: every real
+completion token is the policy's, all in turn 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class PromptBatch:
+    """Tokenized prompts, left-padded."""
+
+    input_ids: Tensor  # [P, Lp]
+    attention_mask: Tensor  # [P, Lp]
+
+    @property
+    def lengths(self) -> Tensor:
+        """Number of real tokens of each prompt."""
+        return self.attention_mask.sum(dim=1)  # [P]
+
+
+@dataclass
+class Rollout:
+    """G completions for each of P prompts (rows of one prompt are contiguous)."""
+
+    prompts: PromptBatch
+    completion_ids: Tensor  # [B, Lc], padded with pad_token_id after EOS
+    completion_mask: Tensor  # [B, Lc], 1 up to and including the first EOS
+    truncated: Tensor  # [B] bool: no EOS within max_completion_length
+    group_size: int
+    entropy: Tensor | None = None  # [B, Lc] per-token entropy of the sampling policy (nats)
+    loss_mask: Tensor | None = None  # [B, Lc] 1 = the policy's token, 0 = inserted (no loss)
+    turn_index: Tensor | None = None  # [B, Lc] the turn of each token (multi-turn episodes)
+
+    @property
+    def completion_lengths(self) -> Tensor:
+        """Number of completion tokens of each row."""
+        return self.completion_mask.sum(dim=1)  # [B]
+
+    @property
+    def policy_mask(self) -> Tensor:
+        """[B, Lc] 1 on the completion tokens the policy sampled (those that get a loss)."""
+        if self.loss_mask is None:
+            return self.completion_mask
+        return self.completion_mask * self.loss_mask.to(self.completion_mask.dtype)
+
+    @property
+    def num_turns(self) -> Tensor:
+        """[B] turns per row (1 for single-turn rollouts)."""
+        if self.turn_index is None:
+            return torch.ones_like(self.truncated, dtype=torch.long)
+        masked = self.turn_index * self.completion_mask
+        return masked.max(dim=1).values.long() + 1
+
+
+def tokenize_prompts(
+    tokenizer: Any, prompts: Sequence[str | list[dict[str, str]]], device: torch.device
+) -> PromptBatch:
+    """Apply the chat template to conversational prompts and left-pad the batch.
+
+    A prompt is either plain text (used as is) or a list of ``{"role", "content"}`` messages,
+    rendered with the tokenizer's chat template and the generation prompt.
+    """
+    texts = [render_prompt(tokenizer, p) for p in prompts]
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, width - len(row) :] = 1
+    return PromptBatch(input_ids.to(device), attention_mask.to(device))
+
+
+def render_prompt(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
+    """The text the model sees for ``prompt`` (chat template for conversations)."""
+    if isinstance(prompt, str):
+        return prompt
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("prompt is conversational but the tokenizer has no chat template")
+    text: str = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return text
+
+
+def select_groups(rollout: Rollout, start: int, stop: int) -> Rollout:
+    """The sub-rollout made of prompts ``start:stop`` and their G completions each."""
+    return take_groups(rollout, torch.arange(start, stop, device=rollout.completion_ids.device))
+
+
+def take_groups(rollout: Rollout, groups: Tensor) -> Rollout:
+    """The sub-rollout of the prompts listed in ``groups`` (and their G completions each).
+
+    Columns that are padding in every selected row are dropped.
+    """
+    g = rollout.group_size
+    rows = group_rows(groups, g)
+    prompts = PromptBatch(rollout.prompts.input_ids[groups], rollout.prompts.attention_mask[groups])
+    mask = rollout.completion_mask[rows]  # [b, Lc]
+    width = used_width(mask)
+    return Rollout(
+        prompts=prompts,
+        completion_ids=rollout.completion_ids[rows, :width],
+        completion_mask=mask[:, :width],
+        truncated=rollout.truncated[rows],
+        group_size=g,
+        entropy=_rows(rollout.entropy, rows, width),
+        loss_mask=_rows(rollout.loss_mask, rows, width),
+        turn_index=_rows(rollout.turn_index, rows, width),
+    )
+
+
+def _rows(x: Tensor | None, rows: Tensor, width: int) -> Tensor | None:
+    return None if x is None else x[rows, :width]
+
+
+def used_width(mask: Tensor) -> int:
+    """Columns up to the last one any row of ``mask`` [b, Lc] uses (at least 1)."""
+    return max(int(mask.sum(dim=1).max()), 1) if mask.numel() else 1
+
+
+def group_rows(groups: Tensor, group_size: int) -> Tensor:
+    """Row indices of the completions of ``groups``."""
+    offsets = torch.arange(group_size, device=groups.device)[None, :]  # [1, G]
+    return (groups[:, None] * group_size + offsets).reshape(-1)  # [len(groups) * G]

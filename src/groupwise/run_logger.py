@@ -1,0 +1,86 @@
+"""Where a run's records go, in one place: ``metrics.jsonl``, ``completions.jsonl`` (appended
+and flushed to disk per step), the trackers of ``training.report_to``, the live view and the
+console. Only rank 0 writes; the other ranks' calls do nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from groupwise.config import Config, config_to_dict
+from groupwise.distributed import is_main
+from groupwise.live import LiveView
+from groupwise.metrics import append_jsonl
+from groupwise.tracking import Tracker, build_trackers, close_trackers, completions_markdown
+
+
+class RunLogger:
+    """The run's outputs other than checkpoints and models."""
+
+    def __init__(self, config: Config, out_dir: Path) -> None:
+        self.config = config
+        self.out_dir = out_dir
+        self.main = is_main()
+        t = config.training
+        self.trackers: list[Tracker] = (
+            build_trackers(t.report_to, out_dir, config_to_dict(config)) if self.main else []
+        )
+        self.view: LiveView | None = None
+
+    def start_view(self, initial_step: int, eval_accuracy: float | None) -> None:
+        """The progress view (rank 0, ``training.progress``), from ``initial_step``."""
+        t = self.config.training
+        self.view = LiveView(
+            t.max_steps,
+            enabled=t.progress and self.main,
+            log_completions_steps=t.log_completions_steps,
+            num_completions=t.num_completions_to_print,
+            initial=initial_step,
+        )
+        if eval_accuracy is not None:
+            self.view.set_eval_accuracy(eval_accuracy)
+
+    def log_step(self, step: int, metrics: dict[str, float], records: list[dict[str, Any]]) -> None:
+        """A finished step: its completions, its metrics when due, the view."""
+        t = self.config.training
+        if t.log_completions and self.main:
+            self._write_completions(step, records)
+        if self.main and (step % t.logging_steps == 0 or step == t.max_steps):
+            append_jsonl(self.out_dir / "metrics.jsonl", metrics)
+            for tracker in self.trackers:
+                tracker.log(metrics, step)
+        if "eval_accuracy" in metrics and self.view is not None:
+            self.view.set_eval_accuracy(metrics["eval_accuracy"])
+        if self.view is not None:
+            self.view.update(step, metrics, records)
+
+    def log_eval(self, label: str, accuracy: float, rows: int, step: int | None) -> None:
+        """A held-out evaluation: the console, and the trackers at ``step`` if given."""
+        if self.main:
+            print(f"held-out greedy accuracy ({label}): {accuracy:.1%} on {rows}", flush=True)
+        if step is not None:
+            for tracker in self.trackers:
+                tracker.log({"eval_accuracy": accuracy}, step)
+
+    def close_view(self) -> None:
+        """Stop the live view (before the final evaluation prints)."""
+        if self.view is not None:
+            self.view.close()
+            self.view = None
+
+    def close(self) -> None:
+        """Close the view and every tracker."""
+        self.close_view()
+        close_trackers(self.trackers)
+
+    def _write_completions(self, step: int, records: Sequence[dict[str, Any]]) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "completions.jsonl", "a", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(r) + "\n" for r in records))
+            handle.flush()
+            os.fsync(handle.fileno())
+        for tracker in self.trackers:
+            tracker.log_text("completions", completions_markdown(records), step)

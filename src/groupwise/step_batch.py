@@ -1,0 +1,101 @@
+"""The records one step passes between its phases: the update batch, its micro-batches, and
+the completion records the run logs."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+
+from groupwise.data import Row
+from groupwise.distributed import all_reduce_floats
+from groupwise.rewards.base import RewardResult
+from groupwise.rollout import Rollout, select_groups
+
+
+@dataclass
+class Scored:
+    """The score phase's output."""
+
+    texts: list[str]  # [B] decoded completions
+    rewards: RewardResult
+    advantages: Tensor  # [B]
+    metrics: dict[str, float]
+
+
+@dataclass
+class StepBatch:
+    """Everything the update phase needs about one rollout.
+
+    ``rollout`` holds the groups that take part in the loss (see ``GRPOStep.prepare``); the
+    normalisers count every completion of the step on every rank.
+    """
+
+    rollout: Rollout
+    advantages: Tensor  # [b] of the kept groups
+    loss_mask: Tensor  # [b, Lc] 1 on the policy's tokens that get a loss
+    num_sequences: float  # completions in the step (global normaliser)
+    num_tokens: float  # loss tokens in the step (global normaliser)
+    micro: list[tuple[int, int]]  # group ranges of the micro-batches, within ``rollout``
+    old_logp: list[Tensor | None]  # per micro-batch [b, lc]
+    ref_logp: list[Tensor | None]  # per micro-batch [b, lc]
+    entropy_mask: Tensor | None = None  # [b, Lc] top_entropy_quantile's tokens (None = all)
+
+    def sub(self, start: int, stop: int) -> Rollout:
+        """The sub-rollout of groups ``start:stop`` (a micro-batch)."""
+        return select_groups(self.rollout, start, stop)
+
+
+def groups_per_microbatch(rollout: Rollout, cap: int, max_tokens: int) -> int:
+    """Groups per forward/backward: at most ``cap``, and at most ``max_tokens`` tokens each.
+
+    A group costs its prompt once (the shared-prompt forward) plus G completions at the
+    rollout's width. The same on every rank (the minimum), so FSDP's collectives pair up.
+    """
+    if max_tokens <= 0:
+        return cap
+    g = rollout.group_size
+    per_group = rollout.prompts.input_ids.shape[1] + g * rollout.completion_ids.shape[1]
+    fit = float(min(cap, max(1, max_tokens // per_group)))
+    return int(all_reduce_floats({"fit": fit}, {"fit": "min"})["fit"])
+
+
+def micro_ranges(num_groups: int, per_micro: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` group ranges of ``per_micro`` groups (the last may be short)."""
+    return [(s, min(s + per_micro, num_groups)) for s in range(0, num_groups, per_micro)]
+
+
+def grad_sync(module: nn.Module, enabled: bool) -> AbstractContextManager[Any]:
+    """DDP: skip the gradient all-reduce on all but the last micro-batch of an update."""
+    no_sync = getattr(module, "no_sync", None)
+    if enabled or no_sync is None:
+        return nullcontext()
+    context: AbstractContextManager[Any] = no_sync()
+    return context
+
+
+def completion_records(
+    step: int, rows: list[Row], scored: Scored, rollout: Rollout
+) -> list[dict[str, Any]]:
+    """One record per completion: step, prompt, completion, rewards, advantage, truncated."""
+    g = rollout.group_size
+    per_func, total = scored.rewards.per_func, scored.rewards.total
+    return [
+        {
+            "step": step,
+            "prompt": rows[i // g]["prompt"],
+            "completion": text,
+            "rewards": {k: _finite_or_none(float(v[i])) for k, v in per_func.items()},
+            "reward": float(total[i]),
+            "advantage": float(scored.advantages[i]),
+            "truncated": bool(rollout.truncated[i]),
+        }
+        for i, text in enumerate(scored.texts)
+    ]
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None
