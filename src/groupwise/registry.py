@@ -7,7 +7,8 @@ decorator where the object is defined, so adding one touches one place::
     from groupwise.core import AGGREGATIONS
 
     @AGGREGATIONS.register("my_mean")
-    def my_mean(masked, mask, *, num_sequences, num_tokens, max_completion_length): ...
+    def my_mean(masked, mask, norm):  # norm: groupwise.core.Normalisers
+        return masked.sum() / norm.num_sequences
 
 A lookup of an unknown name raises :class:`UnknownNameError` (a ``ValueError`` and a
 ``KeyError``) that names the config key to fix and lists the valid names. Registries whose

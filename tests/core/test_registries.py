@@ -12,6 +12,7 @@ from groupwise.core import (
     LOSS_TYPES,
     OBJECTIVES,
     SCALE_REWARDS,
+    Normalisers,
 )
 from groupwise.registry import UnknownNameError
 
@@ -88,13 +89,45 @@ def test_importance_ratio_entries() -> None:
 def test_aggregation_entries() -> None:
     # per-token [[1, 2, 3], [4, 5, 6]] masked -> [[1, 2, 0], [4, 0, 0]]
     masked = torch.tensor([[1.0, 2.0, 0.0], [4.0, 0.0, 0.0]])
-    kw = {"num_sequences": 2.0, "num_tokens": None, "max_completion_length": 3}
+    norm = Normalisers(num_sequences=2.0, num_tokens=None, max_completion_length=3)
     # grpo: (3 / 2 + 4 / 1) / 2 = 2.75; dapo: 7 / 3; dr_grpo: 7 / (2 * 3)
-    assert AGGREGATIONS.get("grpo")(masked, MASK, **kw).item() == pytest.approx(2.75, abs=1e-7)
-    assert AGGREGATIONS.get("dapo")(masked, MASK, **kw).item() == pytest.approx(7 / 3, abs=1e-7)
-    assert AGGREGATIONS.get("dr_grpo")(masked, MASK, **kw).item() == pytest.approx(7 / 6)
+    assert AGGREGATIONS.get("grpo")(masked, MASK, norm).item() == pytest.approx(2.75, abs=1e-7)
+    assert AGGREGATIONS.get("dapo")(masked, MASK, norm).item() == pytest.approx(7 / 3, abs=1e-7)
+    assert AGGREGATIONS.get("dr_grpo")(masked, MASK, norm).item() == pytest.approx(7 / 6)
     # dapo with a global token count; dr_grpo without max_completion_length fails
-    kw_tokens = {**kw, "num_tokens": 10.0}
-    assert AGGREGATIONS.get("dapo")(masked, MASK, **kw_tokens).item() == pytest.approx(0.7)
+    tokens = Normalisers(2.0, num_tokens=10.0, max_completion_length=3)
+    assert AGGREGATIONS.get("dapo")(masked, MASK, tokens).item() == pytest.approx(0.7)
     with pytest.raises(ValueError, match="requires max_completion_length"):
-        AGGREGATIONS.get("dr_grpo")(masked, MASK, **{**kw, "max_completion_length": None})
+        AGGREGATIONS.get("dr_grpo")(masked, MASK, Normalisers(2.0))
+
+
+def test_variants_registered_outside_the_package_are_used_by_name() -> None:
+    """The recipe in docs/architecture.md: register an aggregation and an objective here and
+    select them by name through policy_loss."""
+    from groupwise.core import ObjectiveParams, policy_loss
+
+    def batch_sum(masked: torch.Tensor, mask: torch.Tensor, norm: Normalisers) -> torch.Tensor:
+        return masked.sum()  # no normaliser at all
+
+    def reinforce(
+        ratio: torch.Tensor, advantages: torch.Tensor, logp: torch.Tensor, params: ObjectiveParams
+    ) -> torch.Tensor:
+        return -advantages[:, None] * logp  # plain REINFORCE
+
+    AGGREGATIONS.add("test_batch_sum", batch_sum)
+    OBJECTIVES.add("test_reinforce", reinforce)
+    try:
+        logp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -1.5, -2.5]], requires_grad=True)
+        adv = torch.tensor([1.0, -2.0])
+        loss, _ = policy_loss(
+            logp, logp.detach(), adv, MASK, loss_type="test_batch_sum", objective="test_reinforce"
+        )
+        # -(1 * (-1 - 2)) - (-2 * -0.5) = 3 - 1 = 2, over the mask's tokens only
+        assert loss.item() == pytest.approx(2.0, abs=1e-6)
+        loss.backward()
+        assert logp.grad is not None
+        torch.testing.assert_close(logp.grad, torch.tensor([[-1.0, -1.0, 0.0], [2.0, 0.0, 0.0]]))
+    finally:
+        AGGREGATIONS.unregister("test_batch_sum")
+        OBJECTIVES.unregister("test_reinforce")
+    assert "test_batch_sum" not in AGGREGATIONS and "test_reinforce" not in OBJECTIVES

@@ -12,6 +12,7 @@ scalar (:data:`AGGREGATIONS`, ``loss_type``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -95,23 +96,23 @@ def importance_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor, level: str = 
 # ----------------------------------------------------------------------------- aggregation
 
 
+@dataclass(frozen=True)
+class Normalisers:
+    """The counts an aggregation divides by (global ones make micro-batch losses add up)."""
+
+    num_sequences: float
+    """Completions (already resolved: this batch's ``B`` by default; at least 1)."""
+    num_tokens: float | None = None
+    """Loss tokens (``None``: this batch's ``sum_it M_it``)."""
+    max_completion_length: int | None = None
+    """Dr. GRPO's constant length (``None`` if not given)."""
+
+
 class AggregationFn(Protocol):
-    """``f(masked, mask, *, num_sequences, num_tokens, max_completion_length) -> loss []``.
+    """``f(masked, mask, norm) -> loss []``: ``masked = L * M`` and ``mask = M`` are ``[B, T]``
+    in the loss dtype, ``norm`` the :class:`Normalisers` passed to :func:`aggregate_loss`."""
 
-    ``masked = L * M`` and ``mask = M`` are ``[B, T]`` in the loss dtype; ``num_sequences`` is
-    already resolved (this batch's ``B`` by default) and at least 1; ``num_tokens`` and
-    ``max_completion_length`` are as passed to :func:`aggregate_loss` (``None`` if not given).
-    """
-
-    def __call__(
-        self,
-        masked: Tensor,
-        mask: Tensor,
-        *,
-        num_sequences: float,
-        num_tokens: float | None,
-        max_completion_length: int | None,
-    ) -> Tensor: ...
+    def __call__(self, masked: Tensor, mask: Tensor, norm: Normalisers) -> Tensor: ...
 
 
 AGGREGATIONS: Registry[AggregationFn] = Registry("algorithm.loss_type")
@@ -119,50 +120,29 @@ AGGREGATIONS: Registry[AggregationFn] = Registry("algorithm.loss_type")
 
 
 @AGGREGATIONS.register("grpo")
-def sequence_mean(
-    masked: Tensor,
-    mask: Tensor,
-    *,
-    num_sequences: float,
-    num_tokens: float | None,
-    max_completion_length: int | None,
-) -> Tensor:
+def sequence_mean(masked: Tensor, mask: Tensor, norm: Normalisers) -> Tensor:
     """``sum_i( sum_t(L_it M_it) / max(sum_t M_it, 1) ) / num_sequences``: the GRPO paper's
     per-sequence mean, then mean over sequences (arXiv 2402.03300; length-biased)."""
     seq_loss = masked.sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)  # [B]
-    return seq_loss.sum() / num_sequences
+    return seq_loss.sum() / norm.num_sequences
 
 
 @AGGREGATIONS.register("dapo")
-def token_mean(
-    masked: Tensor,
-    mask: Tensor,
-    *,
-    num_sequences: float,
-    num_tokens: float | None,
-    max_completion_length: int | None,
-) -> Tensor:
+def token_mean(masked: Tensor, mask: Tensor, norm: Normalisers) -> Tensor:
     """``sum_it(L_it M_it) / max(num_tokens, 1)``: DAPO's token mean (arXiv 2503.14476);
     ``num_tokens`` defaults to this batch's ``sum_it M_it``."""
-    if num_tokens is None:
+    if norm.num_tokens is None:
         return masked.sum() / mask.sum().clamp(min=1.0)
-    return masked.sum() / max(float(num_tokens), 1.0)
+    return masked.sum() / max(float(norm.num_tokens), 1.0)
 
 
 @AGGREGATIONS.register("dr_grpo")
-def constant_normaliser(
-    masked: Tensor,
-    mask: Tensor,
-    *,
-    num_sequences: float,
-    num_tokens: float | None,
-    max_completion_length: int | None,
-) -> Tensor:
+def constant_normaliser(masked: Tensor, mask: Tensor, norm: Normalisers) -> Tensor:
     """``sum_it(L_it M_it) / (num_sequences * max(max_completion_length, 1))``: Dr. GRPO's
     constant normaliser (arXiv 2503.20783), no length bias; needs ``max_completion_length``."""
-    if max_completion_length is None:
+    if norm.max_completion_length is None:
         raise ValueError("loss_type 'dr_grpo' requires max_completion_length")
-    return masked.sum() / (num_sequences * max(float(max_completion_length), 1.0))
+    return masked.sum() / (norm.num_sequences * max(float(norm.max_completion_length), 1.0))
 
 
 LOSS_TYPES: tuple[str, ...] = AGGREGATIONS.names()
@@ -196,13 +176,7 @@ def aggregate_loss(
     masked = per_token_loss * m  # [B, T]
     n_seq = float(per_token_loss.shape[0]) if num_sequences is None else float(num_sequences)
     n_seq = max(n_seq, 1.0)
-    return aggregate(
-        masked,
-        m,
-        num_sequences=n_seq,
-        num_tokens=num_tokens,
-        max_completion_length=max_completion_length,
-    )
+    return aggregate(masked, m, Normalisers(n_seq, num_tokens, max_completion_length))
 
 
 # ----------------------------------------------------------------------------- policy loss
