@@ -18,7 +18,10 @@ import time
 import warnings
 from collections.abc import Callable
 
-from groupwise.sandbox import Sandbox
+from groupwise.sandbox import Sandbox, run_tests
+
+SOLUTION = "def add(a, b):\n    return a + b\n"
+TESTS = [f"assert add({i}, {i + 1}) == {2 * i + 1}" for i in range(10)]
 
 
 def _time_ms(fn: Callable[[], object]) -> float:
@@ -34,13 +37,16 @@ def overhead(sandbox: Sandbox, unsafe: Sandbox, runs: int) -> None:
     plain = lambda: subprocess.run([python, "-c", "pass"], check=True)  # noqa: E731
     boxed = lambda: sandbox.run_python("pass")  # noqa: E731
     bare = lambda: unsafe.run_python("pass")  # noqa: E731
-    for fn in (plain, boxed, bare):  # warm-up (page cache, probe)
+    tested = lambda: run_tests(SOLUTION, TESTS, sandbox=sandbox)  # noqa: E731
+    for fn in (plain, boxed, bare, tested):  # warm-up (page cache, probe)
         fn()
-    samples: dict[str, list[float]] = {"plain": [], "unsafe": [], "sandbox": []}
+    assert tested() == (len(TESTS), len(TESTS))
+    samples: dict[str, list[float]] = {"plain": [], "unsafe": [], "sandbox": [], "tests": []}
     for _ in range(runs):
         samples["plain"].append(_time_ms(plain))
         samples["sandbox"].append(_time_ms(boxed))
         samples["unsafe"].append(_time_ms(bare))
+        samples["tests"].append(_time_ms(tested))
     med = {k: statistics.median(v) for k, v in samples.items()}
     print(f"sandbox mode: {sandbox.mode} ({sandbox.description})")
     print(f"median wall ms over {runs} alternating runs:")
@@ -49,6 +55,8 @@ def overhead(sandbox: Sandbox, unsafe: Sandbox, runs: int) -> None:
     print(f"  sandboxed `pass`:                  {med['sandbox']:7.1f} ms")
     print(f"  ratio sandbox / plain:             {med['sandbox'] / med['plain']:7.2f} x")
     print(f"  overhead sandbox - plain:          {med['sandbox'] - med['plain']:7.1f} ms")
+    print(f"  run_tests, {len(TESTS)} asserts:             {med['tests']:7.1f} ms")
+    print(f"  ratio run_tests / plain:           {med['tests'] / med['plain']:7.2f} x")
 
 
 def throughput(sandbox: Sandbox, jobs: int, workers: list[int]) -> None:

@@ -338,7 +338,7 @@ def test_run_tests_correct_and_wrong(sandbox: Sandbox) -> None:
     assert run_tests(partly, TESTS, sandbox=sandbox) == (2, 3)
     report = run_tests_detailed(partly, TESTS, sandbox=sandbox)
     assert report.results == [False, True, True]
-    assert report.exec_result is not None and "AssertionError" in report.exec_result.stderr
+    assert report.failures == ["test 0: AssertionError:"]  # the judge's reason, not the code's
 
 
 def test_run_tests_string_setup_and_per_test_isolation(sandbox: Sandbox) -> None:
@@ -437,3 +437,96 @@ def test_unsafe_mode_has_limits_but_warns(
 def test_limits_are_validated() -> None:
     with pytest.raises(ValueError, match="memory_mb"):
         SandboxLimits(memory_mb=0)
+
+
+# ---------------------------------------------------------------------------- forging a verdict
+# Each program gets add() wrong (or not at all) and tries to pass anyway; the tests run in the
+# trusted judge process, so every attempt must score 0 of 3.
+FORGERIES = {
+    "walk-the-stack-and-write-markers": (
+        "import os, sys\n"
+        "def add(a, b):\n"
+        "    f = sys._getframe()\n"
+        "    while f is not None:\n"
+        "        for v in list(f.f_locals.values()) + list(f.f_globals.values()):\n"
+        "            if isinstance(v, (bytes, str)) and len(v) == 32:\n"
+        "                for fd in range(64):\n"
+        "                    for i in range(3):\n"
+        "                        try:\n"
+        "                            os.write(fd, (v if isinstance(v, bytes) else v.encode())"
+        " + b':%d:P\\n' % i)\n"
+        "                        except OSError:\n"
+        "                            pass\n"
+        "        f = f.f_back\n"
+        "    for fd in range(64):\n"
+        "        try:\n"
+        "            os.write(fd, b'0:P\\n1:P\\n2:P\\n')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    return None\n"
+    ),
+    "gc-and-patch-the-harness": (
+        "import gc, builtins\n"
+        "for o in gc.get_objects():\n"
+        "    if isinstance(o, dict) and 'tests' in o:\n"
+        "        o['tests'] = ['pass'] * 3\n"
+        "builtins.AssertionError = type('Fine', (Exception,), {})\n"
+        "def add(a, b):\n    return 7\n"
+    ),
+    "always-equal-object": (
+        "class Yes:\n    def __eq__(self, other):\n        return True\n"
+        "def add(a, b):\n    return Yes()\n"
+    ),
+    "int-subclass-that-agrees": (
+        "class Int(int):\n    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = int.__hash__\n"
+        "def add(a, b):\n    return Int(0)\n"
+    ),
+    "exit-before-the-tests": "import os\ndef add(a, b):\n    os._exit(0)\n",
+    "forge-answers-ahead-on-every-fd": (
+        "import os, json\n"
+        "for fd in range(3, 64):\n"
+        "    try:\n"
+        "        os.write(fd, b'{\"r\": true}\\n' * 10)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "def add(a, b):\n    return -1\n"
+    ),
+    "kill-everything": (
+        "import os, signal\n"
+        "def add(a, b):\n"
+        "    for pid in (0, -1, 1, os.getppid()):\n"
+        "        try:\n"
+        "            os.kill(pid, signal.SIGKILL)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    return None\n"
+    ),
+    "deeply-nested-answer": "def add(a, b):\n    x = []\n    for _ in range(100000):\n        x = [x]\n    return x\n",
+}
+
+
+@pytest.mark.parametrize("code", list(FORGERIES.values()), ids=list(FORGERIES))
+def test_a_failing_program_cannot_forge_a_pass(sandbox: Sandbox, code: str) -> None:
+    report = run_tests_detailed(code, TESTS, sandbox=sandbox)
+    assert (report.passed, report.total) == (0, 3), report.failures
+
+
+def test_the_judge_sees_plain_values_and_exceptions(sandbox: Sandbox) -> None:
+    """Tuples, sets, dicts, bytes and floats cross as themselves; a test may expect the
+    solution's exception by its builtin type."""
+    code = (
+        "def f(x):\n"
+        "    if x is None:\n"
+        "        raise ValueError('no x')\n"
+        "    return (x, {x}, {'k': [x, 1.5]}, b'\\x00', float('inf'))\n"
+    )
+    tests = [
+        "assert f(2) == (2, {2}, {'k': [2, 1.5]}, b'\\x00', float('inf'))",
+        "assert type(f(2)) is tuple and type(f(2)[1]) is set",
+        "try:\n    f(None)\n    raise AssertionError('no error')\nexcept ValueError as e:\n"
+        "    assert str(e) == 'no x'",
+        "assert f(3) == (2, {2}, {'k': [2, 1.5]}, b'\\x00', float('inf'))",
+    ]
+    report = run_tests_detailed(code, tests, sandbox=sandbox)
+    assert report.results == [True, True, True, False], report.failures

@@ -46,11 +46,14 @@ so the untrusted code must not run as host root.  Two modes, chosen automaticall
   ``user=``/``group=``, no ``preexec_fn``) so that the sandbox user does not map to host root;
   that needs the interpreter prefix to be reachable by that uid.
 
-Result markers of :func:`run_tests` go to a separate socket (not stdout) and carry a random
-nonce that the parent sends over that socket and the bootstrap reads *before* the untrusted
-code starts, so printing fake "passed" lines does not work.  The untrusted code runs in the same
-interpreter as the harness, so a determined program can still dig the nonce or the tests out of
-the harness's memory; this is a guard against easy reward hacks, not a proof.
+The verdict of :func:`run_tests` is not computed next to the untrusted code. In the sandbox
+the bootstrap runs the setup and the solution, then only *serves calls* on a socket: a JSON
+line ``name(*args, **kwargs)`` in, its result as plain data (:mod:`groupwise.plain_data`) or
+the name of its exception out. The tests run in a separate trusted judge process
+(:mod:`groupwise.judge`, ``python -I -S``, outside the sandbox's namespaces), which holds the
+only result channel (its stdout, read by the parent). Nothing the solution does from inside
+(walking frames, ``gc``, ``/proc/self/mem``, inherited fds, exiting, killing, patching
+builtins, printing markers, returning objects whose ``__eq__`` lies) reaches the judge.
 
 Known limits: ``RLIMIT_AS`` is per process, so the memory of one run is bounded by
 ``max_processes * memory_mb`` plus the tmpfs sizes, not by ``memory_mb``; the raised
@@ -66,10 +69,10 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import json
 import math
 import os
-import secrets
 import selectors
 import shutil
 import signal
@@ -80,10 +83,11 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 __all__ = [
     "ExecResult",
@@ -96,6 +100,9 @@ __all__ = [
 ]
 
 Mode = Literal["privileged", "userns", "unsafe"]
+_T = TypeVar("_T")
+_JUDGE_GRACE = 1.0  # seconds the judge may take past the run's deadline to report
+_EXIT_GRACE = 0.5  # seconds a solution's server has to exit once the judge is done
 
 _UNSAFE_HINT = (
     "Pass Sandbox(unsafe=True) to run with rlimits and timeouts but WITHOUT isolation "
@@ -131,7 +138,6 @@ def _gw_setup():
     pfd, cfd = int(sys.argv[1]), int(sys.argv[2])
     cfg = json.loads(_gw_read_all(pfd))
     os.close(pfd)
-    nonce = _gw_read_line(cfd) if cfd >= 0 else None
     for name, soft, hard in cfg["rlimits"]:
         resource.setrlimit(getattr(resource, name), (soft, hard))
     try:
@@ -149,7 +155,7 @@ def _gw_setup():
         except Exception:
             pass
     sys.argv = ["main.py"]
-    return cfg, cfd, nonce
+    return cfg, cfd
 def _gw_print_exc(e, skip):
     import traceback
     tb = e.__traceback__
@@ -165,15 +171,36 @@ def _gw_flush():
             s.flush()
         except BaseException:
             pass
+def _gw_answer(g, line):
+    import json
+    try:
+        req = json.loads(line)
+        out = {"r": encode(g[req["n"]](*decode(req["a"]), **decode(req["k"])))}
+        return (json.dumps(out) + "\n").encode()
+    except BaseException as e:
+        try:
+            out = {"e": type(e).__name__, "m": str(e)[:500]}
+        except BaseException:
+            out = {"e": "Exception", "m": ""}
+        return (json.dumps(out) + "\n").encode()
+def _gw_serve(g, cfd):
+    reader = os.fdopen(cfd, "rb", buffering=1 << 16, closefd=False)
+    while True:
+        line = reader.readline()
+        if not line:
+            return
+        data = _gw_answer(g, line)
+        while data:
+            data = data[os.write(cfd, data):]
 def _gw_main():
-    cfg, cfd, nonce = _gw_setup()
+    cfg, cfd = _gw_setup()
     import builtins, linecache
     g = {"__name__": "__main__", "__builtins__": builtins, "__doc__": None}
-    compile_, exec_, write, exit_ = compile, exec, os.write, os._exit
+    compile_, exec_, exit_ = compile, exec, os._exit
     def run(src, name):
         linecache.cache[name] = (len(src), None, src.splitlines(True), name)
         exec_(compile_(src, name, "exec"), g)
-    if nonce is None:
+    if cfd < 0:
         try:
             run(cfg.pop("code"), "main.py")
         except SystemExit:
@@ -183,7 +210,6 @@ def _gw_main():
             _gw_flush()
             exit_(1)
         return
-    tests = cfg.pop("tests")
     for name, src in (("<setup>", cfg.pop("setup")), ("main.py", cfg.pop("code"))):
         try:
             run(src, name)
@@ -191,14 +217,7 @@ def _gw_main():
             _gw_print_exc(e, 2)
             _gw_flush()
             exit_(1)
-    for i, src in enumerate(tests):
-        try:
-            run(src, "<test %d>" % i)
-            ok = b"P"
-        except BaseException as e:
-            ok = b"F"
-            _gw_print_exc(e, 2)
-        write(cfd, nonce + b":%d:" % i + ok + b"\n")
+    _gw_serve(g, cfd)
     _gw_flush()
     exit_(0)
 _gw_main()
@@ -274,6 +293,8 @@ class TestReport:
     """Pass/fail for every test, in order."""
     exec_result: ExecResult | None = None
     """The underlying execution (stdout/stderr of the solution, kill reason...)."""
+    failures: list[str] = field(default_factory=list)
+    """Why each failed test failed, as the judge saw it (``"test 1: AssertionError: ..."``)."""
 
 
 class _UidPool:
@@ -418,7 +439,8 @@ class _Launcher:
 
     def argv(self, limits: SandboxLimits, payload_fd: int, control_fd: int) -> list[str]:
         """Command running the bootstrap with the payload and control fds as arguments."""
-        tail = [self.python, "-I", "-B", "-c", _BOOTSTRAP, str(payload_fd), str(control_fd)]
+        program = _BOOTSTRAP if control_fd < 0 else _serving_bootstrap()
+        tail = [self.python, "-I", "-B", "-c", program, str(payload_fd), str(control_fd)]
         if self.mode == "unsafe":
             return tail
         assert self.bwrap is not None
@@ -508,22 +530,17 @@ def _wait_exited(pid: int, deadline: float) -> bool:
 
 
 def _collect(
-    proc: subprocess.Popen[bytes],
-    control: socket.socket | None,
-    limits: SandboxLimits,
-    deadline: float,
+    proc: subprocess.Popen[bytes], limits: SandboxLimits, deadline: float
 ) -> tuple[dict[str, bytes], str | None]:
-    """Read stdout/stderr/control until EOF, a cap, or the deadline, then kill the group.
+    """Read stdout/stderr until EOF, a cap, or the deadline, then kill the group.
 
     Returns the captured bytes per stream and the kill reason (None if the run ended by itself).
     """
     assert proc.stdout is not None and proc.stderr is not None
     streams = {"stdout": proc.stdout.fileno(), "stderr": proc.stderr.fileno()}
-    caps = {"stdout": limits.max_output_bytes, "stderr": limits.max_output_bytes}
-    if control is not None:
-        streams["control"], caps["control"] = control.fileno(), _CONTROL_CAP
     bufs = {name: bytearray() for name in streams}
     reason: str | None = None
+    cap = limits.max_output_bytes
     with selectors.DefaultSelector() as sel:
         for name, fd in streams.items():
             os.set_blocking(fd, False)
@@ -541,7 +558,7 @@ def _collect(
                 if not chunk:
                     sel.unregister(key.fd)
                     continue
-                buf, cap = bufs[key.data], caps[key.data]
+                buf = bufs[key.data]
                 if len(buf) + len(chunk) > cap:
                     buf += chunk[: cap - len(buf)]
                     reason = "output_limit"
@@ -572,9 +589,11 @@ def _execute(
     limits: SandboxLimits,
     job: dict[str, Any],
     stdin: str | None,
-    nonce: bytes | None,
-) -> tuple[ExecResult, bytes]:
-    """Run one job (see ``_BOOTSTRAP``) and return its result and the control-channel bytes."""
+    serve: Callable[[socket.socket, float], _T] | None = None,
+) -> tuple[ExecResult, _T | None]:
+    """Run one job (see ``_BOOTSTRAP``). With ``serve``, the sandbox answers calls on a socket
+    and ``serve(our_end, deadline)`` talks to it while the output is collected; its return
+    value comes back beside the execution record."""
     uid = _UID_POOL.acquire() if launcher.needs_pool_uid else None
     job = {
         **job,
@@ -586,12 +605,9 @@ def _execute(
     if stdin is not None:
         stdin_arg = _data_fd(stdin.encode("utf-8", "replace"))
         fds.append(stdin_arg)
-    parent_sock = child_sock = None
-    if nonce is not None:
-        parent_sock, child_sock = socket.socketpair()
-        parent_sock.sendall(nonce + b"\n")
+    ours, theirs = socket.socketpair() if serve is not None else (None, None)
     workdir = tempfile.mkdtemp(prefix="groupwise-unsafe-") if launcher.mode == "unsafe" else None
-    control_fd = child_sock.fileno() if child_sock else -1
+    control_fd = theirs.fileno() if theirs else -1
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -606,11 +622,12 @@ def _execute(
             **_run_as(uid if launcher.mode == "userns" else None),
         )
     except BaseException:
-        _cleanup(fds, child_sock, parent_sock, workdir, uid)
+        _cleanup(fds, theirs, ours, workdir, uid)
         raise
-    _cleanup(fds, child_sock, None, None, None)
+    _cleanup(fds, theirs, None, None, None)
+    deadline = start + limits.wall_seconds
     try:
-        data, reason = _collect(proc, parent_sock, limits, start + limits.wall_seconds)
+        data, reason, served = _collect_serving(proc, limits, deadline, ours, serve)
     finally:
         if proc.returncode is None:
             _kill_group(proc)
@@ -618,7 +635,7 @@ def _execute(
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
-        _cleanup([], None, parent_sock, workdir, uid)
+        _cleanup([], None, ours, workdir, uid)
     killed = _classify(returncode, reason, launcher.mode)
     result = ExecResult(
         returncode=returncode,
@@ -629,7 +646,29 @@ def _execute(
         killed_reason=killed,
         wall_seconds=time.monotonic() - start,
     )
-    return result, data.get("control", b"")
+    return result, served
+
+
+def _collect_serving(
+    proc: subprocess.Popen[bytes],
+    limits: SandboxLimits,
+    deadline: float,
+    ours: socket.socket | None,
+    serve: Callable[[socket.socket, float], _T] | None,
+) -> tuple[dict[str, bytes], str | None, _T | None]:
+    """:func:`_collect` the output; with ``serve``, meanwhile let it talk to the sandbox."""
+    if serve is None or ours is None:
+        return (*_collect(proc, limits, deadline), None)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        collecting = pool.submit(_collect, proc, limits, deadline)
+        try:
+            served = serve(ours, deadline)
+        finally:
+            ours.close()  # the server sees EOF and exits; what it does now counts for nothing
+            _wait_exited(proc.pid, min(deadline, time.monotonic() + _EXIT_GRACE))
+            _kill_group(proc)
+        data, reason = collecting.result()
+    return data, reason, served
 
 
 def _run_as(uid: int | None) -> dict[str, Any]:
@@ -664,7 +703,7 @@ def _probe(launcher: _Launcher) -> str | None:
     limits = SandboxLimits(wall_seconds=20.0, cpu_seconds=10.0)
     job = {"code": f"print({_PROBE_TEXT!r})"}
     try:
-        result, _ = _execute(launcher, limits, job, None, None)
+        result, _ = _execute(launcher, limits, job, None)
     except OSError as e:
         return f"cannot start {launcher.bwrap or launcher.python}: {e}"
     if result.returncode == 0 and result.stdout.strip() == _PROBE_TEXT:
@@ -774,7 +813,7 @@ class Sandbox:
 
     def run_python(self, code: str, stdin: str | None = None) -> ExecResult:
         """Run ``code`` as ``__main__`` in a fresh sandbox, with ``stdin`` as standard input."""
-        result, _ = _execute(self._launcher, self.limits, {"code": code}, stdin, None)
+        result, _ = _execute(self._launcher, self.limits, {"code": code}, stdin)
         return result
 
     def run_many(self, codes: Sequence[str], max_workers: int = 2) -> list[ExecResult]:
@@ -787,19 +826,102 @@ class Sandbox:
             return list(pool.map(self.run_python, codes))
 
     def _run_harness(self, code: str, tests: list[str], setup: str) -> TestReport:
-        """Run setup, solution and tests in one sandboxed process; parse the nonce markers."""
-        nonce = secrets.token_hex(16).encode()
-        job = {"code": code, "tests": tests, "setup": setup}
-        result, control = _execute(self._launcher, self.limits, job, None, nonce)
-        outcomes: dict[int, list[bool]] = {}
-        for line in control.split(b"\n"):
-            parts = line.split(b":")
-            if len(parts) != 3 or parts[0] != nonce or not parts[1].isdigit():
+        """The solution serves calls in the sandbox; the trusted judge runs the tests."""
+        job = {"code": code, "setup": setup, "tests": tests}
+        python = self._launcher.python
+
+        def serve(sock: socket.socket, deadline: float) -> tuple[dict[int, str | None], bool]:
+            return _run_judge(python, sock, deadline, job)
+
+        result, served = _execute(
+            self._launcher, self.limits, {"code": code, "setup": setup}, None, serve
+        )
+        assert served is not None
+        verdicts, judge_timed_out = served
+        if judge_timed_out and result.killed_reason is None:
+            result = replace(result, timed_out=True, killed_reason="wall_timeout")
+        results = [i in verdicts and verdicts[i] is None for i in range(len(tests))]
+        failures = [verdicts.get(i) or "no verdict (timed out)" for i in range(len(tests))]
+        reasons = [
+            f"test {i}: {f}"
+            for i, (f, ok) in enumerate(zip(failures, results, strict=True))
+            if not ok
+        ]
+        return TestReport(sum(results), len(tests), results, result, reasons)
+
+
+@functools.cache
+def _serving_bootstrap() -> str:
+    """The bootstrap with the plain-data codec it answers calls with."""
+    return (Path(__file__).with_name("plain_data.py")).read_text(encoding="utf-8") + _BOOTSTRAP
+
+
+@functools.cache
+def _judge_program() -> str:
+    """groupwise.judge as one standalone program (standard library only)."""
+    here = Path(__file__).parent
+    codec = (here / "plain_data.py").read_text(encoding="utf-8")
+    judge = (here / "judge.py").read_text(encoding="utf-8")
+    judge = judge.replace("from groupwise.plain_data import decode, encode\n", "")
+    return f"{codec}\n{judge}\nmain()\n"
+
+
+def _run_judge(
+    python: str, sock: socket.socket, deadline: float, job: dict[str, Any]
+) -> tuple[dict[int, str | None], bool]:
+    """Run the trusted judge (its own process, ``python -I -S``) against the solution's
+    server behind ``sock``; returns {test: None if passed else why} and whether it timed out."""
+    seconds = max(deadline - time.monotonic(), 0.0)
+    argv = [python, "-I", "-S", "-c", _judge_program(), str(sock.fileno()), repr(seconds)]
+    judge = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        pass_fds=[sock.fileno()],
+        start_new_session=True,
+    )
+    sock.close()  # the judge holds the only other end: when it is done the server sees EOF
+    assert judge.stdin is not None and judge.stdout is not None
+    verdicts: dict[int, str | None] = {}
+    timed_out = False
+    try:
+        with contextlib.suppress(BrokenPipeError):
+            judge.stdin.write(json.dumps(job).encode())
+            judge.stdin.close()
+        out, timed_out = _read_until(judge.stdout, deadline + _JUDGE_GRACE)
+        for line in out.split(b"\n"):
+            index, _, rest = line.partition(b":")
+            if index.isdigit() and rest[:1] in (b"P", b"F"):
+                reason = rest[2:].decode("utf-8", "replace") or "failed"
+                verdicts[int(index)] = None if rest[:1] == b"P" else reason
+    finally:
+        _kill_group(judge)
+        judge.wait()
+        judge.stdout.close()
+    return verdicts, timed_out
+
+
+def _read_until(stream: Any, deadline: float) -> tuple[bytes, bool]:
+    """What ``stream`` yields until EOF or ``deadline``, and whether the deadline came first."""
+    fd = stream.fileno()
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return b"".join(chunks), True
+            if not sel.select(remaining):
                 continue
-            outcomes.setdefault(int(parts[1]), []).append(parts[2] == b"P")
-        # exactly one marker per test; a duplicate means something forged one: count it failed
-        results = [outcomes.get(i) == [True] for i in range(len(tests))]
-        return TestReport(sum(results), len(tests), results, result)
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except (BlockingIOError, InterruptedError):
+                continue
+            if not chunk:
+                return b"".join(chunks), False
+            chunks.append(chunk)
 
 
 def _warn_unsafe_once() -> None:
