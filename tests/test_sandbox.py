@@ -483,6 +483,21 @@ FORGERIES = {
         "def add(a, b):\n    return Int(0)\n"
     ),
     "exit-before-the-tests": "import os\ndef add(a, b):\n    os._exit(0)\n",
+    "sys-exit-at-import": "import sys\ndef add(a, b):\n    return 0\nsys.exit(0)\n",
+    "sys-exit-between-tests": (
+        "import sys\ncalls = []\n"
+        "def add(a, b):\n    calls.append(1)\n    if len(calls) > 1:\n        sys.exit(0)\n"
+        "    return 7\n"
+    ),
+    "os-exit-between-tests": (
+        "import os\ncalls = []\n"
+        "def add(a, b):\n    calls.append(1)\n    if len(calls) > 1:\n        os._exit(0)\n"
+        "    return 7\n"
+    ),
+    "printed-markers": (
+        "for i in range(3):\n    print(f'{i}:P')\n    print('PASS', i, flush=True)\n"
+        "def add(a, b):\n    print('0:P\\n1:P\\n2:P')\n    return None\n"
+    ),
     "forge-answers-ahead-on-every-fd": (
         "import os, json\n"
         "for fd in range(3, 64):\n"
@@ -530,3 +545,85 @@ def test_the_judge_sees_plain_values_and_exceptions(sandbox: Sandbox) -> None:
     ]
     report = run_tests_detailed(code, tests, sandbox=sandbox)
     assert report.results == [True, True, True, False], report.failures
+
+
+# ---------------------------------------------------------------------------- limits that hold
+def _run_bpf(program: bytes, arch: int, nr: int) -> int:
+    """Interpret the few classic-BPF instructions seccomp_filter emits (ld abs, jeq, jge, ret)."""
+    import struct
+
+    ins = [struct.unpack("<HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
+    data = {0: nr, 4: arch}
+    acc, pc = 0, 0
+    while True:
+        code, jt, jf, k = ins[pc]
+        if code == 0x20:
+            acc, pc = data[k], pc + 1
+        elif code in (0x15, 0x35):
+            hit = acc == k if code == 0x15 else acc >= k
+            pc = pc + 1 + (jt if hit else jf)
+        else:
+            assert code == 0x06
+            return k
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_seccomp_filter_denies_exactly_its_syscalls(machine: str) -> None:
+    program = sandbox_mod.seccomp_filter(machine)
+    assert program is not None
+    arch = sandbox_mod._AUDIT_ARCH[machine]
+    denied = set(sandbox_mod._DENIED_SYSCALLS[machine])
+    eperm = 0x00050000 | errno.EPERM
+    for nr in range(0, 460):
+        want = eperm if nr in denied else 0x7FFF0000
+        assert _run_bpf(program, arch, nr) == want, nr
+    if machine == "x86_64":  # the x32 ABI's numbers are refused outright
+        assert _run_bpf(program, arch, 0x40000000 + 39) == eperm
+    assert _run_bpf(program, 0x40000003, 319) == 0x7FFF0000  # another ABI: not ours to judge
+    assert sandbox_mod.seccomp_filter("sparc") is None
+
+
+def test_memfd_and_keyrings_are_refused(sandbox: Sandbox) -> None:
+    code = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "try:\n    os.memfd_create('x')\n    print('memfd ok')\n"
+        "except OSError as e:\n    print('memfd', e.errno)\n"
+        "r = libc.syscall(248, b'user', b'gw', b'secret', 6, -4)\n"  # add_key (x86-64)
+        "print('add_key', r, ctypes.get_errno())\n"
+    )
+    if os.uname().machine != "x86_64":
+        pytest.skip("the add_key number above is x86-64's")
+    result = sandbox.run_python(code)
+    assert result.stdout.split("\n")[:2] == [f"memfd {errno.EPERM}", f"add_key -1 {errno.EPERM}"]
+
+
+def test_memory_bound_holds_across_processes_and_tmpfs(sandbox: Sandbox) -> None:
+    """Four processes holding 100 MB each, under memory_mb=256: the run's memory cgroup lets
+    at most two of them hold it (RLIMIT_AS alone, per process, would let all four)."""
+    from groupwise import memory_cgroup
+
+    group = memory_cgroup.create(1 << 20) if sandbox.mode == "privileged" else None
+    if group is None:
+        pytest.skip("no writable memory cgroup here: the bound is per process (RLIMIT_AS)")
+    group.remove()
+    code = (
+        "import os, signal, time\n"
+        "kids = []\n"
+        "for i in range(4):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        b = bytearray(100 << 20)\n"
+        "        for j in range(0, len(b), 4096):\n"
+        "            b[j] = 1\n"
+        "        time.sleep(60)\n"
+        "    kids.append(pid)\n"
+        "time.sleep(2.5)\n"
+        "alive = [k for k in kids if os.waitpid(k, os.WNOHANG) == (0, 0)]\n"
+        "print('alive', len(alive), flush=True)\n"
+        "for k in kids:\n"
+        "    os.kill(k, signal.SIGKILL)\n"
+    )
+    result = sandbox.run_python(code)
+    alive = int(result.stdout.split()[-1])
+    assert alive <= 2 and result.killed_reason == "memory_limit", result

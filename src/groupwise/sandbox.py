@@ -55,10 +55,16 @@ only result channel (its stdout, read by the parent). Nothing the solution does 
 (walking frames, ``gc``, ``/proc/self/mem``, inherited fds, exiting, killing, patching
 builtins, printing markers, returning objects whose ``__eq__`` lies) reaches the judge.
 
-Known limits: ``RLIMIT_AS`` is per process, so the memory of one run is bounded by
-``max_processes * memory_mb`` plus the tmpfs sizes, not by ``memory_mb``; the raised
-``oom_score_adj`` makes sandboxed processes the OOM killer's first choice.  No cgroups are used
-(they are not reliably delegated on developer machines, containers and CI).
+Memory: ``RLIMIT_AS`` bounds each process. Where a memory cgroup can be made (root with a
+writable cgroup v2 memory controller or v1 memory hierarchy; :mod:`groupwise.memory_cgroup`),
+each privileged-mode run gets its own, limited to ``memory_mb`` for all its processes together,
+tmpfs pages included; a run that hits it is killed (``killed_reason="memory_limit"``).
+Elsewhere the bound is ``max_processes * memory_mb`` plus the tmpfs caps, and the raised
+``oom_score_adj`` makes sandboxed processes the OOM killer's first choice. A seccomp filter
+(bwrap ``--seccomp``, :func:`seccomp_filter`) refuses ``memfd_create``/``memfd_secret``
+(memory no rlimit counts) and the kernel keyring calls (``add_key``, ``request_key``,
+``keyctl``: keyrings are not separated by namespaces, so one run could leave a key for a later
+run under a reused uid) with ``EPERM``.
 
 ``Sandbox(unsafe=True)`` runs the same bootstrap (same rlimits and timeouts) directly, without
 namespaces or filesystem isolation; as root ``RLIMIT_NPROC`` is then not enforced and code that
@@ -69,6 +75,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import functools
 import json
 import math
@@ -77,6 +84,7 @@ import selectors
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -88,6 +96,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+from groupwise import memory_cgroup
 
 __all__ = [
     "ExecResult",
@@ -237,7 +247,8 @@ class SandboxLimits:
     wall_seconds: float = 10.0
     """Wall-clock timeout for the whole run; afterwards the whole sandbox is killed."""
     memory_mb: int = 1024
-    """Address-space limit per process in MiB (``RLIMIT_AS``); allocations beyond it fail."""
+    """Memory in MiB: the address-space limit of each process (``RLIMIT_AS``; allocations
+    beyond it fail) and, where a memory cgroup can be made, of the whole run (then killed)."""
     max_processes: int = 32
     """Maximum processes+threads of the sandbox user (``RLIMIT_NPROC``); stops fork bombs."""
     max_file_mb: int = 64
@@ -437,7 +448,9 @@ class _Launcher:
         """
         return self.mode != "unsafe" and os.geteuid() == 0
 
-    def argv(self, limits: SandboxLimits, payload_fd: int, control_fd: int) -> list[str]:
+    def argv(
+        self, limits: SandboxLimits, payload_fd: int, control_fd: int, seccomp_fd: int = -1
+    ) -> list[str]:
         """Command running the bootstrap with the payload and control fds as arguments."""
         program = _BOOTSTRAP if control_fd < 0 else _serving_bootstrap()
         tail = [self.python, "-I", "-B", "-c", program, str(payload_fd), str(control_fd)]
@@ -445,6 +458,8 @@ class _Launcher:
             return tail
         assert self.bwrap is not None
         args = [self.bwrap, "--die-with-parent", "--new-session"]
+        if seccomp_fd >= 0:
+            args += ["--seccomp", str(seccomp_fd)]
         if self.mode == "userns":
             args += ["--unshare-all", "--unshare-user", "--disable-userns"]
             args += ["--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID)]
@@ -457,6 +472,42 @@ class _Launcher:
         for key, value in _sandbox_env(self.python, "/tmp").items():
             args += ["--setenv", key, value]
         return [*args, "--", *tail]
+
+
+# seccomp: syscalls that no test needs and that reach past the sandbox's limits. memfd_create
+# and memfd_secret make memory that RLIMIT_AS does not count (an anonymous file, bounded only
+# per file by RLIMIT_FSIZE); the key syscalls reach the kernel keyrings, which namespaces do
+# not separate (a key stored by one run could be read by a later run under the same uid).
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_DENIED_SYSCALLS = {
+    # memfd_create, memfd_secret, add_key, request_key, keyctl
+    "x86_64": (319, 447, 248, 249, 250),
+    "aarch64": (279, 447, 217, 218, 219),
+}
+_X32_SYSCALL_BIT = 0x40000000
+
+
+def seccomp_filter(machine: str | None = None) -> bytes | None:
+    """A classic-BPF seccomp program (``struct sock_filter[]``) for bwrap's ``--seccomp``:
+    the denied syscalls fail with ``EPERM`` (on x86-64 the x32 ABI too), everything else is
+    allowed. None on an architecture without a table here."""
+    machine = machine or os.uname().machine
+    if machine not in _DENIED_SYSCALLS:
+        return None
+    ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | errno.EPERM  # SECCOMP_RET_ALLOW, RET_ERRNO
+    denied = _DENIED_SYSCALLS[machine]
+    n = len(denied)
+    prog = [
+        (ld_abs, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 1, 0, _AUDIT_ARCH[machine]),
+        (ret, 0, 0, allow),  # another ABI (e.g. 32-bit): nothing of ours to deny there
+        (ld_abs, 0, 0, 0),  # seccomp_data.nr
+        (jge, n + 1, 0, _X32_SYSCALL_BIT if machine == "x86_64" else 0xFFFFFFFF),
+    ]
+    prog += [(jeq, n - i, 0, nr) for i, nr in enumerate(denied)]  # -> deny
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+    return b"".join(struct.pack("<HBBI", *ins) for ins in prog)
 
 
 def _rlimits(limits: SandboxLimits, mode: Mode) -> list[tuple[str, int, int]]:
@@ -600,22 +651,19 @@ def _execute(
         "rlimits": _rlimits(limits, launcher.mode),
         "uid": uid if launcher.mode == "privileged" else None,
     }
-    fds = [_data_fd(json.dumps(job).encode())]
-    stdin_arg: int = subprocess.DEVNULL
-    if stdin is not None:
-        stdin_arg = _data_fd(stdin.encode("utf-8", "replace"))
-        fds.append(stdin_arg)
+    fds, seccomp_fd, stdin_arg = _job_fds(launcher, job, stdin)
+    group = memory_cgroup.create(limits.memory_mb << 20) if launcher.mode == "privileged" else None
     ours, theirs = socket.socketpair() if serve is not None else (None, None)
     workdir = tempfile.mkdtemp(prefix="groupwise-unsafe-") if launcher.mode == "unsafe" else None
     control_fd = theirs.fileno() if theirs else -1
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            launcher.argv(limits, fds[0], control_fd),
+            _in_cgroup(group, launcher.argv(limits, fds[0], control_fd, seccomp_fd)),
             stdin=stdin_arg,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            pass_fds=[fd for fd in (fds[0], control_fd) if fd >= 0],
+            pass_fds=[fd for fd in (fds[0], control_fd, seccomp_fd) if fd >= 0],
             start_new_session=True,
             cwd=workdir,
             env=_sandbox_env(launcher.python, workdir) if workdir else {},
@@ -623,6 +671,8 @@ def _execute(
         )
     except BaseException:
         _cleanup(fds, theirs, ours, workdir, uid)
+        if group is not None:
+            group.remove()
         raise
     _cleanup(fds, theirs, None, None, None)
     deadline = start + limits.wall_seconds
@@ -636,6 +686,10 @@ def _execute(
             if pipe is not None:
                 pipe.close()
         _cleanup([], None, ours, workdir, uid)
+    if group is not None:
+        if reason is None and group.oom_killed():
+            reason = "memory_limit"
+        group.remove()
     killed = _classify(returncode, reason, launcher.mode)
     result = ExecResult(
         returncode=returncode,
@@ -669,6 +723,27 @@ def _collect_serving(
             _kill_group(proc)
         data, reason = collecting.result()
     return data, reason, served
+
+
+def _job_fds(
+    launcher: _Launcher, job: dict[str, Any], stdin: str | None
+) -> tuple[list[int], int, int]:
+    """The fds a run reads: [payload, seccomp program?, stdin?], the seccomp fd (-1 without)
+    and what to pass as stdin."""
+    fds = [_data_fd(json.dumps(job).encode())]
+    program = seccomp_filter() if launcher.mode != "unsafe" else None
+    seccomp_fd = _data_fd(program) if program is not None else -1
+    if seccomp_fd >= 0:
+        fds.append(seccomp_fd)
+    stdin_arg: int = subprocess.DEVNULL
+    if stdin is not None:
+        stdin_arg = _data_fd(stdin.encode("utf-8", "replace"))
+        fds.append(stdin_arg)
+    return fds, seccomp_fd, stdin_arg
+
+
+def _in_cgroup(group: memory_cgroup.RunCgroup | None, argv: list[str]) -> list[str]:
+    return argv if group is None else group.wrap(argv)
 
 
 def _run_as(uid: int | None) -> dict[str, Any]:
