@@ -64,8 +64,9 @@ BASELINE_COMMIT = "9aa1675c990848ed56a953d5a78a23cf1e1dc010"
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 STEPS = 3
-IGNORED_PREFIXES = ("time/", "step_time")
-"""Metric keys that are wall-clock timings (they differ run to run)."""
+IGNORED_PREFIXES = ("time/", "step_time", "hacking/")
+"""Metric keys left out of the comparison: wall-clock timings (they differ run to run) and the
+reward-hacking flags added after the baseline (they observe a step and feed nothing back)."""
 MARKER = "structure_check: groupwise imported from "
 EOS_SCALE = 4.0
 """The ``tiny-random-eos`` model's EOS embedding row (see the module docstring)."""

@@ -101,3 +101,41 @@ def test_conversational_prompts_show_the_last_user_turn() -> None:
     view.update(1, METRICS, [{"prompt": prompt, "completion": "Hello", "reward": 1.0}])
     assert "prompt: Hi there" in out.getvalue()
     assert "Be brief" not in out.getvalue()
+
+
+HACKED = {**METRICS, "hacking/repeated_winner": 0.75, "hacking/answer/short_full_marks": 0.0}
+
+
+def test_hacking_line_names_the_signals_at_their_threshold() -> None:
+    from groupwise.live import hacking_line
+
+    assert hacking_line(METRICS) is None
+    assert hacking_line({**METRICS, "hacking/repeated_winner": 0.0}) is None
+    line = hacking_line(HACKED)
+    assert line is not None and line.startswith("possible reward hacking: ")
+    assert "repeated_winner 0.75 (warn at 0.50)" in line
+    assert "short_full_marks" not in line
+
+
+def test_plain_view_warns_only_on_the_flagged_step() -> None:
+    out = io.StringIO()
+    view = LiveView(2, stream=out, log_completions_steps=0)
+    view.update(1, HACKED)
+    view.update(2, {**HACKED, "hacking/repeated_winner": 0.25})
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("step 1/2")
+    assert lines[1].strip().startswith("possible reward hacking: repeated_winner 0.75")
+    assert lines[2].startswith("step 2/2") and len(lines) == 3
+
+
+def test_rich_view_shows_the_hacking_warning() -> None:
+    out = io.StringIO()
+    view = LiveView(1, stream=out, log_completions_steps=0, force_terminal=True, width=200)
+    view.update(1, HACKED)
+    view.close()
+    assert "possible reward hacking: repeated_winner 0.75" in out.getvalue()
+    quiet = io.StringIO()
+    view = LiveView(1, stream=quiet, log_completions_steps=0, force_terminal=True, width=200)
+    view.update(1, METRICS)
+    view.close()
+    assert "reward hacking" not in quiet.getvalue()

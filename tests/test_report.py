@@ -231,3 +231,56 @@ def test_prompt_text() -> None:
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     assert prompt_text(messages) == "system: be brief\nuser: hi"
     assert prompt_text(None) == ""
+
+
+def _hacked_run(root: Path) -> Path:
+    """A 4-step run whose repeated_winner crosses its threshold at steps 3 and 4."""
+    run = make_run(root, steps=4, completions=False)
+    records = [_full_metrics(s) for s in range(1, 5)]
+    for record, winner in zip(records, (0.0, 0.25, 0.5, 0.75), strict=True):
+        record["hacking/repeated_winner"] = winner
+        record["hacking/correct/short_full_marks"] = 0.0
+        record["hacking/code_suspicious_imports"] = 0.0
+        record["hacking/reward_up_eval_down"] = 0.0
+    records[1]["hacking/correct/short_full_marks"] = float("nan")
+    _write_jsonl(run / "metrics.jsonl", records)
+    return run
+
+
+def test_hacking_rows_summarise_each_signal(tmp_path: Path) -> None:
+    from groupwise.report import hacking_rows
+
+    rows = {row[0]: row for row in hacking_rows(load_run(_hacked_run(tmp_path)))}
+    assert set(rows) == {
+        "repeated_winner",
+        "correct/short_full_marks",
+        "code_suspicious_imports",
+        "reward_up_eval_down",
+    }
+    assert rows["repeated_winner"] == (
+        "repeated_winner",
+        "0.50",
+        "0.750",
+        "0.750 (step 4)",
+        "2: 3, 4",
+    )
+    assert rows["correct/short_full_marks"][2:] == ("0.000", "0.000 (step 1)", "none")
+    (tmp_path / "clean").mkdir()
+    assert hacking_rows(load_run(make_run(tmp_path / "clean", completions=False))) == []
+
+
+def test_report_has_a_hacking_section_and_plot(tmp_path: Path) -> None:
+    run = _hacked_run(tmp_path)
+    page = write_report(run).read_text(encoding="utf-8")
+    assert ">Reward-hacking signals<" in page
+    assert "<td>repeated_winner</td><td>0.50</td><td>0.750</td>" in page
+    assert "<td>2: 3, 4</td>" in page
+    assert (run / "plots" / "hacking.png").is_file() and _is_png(run / "plots" / "hacking.png")
+    assert 'id="plot-hacking"' in page
+
+
+def test_report_without_hacking_metrics_says_so(tmp_path: Path) -> None:
+    run = make_run(tmp_path, completions=False)
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "No hacking/* metrics in metrics.jsonl." in page
+    assert not (run / "plots" / "hacking.png").exists()

@@ -3,7 +3,8 @@
 On a terminal it is a ``rich`` live display: a progress bar with elapsed time and ETA, a line
 with the last step's reward (and each reward function's mean), the latest held-out accuracy,
 KL, mean completion length and step time, and, every ``log_completions_steps`` steps, the best
-and the worst completion of the step with their prompt, reward and advantage. Anywhere else
+and the worst completion of the step with their prompt, reward and advantage, and a warning
+line when a ``hacking/...`` metric reaches its threshold (``groupwise.hacking``). Anywhere else
 (a log file, CI) the same content is printed as plain lines, one per step.
 
 Completions are shown as literal text (never parsed as rich markup), truncated for the screen;
@@ -32,7 +33,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["LiveView", "headline", "pick_samples"]
+from groupwise.hacking import flagged
+
+__all__ = ["LiveView", "hacking_line", "headline", "pick_samples"]
 
 Record = Mapping[str, Any]
 
@@ -56,6 +59,15 @@ def headline(metrics: Mapping[str, float], eval_accuracy: float | None) -> list[
         ("step time", fmt("step_time", ".1f") + "s"),
     ]
     return pairs
+
+
+def hacking_line(metrics: Mapping[str, float]) -> str | None:
+    """The warning shown when ``hacking/...`` metrics reach their thresholds, else None."""
+    hits = flagged(metrics)
+    if not hits:
+        return None
+    parts = ", ".join(f"{name} {value:.2f} (warn at {limit:.2f})" for name, value, limit in hits)
+    return f"possible reward hacking: {parts}; read this step's completions"
 
 
 def pick_samples(records: Sequence[Record], n: int) -> list[Record]:
@@ -124,6 +136,7 @@ class LiveView:
         self._samples: list[Record] = []
         self._samples_step = 0
         self._pairs: list[tuple[str, str]] = []
+        self._warning: str | None = None
         is_tty = self.stream.isatty() if force_terminal is None else force_terminal
         self._live: Live | None = None
         if enabled and is_tty:
@@ -153,6 +166,7 @@ class LiveView:
         if not self.enabled:
             return
         self._pairs = headline(metrics, self.eval_accuracy)
+        self._warning = hacking_line(metrics)
         due = self.log_completions_steps > 0 and (
             step % self.log_completions_steps == 0 or step == 1
         )
@@ -167,6 +181,8 @@ class LiveView:
         eta = elapsed / max(step - self._initial, 1) * (self.total - step)
         info = "  ".join(f"{k} {v}" for k, v in self._pairs)
         lines = [f"step {step}/{self.total}  {info}  eta {eta:.0f}s"]
+        if self._warning:
+            lines.append(f"  {self._warning}")
         for record in fresh:
             lines.append(self._plain_sample(record))
         print("\n".join(lines), file=self.stream, flush=True)
@@ -187,6 +203,8 @@ class LiveView:
             table.add_row(*[Text(k, style="dim") for k, _ in self._pairs])
             table.add_row(*[Text(v, style="bold") for _, v in self._pairs])
             parts.append(table)
+        if self._warning:
+            parts.append(Text(self._warning, style="bold yellow"))
         for record in self._samples:
             parts.append(self._sample_panel(record))
         return Group(*parts)

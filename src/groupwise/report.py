@@ -7,9 +7,11 @@ opened offline: no JavaScript, no external CSS, no network.
 
 Sections: a summary table (model, task, steps, times, held-out accuracy before -> after), the
 training curves (reward, held-out accuracy, KL, entropy, completion length, clip ratios, loss,
-grad norm, learning rate, per-phase time), the best and worst completions by reward at the
-first and the last logged step, and the run's config. A plot whose metrics the run did not log
-is left out; every file is written atomically (temporary file, then rename).
+grad norm, learning rate, per-phase time, reward-hacking signals), the reward-hacking signals
+(``hacking/...`` metrics of ``groupwise.hacking``: last and largest value, the steps at or above
+the warning threshold), the best and worst completions by reward at the first and the last
+logged step, and the run's config. A plot whose metrics the run did not log is left out; every
+file is written atomically (temporary file, then rename).
 """
 
 from __future__ import annotations
@@ -32,12 +34,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from groupwise.hacking import PREFIX as HACKING_PREFIX
+from groupwise.hacking import threshold
 from groupwise.tracking import prompt_text
 
 REPORT_NAME = "report.html"
 PLOTS_DIR = "plots"
 MAX_TEXT_CHARS = 3000
 """Longer prompts and completions are cut to this many characters in the report."""
+MAX_FLAGGED_STEPS = 20
+"""The reward-hacking table lists at most this many flagged steps per signal."""
 
 
 # ---------------------------------------------------------------------------- reading the run
@@ -195,6 +201,11 @@ PLOTS: tuple[PlotSpec, ...] = (
         "time",
         "Time per step by phase",
         (Panel("seconds", ("time/*",), smooth=False, stacked=True),),
+    ),
+    PlotSpec(
+        "hacking",
+        "Reward-hacking signals (share; see the table)",
+        (Panel("share", (f"{HACKING_PREFIX}*",), smooth=False),),
     ),
 )
 ACCURACY_PLOT = "accuracy"
@@ -487,6 +498,52 @@ def _completions_html(data: RunData, count: int) -> str:
     return f"{head}{''.join(blocks)}</section>"
 
 
+def hacking_rows(data: RunData) -> list[tuple[str, str, str, str, str]]:
+    """(signal, warn at, last, max at step, steps at or above the threshold) of every
+    ``hacking/...`` metric the run logged, in order of first appearance."""
+    rows = []
+    names = data.keys()
+    for key in [k for k in names if k.startswith(HACKING_PREFIX)]:
+        series = zip(data.steps, data.series(key), strict=True)
+        points = [(s, v) for s, v in series if math.isfinite(v)]
+        if not points:
+            continue
+        limit = threshold(key)
+        top_step, top = max(points, key=lambda p: p[1])
+        hits = [f"{s:g}" for s, v in points if limit is not None and v >= limit]
+        shown = ", ".join(hits[:MAX_FLAGGED_STEPS]) + (
+            " …" if len(hits) > MAX_FLAGGED_STEPS else ""
+        )
+        rows.append(
+            (
+                key[len(HACKING_PREFIX) :],
+                "—" if limit is None else f"{limit:.2f}",
+                f"{points[-1][1]:.3f}",
+                f"{top:.3f} (step {top_step:g})",
+                f"{len(hits)}: {shown}" if hits else "none",
+            )
+        )
+    return rows
+
+
+def _hacking_html(data: RunData) -> str:
+    head = '<section id="hacking"><h2>Reward-hacking signals</h2>'
+    rows = hacking_rows(data)
+    if not rows:
+        note = "No hacking/* metrics in metrics.jsonl."
+        return f'{head}<p class="muted">{_esc(note)}</p></section>'
+    intro = (
+        "Flags that the policy may score without solving (groupwise.hacking); the rewards are "
+        "unchanged. Read the completions of the flagged steps."
+    )
+    cols = ("signal", "warn at", "last", "max", "steps at or above warn")
+    head_row = "".join(f"<th>{c}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_esc(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f'{head}<p class="muted">{_esc(intro)}</p><table><tr>{head_row}</tr>{body}</table></section>'
+
+
 def _config_html(data: RunData) -> str:
     if data.config_text is None:
         return ""
@@ -504,6 +561,7 @@ def render_html(data: RunData, plots: Sequence[tuple[str, str, bytes]], count: i
             f"<h1>{_esc(title)}</h1>",
             _summary_html(data),
             _plots_html(plots),
+            _hacking_html(data),
             _completions_html(data, count),
             _config_html(data),
         ]
@@ -561,6 +619,7 @@ __all__ = [
     "accuracy_points",
     "best_and_worst",
     "ema",
+    "hacking_rows",
     "load_run",
     "prompt_text",
     "render_html",

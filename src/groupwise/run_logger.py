@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from groupwise.config import Config, config_to_dict
 from groupwise.distributed import is_main
+from groupwise.hacking import HackingMonitor
 from groupwise.live import LiveView
 from groupwise.metrics import append_jsonl
 from groupwise.tracking import Tracker, build_trackers, close_trackers, completions_markdown
@@ -29,6 +31,7 @@ class RunLogger:
             build_trackers(t.report_to, out_dir, config_to_dict(config)) if self.main else []
         )
         self.view: LiveView | None = None
+        self.hacking = HackingMonitor()  # reward up while held-out accuracy down, across steps
 
     def start_view(self, initial_step: int, eval_accuracy: float | None) -> None:
         """The progress view (rank 0, ``training.progress``), from ``initial_step``."""
@@ -46,6 +49,7 @@ class RunLogger:
     def log_step(self, step: int, metrics: dict[str, float], records: list[dict[str, Any]]) -> None:
         """A finished step: its completions, its metrics when due, the view."""
         t = self.config.training
+        metrics.update(self.hacking.update(metrics))
         if t.log_completions and self.main:
             self._write_completions(step, records)
         if self.main and (step % t.logging_steps == 0 or step == t.max_steps):
@@ -59,11 +63,19 @@ class RunLogger:
 
     def log_eval(self, label: str, accuracy: float, rows: int, step: int | None) -> None:
         """A held-out evaluation: the console, and the trackers at ``step`` if given."""
+        flag = self.hacking.add_evaluation(accuracy) if step is not None else 0.0
         if self.main:
             print(f"held-out greedy accuracy ({label}): {accuracy:.1%} on {rows}", flush=True)
-        if step is not None:
+            if flag:
+                print(
+                    "groupwise: possible reward hacking: the reward rose while held-out "
+                    f"accuracy fell ({HackingMonitor.KEY}); read the completions",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        if step is not None:  # before and after training (the others are in a step's metrics)
             for tracker in self.trackers:
-                tracker.log({"eval_accuracy": accuracy}, step)
+                tracker.log({"eval_accuracy": accuracy, HackingMonitor.KEY: flag}, step)
 
     def close_view(self) -> None:
         """Stop the live view (before the final evaluation prints)."""

@@ -47,6 +47,7 @@ from groupwise.distributed import (
 )
 from groupwise.evaluation import row_columns
 from groupwise.forward import autocast_context
+from groupwise.hacking import hacking_metrics
 from groupwise.metrics import (
     MetricsAccumulator,
     PhaseTimer,
@@ -150,6 +151,7 @@ class GRPOStep:
             generator=self.generator,
             row_offset=rank() * local_rows,
             total_rows=local_rows * world_size() if invariant else None,
+            rows=rows,
         )
         return p.engine.generate(prompts, request)
 
@@ -169,6 +171,7 @@ class GRPOStep:
             completion_ids=ids,
             truncated=rollout.truncated.tolist(),
             **row_columns(rows, g),
+            **(rollout.columns or {}),
         )
         advantages, zero_std = group_advantages(
             result.total, g, scale_rewards=self.config.algorithm.scale_rewards
@@ -177,6 +180,15 @@ class GRPOStep:
         metrics = reward_metrics(
             all_gather_cat(result.total), per_func, g, all_gather_cat(zero_std)
         )  # over the global batch
+        metrics.update(
+            hacking_metrics(
+                [t for part in all_gather_objects(texts) for t in part],
+                all_gather_cat(rollout.completion_lengths).tolist(),
+                all_gather_cat(result.total),
+                per_func,
+                g,
+            )
+        )  # flags only, over the global batch: the rewards are unchanged
         return Scored(texts, result, advantages, metrics)
 
     # ------------------------------------------------------------------ prepare
