@@ -183,7 +183,7 @@ def test_an_engine_registered_outside_the_package_marks_inserted_tokens(tmp_path
 def test_unknown_engine_lists_the_valid_ones(tmp_path: Path) -> None:
     overrides = [*tiny_overrides(tmp_path, max_steps=1), "rollout.engine=vllm_typo"]
     with pytest.raises(
-        ValueError,
-        match=r"rollout.engine: unknown name 'vllm_typo'; valid: (local, replay|replay, local)",
-    ):
+        ValueError, match=r"rollout.engine: unknown name 'vllm_typo'; valid: "
+    ) as err:
         GRPOTrainer(load_config(overrides=overrides))
+    assert set(str(err.value).split("valid: ")[1].split(", ")) >= {"local", "replay", "episodes"}

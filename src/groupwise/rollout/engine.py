@@ -20,7 +20,7 @@ downstream of generation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -79,6 +79,8 @@ class RolloutRequest:
     """Rows of the global batch: draws then depend only on a row's global index."""
     evaluation: bool = False
     """A held-out pass (engines may pick kernels that favour small batches)."""
+    rows: Sequence[Mapping[str, Any]] | None = None
+    """The dataset rows of the prompts (environments start from them)."""
 
 
 class RolloutEngine(Protocol):
@@ -119,6 +121,7 @@ EngineFactory = Callable[[EngineContext], RolloutEngine]
 
 
 def _load_builtin_engines() -> None:
+    import groupwise.rollout.episodes
     import groupwise.rollout.local
     import groupwise.rollout.replay  # noqa: F401
 

@@ -42,6 +42,7 @@ class Rollout:
     entropy: Tensor | None = None  # [B, Lc] per-token entropy of the sampling policy (nats)
     loss_mask: Tensor | None = None  # [B, Lc] 1 = the policy's token, 0 = inserted (no loss)
     turn_index: Tensor | None = None  # [B, Lc] the turn of each token (multi-turn episodes)
+    columns: dict[str, list[Any]] | None = None  # per-row values an engine adds for rewards
 
     @property
     def completion_lengths(self) -> Tensor:
@@ -118,6 +119,9 @@ def take_groups(rollout: Rollout, groups: Tensor) -> Rollout:
         entropy=_rows(rollout.entropy, rows, width),
         loss_mask=_rows(rollout.loss_mask, rows, width),
         turn_index=_rows(rollout.turn_index, rows, width),
+        columns=None
+        if rollout.columns is None
+        else {k: [v[i] for i in rows.tolist()] for k, v in rollout.columns.items()},
     )
 
 

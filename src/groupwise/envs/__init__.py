@@ -1,0 +1,51 @@
+"""Environments and tools for multi-turn episodes (the ``episodes`` rollout engine).
+
+- :mod:`~groupwise.envs.base`: the :class:`Environment` interface (``reset(row)``,
+  ``step(policy_message)``, optional ``reward()``), the ``ENVIRONMENTS`` registry, the TRL
+  ``environment_factory`` adapter :func:`from_trl` and the ``env_reward`` reward function.
+- :mod:`~groupwise.envs.tools`: Python functions as tools (JSON schema), the ``<tool_call>``
+  protocol, :class:`ToolEnvironment` and the sandboxed ``python`` tool.
+- :mod:`~groupwise.envs.builtin`: ``counter`` (scripted) and ``python`` (tool) environments.
+"""
+
+from groupwise.envs.base import (
+    ENVIRONMENTS,
+    BaseEnvironment,
+    Environment,
+    EnvironmentFactory,
+    EnvStep,
+    as_env_step,
+    end_reward,
+    env_reward,
+    from_trl,
+)
+from groupwise.envs.tools import (
+    Tool,
+    ToolCall,
+    ToolEnvironment,
+    TRLEnvironment,
+    parse_tool_calls,
+    python,
+    run_tool_call,
+    tools_instructions,
+)
+
+__all__ = [
+    "ENVIRONMENTS",
+    "BaseEnvironment",
+    "EnvStep",
+    "Environment",
+    "EnvironmentFactory",
+    "TRLEnvironment",
+    "Tool",
+    "ToolCall",
+    "ToolEnvironment",
+    "as_env_step",
+    "end_reward",
+    "env_reward",
+    "from_trl",
+    "parse_tool_calls",
+    "python",
+    "run_tool_call",
+    "tools_instructions",
+]

@@ -1,0 +1,187 @@
+"""The environment interface: what a multi-turn episode talks to.
+
+An environment is a small stateful object, built fresh for every episode (G per prompt)::
+
+    @ENVIRONMENTS.register("counter")
+    class Counter(Environment):
+        def reset(self, row):            # the dataset row (prompt and other columns)
+            self.n = 0
+            return None                  # or a first observation, appended to the prompt
+        def step(self, policy_message):  # the policy's reply (decoded text of its turn)
+            self.n += 1
+            return EnvStep(f"ok {self.n}", done=self.n >= 3)   # or a (message, done) tuple
+        def reward(self):                # optional: the episode's own end reward
+            return float(self.n)
+
+``rollout.engine=episodes`` with ``rollout.engine_kwargs={"environment": "counter"}`` then runs
+the policy against it (:mod:`groupwise.rollout.episodes`). A single-turn task is the 1-turn case:
+``step`` returns ``done=True`` at once. Messages are rendered with the tokenizer's chat template
+in the environment's ``role`` (``"user"`` by default, ``"tool"`` for tool results).
+
+Other shapes map onto it:
+
+* **TRL's** ``environment_factory`` (``GRPOTrainer(environment_factory=MyEnv)``), followed as
+  documented in TRL's GRPO guide ("Agent Training / Environments") and its OpenEnv guide:
+  a class whose ``__init__`` takes no argument; ``reset(**kwargs)`` gets the dataset row's
+  columns other than ``prompt`` as keyword arguments and returns ``None`` or a string (the
+  initial observation: here appended to the prompt's last user message); every public method
+  other than ``reset`` and ``get_reward`` is a tool (name, docstring with ``Args:``, typed
+  signature); a tool that raises has its error message fed back as the tool response; the
+  optional ``get_reward()`` (sync or async) scores the finished episode. The episode goes on
+  while the model calls tools and ends at its first answer without a tool call.
+  :func:`from_trl` adapts such a class unchanged: ``ENVIRONMENTS.add("inc", from_trl(MyEnv))``.
+  TRL's ``environments`` argument to reward functions has no counterpart; its
+  ``get_reward`` arrives as the ``env_reward`` column (see :func:`env_reward`).
+* **verifiers** (``vf.MultiTurnEnv``): ``setup_state(state)`` is ``reset(row)``;
+  ``env_response(messages, state) -> messages`` is ``step`` (its last assistant message in,
+  the new messages out); ``is_completed(messages, state)`` is ``done``; the rubric's reward
+  functions are ``reward()`` (or ordinary reward functions on the completion text).
+  ``vf.ToolEnv(tools=[...])`` is :class:`groupwise.envs.tools.ToolEnvironment`.
+* **OpenEnv** (``env.reset() -> StepResult``, ``env.step(action) -> StepResult`` with
+  ``observation``, ``reward``, ``done``; ``env.state``): ``reset(row)`` calls its ``reset`` and
+  returns the observation's text; ``step(text)`` wraps the text into the environment's action
+  type, calls its ``step`` and returns ``EnvStep(observation_text, result.done, result.reward)``;
+  ``reward()`` sums or takes the last of the per-step rewards. (TRL's OpenEnv examples wrap an
+  OpenEnv client into a TRL-shaped class; :func:`from_trl` then takes that class as is.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from groupwise.registry import Registry
+
+if TYPE_CHECKING:
+    from groupwise.envs.tools import Tool
+
+Row = Mapping[str, Any]
+
+
+@dataclass
+class EnvStep:
+    """The environment's answer to one policy turn."""
+
+    message: str | None
+    """Text inserted into the conversation (no loss on it); None = nothing to say."""
+    done: bool = False
+    """The episode is over (the policy does not speak again)."""
+    reward: float | None = None
+    """An optional per-turn reward (kept on the episode as ``step_rewards``)."""
+
+
+class Environment(Protocol):
+    """One episode's counterpart: ``reset`` from a dataset row, then ``step`` per policy turn.
+
+    Optional attributes the engine reads when present: ``reward() -> float | None`` (the
+    episode's end reward), ``role`` (the chat role of its messages, default ``"user"``) and
+    ``tools`` (a list of :class:`~groupwise.envs.tools.Tool` described to the model in the
+    prompt).
+    """
+
+    def reset(self, row: Row) -> str | None:
+        """Start an episode for ``row``; a returned text is appended to the prompt."""
+        ...
+
+    def step(self, policy_message: str) -> EnvStep | tuple[str | None, bool]:
+        """Answer the policy's message: the environment's reply and whether the episode ends."""
+        ...
+
+
+class BaseEnvironment:
+    """Convenience base: no first observation, no end reward, messages as the user."""
+
+    role: str = "user"
+    tools: Sequence[Tool] = ()
+
+    def reset(self, row: Row) -> str | None:
+        """No first observation."""
+        return None
+
+    def step(self, policy_message: str) -> EnvStep | tuple[str | None, bool]:
+        """Single turn: the episode ends after the policy's first reply."""
+        return EnvStep(None, done=True)
+
+    def reward(self) -> float | None:
+        """No end reward."""
+        return None
+
+
+EnvironmentFactory = Callable[..., Environment]
+"""Builds one environment per episode from ``rollout.engine_kwargs.env_kwargs``."""
+
+
+def _load_builtin_environments() -> None:
+    import groupwise.envs.builtin  # noqa: F401
+
+
+ENVIRONMENTS: Registry[EnvironmentFactory] = Registry(
+    "rollout.engine_kwargs.environment", loader=_load_builtin_environments
+)
+"""Environments by name (``rollout.engine_kwargs.environment`` of the ``episodes`` engine)."""
+
+
+def as_env_step(result: EnvStep | tuple[str | None, bool] | Any) -> EnvStep:
+    """An :class:`EnvStep` from what ``step`` returned (an EnvStep or ``(message, done)``)."""
+    if isinstance(result, EnvStep):
+        return result
+    if isinstance(result, tuple) and len(result) == 2:
+        message, done = result
+        return EnvStep(None if message is None else str(message), bool(done))
+    raise TypeError(
+        f"Environment.step must return an EnvStep or a (message, done) tuple, got {result!r}"
+    )
+
+
+def call_maybe_async(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``func(*args, **kwargs)``, run to completion when it is a coroutine function."""
+    out = func(*args, **kwargs)
+    if inspect.isawaitable(out):
+        return asyncio.run(_await(out))
+    return out
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def end_reward(env: Environment) -> float | None:
+    """The environment's end reward: ``reward()`` if it has one, else None."""
+    reward = getattr(env, "reward", None)
+    if not callable(reward):
+        return None
+    value = call_maybe_async(reward)
+    return None if value is None else float(value)
+
+
+def env_reward(
+    prompts: Sequence[Any], completions: Sequence[str], **columns: Any
+) -> list[float | None]:
+    """Reward function returning the environment's own end reward of each episode.
+
+    The ``episodes`` engine records it per row as the ``env_reward`` column; None (no reward)
+    where the environment has none. Use it in ``rewards.funcs`` next to text-based rewards.
+    """
+    values = columns.get("env_reward")
+    if values is None:
+        raise ValueError(
+            "env_reward: no 'env_reward' column; it is filled by rollout.engine=episodes"
+        )
+    return [None if v is None else float(v) for v in values]
+
+
+def from_trl(factory: Callable[[], Any], **tool_options: Any) -> EnvironmentFactory:
+    """An environment factory for a TRL ``environment_factory`` class, used unchanged.
+
+    ``tool_options`` go to :class:`~groupwise.envs.tools.ToolEnvironment` (e.g. ``timeout``).
+    """
+    from groupwise.envs.tools import TRLEnvironment
+
+    def build(**_: Any) -> Environment:
+        return TRLEnvironment(factory(), **tool_options)
+
+    build.__name__ = getattr(factory, "__name__", "trl_environment")
+    return build

@@ -1,0 +1,539 @@
+"""The ``episodes`` engine: multi-turn rollouts against an environment (tools, games, users).
+
+``rollout.engine=episodes`` with ``rollout.engine_kwargs``:
+
+- ``environment`` (required): a name in :data:`groupwise.envs.ENVIRONMENTS`;
+- ``env_kwargs``: keyword arguments of the environment's factory (one instance per episode);
+- ``max_turns`` (default 4): policy turns per episode; an episode the environment has not ended
+  by then is *truncated*;
+- ``max_tokens``: completion tokens per episode, the policy's and the environment's together
+  (default: ``rollout.max_completion_length``); a policy turn that reaches it, or an
+  environment message that leaves no room for a reply, ends the episode truncated;
+- ``max_tokens_per_turn``: cap of one policy turn; a turn cut by it is closed with an inserted
+  EOS (an environment token: no loss) and the episode goes on;
+- ``kv_reuse`` (default true): keep the conversation's KV cache from turn to turn (false:
+  re-prefill the whole conversation every turn; the reference the KV path is tested against).
+
+A group is G episodes from the same row: each environment is built, then ``reset(row)``; a
+returned observation is appended to the prompt (it must be the same for the G episodes of a
+row), and an environment with ``tools`` has them described in the prompt (chat template
+``tools=`` or the text protocol of :func:`groupwise.envs.tools.tools_instructions`). Every turn
+decodes all active episodes of the batch together; a turn ends at EOS. The policy's text goes
+to ``env.step``; its message is rendered as the continuation of the conversation in the
+environment's role (the chat template's rendering of that message after an assistant turn,
+generation prompt included) and appended. Finished episodes leave the batch.
+
+KV reuse: after the shared prefill (one per prompt, repeated G times), each turn decodes with
+a per-row attention mask and per-row position ids; rows that ended their turn early stay in the
+batch with masked (attention 0) filler tokens that do not advance their positions. The
+environment's tokens (and each row's last sampled token, not yet in the cache) are then
+prefilled as one right-padded chunk, its padding masked. The cache thus has holes, but every
+row attends exactly to its own conversation at the same positions as a fresh prefill would.
+
+The output is one :class:`~groupwise.rollout.records.Rollout`: per row, ``completion_ids`` are
+all turns after the prompt, contiguous; ``loss_mask`` is 1 on the policy's tokens only;
+``turn_index`` numbers the segments (policy turn 0, environment message 1, policy turn 2...);
+``entropy`` is 0 on inserted tokens. The environment's end reward (``reward()``) is recorded
+per row as the ``env_reward`` column (``rollout.columns``), read by the ``env_reward`` reward.
+
+Limits: draws come from ``request.generator`` (``rollout.rank_invariant_sampling`` /
+``total_rows`` is not honoured: N ranks do not sample exactly what one process would);
+``rollout.compile`` is not used; the environments run one after the other in this process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from groupwise.envs import ENVIRONMENTS, Environment, Tool, as_env_step, end_reward
+from groupwise.envs.tools import tools_instructions
+from groupwise.rollout.decode import _prefill, generate
+from groupwise.rollout.engine import ENGINES, EngineContext, RolloutEngine, RolloutRequest
+from groupwise.rollout.records import PromptBatch, Rollout, tokenize_prompts
+from groupwise.rollout.sampling import sample_with_entropy
+from groupwise.rollout.weights import RolloutWeights
+
+_REPLY, _MESSAGE = "\x1fREPLY\x1f", "\x1fMESSAGE\x1f"
+TurnOutput = tuple[list[int], list[float], bool]  # tokens, entropies, ended with EOS
+
+
+@dataclass
+class Episode:
+    """One conversation after the prompt, token by token."""
+
+    env: Environment
+    tokens: list[int] = field(default_factory=list)
+    policy: list[int] = field(default_factory=list)  # 1 = the policy's token
+    turn: list[int] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)
+    segments: int = 0
+    policy_turns: int = 0
+    done: bool = False
+    truncated: bool = False
+    step_rewards: list[float] = field(default_factory=list)
+
+    def add(self, ids: Sequence[int], policy: bool, entropy: Sequence[float] = ()) -> None:
+        """Append one segment (a policy turn or an environment message)."""
+        self.tokens.extend(ids)
+        self.policy.extend([int(policy)] * len(ids))
+        self.turn.extend([self.segments] * len(ids))
+        self.entropy.extend(entropy if entropy else [0.0] * len(ids))
+        self.segments += 1
+
+    def end(self, truncated: bool) -> None:
+        """Leave the batch."""
+        self.done, self.truncated = True, truncated
+
+
+class ChatFormat:
+    """Renders environment messages and prompts the way the tokenizer's chat template does."""
+
+    def __init__(self, tokenizer: Any, eos_token_ids: Sequence[int]) -> None:
+        self.tokenizer = tokenizer
+        self.eos_texts = [tokenizer.decode([i]) for i in eos_token_ids]
+        self._frames: dict[str, tuple[str, str]] = {}
+
+    def message_ids(self, text: str, role: str) -> list[int]:
+        """Token ids continuing a conversation after the policy's EOS with ``text`` from
+        ``role``, up to and including the generation prompt of the next policy turn."""
+        if role not in self._frames:
+            self._frames[role] = self._frame(role)
+        before, after = self._frames[role]
+        ids: list[int] = self.tokenizer(before + text + after, add_special_tokens=False)[
+            "input_ids"
+        ]
+        return ids
+
+    def _frame(self, role: str) -> tuple[str, str]:
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            return "\n", "\n"
+        messages = [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": _REPLY},
+            {"role": role, "content": _MESSAGE},
+        ]
+        try:
+            full = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except Exception:  # a template without this role: the user says it
+            if role == "user":
+                raise
+            before, after = self._frame("user")
+            return before + f"<{role}>\n", f"\n</{role}>" + after
+        rest = full[full.index(_REPLY) + len(_REPLY) :]
+        for eos in self.eos_texts:  # the policy's turn already ends with its EOS token
+            if eos and rest.startswith(eos):
+                rest = rest[len(eos) :]
+                break
+        before, _, after = rest.partition(_MESSAGE)
+        return before, after
+
+    def prompt_text(self, prompt: Any, tools: Sequence[Tool], observation: str | None) -> str:
+        """The prompt with the first observation appended and the tools described."""
+        if isinstance(prompt, str):
+            head = tools_instructions(tools) + "\n\n" if tools else ""
+            return head + prompt + (f"\n{observation}" if observation else "")
+        messages = [dict(m) for m in prompt]
+        if observation:
+            if messages and messages[-1].get("role") == "user":
+                messages[-1]["content"] = f"{messages[-1]['content']}\n{observation}"
+            else:
+                messages.append({"role": "user", "content": observation})
+        return self._render(messages, tools)
+
+    def _render(self, messages: list[dict[str, Any]], tools: Sequence[Tool]) -> str:
+        def render(msgs: list[dict[str, Any]], **kw: Any) -> str:
+            text: str = self.tokenizer.apply_chat_template(
+                msgs, tokenize=False, add_generation_prompt=True, **kw
+            )
+            return text
+
+        plain = render(messages)
+        if not tools:
+            return plain
+        with_tools = render(messages, tools=[t.schema() for t in tools])
+        if with_tools != plain:  # the template describes tools itself
+            return with_tools
+        system = tools_instructions(tools)
+        if messages[0].get("role") == "system":
+            messages[0]["content"] = f"{messages[0]['content']}\n\n{system}"
+        else:
+            messages.insert(0, {"role": "system", "content": system})
+        return render(messages)
+
+
+@dataclass
+class Sampler:
+    """How one turn samples (the request's sampling keys)."""
+
+    eos: Tensor
+    pad: int
+    temperature: float
+    top_p: float
+    top_k: int
+    generator: torch.Generator | None
+
+    def sample(self, logits: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Next token [R] and its sampling entropy [R] (None when greedy)."""
+        return sample_with_entropy(
+            logits,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            generator=self.generator,
+        )
+
+
+class KVRunner:
+    """Decodes turns on one KV cache kept for the whole conversation (see the module doc)."""
+
+    def __init__(self, model: nn.Module, prompts: PromptBatch, group_size: int) -> None:
+        self.model = model
+        self.cache, self.logits, self.attn = _prefill(model, prompts, group_size, False)
+        self.pos = prompts.lengths.repeat_interleave(group_size)  # [R] next position
+        self.pending = torch.full_like(self.pos, -1)  # [R] last sampled token not in the cache
+
+    def decode(self, budgets: Sequence[int], sampler: Sampler) -> list[TurnOutput]:
+        """One turn of every row in the batch, row i at most ``budgets[i]`` tokens."""
+        rows, steps = len(budgets), max(budgets)
+        budget = torch.tensor(list(budgets), device=self.pos.device)
+        tokens = torch.full((rows, steps), sampler.pad, device=self.pos.device)
+        entropy = torch.zeros((rows, steps))
+        lengths = torch.zeros(rows, dtype=torch.long, device=self.pos.device)
+        going = torch.ones(rows, dtype=torch.bool, device=self.pos.device)
+        logits = self.logits
+        for step in range(steps):
+            nxt, h = sampler.sample(logits)
+            nxt = torch.where(going, nxt, sampler.pad)
+            tokens[:, step] = nxt
+            if h is not None:
+                entropy[:, step] = (h * going).float().cpu()
+            real = going.clone()
+            lengths += real.long()
+            going &= ~torch.isin(nxt, sampler.eos) & (step + 1 < budget)
+            if not bool(going.any()) or step == steps - 1:
+                self.pending = torch.where(real, nxt, -1)
+                break
+            logits = self._feed(nxt[:, None], real.long()[:, None], self.pos[:, None])[:, -1]
+            self.pos = self.pos + real.long()
+        return _turn_outputs(tokens, entropy, lengths, sampler.eos)
+
+    def advance(self, keep: Sequence[bool], chunks: Sequence[Sequence[int]]) -> None:
+        """Drop finished rows; prefill each kept row's environment tokens (``chunks``)."""
+        idx = torch.tensor([i for i, k in enumerate(keep) if k], dtype=torch.long)
+        if idx.numel() == 0:
+            return
+        if idx.numel() < len(keep):
+            self.cache.batch_select_indices(idx.to(self.pos.device))
+            self.attn, self.pos, self.pending = self.attn[idx], self.pos[idx], self.pending[idx]
+        seqs = [
+            ([int(p)] if p >= 0 else []) + list(c)
+            for p, c in zip(self.pending.tolist(), chunks, strict=True)
+        ]
+        width, device = max(len(s) for s in seqs), self.pos.device
+        ids = torch.zeros((len(seqs), width), dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        positions = self.pos[:, None] + torch.arange(width, device=device)[None, :]
+        logits = self._feed(ids, mask, positions)  # [R, W, V]
+        lens = mask.sum(dim=1)
+        self.logits = logits[torch.arange(len(seqs), device=device), lens - 1]
+        self.pos = self.pos + lens
+        self.pending = torch.full_like(self.pos, -1)
+
+    def _feed(self, ids: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
+        self.attn = torch.cat([self.attn, mask], dim=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=self.attn,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        logits: Tensor = out.logits
+        return logits
+
+
+class ReprefillRunner:
+    """Decodes each turn with :func:`groupwise.rollout.decode.generate` on the whole
+    conversation so far (prompt + completion), prefilled afresh."""
+
+    def __init__(self, model: nn.Module, prompts: PromptBatch, episodes: Sequence[Episode]):
+        self.model = model
+        group = len(episodes) // prompts.input_ids.shape[0]
+        self.prompt_ids = [
+            row[mask.bool()].tolist()
+            for row, mask in zip(prompts.input_ids, prompts.attention_mask, strict=True)
+            for _ in range(group)
+        ]
+        self.episodes = list(episodes)
+        self.rows = list(range(len(episodes)))
+        self.device = prompts.input_ids.device
+
+    def decode(self, budgets: Sequence[int], sampler: Sampler) -> list[TurnOutput]:
+        """One turn of every active row (see :meth:`KVRunner.decode`)."""
+        seqs = [self.prompt_ids[r] + self.episodes[r].tokens for r in self.rows]
+        batch = _left_pad(seqs, sampler.pad, self.device)
+        out = generate(
+            self.model,
+            batch,
+            group_size=1,
+            max_completion_length=max(budgets),
+            eos_token_ids=sampler.eos.tolist(),
+            pad_token_id=sampler.pad,
+            temperature=sampler.temperature,
+            top_p=sampler.top_p,
+            top_k=sampler.top_k,
+            generator=sampler.generator,
+        )
+        lengths = torch.minimum(out.completion_lengths, torch.tensor(list(budgets)))
+        entropy = out.entropy if out.entropy is not None else torch.zeros_like(out.completion_ids)
+        return _turn_outputs(out.completion_ids, entropy.float(), lengths, sampler.eos)
+
+    def advance(self, keep: Sequence[bool], chunks: Sequence[Sequence[int]]) -> None:
+        """Drop finished rows (the environment's tokens are in the episodes already)."""
+        self.rows = [r for r, k in zip(self.rows, keep, strict=True) if k]
+
+
+def _turn_outputs(
+    tokens: Tensor, entropy: Tensor, lengths: Tensor, eos: Tensor
+) -> list[TurnOutput]:
+    out: list[TurnOutput] = []
+    eos_ids = set(eos.tolist())
+    for row, ent, n in zip(tokens.tolist(), entropy.tolist(), lengths.tolist(), strict=True):
+        ids = row[:n]
+        out.append((ids, ent[:n], bool(ids) and ids[-1] in eos_ids))
+    return out
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad: int, device: torch.device) -> PromptBatch:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    return PromptBatch(ids.to(device), mask.to(device))
+
+
+_OPTIONS = (
+    "environment",
+    "env_kwargs",
+    "max_turns",
+    "max_tokens",
+    "max_tokens_per_turn",
+    "kv_reuse",
+)
+
+
+class EpisodeEngine:
+    """Runs G episodes per prompt against an environment, all episodes of a call batched."""
+
+    def __init__(
+        self,
+        weights: RolloutWeights,
+        tokenizer: Any,
+        eos_token_ids: Sequence[int],
+        *,
+        environment: str,
+        env_kwargs: Mapping[str, Any] | None = None,
+        max_turns: int = 4,
+        max_tokens: int | None = None,
+        max_tokens_per_turn: int | None = None,
+        kv_reuse: bool = True,
+    ) -> None:
+        if max_turns < 1:
+            raise ValueError("rollout.engine_kwargs.max_turns must be at least 1")
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.eos_token_ids = list(eos_token_ids)
+        self.factory = ENVIRONMENTS.get(environment)
+        self.env_kwargs = dict(env_kwargs or {})
+        self.max_turns = max_turns
+        self.max_tokens = max_tokens
+        self.max_tokens_per_turn = max_tokens_per_turn
+        self.kv_reuse = kv_reuse
+        self.format = ChatFormat(tokenizer, self.eos_token_ids)
+        self.last_episodes: list[Episode] = []
+        self._depth = 0
+
+    def generate(self, prompts: PromptBatch, request: RolloutRequest) -> Rollout:
+        """See :meth:`RolloutEngine.generate` and the module docstring."""
+        g = request.group_size
+        rows = self._rows(prompts, request)
+        episodes = [Episode(self.factory(**self.env_kwargs)) for _ in range(len(rows) * g)]
+        observations = [ep.env.reset(rows[i // g]) for i, ep in enumerate(episodes)]
+        prompts = self._prompts(prompts, rows, episodes, observations, g)
+        model = self.weights.model
+        model.eval()
+        sampling = request.sampling
+        sampler = Sampler(
+            torch.tensor(self.eos_token_ids, device=prompts.input_ids.device),
+            self.tokenizer.pad_token_id,
+            sampling.temperature,
+            sampling.top_p,
+            sampling.top_k,
+            request.generator,
+        )
+        budget = self.max_tokens or sampling.max_tokens
+        with self.serving(), torch.no_grad():
+            runner: KVRunner | ReprefillRunner = (
+                KVRunner(model, prompts, g)
+                if self.kv_reuse
+                else ReprefillRunner(model, prompts, episodes)
+            )
+            self._play(runner, episodes, sampler, budget)
+        self.last_episodes = episodes
+        return self._rollout(prompts, episodes, g)
+
+    def _play(
+        self,
+        runner: KVRunner | ReprefillRunner,
+        episodes: list[Episode],
+        sampler: Sampler,
+        budget: int,
+    ) -> None:
+        """Turns until every episode is done: decode, then the environments answer."""
+        per_turn = self.max_tokens_per_turn or budget
+        active = list(episodes)
+        while active:
+            budgets = [min(per_turn, budget - len(ep.tokens)) for ep in active]
+            outputs = runner.decode(budgets, sampler)
+            chunks: list[list[int]] = []
+            for ep, (ids, entropy, eos) in zip(active, outputs, strict=True):
+                ep.add(ids, policy=True, entropy=entropy)
+                ep.policy_turns += 1
+                chunks.append(self._respond(ep, ids, eos, budget))
+            keep = [not ep.done for ep in active]
+            runner.advance(keep, [c for c, k in zip(chunks, keep, strict=True) if k])
+            active = [ep for ep in active if not ep.done]
+
+    def _respond(self, ep: Episode, ids: list[int], eos: bool, budget: int) -> list[int]:
+        """The environment's answer to the policy turn ``ids`` (its tokens, appended)."""
+        closing: list[int] = []
+        if not eos:
+            if len(ep.tokens) >= budget:  # cut by the episode's token budget
+                ep.end(truncated=True)
+                return []
+            closing = self.eos_token_ids[:1]  # cut by max_tokens_per_turn: close the turn
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        result = as_env_step(ep.env.step(text))
+        if result.reward is not None:
+            ep.step_rewards.append(float(result.reward))
+        if result.done:
+            ep.end(truncated=False)
+            return []
+        if ep.policy_turns >= self.max_turns:
+            ep.end(truncated=True)
+            return []
+        role = getattr(ep.env, "role", "user")
+        chunk = closing + self.format.message_ids(result.message or "", role)
+        if not chunk or len(ep.tokens) + len(chunk) >= budget:  # no room for a reply
+            ep.end(truncated=True)
+            return []
+        ep.add(chunk, policy=False)
+        return chunk
+
+    def _rows(self, prompts: PromptBatch, request: RolloutRequest) -> list[Mapping[str, Any]]:
+        """The dataset rows (``request.rows``), else the decoded prompts as ``{"prompt"}``."""
+        rows = request.rows
+        if rows is not None:
+            return list(rows)
+        texts = [
+            self.tokenizer.decode(row[mask.bool()].tolist())
+            for row, mask in zip(prompts.input_ids, prompts.attention_mask, strict=True)
+        ]
+        return [{"prompt": t} for t in texts]
+
+    def _prompts(
+        self,
+        prompts: PromptBatch,
+        rows: Sequence[Mapping[str, Any]],
+        episodes: Sequence[Episode],
+        observations: Sequence[str | None],
+        g: int,
+    ) -> PromptBatch:
+        """The prompts, re-rendered when the environment adds an observation or tools."""
+        tools = list(getattr(episodes[0].env, "tools", ()) or ()) if episodes else []
+        if not tools and not any(observations):
+            return prompts
+        texts = []
+        for p, row in enumerate(rows):
+            group = set(observations[p * g : (p + 1) * g])
+            if len(group) > 1:
+                raise ValueError(
+                    "the environment's reset() returned different observations for the "
+                    "episodes of one prompt; a group must start from the same state"
+                )
+            texts.append(self.format.prompt_text(row["prompt"], tools, group.pop()))
+        return tokenize_prompts(self.tokenizer, texts, prompts.input_ids.device)
+
+    def _rollout(self, prompts: PromptBatch, episodes: Sequence[Episode], g: int) -> Rollout:
+        """One Rollout row per episode, plus the ``env_reward`` column."""
+        width = max([1, *(len(ep.tokens) for ep in episodes)])
+        shape = (len(episodes), width)
+        ids = torch.full(shape, self.tokenizer.pad_token_id, dtype=torch.long)
+        mask, policy, turn = (torch.zeros(shape, dtype=torch.long) for _ in range(3))
+        entropy = torch.zeros(shape)
+        for i, ep in enumerate(episodes):
+            n = len(ep.tokens)
+            ids[i, :n] = torch.tensor(ep.tokens, dtype=torch.long)
+            mask[i, :n] = 1
+            policy[i, :n] = torch.tensor(ep.policy, dtype=torch.long)
+            turn[i, :n] = torch.tensor(ep.turn, dtype=torch.long)
+            entropy[i, :n] = torch.tensor(ep.entropy)
+        device = prompts.input_ids.device
+        rollout = Rollout(
+            prompts=prompts,
+            completion_ids=ids.to(device),
+            completion_mask=mask.to(device),
+            truncated=torch.tensor([ep.truncated for ep in episodes], device=device),
+            group_size=g,
+            entropy=entropy.to(device),
+            loss_mask=policy.to(device),
+            turn_index=turn.to(device),
+        )
+        columns = {"env_reward": [end_reward(ep.env) for ep in episodes]}
+        # Rollout.columns: extra per-row reward columns (see the lead's integration notes)
+        rollout.columns = columns
+        return rollout
+
+    def sync_weights(self) -> None:
+        """Bring the decoding weights up to the policy."""
+        self.weights.sync()
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """The weights' preparation once for a block of calls."""
+        if self._depth:
+            yield
+            return
+        self._depth += 1
+        try:
+            with self.weights.active():
+                yield
+        finally:
+            self._depth -= 1
+
+
+@ENGINES.register("episodes")
+def build_episode_engine(ctx: EngineContext) -> RolloutEngine:
+    """Multi-turn episodes on ``ctx.weights`` against ``engine_kwargs.environment``."""
+    options = dict(ctx.options or {})
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown or "environment" not in options:
+        raise ValueError(
+            "rollout.engine_kwargs for the episodes engine: "
+            + (f"unknown keys {unknown}; " if unknown else "'environment' is required; ")
+            + f"valid: {', '.join(_OPTIONS)}"
+        )
+    return EpisodeEngine(ctx.weights, ctx.tokenizer, ctx.eos_token_ids, **options)

@@ -1,0 +1,187 @@
+"""Environments and tools: the interface, the TRL-shaped adapter, tool schemas, the tool-call
+protocol (good, malformed, unknown), contained tool failures and the sandboxed python tool."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import pytest
+
+from groupwise.envs import (
+    ENVIRONMENTS,
+    EnvStep,
+    Tool,
+    ToolEnvironment,
+    as_env_step,
+    end_reward,
+    env_reward,
+    from_trl,
+    parse_tool_calls,
+    run_tool_call,
+)
+from groupwise.envs.tools import python_result, sandboxed_python_tool, tools_instructions
+from groupwise.sandbox import Sandbox, SandboxLimits
+
+
+def add(a: int, b: float = 1.0, note: str | None = None) -> float:
+    """Add two numbers.
+
+    Args:
+        a: The first number.
+        b: The second number.
+        note: Ignored.
+
+    Returns:
+        The sum.
+    """
+    return a + b
+
+
+def test_function_to_schema() -> None:
+    schema = Tool.from_function(add).schema()
+    assert schema == {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Add two numbers.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "a": {"type": "integer", "description": "The first number."},
+                    "b": {"type": "number", "description": "The second number."},
+                    "note": {"type": "string", "description": "Ignored."},
+                },
+                "required": ["a"],
+            },
+        },
+    }
+    assert '"name": "add"' in tools_instructions([Tool.from_function(add)])
+
+
+def test_parse_good_malformed_and_unknown_calls() -> None:
+    text = (
+        'first <tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call> '
+        "<tool_call>{not json}</tool_call>"
+        '<tool_call>{"arguments": {}}</tool_call>'
+        '<tool_call>{"name": "add", "arguments": [1]}</tool_call>'
+        '<tool_call>{"name": "nope", "arguments": "{}"}</tool_call>'
+        '<tool_call>{"name": "add"'
+    )
+    calls = parse_tool_calls(text)
+    assert len(calls) == 6
+    tools = [Tool.from_function(add)]
+    results = [run_tool_call(c, tools) for c in calls]
+    assert results[0] == "5"
+    assert results[1].startswith("error: the tool call is not valid JSON")
+    assert results[2] == 'error: a tool call needs a string "name"'
+    assert results[3] == 'error: "arguments" must be a JSON object'
+    assert results[4] == "error: unknown tool 'nope'; available: add"
+    assert results[5] == "error: unclosed <tool_call> tag"
+    assert parse_tool_calls("no calls here") == []
+
+
+def test_tool_failures_are_results_not_crashes() -> None:
+    def boom(x: int) -> int:
+        """Fails."""
+        raise RuntimeError("kaput")
+
+    def slow() -> str:
+        """Hangs."""
+        time.sleep(5)
+        return "late"
+
+    def flood() -> str:
+        """Floods."""
+        return "x" * 10_000
+
+    tools = [Tool.from_function(f) for f in (boom, slow, flood, add)]
+    env = ToolEnvironment(tools, timeout=0.3, max_chars=100)
+    env.reset({"prompt": "p"})
+    start = time.perf_counter()
+    step = env.step(
+        '<tool_call>{"name": "boom", "arguments": {"x": 1}}</tool_call>'
+        '<tool_call>{"name": "slow", "arguments": {}}</tool_call>'
+        '<tool_call>{"name": "flood", "arguments": {}}</tool_call>'
+        '<tool_call>{"name": "add", "arguments": {"z": 1}}</tool_call>'
+    )
+    assert time.perf_counter() - start < 3
+    assert step.message is not None and not step.done
+    parts = step.message.split("</tool_response>\n")
+    assert "error: tool 'boom' raised RuntimeError: kaput" in parts[0]
+    assert "error: tool 'slow' timed out after 0.3 s" in parts[1]
+    assert "[cut at 100 characters]" in parts[2] and len(parts[2]) < 200
+    assert "error: bad arguments for tool 'add'" in parts[3]
+    assert env.step("the answer is 4") == EnvStep(None, done=True)  # no call: the end
+
+
+class IncrementEnv:
+    """TRL's ``environment_factory`` shape, as documented."""
+
+    def __init__(self) -> None:
+        self.counter = 0
+
+    def reset(self, target: int = 1, **kwargs: Any) -> str | None:
+        self.counter, self.target = 0, target
+        return None
+
+    def get_reward(self) -> float:
+        return float(self.counter == self.target)
+
+    def increment(self, step: int) -> int:
+        """Increment the counter.
+
+        Args:
+            step: Value to add to the counter.
+        """
+        self.counter += step
+        return self.counter
+
+    def _private(self) -> None:
+        raise AssertionError("not a tool")
+
+
+def test_trl_adapter() -> None:
+    env = from_trl(IncrementEnv)()
+    assert [t.name for t in env.tools] == ["increment"]  # type: ignore[attr-defined]
+    assert env.reset({"prompt": "p", "target": 3}) is None
+    call = '<tool_call>{"name": "increment", "arguments": {"step": 3}}</tool_call>'
+    assert as_env_step(env.step(call)).message == "<tool_response>3</tool_response>"
+    assert as_env_step(env.step("done")).done
+    assert end_reward(env) == 1.0
+
+
+def test_registry_counter_and_step_shapes() -> None:
+    counter = ENVIRONMENTS.get("counter")(turns=2)
+    counter.reset({"prompt": "p"})
+    assert as_env_step(counter.step("hello")) == EnvStep("ok 1")
+    assert as_env_step(counter.step("hi")).done
+    assert end_reward(counter) == pytest.approx((5 + 2) / 40)
+    assert as_env_step(("msg", True)) == EnvStep("msg", True)
+    with pytest.raises(TypeError, match="EnvStep"):
+        as_env_step("bad")
+    with pytest.raises(ValueError, match="unknown name 'nope'; valid: counter, python"):
+        ENVIRONMENTS.get("nope")
+    with pytest.raises(ValueError, match="filled by rollout.engine=episodes"):
+        env_reward(["p"], ["c"])
+
+
+AVAILABLE, REASON = Sandbox.available()
+
+
+def test_python_tool_in_the_sandbox() -> None:
+    """In bubblewrap where it works here, else with the same limits unisolated (unsafe)."""
+    limits = SandboxLimits(cpu_seconds=1, wall_seconds=1.5, memory_mb=256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sandbox = Sandbox(limits, unsafe=not AVAILABLE)
+    assert python_result("print(6 * 7)", sandbox) == "42\n"
+    env = ToolEnvironment([sandboxed_python_tool(sandbox)], timeout=10)
+    env.reset({"prompt": "p"})
+    hang = '<tool_call>{"name": "python", "arguments": {"code": "while True: pass"}}</tool_call>'
+    crash = '<tool_call>{"name": "python", "arguments": {"code": "1/0"}}</tool_call>'
+    message = as_env_step(env.step(hang + crash)).message or ""
+    hung, crashed = message.split("</tool_response>\n")
+    assert "error: timed out" in hung
+    assert "error: exit status" in crashed and "ZeroDivisionError" in crashed

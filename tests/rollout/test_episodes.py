@@ -1,0 +1,211 @@
+"""The ``episodes`` engine: turns against a scripted environment, loss and turn masks, finished
+episodes leaving the batch, KV reuse equal to re-prefilling, and one training step."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from groupwise import GRPOTrainer, load_config
+from groupwise.envs import ENVIRONMENTS, BaseEnvironment, EnvStep, env_reward, from_trl
+from groupwise.models import tiny_random_model
+from groupwise.rollout import RolloutRequest, SamplingParams, tokenize_prompts
+from groupwise.rollout.episodes import EpisodeEngine, KVRunner
+from groupwise.rollout.weights import SharedWeights
+from tests_helpers import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[Any, Any]:
+    return tiny_random_model(seed=0)
+
+
+class RowTurns(BaseEnvironment):
+    """Ends after ``row["turns"]`` policy turns (default 3), answering ``ok <n>``."""
+
+    def reset(self, row: Any) -> str | None:
+        self.turns, self.n = int(row.get("turns", 3)), 0
+        return None
+
+    def step(self, policy_message: str) -> EnvStep:
+        self.n += 1
+        return EnvStep(None if self.n >= self.turns else f"ok {self.n}", self.n >= self.turns)
+
+    def reward(self) -> float | None:
+        return float(self.n)
+
+
+@pytest.fixture(autouse=True)
+def row_turns() -> Iterator[None]:
+    ENVIRONMENTS.add("test_row_turns", RowTurns)
+    yield
+    ENVIRONMENTS.unregister("test_row_turns")
+
+
+def _engine(tiny: tuple[Any, Any], **options: Any) -> EpisodeEngine:
+    model, tokenizer = tiny
+    options = {"environment": "test_row_turns", "max_tokens_per_turn": 4, **options}
+    return EpisodeEngine(SharedWeights(model), tokenizer, [tokenizer.eos_token_id], **options)
+
+
+def _run(engine: EpisodeEngine, prompts: list[str], temperature: float = 0.0, **kw: Any) -> Any:
+    batch = tokenize_prompts(engine.tokenizer, prompts, torch.device("cpu"))
+    sampling = SamplingParams(max_tokens=kw.pop("max_tokens", 64), temperature=temperature)
+    gen = torch.Generator().manual_seed(0)
+    return engine.generate(batch, RolloutRequest(kw.pop("group", 2), sampling, gen))
+
+
+def test_turns_loss_mask_and_turn_index(tiny: tuple[Any, Any]) -> None:
+    engine = _engine(tiny)
+    rollout = _run(engine, ["a", "b c"], temperature=1.0)
+    tok, eos = engine.tokenizer, engine.tokenizer.eos_token_id
+    assert rollout.num_turns.tolist() == [5, 5, 5, 5]  # policy, ok 1, policy, ok 2, policy
+    assert not rollout.truncated.any()
+    for i in range(4):
+        n = int(rollout.completion_mask[i].sum())
+        ids, turn = rollout.completion_ids[i, :n], rollout.turn_index[i, :n]
+        loss = rollout.loss_mask[i, :n]
+        assert torch.equal(loss, (turn % 2 == 0).long())  # exactly the policy's segments
+        for k in (1, 3):  # the environment's messages, each closing the cut policy turn
+            want = [eos, *engine.format.message_ids(f"ok {(k + 1) // 2}", "user")]
+            assert ids[turn == k].tolist() == want
+            assert f"ok {(k + 1) // 2}" in tok.decode(want)
+        assert (turn.diff() >= 0).all() and int(turn[-1]) == 4
+        assert (rollout.entropy[i, :n][loss == 0] == 0).all()
+    assert getattr(rollout, "columns")["env_reward"] == [3.0] * 4  # noqa: B009
+
+
+def test_finished_episodes_leave_the_batch(
+    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    decode = KVRunner.decode
+
+    def spy(self: KVRunner, budgets: Any, sampler: Any) -> Any:
+        sizes.append(len(budgets))
+        return decode(self, budgets, sampler)
+
+    monkeypatch.setattr(KVRunner, "decode", spy)
+    engine = _engine(tiny)
+    batch = tokenize_prompts(engine.tokenizer, ["x", "y"], torch.device("cpu"))
+    request = RolloutRequest(2, SamplingParams(max_tokens=64, temperature=0.0))
+    request.__dict__["rows"] = [{"prompt": "x", "turns": 1}, {"prompt": "y", "turns": 3}]
+    rollout = engine.generate(batch, request)
+    assert sizes == [4, 2, 2]  # the group of 1-turn episodes leaves after the first turn
+    assert rollout.num_turns.tolist() == [1, 1, 5, 5]
+
+
+def test_budget_and_max_turns_truncate(tiny: tuple[Any, Any]) -> None:
+    rollout = _run(_engine(tiny, max_turns=2), ["a"])
+    assert rollout.truncated.all() and rollout.num_turns.tolist() == [3, 3]
+    rollout = _run(_engine(tiny, max_tokens=10), ["a"])
+    assert rollout.truncated.all() and (rollout.completion_lengths <= 10).all()
+
+
+def test_kv_reuse_equals_reprefill_under_greedy(tiny: tuple[Any, Any]) -> None:
+    prompts = ["one", "two three four", "five six"]
+    kv = _run(_engine(tiny, max_tokens_per_turn=5), prompts, group=2)
+    fresh = _run(_engine(tiny, max_tokens_per_turn=5, kv_reuse=False), prompts, group=2)
+    assert kv.num_turns.tolist() == [5] * 6
+    for name in ("completion_ids", "completion_mask", "loss_mask", "turn_index", "truncated"):
+        assert torch.equal(getattr(kv, name), getattr(fresh, name)), name
+
+
+class EarlyEos(torch.nn.Module):
+    """The tiny model, but EOS wins after any input token divisible by 3: turns then end at
+    different steps in different rows (masked holes in the KV cache)."""
+
+    def __init__(self, model: Any, eos: int) -> None:
+        super().__init__()
+        self.model, self.eos, self.config = model, eos, model.config
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+        out = self.model(input_ids=input_ids, **kwargs)
+        boost = (input_ids[:, -out.logits.shape[1] :] % 3 == 0).float() * 100.0
+        out.logits[..., self.eos] += boost
+        return out
+
+
+class Chatty(RowTurns):
+    """Messages whose length depends on the reply: chunks of different lengths per row."""
+
+    def step(self, policy_message: str) -> EnvStep:
+        result = super().step(policy_message)
+        if result.message is not None:
+            result.message += " z" * (len(policy_message) % 4)
+        return result
+
+
+def test_kv_reuse_equals_reprefill_with_ragged_turns(tiny: tuple[Any, Any]) -> None:
+    model, tokenizer = tiny
+    ENVIRONMENTS.add("test_chatty", Chatty)
+    try:
+        early = EarlyEos(model, tokenizer.eos_token_id)
+        outs = []
+        for kv in (True, False):
+            engine = _engine((early, tokenizer), environment="test_chatty", kv_reuse=kv)
+            engine.max_tokens_per_turn = 6
+            outs.append(_run(engine, ["one", "two three four", "five six"], group=2))
+    finally:
+        ENVIRONMENTS.unregister("test_chatty")
+    kv, fresh = outs
+    policy_turns = {  # (row, turn) -> tokens: turns ended at different steps in different rows
+        (i, k): int(((kv.turn_index[i] == k) & (kv.completion_mask[i] == 1)).sum())
+        for i in range(6)
+        for k in range(5)
+    }
+    assert len({policy_turns[i, 0] for i in range(6)}) > 1, policy_turns
+    assert len({policy_turns[i, 1] for i in range(6)}) > 1, policy_turns  # ragged chunks
+    for name in ("completion_ids", "completion_mask", "loss_mask", "turn_index", "truncated"):
+        assert torch.equal(getattr(kv, name), getattr(fresh, name)), name
+
+
+class IncrementEnv:
+    """TRL's documented example shape, unchanged."""
+
+    def reset(self, target: int = 2, **kwargs: Any) -> str | None:
+        self.counter, self.target = 0, target
+        return f"Reach {target}."
+
+    def get_reward(self) -> float:
+        return float(self.counter == self.target)
+
+    def increment(self, step: int) -> int:
+        """Increment the counter.
+
+        Args:
+            step: Value to add to the counter.
+        """
+        self.counter += step
+        return self.counter
+
+
+def test_trl_shaped_environment_in_the_engine(tiny: tuple[Any, Any]) -> None:
+    ENVIRONMENTS.add("test_increment", from_trl(IncrementEnv))
+    try:
+        engine = _engine(tiny, environment="test_increment")
+        prompt = [{"role": "user", "content": "Count."}]
+        batch = tokenize_prompts(engine.tokenizer, [prompt], torch.device("cpu"))
+        request = RolloutRequest(2, SamplingParams(max_tokens=16, temperature=0.0))
+        request.__dict__["rows"] = [{"prompt": prompt, "target": 3}]
+        rollout = engine.generate(batch, request)
+        text = engine.tokenizer.decode(rollout.prompts.input_ids[0])
+        assert "Count.\nReach 3." in text and '"name": "increment"' in text  # tools described
+        assert getattr(rollout, "columns")["env_reward"] == [0.0, 0.0]  # noqa: B009
+    finally:
+        ENVIRONMENTS.unregister("test_increment")
+
+
+def test_trainer_step_with_the_episodes_engine(tmp_path: Path) -> None:
+    overrides = tiny_overrides(tmp_path, max_steps=1, bf16=False, max_completion_length=24)
+    options = {"environment": "counter", "max_tokens_per_turn": 4, "env_kwargs": {"turns": 2}}
+    overrides += ["rollout.engine=episodes", f"rollout.engine_kwargs={json.dumps(options)}"]
+    trainer = GRPOTrainer(load_config(overrides=overrides), reward_funcs=["length_penalty"])
+    metrics = trainer.step()
+    assert metrics["turns/mean"] > 1 and metrics["tokens/environment_mean"] > 0
+    assert env_reward([], [], env_reward=[0.5, None]) == [0.5, None]
