@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -304,3 +306,209 @@ def test_non_finite_updates_are_skipped_then_stop_the_run(tmp_path: Path) -> Non
     assert [m["skipped_updates"] for m in _metrics(tmp_path / "run")] == [0.0, 1.0, 2.0]
     for name, value in _weights(trainer).items():  # the skipped updates changed nothing
         assert torch.equal(value, after_step_1[name]), name
+
+
+# ---------------------------------------------------------------------------- bad input, nothing lost
+def test_a_hung_reward_stops_the_run_promptly_and_resume_continues(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reward hangs at step 3: the run stops with an error naming it after
+    rewards.timeout_s, before step 3's update, so step 2's checkpoint is where it resumes."""
+    from groupwise.rewards import RewardError
+    from tests_helpers import varied_reward
+
+    hang, release = threading.Event(), threading.Event()
+    after_step_2: dict[str, torch.Tensor] = {}
+    hung_at: list[float] = []
+
+    def flaky(prompts: list[Any], completions: list[str], **kwargs: Any) -> list[float]:
+        if hang.is_set():
+            release.wait(60)
+        return varied_reward(prompts, completions)
+
+    def hang_after_step_2(trainer: GRPOTrainer, metrics: dict[str, float]) -> None:
+        if trainer.step_count == 2:
+            after_step_2.update(_weights(trainer))
+            hang.set()
+            hung_at.append(time.monotonic())
+
+    overrides = _overrides(tmp_path, max_steps=4, save_steps=1, **{"rewards.timeout_s": 2})
+    trainer = GRPOTrainer(
+        load_config(overrides=overrides), reward_funcs=[flaky], callbacks=[hang_after_step_2]
+    )
+    try:
+        with pytest.raises(RewardError) as info:
+            trainer.train()
+        waited = time.monotonic() - hung_at[0]
+    finally:
+        release.set()  # the abandoned reward thread may finish now
+    message = str(info.value)
+    assert "reward function 'flaky' did not return within 2.0 s (rewards.timeout_s)" in message
+    assert 2 <= waited < 30, waited  # step 3's rollout, then the timeout: not the 60 s hang
+    run = tmp_path / "run"
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000001", "step-00000002"]
+    assert [m["step"] for m in _metrics(run)] == [1, 2]
+    for name, value in _weights(trainer).items():  # step 3's update was never made
+        assert torch.equal(value, after_step_2[name]), name
+    capsys.readouterr()
+    resumed = GRPOTrainer(
+        load_config(overrides=[*overrides, "resume=auto"]), reward_funcs=[varied_reward]
+    )
+    resumed.train()
+    assert (
+        f"resumed from {run / CHECKPOINTS / 'step-00000002'} at step 2" in capsys.readouterr().out
+    )
+    assert resumed.step_count == 4
+    assert [m["step"] for m in _metrics(run)] == [1, 2, 3, 4]
+
+
+def _fill_disk_writing_trainer_state(monkeypatch: pytest.MonkeyPatch, trainer: Any) -> None:
+    """torch.save of step 4's trainer state writes part of the file, then the disk is full."""
+    real_save = torch.save
+
+    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        if "step-00000004" in str(f):
+            Path(f).write_bytes(b"PK\x03\x04" + b"\0" * 64)
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def _fill_disk_writing_weights(monkeypatch: pytest.MonkeyPatch, trainer: Any) -> None:
+    """Writing step 4's weights fails as safetensors reports a full disk (not an OSError)."""
+    real_save = trainer.policy.save_pretrained
+
+    def save_pretrained(directory: str, *args: Any, **kwargs: Any) -> None:
+        if "step-00000004" not in directory:
+            return real_save(directory, *args, **kwargs)
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "model.safetensors").write_bytes(b"\0" * 64)
+        raise RuntimeError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    monkeypatch.setattr(trainer.policy, "save_pretrained", save_pretrained)
+
+
+@pytest.mark.parametrize(
+    "fill_disk",
+    [_fill_disk_writing_trainer_state, _fill_disk_writing_weights],
+    ids=["trainer-state", "weights"],
+)
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fill_disk: Any,
+) -> None:
+    from groupwise.checkpoint import DiskFullError, checkpoint_problem
+
+    trainer = _trainer(tmp_path, max_steps=4, save_steps=2)
+    fill_disk(monkeypatch, trainer)
+    with pytest.raises(DiskFullError) as info:
+        trainer.train()
+    root = tmp_path / "run" / CHECKPOINTS
+    assert str(info.value) == (
+        f"no space left on device while writing checkpoint {root / 'step-00000004'}; "
+        f"the previous checkpoint {root / 'step-00000002'} is intact; free space and resume "
+        "with training.resume=auto"
+    )
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000002"]  # no temporary dir left
+    assert checkpoint_problem(root / "step-00000002") is None
+    monkeypatch.undo()
+    capsys.readouterr()
+    resumed = _trainer(tmp_path, max_steps=4, save_steps=2, resume="auto")
+    resumed.train()
+    assert f"resumed from {root / 'step-00000002'} at step 2" in capsys.readouterr().out
+    assert resumed.step_count == 4
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == [
+        "step-00000002",
+        "step-00000004",
+    ]
+
+
+def test_a_failed_write_on_a_nearly_full_disk_counts_as_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save reports a full disk only as "unexpected pos": the free space tells."""
+    import shutil
+
+    from groupwise import checkpoint
+
+    bare = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    assert not checkpoint.is_disk_full(bare, tmp_path)
+    assert checkpoint.is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"), tmp_path)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    assert checkpoint.is_disk_full(bare, tmp_path)
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from groupwise.checkpoint import checkpoint_problem, latest_valid_checkpoint
+
+    _trainer(tmp_path, max_steps=4, save_steps=2).train()
+    run, root = tmp_path / "run", tmp_path / "run" / CHECKPOINTS
+    newest = root / "step-00000004"
+    state = newest / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    problem = checkpoint_problem(newest)
+    assert problem is not None and problem.startswith("trainer_state.pt is truncated or unreadable")
+    assert latest_valid_checkpoint(run) == root / "step-00000002"
+    capsys.readouterr()
+    resumed = _trainer(tmp_path, max_steps=4, save_steps=2, resume="auto")
+    resumed.train()
+    out, err = capsys.readouterr()
+    assert f"skipping checkpoint {newest}: trainer_state.pt is truncated or unreadable" in err
+    assert f"resuming from {root / 'step-00000002'}" in err
+    assert f"resumed from {root / 'step-00000002'} at step 2" in out
+    assert resumed.step_count == 4 and [m["step"] for m in _metrics(run)] == [1, 2, 3, 4]
+    # the damaged one was moved aside (kept, never pruned or resumed from) and step 4 rewritten
+    assert len(list(root.glob("step-00000004.damaged-*"))) == 1
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000002", "step-00000004"]
+    assert checkpoint_problem(newest) is None
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size - 10])
+
+
+DAMAGES: dict[str, tuple[Any, str]] = {
+    "no-info": (lambda c: (c / "checkpoint.json").unlink(), "checkpoint.json is missing"),
+    "bad-info": (
+        lambda c: (c / "checkpoint.json").write_text("{"),
+        "checkpoint.json is unreadable",
+    ),
+    "no-state": (lambda c: (c / "trainer_state.pt").unlink(), "trainer_state.pt is missing"),
+    "no-weights": (
+        lambda c: (c / "model" / "model.safetensors").unlink(),
+        "the model weights are missing (no model/*.safetensors)",
+    ),
+    "short-weights": (
+        lambda c: _truncate(c / "model" / "model.safetensors"),
+        "model/model.safetensors is truncated",
+    ),
+}
+
+
+def test_each_kind_of_damage_is_named_and_explicit_resume_refuses(tmp_path: Path) -> None:
+    import shutil
+
+    from groupwise.checkpoint import checkpoint_problem
+
+    _trainer(tmp_path, max_steps=2, save_steps=2).train()
+    good = tmp_path / "run" / CHECKPOINTS / "step-00000002"
+    for name, (damage, expected) in DAMAGES.items():
+        copy = tmp_path / name / "step-00000002"
+        shutil.copytree(good, copy)
+        damage(copy)
+        problem = checkpoint_problem(copy)
+        assert problem is not None and problem.startswith(expected), (name, problem)
+    with pytest.raises(ConfigError) as info:
+        damaged = tmp_path / "short-weights" / "step-00000002"
+        _trainer(tmp_path, max_steps=3, resume=str(damaged)).train()
+    assert "training.resume: cannot resume from" in str(info.value)
+    assert f"the newest usable one here is {good}" in str(info.value)

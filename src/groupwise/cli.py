@@ -17,8 +17,10 @@ from collections.abc import Sequence
 
 import yaml
 
+from groupwise.checkpoint import DiskFullError
 from groupwise.config import ConfigError, config_to_dict, load_config, reference_markdown
 from groupwise.guards import NonFiniteUpdatesError, TrainingInterrupted
+from groupwise.rewards.base import RewardError
 from groupwise.tracking import TrackerUnavailableError
 
 
@@ -94,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingInterrupted as exc:
         print(f"groupwise: {exc}", file=sys.stderr)
         return exc.exit_code
-    except NonFiniteUpdatesError as exc:
+    except (NonFiniteUpdatesError, RewardError, DiskFullError) as exc:
         print(f"groupwise: error: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:

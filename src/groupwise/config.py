@@ -141,6 +141,8 @@ class RewardsConfig:
     """Let code rewards run model code WITHOUT a sandbox when bubblewrap is unavailable."""
     concurrent: bool = True
     """Run the reward functions of a batch concurrently (sync ones in threads, async awaited)."""
+    timeout_s: float = 300.0
+    """Stop the run with an error naming a reward function whose call takes longer than this many seconds, before the step's update (the last checkpoint stays the resume point); 0 = no limit."""
 
 
 @dataclass
@@ -494,6 +496,10 @@ def _validate_ranges(config: Config) -> None:
         raise ConfigError("algorithm.sapo_temperature_pos and _neg must be > 0")
     if t.learning_rate <= 0:
         raise ConfigError(f"training.learning_rate must be > 0, got {t.learning_rate}")
+    if not config.rewards.timeout_s >= 0:
+        raise ConfigError(
+            f"rewards.timeout_s must be >= 0 (0 = no limit), got {config.rewards.timeout_s}"
+        )
 
 
 def _validate_combinations(config: Config) -> None:
@@ -526,6 +532,7 @@ def _validate_combinations(config: Config) -> None:
 # not the maths of the steps already taken. Everything else must match the checkpoint.
 RESUME_SAFE_KEYS = frozenset(
     {
+        "rewards.timeout_s",
         "training.max_steps",
         "training.logging_steps",
         "training.log_completions",

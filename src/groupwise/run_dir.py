@@ -4,13 +4,23 @@
 ``completions.jsonl``, ``checkpoints/step-XXXXXXXX`` (see :mod:`groupwise.checkpoint`),
 ``final/``, ``summary.json`` and the report. Rank 0 decides and writes; every rank loads the
 same checkpoint (a shared file system on several nodes).
+
+While a run uses the directory, rank 0 holds ``RUN_DIR/.lock`` (:class:`RunLock`): a second run
+on the same directory refuses to start, naming the first one's pid. ``resume=auto`` resumes from
+the newest checkpoint whose files are whole, moving damaged newer ones aside and saying why.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
+import os
 import random
 import shutil
+import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +29,7 @@ import numpy as np
 import torch
 import yaml
 
-from groupwise.checkpoint import CHECKPOINTS, latest_checkpoint
+from groupwise.checkpoint import CHECKPOINTS, checkpoint_problem, latest_valid_checkpoint
 from groupwise.config import Config, ConfigError, config_to_dict
 from groupwise.data.sampler import PromptSampler
 from groupwise.distributed import barrier, broadcast_object, is_main, world_size
@@ -28,6 +38,138 @@ from groupwise.precision import PrecisionChoice
 from groupwise.step import Counters
 
 LOGS = ("metrics.jsonl", "completions.jsonl")
+LOCK_FILE = ".lock"
+"""In the run directory while a run uses it: the owner's pid and host, locked with ``flock``."""
+
+
+class OutputDirInUseError(ConfigError):
+    """Another run holds ``training.output_dir``'s lock; the message names its pid."""
+
+
+_HELD: dict[str, tuple[int, RunLock]] = {}
+"""Locks this process holds: resolved lock path -> (file descriptor, owner)."""
+
+
+class RunLock:
+    """``RUN_DIR/.lock``: one run at a time per run directory.
+
+    The file holds the owner's pid, host and start time, and stays ``flock``-ed while the run
+    lasts, so the kernel frees it however the owner ends: a lock file whose owner is gone is
+    taken over, saying whose it was. A process may take a lock it holds already (a second
+    trainer on the same directory in one program); the lock then belongs to the newer one.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / LOCK_FILE
+        self._fd: int | None = None
+        self._key = ""
+
+    def acquire(self) -> None:
+        """Take the lock; raises :class:`OutputDirInUseError` if another process holds it."""
+        key = self._key = str(self.path.resolve())
+        if key in _HELD:  # ours already: hand it on to this owner
+            self._fd = _HELD[key][0]
+            _HELD[key] = (self._fd, self)
+            return
+        fd = self._lock_file()
+        previous = _read_holder(fd)
+        if previous:
+            print(
+                f"groupwise: taking over the lock {self.path} left by {_describe(previous)}, "
+                "which is no longer running",
+                file=sys.stderr,
+                flush=True,
+            )
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.ctime()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        _HELD[key] = (fd, self)
+
+    def release(self) -> None:
+        """Give the lock up (removing the file), unless it was handed on; safe to repeat."""
+        fd, self._fd = self._fd, None
+        if fd is None or _HELD.get(self._key, (None, None))[1] is not self:
+            return
+        del _HELD[self._key]
+        self.path.unlink(missing_ok=True)  # before unlocking: a run waiting opens a new file
+        os.close(fd)
+
+    def _lock_file(self) -> int:
+        """Open and ``flock`` the lock file (the one at ``path`` now, not one just unlinked)."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_flock(fd):
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise OutputDirInUseError(_in_use_message(self.path, holder))
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # released (and removed) between our open and flock: try again
+
+
+def _try_flock(fd: int) -> bool:
+    """``flock`` the file without waiting: False if another open file holds it. Where the file
+    system has no ``flock`` (some network mounts), the pid written in it decides instead."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+    holder = _read_holder(fd)
+    mine = holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+    return not holder or mine or _alive(holder) is False  # mine: not in _HELD, so a past life
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    """The pid, host and start time in an open lock file ({} if empty or unreadable)."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _alive(holder: dict[str, Any]) -> bool | None:
+    """Whether the lock holder's process runs (None: on another host, cannot tell)."""
+    if holder.get("host") != socket.gethostname():
+        return None
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    pid, host, started = holder.get("pid", "?"), holder.get("host", "?"), holder.get("started")
+    return f"pid {pid} on {host}" + (f" (started {started})" if started else "")
+
+
+def _in_use_message(lock: Path, holder: dict[str, Any]) -> str:
+    who = _describe(holder) if holder else "another process"
+    gone = (
+        f" (that pid is no longer running: a process it started may still hold the lock, see "
+        f"fuser -v {lock}, or a new run is just starting)"
+        if holder and _alive(holder) is False
+        else ""
+    )
+    return (
+        f"training.output_dir {lock.parent} is in use by another run: {who} holds {lock}{gone}. "
+        "Wait for that run to end (or stop it), or choose another training.output_dir"
+    )
 
 
 class RunDirectory:
@@ -37,21 +179,40 @@ class RunDirectory:
         self.config = config
         self.precision = precision
         self.path = Path(config.training.output_dir)
+        self.lock = RunLock(self.path)
 
     def find_checkpoint(self) -> Path | None:
         """The checkpoint to resume from (rank 0 decides, every rank gets the answer); clears
-        an old run when ``overwrite_output_dir`` says so, refuses to mix two runs otherwise."""
+        an old run when ``overwrite_output_dir`` says so, refuses to mix two runs otherwise.
+
+        Rank 0 takes the directory's lock first and keeps it until :meth:`release`.
+        """
         found: tuple[str | None, str | None] = (None, None)  # (checkpoint, error)
+        failure: ConfigError | None = None
         if is_main():
             try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self.lock.acquire()
                 checkpoint = self._find()
                 found = (str(checkpoint) if checkpoint else None, None)
             except ConfigError as exc:
-                found = (None, str(exc))
+                failure, found = exc, (None, str(exc))
+            except BaseException:
+                self.lock.release()
+                raise
+            if failure is not None:
+                self.lock.release()
         checkpoint_path, error = broadcast_object(found)
+        if failure is not None:
+            raise failure
         if error is not None:
             raise ConfigError(error)
         return Path(checkpoint_path) if checkpoint_path is not None else None
+
+    def release(self) -> None:
+        """Give up the directory's lock (rank 0; at the end of a run, also a failed one)."""
+        if is_main():
+            self.lock.release()
 
     def start(self, step: int) -> None:
         """Drop log lines after ``step`` (the resumed checkpoint's, or all) and write
@@ -73,13 +234,19 @@ class RunDirectory:
 
     def _find(self) -> Path | None:
         t = self.config.training
-        self.path.mkdir(parents=True, exist_ok=True)
         if t.resume == "auto":
-            return latest_checkpoint(self.path)
+            return self._latest_usable()
         if t.resume:
             checkpoint = Path(t.resume)
             if not checkpoint.is_dir():
                 raise ConfigError(f"training.resume: no checkpoint directory at {checkpoint}")
+            problem = checkpoint_problem(checkpoint)
+            if problem is not None:
+                usable = latest_valid_checkpoint(self.path)
+                hint = f"; the newest usable one here is {usable}" if usable else ""
+                raise ConfigError(
+                    f"training.resume: cannot resume from {checkpoint}: {problem}{hint}"
+                )
             return checkpoint
         if any((self.path / log).exists() for log in LOGS) or (self.path / CHECKPOINTS).exists():
             if not t.overwrite_output_dir:
@@ -90,6 +257,30 @@ class RunDirectory:
                 )
             shutil.rmtree(self.path / CHECKPOINTS, ignore_errors=True)
         return None
+
+    def _latest_usable(self) -> Path | None:
+        """``resume=auto``: the newest checkpoint whose files are whole. Damaged newer ones are
+        moved aside (``step-XXXXXXXX.damaged-<time>``: never resumed from, never counted when
+        old checkpoints are pruned), saying why; if none is usable, this refuses."""
+        skipped: list[tuple[Path, str]] = []
+        found = latest_valid_checkpoint(self.path, lambda p, why: skipped.append((p, why)))
+        if found is None and skipped:
+            problems = "\n  ".join(f"{p.name}: {why}" for p, why in skipped)
+            raise ConfigError(
+                f"training.resume=auto: no usable checkpoint in {self.path / CHECKPOINTS}:\n  "
+                f"{problems}\nPoint training.resume at a good copy, or start over with "
+                "training.resume='' training.overwrite_output_dir=true"
+            )
+        for path, why in skipped:
+            aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+            os.replace(path, aside)
+            print(
+                f"groupwise: skipping checkpoint {path}: {why}; moved it to {aside.name} and "
+                f"resuming from {found}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return found
 
 
 @dataclass

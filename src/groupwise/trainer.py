@@ -186,7 +186,7 @@ class GRPOTrainer:
                 max_completion_length=self.config.rollout.max_completion_length,
                 defaults=self.task.reward_funcs,
             )
-        return RewardRunner(funcs, r.weights, concurrent=r.concurrent)
+        return RewardRunner(funcs, r.weights, concurrent=r.concurrent, timeout=r.timeout_s)
 
     # ------------------------------------------------------------------ steps and evaluation
     def next_rows(self) -> list[Row]:
@@ -228,9 +228,16 @@ class GRPOTrainer:
         Writes a checkpoint every ``save_steps`` steps and at the end. On SIGINT/SIGTERM it
         finishes the step, checkpoints and raises :class:`TrainingInterrupted`.
         """
+        checkpoint = self.run_dir.find_checkpoint()  # rank 0 locks output_dir until released
+        try:
+            return self._train(checkpoint)
+        finally:
+            self.run_dir.release()
+
+    def _train(self, checkpoint: Path | None) -> dict[str, Any]:
+        """:meth:`train` once the run directory is locked and the checkpoint chosen."""
         t = self.config.training
         wall_start = time.perf_counter()
-        checkpoint = self.run_dir.find_checkpoint()
         if checkpoint is not None:
             self.resume_from(checkpoint)
         self.run_dir.start(self.step_count)

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -143,3 +148,121 @@ def test_builtin_rewards_are_registered_where_defined_and_documented() -> None:
     for name in BUILTIN_REWARDS:
         entry = REWARDS.get(name) if name in REWARDS else REWARD_FACTORIES.get(name)
         assert entry.__module__.startswith("groupwise.rewards."), name
+
+
+# ---------------------------------------------------------------------------- hung rewards
+def _hanging(name: str, release: threading.Event, *, is_async: bool = False) -> Any:
+    """A reward named ``name`` that does not return until ``release`` is set."""
+
+    def hang(prompts: list[Any], completions: list[str], **_: Any) -> list[float]:
+        release.wait(60)
+        return [0.0 for _ in completions]
+
+    async def hang_async(prompts: list[Any], completions: list[str], **_: Any) -> list[float]:
+        if name == "blocks_loop":  # never awaits: blocks the event loop itself
+            release.wait(60)
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        return [0.0 for _ in completions]
+
+    func = hang_async if is_async else hang
+    func.__name__ = name
+    return func
+
+
+def _ones(prompts: list[Any], completions: list[str], **_: Any) -> list[float]:
+    return [1.0 for _ in completions]
+
+
+@pytest.mark.parametrize(
+    ("hung", "others"),
+    [
+        ({"name": "slow"}, []),  # alone: called one after another
+        ({"name": "slow"}, [_ones]),  # concurrently, in threads
+        ({"name": "slow_async", "is_async": True}, [_ones]),  # awaited in the event loop
+        ({"name": "blocks_loop", "is_async": True}, [_ones]),  # an async one that blocks it
+    ],
+    ids=["sync-alone", "sync-concurrent", "async", "async-blocking"],
+)
+def test_a_hung_reward_raises_promptly_naming_it(hung: dict[str, Any], others: list[Any]) -> None:
+    release = threading.Event()
+    name = hung["name"]
+    runner = RewardRunner([_hanging(release=release, **hung), *others], timeout=0.5)
+    start = time.monotonic()
+    try:
+        with pytest.raises(RewardError) as info:
+            runner(["p", "q"], ["a", "b"])
+        elapsed = time.monotonic() - start
+    finally:
+        release.set()  # let the abandoned thread finish
+    message = str(info.value)
+    assert f"reward function '{name}' did not return within 0.5 s (rewards.timeout_s)" in message
+    assert "on a batch of 2 completions" in message and "(0 = no limit)" in message
+    assert 0.5 <= elapsed < 5, elapsed
+    # the runner still works on the next batch
+    release.clear()
+    fast = RewardRunner([_ones, _ones], timeout=5)
+    assert fast(["p"], ["a"]).total.tolist() == [2.0]
+
+
+def test_timeout_zero_waits_and_results_are_unchanged() -> None:
+    def slowish(prompts: list[Any], completions: list[str], **_: Any) -> list[float]:
+        time.sleep(0.3)
+        return [0.5 for _ in completions]
+
+    for timeout in (0.0, 30.0):
+        for concurrent in (True, False):
+            runner = RewardRunner([slowish, _ones], timeout=timeout, concurrent=concurrent)
+            assert runner(["p"] * 2, ["a", "b"]).total.tolist() == [1.5, 1.5]
+    with pytest.raises(
+        ValueError, match=r"rewards.timeout_s must be >= 0 \(0 = no limit\), got -1"
+    ):
+        RewardRunner([_ones], timeout=-1)
+
+
+def test_probing_samples_of_a_failed_batch_stops_at_a_hung_call() -> None:
+    """A function that raises on the batch is called on single samples to name the culprit;
+    a single-sample call that hangs ends the search instead of hanging the run."""
+    release = threading.Event()
+
+    def odd(prompts: list[Any], completions: list[str], **_: Any) -> list[float]:
+        if len(completions) > 1:
+            raise ValueError("batch too large")
+        release.wait(60)
+        return [0.0]
+
+    start = time.monotonic()
+    try:
+        with pytest.raises(RewardError) as info:
+            RewardRunner([odd], timeout=0.5)(["p", "q"], ["a", "b"])
+    finally:
+        release.set()
+    assert time.monotonic() - start < 5
+    assert "'odd' raised ValueError: batch too large" in str(info.value)
+    assert "sample 0 alone did not return in time" in str(info.value)
+
+
+HUNG_REWARD_THEN_EXIT = """
+import threading
+from groupwise.rewards.base import RewardError, RewardRunner
+
+def stuck(prompts, completions, **kwargs):
+    threading.Event().wait()  # forever
+
+try:
+    RewardRunner([stuck], timeout=0.2)(["p"], ["c"])
+except RewardError as exc:
+    print("raised:", exc)
+"""
+
+
+def test_a_hung_reward_does_not_keep_the_process_from_exiting() -> None:
+    """The abandoned thread is a daemon: the interpreter exits without joining it."""
+    done = subprocess.run(
+        [sys.executable, "-c", HUNG_REWARD_THEN_EXIT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "raised: reward function 'stuck' did not return within 0.2 s" in done.stdout

@@ -16,7 +16,6 @@ from groupwise.envs.base import (
     EnvStep,
     as_env_step,
     end_reward,
-    env_reward,
     from_trl,
 )
 from groupwise.envs.tools import (
@@ -29,6 +28,7 @@ from groupwise.envs.tools import (
     run_tool_call,
     tools_instructions,
 )
+from groupwise.rewards.environment import env_reward
 
 __all__ = [
     "ENVIRONMENTS",

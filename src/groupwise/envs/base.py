@@ -116,6 +116,7 @@ EnvironmentFactory = Callable[..., Environment]
 
 def _load_builtin_environments() -> None:
     import groupwise.envs.builtin  # noqa: F401
+    import groupwise.envs.calculator  # noqa: F401
 
 
 ENVIRONMENTS: Registry[EnvironmentFactory] = Registry(
@@ -155,22 +156,6 @@ def end_reward(env: Environment) -> float | None:
         return None
     value = call_maybe_async(reward)
     return None if value is None else float(value)
-
-
-def env_reward(
-    prompts: Sequence[Any], completions: Sequence[str], **columns: Any
-) -> list[float | None]:
-    """Reward function returning the environment's own end reward of each episode.
-
-    The ``episodes`` engine records it per row as the ``env_reward`` column; None (no reward)
-    where the environment has none. Use it in ``rewards.funcs`` next to text-based rewards.
-    """
-    values = columns.get("env_reward")
-    if values is None:
-        raise ValueError(
-            "env_reward: no 'env_reward' column; it is filled by rollout.engine=episodes"
-        )
-    return [None if v is None else float(v) for v in values]
 
 
 def from_trl(factory: Callable[[], Any], **tool_options: Any) -> EnvironmentFactory:

@@ -5,6 +5,11 @@ function (or any async one) runs them concurrently: each sync function in a work
 the async ones awaited together in one event loop, so a slow reward (a sandbox, a reward model,
 a remote judge) does not hold up the others. Results are combined in the configured order.
 
+A call that does not return within ``timeout`` seconds (``rewards.timeout_s``) raises
+:class:`RewardError` naming the function. The batch then runs in a daemon thread and every sync
+function in a daemon thread of its own, so the runner never waits for a hung call: the thread
+is abandoned (Python cannot stop it) and the process can still exit.
+
 Rewards are resolved by name (:func:`resolve_reward`) from two registries, each filled by a
 decorator where the reward is defined (built-ins and user code alike): :data:`REWARDS`
 (``@register_reward("name")``, functions usable as they are) and :data:`REWARD_FACTORIES`
@@ -17,12 +22,16 @@ penalty) are built from those arguments plus, when their signature asks for them
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import importlib
 import inspect
 import math
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,6 +56,10 @@ class RewardError(RuntimeError):
     """A reward function failed or returned something unusable; the message names it."""
 
 
+class RewardTimeoutError(RewardError):
+    """A reward function did not return within ``rewards.timeout_s``; the message names it."""
+
+
 def reward_name(func: AnyRewardFunc) -> str:
     """The name a reward is logged under (``rewards/<name>/mean``)."""
     return str(getattr(func, "__name__", type(func).__name__))
@@ -64,6 +77,7 @@ def import_builtin_rewards() -> None:
     import groupwise.rewards.answer
     import groupwise.rewards.code
     import groupwise.rewards.dialogue
+    import groupwise.rewards.environment
     import groupwise.rewards.math
     import groupwise.rewards.reasoning_gym  # noqa: F401
 
@@ -313,6 +327,89 @@ async def _await(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
 
 
+def in_daemon_thread(fn: Callable[[], _T], name: str = "reward") -> concurrent.futures.Future[_T]:
+    """Start ``fn()`` in a new daemon thread; its result (or exception) arrives in the future.
+
+    Unlike a ``ThreadPoolExecutor`` worker, a daemon thread that never returns is not joined,
+    neither by the caller nor at interpreter exit.
+    """
+    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # handed to the waiting side
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+def call_reward_within(func: AnyRewardFunc, timeout: float, **kwargs: Any) -> Any:
+    """:func:`call_reward`, giving up after ``timeout`` s with :class:`RewardTimeoutError`
+    (0 = no limit); the call is then left running in its daemon thread."""
+    if timeout <= 0:
+        return call_reward(func, **kwargs)
+    name = reward_name(func)
+    future = in_daemon_thread(functools.partial(call_reward, func, **kwargs), f"reward-{name}")
+    done, _ = concurrent.futures.wait([future], timeout)
+    if not done:
+        raise RewardTimeoutError(
+            f"reward function {name!r} did not return within {timeout} s (rewards.timeout_s)"
+        )
+    return future.result()
+
+
+class _Calls:
+    """The reward calls of one batch under way, and since when, as the waiting thread sees them
+    while another thread runs the batch."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running: dict[str, float] = {}
+        self._outcome: tuple[list[Any] | None, BaseException | None] | None = None
+
+    @contextmanager
+    def running(self, name: str) -> Iterator[None]:
+        """Mark the call of ``name`` as under way while the block runs."""
+        with self._cond:
+            self._running[name] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running.pop(name, None)
+                self._cond.notify_all()
+
+    def finish(self, outputs: list[Any] | None, error: BaseException | None = None) -> None:
+        """The batch is done: its outputs, or the error that ended it."""
+        with self._cond:
+            self._outcome = (outputs, error)
+            self._cond.notify_all()
+
+    def wait(self, timeout: float) -> list[str]:
+        """Block until the batch is done (returns []) or calls have run ``timeout`` s or more
+        (returns their names, the longest-running first)."""
+        with self._cond:
+            while self._outcome is None:
+                now = time.monotonic()
+                overdue = [n for n, t in self._running.items() if now - t >= timeout]
+                if overdue:
+                    return overdue
+                first = min(self._running.values(), default=now)
+                self._cond.wait(first + timeout - now)
+            return []
+
+    def outputs(self) -> list[Any]:
+        """The finished batch's outputs (re-raises what ended it early)."""
+        assert self._outcome is not None
+        outputs, error = self._outcome
+        if error is not None:
+            raise error
+        assert outputs is not None
+        return outputs
+
+
 @dataclass
 class RewardResult:
     """Rewards of one batch."""
@@ -333,7 +430,8 @@ class RewardRunner:
 
     ``concurrent`` (default) runs the functions of a batch at the same time when there are
     several or any is async; ``max_workers`` bounds the threads for sync functions (default:
-    one per sync function).
+    one per sync function). ``timeout``: seconds a call may take before :class:`RewardError`
+    is raised (0 = no limit); the hung call is left running in its daemon thread.
     """
 
     def __init__(
@@ -343,6 +441,7 @@ class RewardRunner:
         *,
         concurrent: bool = True,
         max_workers: int | None = None,
+        timeout: float = 300.0,
     ) -> None:
         if not funcs:
             raise ValueError("rewards.funcs: at least one reward function is needed")
@@ -350,6 +449,8 @@ class RewardRunner:
             raise ValueError(
                 f"rewards.weights has {len(weights)} values for {len(funcs)} reward functions"
             )
+        if not timeout >= 0:
+            raise ValueError(f"rewards.timeout_s must be >= 0 (0 = no limit), got {timeout}")
         for func in funcs:
             check_signature(func)
         self.funcs = list(funcs)
@@ -357,6 +458,7 @@ class RewardRunner:
         self.names = _unique_names(self.funcs)
         self.concurrent = concurrent
         self.max_workers = max_workers
+        self.timeout = float(timeout)
 
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[str], **columns: Sequence[Any]
@@ -368,7 +470,9 @@ class RewardRunner:
             self.names, self.funcs, self.weights, outputs, strict=True
         ):
             if isinstance(out, _Failure):
-                message = _describe_failure(name, func, out.exc, prompts, completions, columns)
+                message = _describe_failure(
+                    name, func, out.exc, prompts, completions, columns, self.timeout
+                )
                 raise RewardError(message) from out.exc
             values = self._check(name, out, prompts, completions)
             per_func[name] = values
@@ -378,44 +482,78 @@ class RewardRunner:
     def _call_all(
         self, prompts: Sequence[Any], completions: Sequence[str], columns: dict[str, Sequence[Any]]
     ) -> list[Any]:
-        """Every function's raw output (or its exception), concurrently when useful."""
+        """Every function's raw output (or its exception); with a timeout, the batch runs in a
+        daemon thread and this one only waits, so a hung call cannot hold it."""
 
         def arguments() -> dict[str, Any]:  # fresh lists per function: no shared mutation
             args = {k: list(v) for k, v in columns.items()}
             return {**args, "prompts": list(prompts), "completions": list(completions)}
 
+        calls = _Calls()
+        if not self.timeout:
+            return self._run_batch(arguments, calls)
+
+        def run() -> None:
+            try:
+                calls.finish(self._run_batch(arguments, calls))
+            except BaseException as exc:  # re-raised in the waiting thread
+                calls.finish(None, exc)
+
+        threading.Thread(target=run, name="reward-batch", daemon=True).start()
+        overdue = calls.wait(self.timeout)
+        if overdue:
+            others = f" (also still running: {', '.join(overdue[1:])})" if overdue[1:] else ""
+            raise RewardTimeoutError(
+                f"reward function {overdue[0]!r} did not return within {self.timeout} s "
+                f"(rewards.timeout_s) on a batch of {len(completions)} completions{others}; "
+                "it is left running in a background thread and this step's update is not made. "
+                "Make it return sooner (e.g. give its remote calls their own timeout) or raise "
+                "rewards.timeout_s (0 = no limit)"
+            )
+        return calls.outputs()
+
+    def _run_batch(self, arguments: Callable[[], dict[str, Any]], calls: _Calls) -> list[Any]:
+        """Call the functions one after another, or concurrently when useful."""
         parallel = len(self.funcs) > 1 or any(is_async_reward(f) for f in self.funcs)
         if not (self.concurrent and parallel):
             outputs: list[Any] = []
-            for func in self.funcs:
+            for name, func in zip(self.names, self.funcs, strict=True):
                 try:
-                    outputs.append(call_reward(func, **arguments()))
+                    with calls.running(name):
+                        outputs.append(call_reward(func, **arguments()))
                 except Exception as exc:
                     outputs.append(_Failure(exc))
             return outputs
-        return run_coroutine(self._gather([arguments() for _ in self.funcs]))
+        return run_coroutine(self._gather([arguments() for _ in self.funcs], calls))
 
-    async def _gather(self, arguments: list[dict[str, Any]]) -> list[Any]:
-        """Sync functions in a thread pool, async ones in this loop; all at once."""
-        loop = asyncio.get_running_loop()
+    async def _gather(self, arguments: list[dict[str, Any]], calls: _Calls) -> list[Any]:
+        """Sync functions in daemon threads (at most ``max_workers`` at once), async ones in this
+        loop; all at once."""
         num_sync = sum(not is_async_reward(f) for f in self.funcs)
-        workers = max(1, min(self.max_workers or num_sync, num_sync))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reward") as pool:
+        slots = asyncio.Semaphore(max(1, min(self.max_workers or num_sync, num_sync)))
 
-            async def one(func: AnyRewardFunc, kwargs: dict[str, Any]) -> Any:
-                try:
-                    if is_async_reward(func):
+        def tracked(name: str, func: AnyRewardFunc, kwargs: dict[str, Any]) -> Any:
+            with calls.running(name):
+                return func(**kwargs)
+
+        async def one(name: str, func: AnyRewardFunc, kwargs: dict[str, Any]) -> Any:
+            try:
+                if is_async_reward(func):
+                    with calls.running(name):
                         out = await func(**kwargs)  # type: ignore[misc]
-                    else:
-                        out = await loop.run_in_executor(pool, functools.partial(func, **kwargs))
-                    if inspect.isawaitable(out):
+                else:
+                    async with slots:
+                        work = functools.partial(tracked, name, func, kwargs)
+                        out = await asyncio.wrap_future(in_daemon_thread(work, f"reward-{name}"))
+                if inspect.isawaitable(out):
+                    with calls.running(name):
                         out = await out
-                    return out
-                except Exception as exc:
-                    return _Failure(exc)
+                return out
+            except Exception as exc:
+                return _Failure(exc)
 
-            jobs = [one(f, a) for f, a in zip(self.funcs, arguments, strict=True)]
-            return list(await asyncio.gather(*jobs))
+        jobs = [one(*job) for job in zip(self.names, self.funcs, arguments, strict=True)]
+        return list(await asyncio.gather(*jobs))
 
     @staticmethod
     def _check(
@@ -476,13 +614,19 @@ def _describe_failure(
     prompts: Sequence[Any],
     completions: Sequence[str],
     columns: dict[str, Sequence[Any]],
+    timeout: float = 0.0,
 ) -> str:
-    """Name the function and, by calling it on single samples, the first sample that fails."""
+    """Name the function and, by calling it on single samples, the first sample that fails
+    (each call given up after ``timeout`` s, which ends the search)."""
     head = f"reward function {name!r} raised {type(exc).__name__}: {exc}"
     for i in range(len(completions)):
         one = {k: [v[i]] for k, v in columns.items()}
         try:
-            call_reward(func, prompts=[prompts[i]], completions=[completions[i]], **one)
+            call_reward_within(
+                func, timeout, prompts=[prompts[i]], completions=[completions[i]], **one
+            )
+        except RewardTimeoutError:
+            return f"{head} (batch of {len(completions)}; sample {i} alone did not return in time)"
         except Exception:
             return (
                 f"{head} (on sample {i}: prompt {_short(prompts[i])}, "
