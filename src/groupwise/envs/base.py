@@ -115,7 +115,7 @@ EnvironmentFactory = Callable[..., Environment]
 
 
 def _load_builtin_environments() -> None:
-    import groupwise.envs.builtin  # noqa: F401
+    import groupwise.envs.builtin
     import groupwise.envs.calculator  # noqa: F401
 
 
