@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from groupwise import GRPOTrainer, load_config
+from groupwise.rollout import Rollout, tokenize_prompts
 from tests_helpers import tiny_overrides, varied_reward
 
 
@@ -62,3 +63,51 @@ def test_the_objective_reaches_the_loss_off_policy(tmp_path: Path) -> None:
     clip = _one_step_weights(tmp_path / "clip", num_iterations=2)
     sapo = _one_step_weights(tmp_path / "sapo", num_iterations=2, **{"algorithm.objective": "sapo"})
     assert any(not torch.equal(clip[n], sapo[n]) for n in clip)
+
+
+def _param_grads(
+    trainer: GRPOTrainer, rollout: Rollout, advantages: torch.Tensor
+) -> list[torch.Tensor]:
+    step = trainer.grpo_step
+    trainer.policy.zero_grad(set_to_none=True)
+    batch = step.prepare(rollout, advantages)
+    loss, _ = step.loss(batch, 0)
+    loss.backward()
+    return [p.grad.clone() for p in trainer.policy.parameters() if p.grad is not None]
+
+
+def test_environment_tokens_get_no_gradient(tmp_path: Path) -> None:
+    """Changing the tokens an environment inserted at the end of an episode changes nothing in
+    the parameters' gradient (they are context for nothing and carry no loss); the same change
+    on policy tokens does (the check can fail)."""
+    config = load_config(
+        overrides=tiny_overrides(tmp_path, bf16=False, per_device_train_batch_size=4)
+    )
+    trainer = GRPOTrainer(config, reward_funcs=[varied_reward])
+    g = trainer.config.rollout.num_generations
+    prompts = tokenize_prompts(trainer.tokenizer, ["count with me"], trainer.device)
+    ids = torch.randint(5, 200, (g, 8), generator=torch.Generator().manual_seed(0))
+    loss_mask = torch.ones(g, 8, dtype=torch.long)
+    loss_mask[:, 6:] = 0  # the last two tokens: the environment's closing message
+
+    def rollout(tokens: torch.Tensor, mask: torch.Tensor) -> Rollout:
+        return Rollout(
+            prompts=prompts,
+            completion_ids=tokens,
+            completion_mask=torch.ones(g, 8, dtype=torch.long),
+            truncated=torch.zeros(g, dtype=torch.bool),
+            group_size=g,
+            loss_mask=mask,
+        )
+
+    advantages = torch.linspace(-1.0, 1.0, g)
+    changed = ids.clone()
+    changed[:, 6:] = (ids[:, 6:] + 17) % 200 + 5
+    base = _param_grads(trainer, rollout(ids, loss_mask), advantages)
+    other = _param_grads(trainer, rollout(changed, loss_mask), advantages)
+    for a, b in zip(base, other, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    policy_all = torch.ones(g, 8, dtype=torch.long)
+    trained = _param_grads(trainer, rollout(ids, policy_all), advantages)
+    trained_changed = _param_grads(trainer, rollout(changed, policy_all), advantages)
+    assert any(not torch.equal(a, b) for a, b in zip(trained, trained_changed, strict=True))
