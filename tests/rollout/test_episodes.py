@@ -209,3 +209,47 @@ def test_trainer_step_with_the_episodes_engine(tmp_path: Path) -> None:
     metrics = trainer.step()
     assert metrics["turns/mean"] > 1 and metrics["tokens/environment_mean"] > 0
     assert env_reward([], [], env_reward=[0.5, None]) == [0.5, None]
+
+
+def test_kill_and_resume_mid_multi_turn_run_equals_no_kill(tmp_path: Path) -> None:
+    """fp32, tiny-random: a multi-turn run stopped after step 2 (checkpoint every step) and
+    resumed gives the per-step metrics and final weights of the uninterrupted run."""
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_2(trainer: GRPOTrainer, metrics: dict[str, float]) -> None:
+        if trainer.step_count == 2:
+            raise Crash
+
+    def config(run: Path, **extra: object) -> Any:
+        overrides = tiny_overrides(
+            run, max_steps=4, bf16=False, max_completion_length=24, save_steps=1, **extra
+        )
+        options = {"environment": "counter", "max_tokens_per_turn": 4, "env_kwargs": {"turns": 2}}
+        overrides += ["rollout.engine=episodes", f"rollout.engine_kwargs={json.dumps(options)}"]
+        return load_config(overrides=overrides)
+
+    def metrics(run: Path) -> list[dict[str, Any]]:
+        lines = (run / "run" / "metrics.jsonl").read_text().splitlines()
+        rows = [json.loads(x) for x in lines]
+        return [
+            {k: v for k, v in r.items() if not k.startswith(("time/", "step_time"))} for r in rows
+        ]
+
+    full = GRPOTrainer(config(tmp_path / "full"), reward_funcs=["length_penalty"])
+    full.train()
+    with pytest.raises(Crash):
+        GRPOTrainer(
+            config(tmp_path / "split"), reward_funcs=["length_penalty"], callbacks=[crash_after_2]
+        ).train()
+    resumed = GRPOTrainer(
+        config(tmp_path / "split", resume="auto"), reward_funcs=["length_penalty"]
+    )
+    resumed.train()
+    assert resumed.step_count == 4
+    assert metrics(tmp_path / "split") == metrics(tmp_path / "full")
+    for (name, a), b in zip(
+        full.policy.named_parameters(), resumed.policy.parameters(), strict=True
+    ):
+        assert torch.equal(a, b), name
