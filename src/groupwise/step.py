@@ -372,6 +372,8 @@ class GRPOStep:
         out = completion_metrics(lengths, all_gather_cat(rollout.truncated))
         if rollout.entropy is not None:
             out["entropy"] = entropy_sum / max(policy_tokens, 1.0)
+        if rollout.metrics:  # the engine's own (tool calls, environment time): rank means
+            out.update(all_reduce_floats(rollout.metrics, {}))
         if rollout.loss_mask is not None:  # an episode: tokens the environment inserted
             rows = float(all_gather_cat(rollout.truncated).numel())
             out["tokens/policy_mean"] = policy_tokens / rows

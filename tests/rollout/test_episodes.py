@@ -208,6 +208,7 @@ def test_trainer_step_with_the_episodes_engine(tmp_path: Path) -> None:
     trainer = GRPOTrainer(load_config(overrides=overrides), reward_funcs=["length_penalty"])
     metrics = trainer.step()
     assert metrics["turns/mean"] > 1 and metrics["tokens/environment_mean"] > 0
+    assert metrics["tools/calls_mean"] == 0.0 and metrics["time/environment"] >= 0.0
     assert env_reward([], [], env_reward=[0.5, None]) == [0.5, None]
 
 
@@ -253,3 +254,17 @@ def test_kill_and_resume_mid_multi_turn_run_equals_no_kill(tmp_path: Path) -> No
         full.policy.named_parameters(), resumed.policy.parameters(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_episode_metrics_count_tool_calls_and_errors() -> None:
+    from types import SimpleNamespace
+
+    from groupwise.rollout.episodes import episode_metrics
+
+    episodes: Any = [
+        SimpleNamespace(env=SimpleNamespace(calls=[1, 2, 3], errors=1)),
+        SimpleNamespace(env=SimpleNamespace(calls=[1], errors=1)),
+        SimpleNamespace(env=SimpleNamespace()),  # an environment without tools
+    ]
+    m = episode_metrics(episodes, 0.25)
+    assert m == {"tools/calls_mean": 4 / 3, "tools/error_rate": 0.5, "time/environment": 0.25}

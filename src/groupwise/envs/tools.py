@@ -214,10 +214,11 @@ class ToolEnvironment(BaseEnvironment):
         self.timeout = timeout
         self.max_chars = max_chars
         self.calls: list[ToolCall] = []
+        self.errors = 0  # calls answered with an error result
 
     def reset(self, row: Row) -> str | None:
         """No first observation (the tools are described in the prompt)."""
-        self.calls = []
+        self.calls, self.errors = [], 0
         return None
 
     def step(self, policy_message: str) -> EnvStep:
@@ -230,6 +231,7 @@ class ToolEnvironment(BaseEnvironment):
             run_tool_call(c, self.tools, timeout=self.timeout, max_chars=self.max_chars)
             for c in calls
         ]
+        self.errors += sum(r.startswith("error:") for r in results)
         return EnvStep("\n".join(f"<tool_response>{r}</tool_response>" for r in results))
 
 

@@ -43,6 +43,7 @@ Limits: draws come from ``request.generator`` (``rollout.rank_invariant_sampling
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -364,6 +365,7 @@ class EpisodeEngine:
         self.kv_reuse = kv_reuse
         self.format = ChatFormat(tokenizer, self.eos_token_ids)
         self.last_episodes: list[Episode] = []
+        self.env_seconds = 0.0
         self._depth = 0
 
     def generate(self, prompts: PromptBatch, request: RolloutRequest) -> Rollout:
@@ -371,7 +373,9 @@ class EpisodeEngine:
         g = request.group_size
         rows = self._rows(prompts, request)
         episodes = [Episode(self.factory(**self.env_kwargs)) for _ in range(len(rows) * g)]
+        start = time.perf_counter()
         observations = [ep.env.reset(rows[i // g]) for i, ep in enumerate(episodes)]
+        self.env_seconds = time.perf_counter() - start
         prompts = self._prompts(prompts, rows, episodes, observations, g)
         model = self.weights.model
         model.eval()
@@ -393,7 +397,9 @@ class EpisodeEngine:
             )
             self._play(runner, episodes, sampler, budget)
         self.last_episodes = episodes
-        return self._rollout(prompts, episodes, g)
+        rollout = self._rollout(prompts, episodes, g)
+        rollout.metrics = episode_metrics(episodes, self.env_seconds)
+        return rollout
 
     def _play(
         self,
@@ -426,7 +432,9 @@ class EpisodeEngine:
                 return []
             closing = self.eos_token_ids[:1]  # cut by max_tokens_per_turn: close the turn
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        start = time.perf_counter()
         result = as_env_step(ep.env.step(text))
+        self.env_seconds += time.perf_counter() - start
         if result.reward is not None:
             ep.step_rewards.append(float(result.reward))
         if result.done:
@@ -523,6 +531,19 @@ class EpisodeEngine:
                 yield
         finally:
             self._depth -= 1
+
+
+def episode_metrics(episodes: Sequence[Episode], env_seconds: float) -> dict[str, float]:
+    """``tools/calls_mean`` (per episode), ``tools/error_rate`` (error results per call) and
+    ``time/environment`` (seconds the environments took: reset and every step)."""
+    calls = [len(getattr(ep.env, "calls", ())) for ep in episodes]
+    errors = sum(int(getattr(ep.env, "errors", 0)) for ep in episodes)
+    total = sum(calls)
+    return {
+        "tools/calls_mean": total / max(len(episodes), 1),
+        "tools/error_rate": errors / total if total else 0.0,
+        "time/environment": env_seconds,
+    }
 
 
 @ENGINES.register("episodes")

@@ -43,6 +43,7 @@ class Rollout:
     loss_mask: Tensor | None = None  # [B, Lc] 1 = the policy's token, 0 = inserted (no loss)
     turn_index: Tensor | None = None  # [B, Lc] the turn of each token (multi-turn episodes)
     columns: dict[str, list[Any]] | None = None  # per-row values an engine adds for rewards
+    metrics: dict[str, float] | None = None  # an engine's statistics of this batch (logged)
 
     @property
     def completion_lengths(self) -> Tensor:
