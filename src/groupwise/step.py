@@ -134,7 +134,8 @@ class GRPOStep:
             learning_rate=learning_rate,
             step_time=time.perf_counter() - start,
         )
-        records = completion_records(self.counters.step, rows, scored, rollout)
+        decode = self.parts.tokenizer.decode
+        records = completion_records(self.counters.step, rows, scored, rollout, decode)
         return StepResult(metrics, [r for part in all_gather_objects(records) for r in part])
 
     # ------------------------------------------------------------------ generate

@@ -78,12 +78,13 @@ def grad_sync(module: nn.Module, enabled: bool) -> AbstractContextManager[Any]:
 
 
 def completion_records(
-    step: int, rows: list[Row], scored: Scored, rollout: Rollout
+    step: int, rows: list[Row], scored: Scored, rollout: Rollout, decode: Any = None
 ) -> list[dict[str, Any]]:
-    """One record per completion: step, prompt, completion, rewards, advantage, truncated."""
+    """One record per completion: step, prompt, completion, rewards, advantage, truncated; an
+    episode's record also holds its ``turns`` (``decode``: token ids -> text)."""
     g = rollout.group_size
     per_func, total = scored.rewards.per_func, scored.rewards.total
-    return [
+    records = [
         {
             "step": step,
             "prompt": rows[i // g]["prompt"],
@@ -95,6 +96,28 @@ def completion_records(
         }
         for i, text in enumerate(scored.texts)
     ]
+    if rollout.turn_index is not None and decode is not None:
+        for i, record in enumerate(records):
+            record["turns"] = conversation(rollout, i, decode)
+    return records
+
+
+def conversation(rollout: Rollout, row: int, decode: Any) -> list[dict[str, str]]:
+    """Row ``row``'s completion as turns ``{"role", "content"}``: ``assistant`` for the
+    policy's tokens, ``environment`` for the tokens an environment or a tool inserted."""
+    assert rollout.turn_index is not None
+    n = int(rollout.completion_mask[row].sum())
+    ids = rollout.completion_ids[row, :n].tolist()
+    turns = rollout.turn_index[row, :n].tolist()
+    policy = rollout.policy_mask[row, :n].tolist()
+    out: list[dict[str, str]] = []
+    start = 0
+    for end in range(1, n + 1):
+        if end == n or turns[end] != turns[start]:
+            role = "assistant" if policy[start] else "environment"
+            out.append({"role": role, "content": decode(ids[start:end])})
+            start = end
+    return out
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -3,6 +3,7 @@ episodes leaving the batch, KV reuse equal to re-prefilling, and one training st
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,3 +269,20 @@ def test_episode_metrics_count_tool_calls_and_errors() -> None:
     ]
     m = episode_metrics(episodes, 0.25)
     assert m == {"tools/calls_mean": 4 / 3, "tools/error_rate": 0.5, "time/environment": 0.25}
+
+
+def test_completions_jsonl_holds_whole_conversations_with_roles(tmp_path: Path) -> None:
+    overrides = tiny_overrides(tmp_path, max_steps=1, bf16=False, max_completion_length=24)
+    options = {"environment": "counter", "max_tokens_per_turn": 4, "env_kwargs": {"turns": 2}}
+    overrides += ["rollout.engine=episodes", f"rollout.engine_kwargs={json.dumps(options)}"]
+    GRPOTrainer(load_config(overrides=overrides), reward_funcs=["length_penalty"]).train()
+    lines = (tmp_path / "run" / "completions.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    roles = [[t["role"] for t in r["turns"]] for r in records]
+    assert all(r[0] == "assistant" for r in roles)
+    assert any("environment" in r for r in roles)  # the counter answered
+    for r in roles:  # turns alternate
+        assert all(a != b for a, b in itertools.pairwise(r))
+    assert any(
+        "ok" in t["content"] for r in records for t in r["turns"] if t["role"] != "assistant"
+    )
