@@ -139,3 +139,23 @@ def test_rich_view_shows_the_hacking_warning() -> None:
     view.update(1, METRICS)
     view.close()
     assert "reward hacking" not in quiet.getvalue()
+
+
+def test_an_episode_shows_as_turns_with_roles() -> None:
+    from groupwise.live import completion_text
+
+    record = {
+        "completion": "2+2 4",
+        "turns": [
+            {"role": "assistant", "content": "<tool_call>2+2</tool_call>"},
+            {"role": "environment", "content": "4"},
+            {"role": "assistant", "content": "The answer is 4."},
+        ],
+    }
+    text = completion_text(record)
+    assert text.splitlines() == [
+        "[assistant] <tool_call>2+2</tool_call>",
+        "[environment] 4",
+        "[assistant] The answer is 4.",
+    ]
+    assert completion_text({"completion": "plain"}) == "plain"

@@ -94,6 +94,14 @@ def _prompt_text(prompt: Any) -> str:
     return str(prompt)
 
 
+def completion_text(record: Record) -> str:
+    """A record's completion; an episode's as its turns, one ``[role] text`` line each."""
+    turns = record.get("turns")
+    if isinstance(turns, list) and turns:
+        return "\n".join(f"[{t.get('role', '?')}] {t.get('content', '')}" for t in turns)
+    return str(record.get("completion", ""))
+
+
 def _clip(text: str, limit: int) -> str:
     text = text.strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -213,7 +221,7 @@ class LiveView:
         body = Text()
         body.append("prompt: ", style="dim")
         body.append(_clip(_prompt_text(record.get("prompt", "")), 200) + "\n")
-        body.append(_clip(str(record.get("completion", "")), 400))
+        body.append(_clip(completion_text(record), 400))
         title = Text(
             f"step {self._samples_step}  reward {float(record.get('reward', math.nan)):.3f}  "
             f"advantage {float(record.get('advantage', math.nan)):+.2f}"
@@ -223,7 +231,7 @@ class LiveView:
     @staticmethod
     def _plain_sample(record: Record) -> str:
         prompt = _clip(_prompt_text(record.get("prompt", "")), 200).replace("\n", " ")
-        completion = _clip(str(record.get("completion", "")), 400)
+        completion = _clip(completion_text(record), 400)
         return (
             f"  -- reward {float(record.get('reward', math.nan)):.3f}  "
             f"advantage {float(record.get('advantage', math.nan)):+.2f}\n"

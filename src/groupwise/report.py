@@ -36,6 +36,7 @@ from matplotlib.ticker import PercentFormatter
 
 from groupwise.hacking import PREFIX as HACKING_PREFIX
 from groupwise.hacking import threshold
+from groupwise.live import completion_text
 from groupwise.tracking import prompt_text
 
 REPORT_NAME = "report.html"
@@ -470,7 +471,7 @@ def _completions_table(records: Sequence[dict[str, Any]]) -> str:
             f"<tr><td class='num'>{_fmt_value(r.get('reward'))}</td>"
             f"<td class='num'>{_fmt_value(r.get('advantage'))}</td><td>{funcs}</td>"
             f"<td><pre>{_esc(_clip_text(prompt_text(r.get('prompt'))))}</pre></td>"
-            f"<td><pre>{_esc(_clip_text(str(r.get('completion', ''))))}</pre>{flag}</td></tr>"
+            f"<td><pre>{_esc(_clip_text(completion_text(r)))}</pre>{flag}</td></tr>"
         )
     head = "<tr><th>reward</th><th>advantage</th><th>rewards</th><th>prompt</th><th>completion</th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
