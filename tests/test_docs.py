@@ -50,3 +50,30 @@ def test_readme_reference_matches_the_defaults() -> None:
         "README config reference is stale (a default or docstring changed); "
         "run `python scripts/update_readme_reference.py`"
     )
+
+
+def test_the_readme_agent_example_runs(tmp_path: Path) -> None:
+    """The README's custom environment with a custom tool, run as written (tiny-random, 1
+    step, and its registration undone)."""
+    import re
+
+    from groupwise.envs import ENVIRONMENTS
+
+    text = README.read_text()
+    section = text[text.index("### Agents: tools and multi-turn environments") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    source = code.group(1)
+    assert len(source.strip().splitlines()) <= 30  # the issue's bound for the example
+    source = source.replace(
+        '"max_steps=20"]',
+        f'"max_steps=1", "model.name=tiny-random", "output_dir={tmp_path}/run", '
+        '"per_device_train_batch_size=8", "num_generations=4", "max_completion_length=32", '
+        '"eval.before=false", "eval.after=false", "progress=false", "report=false", '
+        '"save_final=false", "training.param_dtype=float32"]',
+    )
+    try:
+        exec(compile(source, "README-agent-example", "exec"), {"__name__": "readme_example"})
+    finally:
+        ENVIRONMENTS.unregister("capitals")
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
