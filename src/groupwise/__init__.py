@@ -12,6 +12,16 @@ summary = GRPOTrainer(config, reward_funcs=["answer_match", brevity]).train()
 from groupwise.config import Config, ConfigError, load_config
 from groupwise.data import Row, Task
 from groupwise.trainer import GRPOTrainer
+from groupwise.trl_compat import GRPOConfig
 
 __version__ = "0.1.0"
-__all__ = ["Config", "ConfigError", "GRPOTrainer", "Row", "Task", "__version__", "load_config"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "GRPOConfig",
+    "GRPOTrainer",
+    "Row",
+    "Task",
+    "__version__",
+    "load_config",
+]

@@ -37,7 +37,7 @@ from groupwise.checkpoint import (
     save_pretrained_atomic,
 )
 from groupwise.config import Config, ConfigError, config_to_dict, resume_conflicts
-from groupwise.data import Row, Task, build_task
+from groupwise.data import Row, Task
 from groupwise.data.sampler import PromptSampler
 from groupwise.distributed import (
     all_gather_objects,
@@ -61,6 +61,7 @@ from groupwise.rewards.base import AnyRewardFunc, RewardRunner, resolve_reward, 
 from groupwise.run_dir import ResumableState, RunDirectory
 from groupwise.run_logger import RunLogger
 from groupwise.step import Counters, GRPOStep, StepResult
+from groupwise.trl_compat import bind_rewards, task_from_config, trl_arguments
 
 StepCallback = Callable[["GRPOTrainer", dict[str, float]], None]
 """Called after every step (logged and checkpointed) with the trainer and the step's metrics."""
@@ -76,34 +77,34 @@ def seed_everything(seed: int) -> None:
 class GRPOTrainer:
     """Trains ``config.model`` on ``task`` (default: ``config.data``) with GRPO.
 
-    ``reward_funcs`` (callables or names) replace ``config.rewards.funcs`` and the task's
-    defaults. ``task`` lets a program pass its own rows (``groupwise.data.Task``).
-    ``callbacks`` are called after every step as ``callback(trainer, metrics)``.
+    ``reward_funcs`` (callables or names) replace the config's and task's rewards; ``task``
+    passes a program's own rows; ``callbacks`` run after each step as ``cb(trainer, metrics)``.
+    TRL's ``GRPOTrainer(model=..., args=GRPOConfig(...), ...)`` works too (``trl_compat``).
     """
 
     def __init__(
         self,
-        config: Config,
+        config: Config | str | nn.Module | None = None,
+        reward_funcs: Any = None,
         *,
-        reward_funcs: Sequence[AnyRewardFunc | str] | None = None,
         task: Task | None = None,
         callbacks: Sequence[StepCallback] = (),
+        **trl: Any,
     ) -> None:
+        config, reward_funcs, task = trl_arguments(config, reward_funcs, task, trl)
         self.config = config
-        t, d = config.training, config.data
+        t = config.training
         if t.num_threads > 0:
             torch.set_num_threads(t.num_threads)
         seed_everything(t.seed)
         self.device = init_distributed(t.device)  # joins the process group under torchrun
         self.out_dir = Path(t.output_dir)
-        self.task = task or build_task(
-            d.task, train_size=d.train_size, eval_size=d.eval_size, seed=d.seed, params=d.params
-        )
-        self.rewards = self._build_rewards(reward_funcs)
+        self.task = task or task_from_config(config)
+        self.counters = Counters()
+        self.rewards = bind_rewards(self._build_rewards(reward_funcs), self)  # checks signatures
         self.sampler = PromptSampler(self.task.train, seed=t.seed)
         self.precision = self._resolve_precision()
         self.parts: TrainingParts = build_parts(config, self.precision, self.device)
-        self.counters = Counters()
         self.grpo_step = GRPOStep(config, self.parts, self.rewards, self.counters)
         self.run_state: dict[str, Any] = {}  # eval_before, train_time_s: kept across resumes
         self.resumable = ResumableState(

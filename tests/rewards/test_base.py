@@ -266,3 +266,97 @@ def test_a_hung_reward_does_not_keep_the_process_from_exiting() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "raised: reward function 'stuck' did not return within 0.2 s" in done.stdout
+
+
+# ---------------------------------------------------------------- signatures checked up front
+def test_signatures_are_checked_against_what_they_will_be_given() -> None:
+    from groupwise.rewards.base import EXPECTED_SIGNATURE, check_signature
+
+    def two_args(a: Any, b: Any) -> list[float]:
+        return []
+
+    def needs_label(prompts: Any, completions: Any, label: Any, **_: Any) -> list[float]:
+        return []
+
+    def no_kwargs(prompts: Any, completions: Any) -> list[float]:
+        return []
+
+    def uses_answer(prompts: Any, completions: Any, answer: Any, **_: Any) -> list[float]:
+        return []
+
+    with pytest.raises(RewardError, match="'two_args' must accept keyword argument 'prompts'"):
+        check_signature(two_args)
+    passed = {"answer", "completion_ids", "truncated"}
+    with pytest.raises(RewardError, match=r"'needs_label' requires 'label'.*columns: answer"):
+        check_signature(needs_label, passed)
+    with pytest.raises(RewardError, match="'no_kwargs' does not accept keyword 'answer'"):
+        check_signature(no_kwargs, passed)
+    with pytest.raises(RewardError, match="correctness function 'needs_label'") as info:
+        check_signature(needs_label, {"answer"}, kind="correctness function")
+    assert EXPECTED_SIGNATURE in str(info.value)
+    check_signature(uses_answer, passed)
+    check_signature(lambda completions, **kw: [], passed)  # TRL's style
+    check_signature(needs_label)  # columns unknown: only prompts/completions checked
+
+
+def test_task_functions_fail_before_training() -> None:
+    from groupwise.data import Task
+    from groupwise.rewards.base import check_task_functions
+
+    def needs_label(prompts: Any, completions: Any, label: Any, **_: Any) -> list[float]:
+        return []
+
+    def correct(prompts: Any, completions: Any, answer: Any) -> list[float]:
+        return []
+
+    rows = [{"prompt": "p", "answer": "1"}]
+    task = Task(name="t", train=rows, eval=rows, correctness=correct)
+    check_task_functions([answer_match], task)
+    with pytest.raises(RewardError, match="reward function 'needs_label' requires 'label'"):
+        check_task_functions([needs_label], task)
+    check_task_functions([needs_label], task, engine_adds_columns=True)
+    task.eval = [{"prompt": "p", "answer": "1", "extra": 2}]
+    with pytest.raises(
+        RewardError, match="correctness function 'correct' does not accept keyword 'extra'"
+    ):
+        check_task_functions([answer_match], task)
+
+
+def test_trl_style_rewards_get_messages_and_trainer_state() -> None:
+    from groupwise.rewards.base import trl_reward
+
+    calls: list[dict[str, Any]] = []
+
+    def trl_fn(completions: list[Any], trainer_state: Any, **kw: Any) -> list[float]:
+        calls.append({"completions": completions, "step": trainer_state.global_step, **kw})
+        return [0.0 for _ in completions]
+
+    def plain(prompts: list[Any], completions: list[str]) -> list[float]:
+        assert completions == ["a", "b"]  # groupwise style: text, and no trainer_state
+        return [1.0 for _ in completions]
+
+    chat = [{"role": "user", "content": "hi"}]
+    runner = RewardRunner([trl_reward(trl_fn), plain])
+    assert runner.names == ["trl_fn", "plain"]
+    runner([chat, "plain prompt"], ["a", "b"])
+    assert calls[0]["completions"] == [[{"role": "assistant", "content": "a"}], "b"]
+    assert calls[0]["prompts"] == [chat, "plain prompt"] and calls[0]["step"] == 0
+
+
+async def _async_trl(completions: list[Any], **_: Any) -> list[float]:
+    return [float(len(c[0]["content"])) for c in completions]
+
+
+def test_trl_style_async_and_failure_reports() -> None:
+    from groupwise.rewards.base import is_async_reward, trl_reward
+
+    wrapped = trl_reward(_async_trl)
+    assert is_async_reward(wrapped) and trl_reward(wrapped) is wrapped
+    chat = [{"role": "user", "content": "hi"}]
+    assert RewardRunner([wrapped])([chat], ["abc"]).total.tolist() == [3.0]
+
+    def picky(completions: list[Any], **_: Any) -> list[float]:
+        return [1.0 / len(c[0]["content"]) for c in completions]
+
+    with pytest.raises(RewardError, match="on sample 1"):
+        RewardRunner([trl_reward(picky)])([chat, chat], ["ab", ""])

@@ -27,10 +27,12 @@ from groupwise.rewards.base import (
     RewardError,
     RewardFunc,
     RewardRunner,
+    TrainerState,
     register_reward,
     register_reward_factory,
     resolve_reward,
     rewards_from_config,
+    trl_reward,
 )
 from groupwise.rewards.dialogue import length_penalty, repetition_penalty, reward_model
 from groupwise.rewards.math import math_verify, overlong_penalty, think_answer_format
@@ -44,6 +46,7 @@ __all__ = [
     "RewardError",
     "RewardFunc",
     "RewardRunner",
+    "TrainerState",
     "answer_match",
     "exact_match",
     "format_reward",
@@ -58,6 +61,7 @@ __all__ = [
     "reward_model",
     "rewards_from_config",
     "think_answer_format",
+    "trl_reward",
 ]
 
 

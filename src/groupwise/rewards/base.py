@@ -29,7 +29,15 @@ import inspect
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -288,21 +296,131 @@ def rewards_from_config(
     return funcs
 
 
-def check_signature(func: AnyRewardFunc) -> None:
-    """Reject functions that cannot be called as ``f(prompts=..., completions=..., **columns)``."""
+EXPECTED_SIGNATURE = "f(prompts, completions, **kwargs) -> list[float | None]"
+CALL_KEYWORDS = ("completion_ids", "truncated")
+"""Keywords a training step passes every reward function besides ``prompts``, ``completions``
+and the dataset columns (``trainer_state`` too, when the function accepts it)."""
+TRL_STYLE = "__groupwise_trl_style__"
+
+
+class TrainerState:
+    """What TRL hands reward functions as ``trainer_state``: ``global_step`` (steps finished so
+    far, read from the trainer's counters once :meth:`bind` is called) and ``max_steps``."""
+
+    def __init__(self, max_steps: int = 0) -> None:
+        self.max_steps = max_steps
+        self._counters: Any = None
+
+    def bind(self, counters: Any, max_steps: int) -> None:
+        """Follow ``counters.step`` (``groupwise.step.Counters``) from now on."""
+        self._counters, self.max_steps = counters, max_steps
+
+    @property
+    def global_step(self) -> int:
+        """Training steps finished (the step being scored is ``global_step + 1``)."""
+        return int(self._counters.step) if self._counters is not None else 0
+
+    def __repr__(self) -> str:
+        return f"TrainerState(global_step={self.global_step}, max_steps={self.max_steps})"
+
+
+def trl_reward(func: AnyRewardFunc) -> AnyRewardFunc:
+    """``func`` called as TRL calls reward functions: for conversational prompts (lists of
+    ``{"role", "content"}`` messages) each completion arrives as ``[{"role": "assistant",
+    "content": text}]`` instead of the text; plain prompts keep string completions."""
+    if getattr(func, TRL_STYLE, False):
+        return func
+    target: Any = func
+    if is_async_reward(func):
+
+        async def call_async(*args: Any, **kwargs: Any) -> Sequence[float | None]:
+            result: Sequence[float | None] = await target(*args, **kwargs)
+            return result
+
+        wrapped: AnyRewardFunc = functools.update_wrapper(call_async, func)
+    else:
+
+        def call(*args: Any, **kwargs: Any) -> Sequence[float | None]:
+            result: Sequence[float | None] = target(*args, **kwargs)
+            return result
+
+        wrapped = functools.update_wrapper(call, func)
+    setattr(wrapped, TRL_STYLE, True)
+    return wrapped
+
+
+def accepts_keyword(func: Callable[..., Any], name: str) -> bool:
+    """Whether ``func`` can be called with keyword ``name`` (a named parameter or ``**kwargs``)."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind in kinds) for p in params)
+
+
+def check_signature(
+    func: Callable[..., Any],
+    passed: Collection[str] | None = None,
+    *,
+    kind: str = "reward function",
+) -> None:
+    """Reject a function that cannot be called as ``f(prompts=..., completions=..., **passed)``.
+
+    ``passed``: the other keywords it will be given (dataset columns and, for rewards,
+    :data:`CALL_KEYWORDS`); None = unknown, only ``prompts`` and ``completions`` are checked.
+    The error names the function and the expected signature.
+    """
     name = reward_name(func)
     try:
-        sig = inspect.signature(func)
+        params = inspect.signature(func).parameters
     except (TypeError, ValueError):
         return
-    params = sig.parameters
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    problem = None
     for needed in _RESERVED:
-        if needed not in params and not takes_kwargs:
-            raise RewardError(
-                f"reward function {name!r} must accept keyword argument {needed!r} "
-                "(signature: f(prompts, completions, **kwargs) -> list[float | None])"
+        if needed not in named and not takes_kwargs:
+            problem = f"must accept keyword argument {needed!r}"
+            break
+    required = [
+        p.name
+        for p in params.values()
+        if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    given = set(_RESERVED) | {"trainer_state"} | set(passed or ())
+    if problem is None and passed is not None:
+        lacking = [n for n in required if n not in given or n not in named]
+        extra = sorted(k for k in set(passed) - set(named) if not takes_kwargs)
+        columns = ", ".join(sorted(set(passed) - set(CALL_KEYWORDS))) or "none"
+        if lacking:
+            problem = (
+                f"requires {lacking[0]!r}, which it will not be given (dataset columns: {columns})"
             )
+        elif extra:
+            problem = f"does not accept keyword {extra[0]!r}, which it will be given (add **kwargs)"
+    if problem is not None:
+        raise RewardError(f"{kind} {name!r} {problem}; expected signature: {EXPECTED_SIGNATURE}")
+
+
+def check_task_functions(
+    funcs: Sequence[AnyRewardFunc], task: Any, *, engine_adds_columns: bool = False
+) -> None:
+    """Check, before training, that every reward function can take what a step passes it (the
+    training rows' columns plus :data:`CALL_KEYWORDS`) and ``task.correctness`` what evaluation
+    passes it (the held-out rows' columns). ``engine_adds_columns``: the rollout engine may add
+    columns (e.g. ``env_reward``), so only ``prompts`` and ``completions`` are checked."""
+
+    def columns(rows: Sequence[Mapping[str, Any]]) -> set[str] | None:
+        if engine_adds_columns or not rows:
+            return None
+        return {k for k in rows[0] if k != "prompt"}
+
+    train = columns(task.train)
+    for func in funcs:
+        check_signature(func, None if train is None else train | set(CALL_KEYWORDS))
+    if task.correctness is not None:
+        check_signature(task.correctness, columns(task.eval), kind="correctness function")
 
 
 def run_coroutine(coro: Coroutine[Any, Any, _T]) -> _T:
@@ -454,6 +572,10 @@ class RewardRunner:
         for func in funcs:
             check_signature(func)
         self.funcs = list(funcs)
+        self.state = TrainerState()
+        """Passed as ``trainer_state`` to the functions that accept it (TRL's convention)."""
+        self._wants_state = [accepts_keyword(f, "trainer_state") for f in self.funcs]
+        self._trl_style = [bool(getattr(f, TRL_STYLE, False)) for f in self.funcs]
         self.weights = [float(w) for w in weights] if weights is not None else [1.0] * len(funcs)
         self.names = _unique_names(self.funcs)
         self.concurrent = concurrent
@@ -466,12 +588,13 @@ class RewardRunner:
         per_func: dict[str, torch.Tensor] = {}
         total = torch.zeros(len(completions), dtype=torch.float32)
         outputs = self._call_all(prompts, completions, columns)
-        for name, func, weight, out in zip(
-            self.names, self.funcs, self.weights, outputs, strict=True
+        for i, (name, func, weight, out) in enumerate(
+            zip(self.names, self.funcs, self.weights, outputs, strict=True)
         ):
             if isinstance(out, _Failure):
+                args = functools.partial(self.arguments, i)
                 message = _describe_failure(
-                    name, func, out.exc, prompts, completions, columns, self.timeout
+                    name, func, out.exc, prompts, completions, columns, self.timeout, args
                 )
                 raise RewardError(message) from out.exc
             values = self._check(name, out, prompts, completions)
@@ -485,9 +608,8 @@ class RewardRunner:
         """Every function's raw output (or its exception); with a timeout, the batch runs in a
         daemon thread and this one only waits, so a hung call cannot hold it."""
 
-        def arguments() -> dict[str, Any]:  # fresh lists per function: no shared mutation
-            args = {k: list(v) for k, v in columns.items()}
-            return {**args, "prompts": list(prompts), "completions": list(completions)}
+        def arguments(i: int) -> dict[str, Any]:
+            return self.arguments(i, prompts, completions, columns)
 
         calls = _Calls()
         if not self.timeout:
@@ -512,19 +634,41 @@ class RewardRunner:
             )
         return calls.outputs()
 
-    def _run_batch(self, arguments: Callable[[], dict[str, Any]], calls: _Calls) -> list[Any]:
+    def arguments(
+        self,
+        index: int,
+        prompts: Sequence[Any],
+        completions: Sequence[str],
+        columns: Mapping[str, Sequence[Any]],
+    ) -> dict[str, Any]:
+        """The keyword arguments of function ``index``: fresh lists (no shared mutation), the
+        completions as assistant messages where the function is TRL-style and the prompt a
+        conversation, and ``trainer_state`` where the function accepts it."""
+        args: dict[str, Any] = {k: list(v) for k, v in columns.items()}
+        texts: list[Any] = list(completions)
+        if self._trl_style[index]:
+            texts = [
+                [{"role": "assistant", "content": t}] if isinstance(p, list) else t
+                for p, t in zip(prompts, completions, strict=True)
+            ]
+        args.update(prompts=list(prompts), completions=texts)
+        if self._wants_state[index]:
+            args["trainer_state"] = self.state
+        return args
+
+    def _run_batch(self, arguments: Callable[[int], dict[str, Any]], calls: _Calls) -> list[Any]:
         """Call the functions one after another, or concurrently when useful."""
         parallel = len(self.funcs) > 1 or any(is_async_reward(f) for f in self.funcs)
         if not (self.concurrent and parallel):
             outputs: list[Any] = []
-            for name, func in zip(self.names, self.funcs, strict=True):
+            for i, (name, func) in enumerate(zip(self.names, self.funcs, strict=True)):
                 try:
                     with calls.running(name):
-                        outputs.append(call_reward(func, **arguments()))
+                        outputs.append(call_reward(func, **arguments(i)))
                 except Exception as exc:
                     outputs.append(_Failure(exc))
             return outputs
-        return run_coroutine(self._gather([arguments() for _ in self.funcs], calls))
+        return run_coroutine(self._gather([arguments(i) for i in range(len(self.funcs))], calls))
 
     async def _gather(self, arguments: list[dict[str, Any]], calls: _Calls) -> list[Any]:
         """Sync functions in daemon threads (at most ``max_workers`` at once), async ones in this
@@ -615,16 +759,20 @@ def _describe_failure(
     completions: Sequence[str],
     columns: dict[str, Sequence[Any]],
     timeout: float = 0.0,
+    arguments: Callable[..., dict[str, Any]] | None = None,
 ) -> str:
     """Name the function and, by calling it on single samples, the first sample that fails
-    (each call given up after ``timeout`` s, which ends the search)."""
+    (each call given up after ``timeout`` s, which ends the search). ``arguments(prompts,
+    completions, columns)`` builds the call (default: as given, no ``trainer_state``)."""
     head = f"reward function {name!r} raised {type(exc).__name__}: {exc}"
     for i in range(len(completions)):
         one = {k: [v[i]] for k, v in columns.items()}
+        if arguments is None:
+            kwargs = {**one, "prompts": [prompts[i]], "completions": [completions[i]]}
+        else:
+            kwargs = arguments([prompts[i]], [completions[i]], one)
         try:
-            call_reward_within(
-                func, timeout, prompts=[prompts[i]], completions=[completions[i]], **one
-            )
+            call_reward_within(func, timeout, **kwargs)
         except RewardTimeoutError:
             return f"{head} (batch of {len(completions)}; sample {i} alone did not return in time)"
         except Exception:
