@@ -97,7 +97,7 @@ def _checked(value: Any) -> int | float:
         raise CalculatorError("result is not a finite number")
     if abs(value) > MAX_ABS_VALUE:
         raise CalculatorError("result too large")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def format_number(value: int | float) -> str:
@@ -144,6 +144,7 @@ class CalculatorEnvironment(ToolEnvironment):
             run_tool_call(c, self.runnable, timeout=self.timeout, max_chars=self.max_chars)
             for c in calls
         ]
+        self.errors += sum(r.startswith("error:") for r in results)
         return EnvStep("\n".join(f"<tool_response>{r}</tool_response>" for r in results))
 
 

@@ -87,7 +87,8 @@ def import_builtin_rewards() -> None:
     import groupwise.rewards.dialogue
     import groupwise.rewards.environment
     import groupwise.rewards.math
-    import groupwise.rewards.reasoning_gym  # noqa: F401
+    import groupwise.rewards.reasoning_gym
+    import groupwise.rewards.tools  # noqa: F401
 
 
 REWARDS: Registry[AnyRewardFunc] = Registry("rewards.funcs", loader=import_builtin_rewards)
