@@ -83,3 +83,25 @@ def test_the_readme_agent_example_runs(tmp_path: Path) -> None:
     finally:
         ENVIRONMENTS.unregister("capitals")
     assert (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_the_readme_trl_example_runs_two_steps(tmp_path: Path) -> None:
+    """The README's TRL-shaped script (a conversational dataset, a reward reading
+    c[0]["content"]) as written, on tiny-random for two steps."""
+    import re
+
+    text = README.read_text()
+    section = text[text.index("TRL scripts run with") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None and 'c[0]["content"]' in code.group(1)
+    source = code.group(1).replace('model="smollm2-135m-instruct"', 'model="tiny-random"')
+    source = source.replace(
+        'args=GRPOConfig(output_dir="runs/trl", max_steps=30, num_generations=8, beta=0.04)',
+        f'args=GRPOConfig(output_dir="{tmp_path}/run", max_steps=2, num_generations=4, '
+        "beta=0.04, per_device_train_batch_size=8, max_completion_length=8, "
+        'disable_tqdm=True, save_strategy="no")',
+    )
+    assert 'model="tiny-random"' in source and "max_steps=2" in source
+    exec(compile(source, "README-trl-example", "exec"), {"__name__": "readme_trl"})
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
