@@ -69,6 +69,10 @@ def test_train_writes_run_directory(tmp_path: Path) -> None:
     completions = (run / "completions.jsonl").read_text().splitlines()
     assert len(completions) == 2 * 16  # 2 steps x 4 prompts x 4 completions
     assert (run / "report.html").read_text().count("<img") >= 3
+    (run / "report.html").unlink()  # the README's `groupwise report RUN_DIR` writes it again
+    report = _run("report", str(run), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert (run / "report.html").read_text().count("<img") >= 3
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(run / "final"))
