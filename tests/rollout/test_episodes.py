@@ -286,3 +286,28 @@ def test_completions_jsonl_holds_whole_conversations_with_roles(tmp_path: Path) 
     assert any(
         "ok" in t["content"] for r in records for t in r["turns"] if t["role"] != "assistant"
     )
+
+
+def test_multi_turn_tokens_and_log_probs_match_a_naive_forward(tiny: tuple[Any, Any]) -> None:
+    """Greedy episodes decoded with the KV cache reused across turns: every policy token is the
+    argmax of a plain forward over its whole conversation (no cache), and the training
+    log-probs (groupwise.forward, shared prompt prefix) equal that forward's log-softmax."""
+    from groupwise.forward import completion_logp
+
+    model, _ = tiny
+    rollout = _run(_engine(tiny, max_tokens_per_turn=5), ["one", "two three four"], group=2)
+    with torch.no_grad():
+        logp, _ = completion_logp(model.float(), rollout, compute_entropy=False)
+    g = rollout.group_size
+    for i in range(rollout.completion_ids.shape[0]):
+        prompt = rollout.prompts.input_ids[i // g][rollout.prompts.attention_mask[i // g].bool()]
+        n = int(rollout.completion_mask[i].sum())
+        ids = rollout.completion_ids[i, :n]
+        full = torch.cat([prompt, ids])[None]  # [1, Lp + n]
+        with torch.no_grad():
+            logits = model(input_ids=full).logits[0, prompt.numel() - 1 : -1].float()  # [n, V]
+        naive = torch.log_softmax(logits, dim=-1).gather(1, ids[:, None])[:, 0]  # [n]
+        policy = rollout.loss_mask[i, :n].bool()
+        assert policy.any() and (~policy).any()  # both the policy's and the environment's
+        assert torch.equal(logits.argmax(-1)[policy], ids[policy])  # greedy, cache reused
+        torch.testing.assert_close(logp[i, :n], naive, atol=1e-5, rtol=1e-5)
