@@ -24,8 +24,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from groupwise.envs.base import ENVIRONMENTS, EnvStep
-from groupwise.envs.tools import Tool, ToolEnvironment, parse_tool_calls, run_tool_call
+from groupwise.envs.base import ENVIRONMENTS
+from groupwise.envs.tools import Tool, ToolEnvironment
 
 MAX_EXPRESSION_CHARS = 200
 MAX_EXPONENT = 64
@@ -130,22 +130,8 @@ class CalculatorEnvironment(ToolEnvironment):
 
     def __init__(self, *, describe: bool = True, **options: Any) -> None:
         super().__init__([CALCULATOR], **options)
-        self.runnable = list(self.tools)
         if not describe:  # the prompt describes the tool: nothing for the engine to add
             self.tools = []
-
-    def step(self, policy_message: str) -> EnvStep:
-        """Run every call of the message; done when there is none."""
-        calls = parse_tool_calls(policy_message)
-        if not calls:
-            return EnvStep(None, done=True)
-        self.calls.extend(calls)
-        results = [
-            run_tool_call(c, self.runnable, timeout=self.timeout, max_chars=self.max_chars)
-            for c in calls
-        ]
-        self.errors += sum(r.startswith("error:") for r in results)
-        return EnvStep("\n".join(f"<tool_response>{r}</tool_response>" for r in results))
 
 
 @ENVIRONMENTS.register("calculator")

@@ -211,6 +211,7 @@ class ToolEnvironment(BaseEnvironment):
         max_chars: int = 2000,
     ) -> None:
         self.tools = [as_tool(t) for t in tools]
+        self.runnable = list(self.tools)  # what runs (``tools`` is what the prompt describes)
         self.timeout = timeout
         self.max_chars = max_chars
         self.calls: list[ToolCall] = []
@@ -228,7 +229,7 @@ class ToolEnvironment(BaseEnvironment):
             return EnvStep(None, done=True)
         self.calls.extend(calls)
         results = [
-            run_tool_call(c, self.tools, timeout=self.timeout, max_chars=self.max_chars)
+            run_tool_call(c, self.runnable, timeout=self.timeout, max_chars=self.max_chars)
             for c in calls
         ]
         self.errors += sum(r.startswith("error:") for r in results)

@@ -44,8 +44,7 @@ Limits: draws come from ``request.generator`` (``rollout.rank_invariant_sampling
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +57,7 @@ from groupwise.rollout.decode import _prefill, generate
 from groupwise.rollout.engine import ENGINES, EngineContext, RolloutEngine, RolloutRequest
 from groupwise.rollout.records import PromptBatch, Rollout, tokenize_prompts
 from groupwise.rollout.sampling import sample_with_entropy
-from groupwise.rollout.weights import RolloutWeights
+from groupwise.rollout.weights import RolloutWeights, ServesWeights
 
 _REPLY, _MESSAGE = "\x1fREPLY\x1f", "\x1fMESSAGE\x1f"
 TurnOutput = tuple[list[int], list[float], bool]  # tokens, entropies, ended with EOS
@@ -336,7 +335,7 @@ _OPTIONS = (
 )
 
 
-class EpisodeEngine:
+class EpisodeEngine(ServesWeights):
     """Runs G episodes per prompt against an environment, all episodes of a call batched."""
 
     def __init__(
@@ -366,7 +365,6 @@ class EpisodeEngine:
         self.format = ChatFormat(tokenizer, self.eos_token_ids)
         self.last_episodes: list[Episode] = []
         self.env_seconds = 0.0
-        self._depth = 0
 
     def generate(self, prompts: PromptBatch, request: RolloutRequest) -> Rollout:
         """See :meth:`RolloutEngine.generate` and the module docstring."""
@@ -514,23 +512,6 @@ class EpisodeEngine:
         # Rollout.columns: extra per-row reward columns (see the lead's integration notes)
         rollout.columns = columns
         return rollout
-
-    def sync_weights(self) -> None:
-        """Bring the decoding weights up to the policy."""
-        self.weights.sync()
-
-    @contextmanager
-    def serving(self) -> Iterator[None]:
-        """The weights' preparation once for a block of calls."""
-        if self._depth:
-            yield
-            return
-        self._depth += 1
-        try:
-            with self.weights.active():
-                yield
-        finally:
-            self._depth -= 1
 
 
 def episode_metrics(episodes: Sequence[Episode], env_seconds: float) -> dict[str, float]:

@@ -3,16 +3,15 @@ on the weights a :class:`~groupwise.rollout.weights.RolloutWeights` strategy pro
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 from groupwise.rollout.decode import generate
 from groupwise.rollout.engine import ENGINES, EngineContext, RolloutEngine, RolloutRequest
 from groupwise.rollout.records import PromptBatch, Rollout
-from groupwise.rollout.weights import RolloutWeights
+from groupwise.rollout.weights import RolloutWeights, ServesWeights
 
 
-class LocalEngine:
+class LocalEngine(ServesWeights):
     """Decodes with ``weights.model`` in this process (one prefill per group, KV cache)."""
 
     def __init__(
@@ -27,7 +26,6 @@ class LocalEngine:
         self.eos_token_ids = list(eos_token_ids)
         self.pad_token_id = pad_token_id
         self.compile_decode = compile_decode
-        self._depth = 0
 
     def generate(self, prompts: PromptBatch, request: RolloutRequest) -> Rollout:
         """See :meth:`RolloutEngine.generate`; evaluation gathers the prompts' last state."""
@@ -51,23 +49,6 @@ class LocalEngine:
                 gather_last=request.evaluation,
                 compile_decode=self.compile_decode and not request.evaluation,
             )
-
-    def sync_weights(self) -> None:
-        """Bring the decoding weights up to the policy."""
-        self.weights.sync()
-
-    @contextmanager
-    def serving(self) -> Iterator[None]:
-        """The weights' preparation (e.g. adapters merged in place) once for the block."""
-        if self._depth:
-            yield
-            return
-        self._depth += 1
-        try:
-            with self.weights.active():
-                yield
-        finally:
-            self._depth -= 1
 
 
 @ENGINES.register("local")

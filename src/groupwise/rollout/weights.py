@@ -117,6 +117,31 @@ class InPlaceMerge:
             self.snapshot.restore()
 
 
+class ServesWeights:
+    """What an engine that decodes on a :class:`RolloutWeights` strategy shares: taking the
+    policy's weights, and preparing them once for a block of ``generate`` calls."""
+
+    weights: RolloutWeights
+    _depth = 0
+
+    def sync_weights(self) -> None:
+        """Bring the decoding weights up to the policy."""
+        self.weights.sync()
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """The weights' preparation (e.g. adapters merged in place) once for the block."""
+        if self._depth:
+            yield
+            return
+        self._depth += 1
+        try:
+            with self.weights.active():
+                yield
+        finally:
+            self._depth -= 1
+
+
 WEIGHT_STRATEGIES = ("shared", "copy", "adapters", "merge_in_place")
 
 
