@@ -16,8 +16,14 @@ from torch import nn
 
 from groupwise.config import Config
 from groupwise.data import Row
-from groupwise.rewards.base import RewardFunc
-from groupwise.rollout import RolloutEngine, RolloutRequest, SamplingParams, tokenize_prompts
+from groupwise.rewards.base import RewardFunc, accepts_keyword
+from groupwise.rollout import (
+    Rollout,
+    RolloutEngine,
+    RolloutRequest,
+    SamplingParams,
+    tokenize_prompts,
+)
 
 
 @dataclass
@@ -36,6 +42,17 @@ def row_columns(rows: Sequence[Row], repeat: int = 1) -> dict[str, list[Any]]:
     """Dataset columns other than ``prompt``, one entry per completion (rows repeated)."""
     keys = [k for k in rows[0] if k != "prompt"] if rows else []
     return {k: [row[k] for row in rows for _ in range(repeat)] for k in keys}
+
+
+def scored_columns(
+    rows: Sequence[Row], rollout: Rollout, correctness: RewardFunc, repeat: int = 1
+) -> dict[str, Any]:
+    """What ``correctness`` gets besides prompts and completions: the rows' columns and, as in
+    training, ``truncated`` and the engine's own columns (e.g. ``env_reward``) where it takes
+    them (a named parameter or ``**kwargs``)."""
+    extra = {"truncated": rollout.truncated.tolist(), **(rollout.columns or {})}
+    taken = {k: v for k, v in extra.items() if accepts_keyword(correctness, k)}
+    return {**row_columns(rows, repeat), **taken}
 
 
 @torch.no_grad()
@@ -59,9 +76,12 @@ def evaluate_accuracy(
             chunk = rows[start : start + batch_size]
             prompts = [row["prompt"] for row in chunk]
             batch = tokenize_prompts(tokenizer, prompts, device)
-            rollout = engine.generate(batch, RolloutRequest(1, greedy, evaluation=True))
+            request = RolloutRequest(1, greedy, evaluation=True, rows=chunk)
+            rollout = engine.generate(batch, request)
             texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-            values = correctness(prompts=prompts, completions=texts, **row_columns(chunk))
+            values = correctness(
+                prompts=prompts, completions=texts, **scored_columns(chunk, rollout, correctness)
+            )
             completions += texts
             scores += [float(v or 0.0) for v in values]
     accuracy = sum(scores) / max(len(scores), 1)
@@ -140,11 +160,12 @@ def evaluate_sampled(
     for start in range(0, len(rows), per_batch):
         chunk = rows[start : start + per_batch]
         prompts = [row["prompt"] for row in chunk]
-        request = RolloutRequest(k, sampling, generator=generator, evaluation=True)
+        request = RolloutRequest(k, sampling, generator=generator, evaluation=True, rows=chunk)
         rollout = engine.generate(tokenize_prompts(tokenizer, prompts, device), request)
         texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         flat_prompts = [p for p in prompts for _ in range(k)]
-        scores = correctness(prompts=flat_prompts, completions=texts, **row_columns(chunk, k))
+        columns = scored_columns(chunk, rollout, correctness, k)
+        scores = correctness(prompts=flat_prompts, completions=texts, **columns)
         for i, row in enumerate(chunk):
             group = scores[i * k : (i + 1) * k]
             counts.append(sum(1 for s in group if (s or 0.0) >= 1.0))

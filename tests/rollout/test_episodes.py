@@ -87,9 +87,9 @@ def test_finished_episodes_leave_the_batch(
     sizes: list[int] = []
     decode = KVRunner.decode
 
-    def spy(self: KVRunner, budgets: Any, sampler: Any) -> Any:
+    def spy(self: KVRunner, budgets: Any, sampler: Any, draws: Any = None) -> Any:
         sizes.append(len(budgets))
-        return decode(self, budgets, sampler)
+        return decode(self, budgets, sampler, draws)
 
     monkeypatch.setattr(KVRunner, "decode", spy)
     engine = _engine(tiny)
@@ -115,6 +115,44 @@ def test_kv_reuse_equals_reprefill_under_greedy(tiny: tuple[Any, Any]) -> None:
     assert kv.num_turns.tolist() == [5] * 6
     for name in ("completion_ids", "completion_mask", "loss_mask", "turn_index", "truncated"):
         assert torch.equal(getattr(kv, name), getattr(fresh, name)), name
+
+
+def _sampled(
+    engine: EpisodeEngine, rows: list[dict[str, Any]], offset: int | None, total: int | None
+) -> Any:
+    """Two episodes per row sampled at temperature 1 with a fresh seed-0 generator, as rows
+    ``offset:`` of a global batch of ``total`` episodes (None: torch.multinomial)."""
+    batch = tokenize_prompts(engine.tokenizer, [r["prompt"] for r in rows], torch.device("cpu"))
+    request = RolloutRequest(
+        2,
+        SamplingParams(max_tokens=64, temperature=1.0),
+        torch.Generator().manual_seed(0),
+        row_offset=offset or 0,
+        total_rows=total,
+        rows=rows,
+    )
+    return engine.generate(batch, request)
+
+
+def test_rank_invariant_draws_split_batches_sample_what_one_batch_does(
+    tiny: tuple[Any, Any],
+) -> None:
+    """Two "ranks" playing halves of a batch whose episodes take different numbers of turns
+    (1 and 3) sample exactly the one-process episodes; without total_rows they do not."""
+    rows = [{"prompt": "x y", "turns": 1}, {"prompt": "z w", "turns": 3}]
+    engine = _engine(tiny)
+    whole = _sampled(engine, rows, 0, 4)
+    assert whole.num_turns.tolist() == [1, 1, 5, 5]
+    halves = [_sampled(engine, rows[:1], 0, 4), _sampled(engine, rows[1:], 2, 4)]
+    for i, half in enumerate(halves):
+        mine = whole.completion_ids[2 * i : 2 * i + 2]
+        width = half.completion_ids.shape[1]
+        assert torch.equal(half.completion_ids, mine[:, :width])
+        assert (mine[:, width:] == engine.tokenizer.pad_token_id).all()
+    second = _sampled(engine, rows[1:], None, None).completion_ids
+    assert not torch.equal(second, whole.completion_ids[2:, : second.shape[1]])  # control
+    fresh = _sampled(_engine(tiny, kv_reuse=False), rows, 0, 4)  # the re-prefill runner
+    assert torch.equal(fresh.completion_ids, whole.completion_ids)
 
 
 class EarlyEos(torch.nn.Module):

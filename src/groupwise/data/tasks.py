@@ -44,6 +44,7 @@ def import_builtin_tasks() -> None:
     import groupwise.data.arithmetic
     import groupwise.data.code
     import groupwise.data.files
+    import groupwise.data.guess
     import groupwise.data.multiply
     import groupwise.data.reasoning_gym  # noqa: F401
 

@@ -116,7 +116,8 @@ EnvironmentFactory = Callable[..., Environment]
 
 def _load_builtin_environments() -> None:
     import groupwise.envs.builtin
-    import groupwise.envs.calculator  # noqa: F401
+    import groupwise.envs.calculator
+    import groupwise.envs.guess  # noqa: F401
 
 
 ENVIRONMENTS: Registry[EnvironmentFactory] = Registry(

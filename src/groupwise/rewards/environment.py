@@ -21,3 +21,10 @@ def env_reward(
             "env_reward: no 'env_reward' column; it is filled by rollout.engine=episodes"
         )
     return [None if v is None else float(v) for v in values]
+
+
+@register_reward("env_solved")
+def env_solved(prompts: Sequence[Any], completions: Sequence[str], **columns: Any) -> list[float]:
+    """1.0 where the environment's end reward (the ``env_reward`` column) is positive, else 0.0:
+    the share of episodes the environment counted as a success (e.g. a game won)."""
+    return [float(v is not None and v > 0) for v in env_reward(prompts, completions, **columns)]

@@ -51,6 +51,7 @@ def generate(
     total_rows: int | None = None,
     gather_last: bool = False,
     compile_decode: bool = False,
+    uniforms: Tensor | None = None,
 ) -> Rollout:
     """Sample ``group_size`` completions per prompt with one prefill per prompt.
 
@@ -65,6 +66,8 @@ def generate(
     bitwise equality of N ranks with one process (tests/test_distributed.py).
     ``compile_decode``: decode through ``torch.compile`` over a static KV cache
     (``groupwise.kernels.compiled_decode``; finished rows stay in the batch).
+    ``uniforms`` ([L, rows] in [0, 1)): this batch's draws, given (inverse-CDF sampling; the
+    ``episodes`` engine passes each turn's slice of its own table).
     """
     device = prompts.input_ids.device
     num_rows = prompts.input_ids.shape[0] * group_size
@@ -81,10 +84,10 @@ def generate(
     entropy = torch.zeros((num_rows, max_completion_length), device=device)
     done = torch.zeros(num_rows, dtype=torch.bool, device=device)
     active = torch.arange(num_rows, device=device)  # rows still in the decode batch
-    uniforms = None
-    if total_rows is not None and temperature > 0:  # [L, total_rows], drawn whatever the length
-        shape = (max_completion_length, total_rows)
+    if uniforms is None and total_rows is not None and temperature > 0:
+        shape = (max_completion_length, total_rows)  # drawn whatever the length
         uniforms = torch.rand(shape, generator=generator, device=device)
+        uniforms = uniforms[:, row_offset : row_offset + num_rows]  # [L, rows]
     for step in range(max_completion_length):
         if step < min_new_tokens:
             logits[:, eos] = float("-inf")
@@ -94,7 +97,7 @@ def generate(
             top_p=top_p,
             top_k=top_k,
             generator=generator,
-            uniform=None if uniforms is None else uniforms[step, row_offset + active],
+            uniform=None if uniforms is None else uniforms[step, active],
         )  # [R], [R] or None
         tokens[active, step] = nxt
         if h is not None:

@@ -36,9 +36,15 @@ all turns after the prompt, contiguous; ``loss_mask`` is 1 on the policy's token
 ``entropy`` is 0 on inserted tokens. The environment's end reward (``reward()``) is recorded
 per row as the ``env_reward`` column (``rollout.columns``), read by the ``env_reward`` reward.
 
-Limits: draws come from ``request.generator`` (``rollout.rank_invariant_sampling`` /
-``total_rows`` is not honoured: N ranks do not sample exactly what one process would);
-``rollout.compile`` is not used; the environments run one after the other in this process.
+Draws: from ``request.generator`` by ``torch.multinomial``; with ``request.total_rows`` (set by
+``rollout.rank_invariant_sampling`` and under torchrun) a table of uniforms
+``[max_turns, per-turn tokens, total_rows]`` is drawn once per call and episode ``i`` of the
+global batch samples turn ``t``'s token ``k`` from entry ``[t, k, i]`` by inverse CDF, so N ranks
+that each play a slice of the batch (``row_offset``) sample exactly what one process would,
+however many turns their episodes take.
+
+Limits: ``rollout.compile`` is not used; the environments run one after the other in this
+process.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ class Episode:
     """One conversation after the prompt, token by token."""
 
     env: Environment
+    index: int = 0  # the episode's row in the global batch (rank-invariant draws)
     tokens: list[int] = field(default_factory=list)
     policy: list[int] = field(default_factory=list)  # 1 = the policy's token
     turn: list[int] = field(default_factory=list)
@@ -179,15 +186,25 @@ class Sampler:
     top_p: float
     top_k: int
     generator: torch.Generator | None
+    table: Tensor | None = None
+    """Rank-invariant draws ``[max_turns, per_turn, total_rows]`` (None: torch.multinomial)."""
 
-    def sample(self, logits: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Next token [R] and its sampling entropy [R] (None when greedy)."""
+    def turn_draws(self, turn: int, rows: Sequence[int]) -> Tensor | None:
+        """Turn ``turn``'s draws ``[per_turn, R]`` for the global rows ``rows``, or None."""
+        if self.table is None:
+            return None
+        return self.table[turn][:, torch.tensor(list(rows), device=self.table.device)]
+
+    def sample(self, logits: Tensor, uniform: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Next token [R] and its sampling entropy [R] (None when greedy); ``uniform`` [R]:
+        inverse-CDF draws instead of torch.multinomial."""
         return sample_with_entropy(
             logits,
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
             generator=self.generator,
+            uniform=uniform,
         )
 
 
@@ -200,8 +217,11 @@ class KVRunner:
         self.pos = prompts.lengths.repeat_interleave(group_size)  # [R] next position
         self.pending = torch.full_like(self.pos, -1)  # [R] last sampled token not in the cache
 
-    def decode(self, budgets: Sequence[int], sampler: Sampler) -> list[TurnOutput]:
-        """One turn of every row in the batch, row i at most ``budgets[i]`` tokens."""
+    def decode(
+        self, budgets: Sequence[int], sampler: Sampler, draws: Tensor | None = None
+    ) -> list[TurnOutput]:
+        """One turn of every row in the batch, row i at most ``budgets[i]`` tokens (``draws``
+        ``[per_turn, R]``: the turn's uniforms, see :meth:`Sampler.turn_draws`)."""
         rows, steps = len(budgets), max(budgets)
         budget = torch.tensor(list(budgets), device=self.pos.device)
         tokens = torch.full((rows, steps), sampler.pad, device=self.pos.device)
@@ -210,7 +230,7 @@ class KVRunner:
         going = torch.ones(rows, dtype=torch.bool, device=self.pos.device)
         logits = self.logits
         for step in range(steps):
-            nxt, h = sampler.sample(logits)
+            nxt, h = sampler.sample(logits, None if draws is None else draws[step])
             nxt = torch.where(going, nxt, sampler.pad)
             tokens[:, step] = nxt
             if h is not None:
@@ -279,7 +299,9 @@ class ReprefillRunner:
         self.rows = list(range(len(episodes)))
         self.device = prompts.input_ids.device
 
-    def decode(self, budgets: Sequence[int], sampler: Sampler) -> list[TurnOutput]:
+    def decode(
+        self, budgets: Sequence[int], sampler: Sampler, draws: Tensor | None = None
+    ) -> list[TurnOutput]:
         """One turn of every active row (see :meth:`KVRunner.decode`)."""
         seqs = [self.prompt_ids[r] + self.episodes[r].tokens for r in self.rows]
         batch = _left_pad(seqs, sampler.pad, self.device)
@@ -294,6 +316,7 @@ class ReprefillRunner:
             top_p=sampler.top_p,
             top_k=sampler.top_k,
             generator=sampler.generator,
+            uniforms=draws,
         )
         lengths = torch.minimum(out.completion_lengths, torch.tensor(list(budgets)))
         entropy = out.entropy if out.entropy is not None else torch.zeros_like(out.completion_ids)
@@ -370,7 +393,10 @@ class EpisodeEngine(ServesWeights):
         """See :meth:`RolloutEngine.generate` and the module docstring."""
         g = request.group_size
         rows = self._rows(prompts, request)
-        episodes = [Episode(self.factory(**self.env_kwargs)) for _ in range(len(rows) * g)]
+        episodes = [
+            Episode(self.factory(**self.env_kwargs), index=request.row_offset + i)
+            for i in range(len(rows) * g)
+        ]
         start = time.perf_counter()
         observations = [ep.env.reset(rows[i // g]) for i, ep in enumerate(episodes)]
         self.env_seconds = time.perf_counter() - start
@@ -387,6 +413,12 @@ class EpisodeEngine(ServesWeights):
             request.generator,
         )
         budget = self.max_tokens or sampling.max_tokens
+        per_turn = self.max_tokens_per_turn or budget
+        if request.total_rows is not None and sampling.temperature > 0:
+            shape = (self.max_turns, per_turn, request.total_rows)
+            sampler.table = torch.rand(
+                shape, generator=request.generator, device=sampler.eos.device
+            )
         with self.serving(), torch.no_grad():
             runner: KVRunner | ReprefillRunner = (
                 KVRunner(model, prompts, g)
@@ -408,10 +440,12 @@ class EpisodeEngine(ServesWeights):
     ) -> None:
         """Turns until every episode is done: decode, then the environments answer."""
         per_turn = self.max_tokens_per_turn or budget
-        active = list(episodes)
+        active, turn = list(episodes), 0
         while active:
             budgets = [min(per_turn, budget - len(ep.tokens)) for ep in active]
-            outputs = runner.decode(budgets, sampler)
+            draws = sampler.turn_draws(turn, [ep.index for ep in active])
+            outputs = runner.decode(budgets, sampler, draws)
+            turn += 1
             chunks: list[list[int]] = []
             for ep, (ids, entropy, eos) in zip(active, outputs, strict=True):
                 ep.add(ids, policy=True, entropy=entropy)
