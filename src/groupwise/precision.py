@@ -257,3 +257,28 @@ def _cpu_model_and_flags() -> tuple[str, set[str]]:
 def _cpu_identity() -> str:
     model, flags = _cpu_model_and_flags()
     return f"{platform.machine()} {model} {' '.join(sorted(flags))}"
+
+
+def run_precision(config: Any, device: torch.device) -> PrecisionChoice:
+    """``training.bf16`` and ``training.param_dtype`` of a run on ``device``, printed (rank 0
+    decides and tells the others: a probe per rank would differ)."""
+    from groupwise.distributed import broadcast_object, is_main, world_size
+
+    t, m = config.training, config.model
+    choice = None
+    if is_main():
+        choice = resolve_precision(t.bf16, device, param_dtype=t.param_dtype)
+        choice = resolve_param_dtype(
+            t.param_dtype,
+            choice,
+            device,
+            lora=m.lora,
+            merge_in_place=m.lora_merge_in_place,
+            world_size=world_size(),
+        )
+        compute = "bf16" if choice.bf16 else "float32"
+        print(f"precision: {compute} compute ({choice.reason})", flush=True)
+        print(f"precision: {choice.param_dtype} weights ({choice.param_reason})", flush=True)
+    shared = broadcast_object(choice)
+    assert shared is not None
+    return shared

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from groupwise.build import TrainingParts, build_parts
+from groupwise.callbacks import Callbacks, StepCallback
 from groupwise.checkpoint import (
     CHECKPOINTS,
     load_policy_weights,
@@ -56,15 +57,12 @@ from groupwise.evaluation import EvalResult, evaluate_accuracy
 from groupwise.guards import NonFiniteUpdatesError, StopSignals, TrainingInterrupted
 from groupwise.metrics import write_json_atomic
 from groupwise.models import ReferencePolicy
-from groupwise.precision import PrecisionChoice, resolve_param_dtype, resolve_precision
+from groupwise.precision import run_precision
 from groupwise.rewards.base import AnyRewardFunc, RewardRunner, resolve_reward, rewards_from_config
 from groupwise.run_dir import ResumableState, RunDirectory
 from groupwise.run_logger import RunLogger
 from groupwise.step import Counters, GRPOStep, StepResult
 from groupwise.trl_compat import bind_rewards, task_from_config, trl_arguments
-
-StepCallback = Callable[["GRPOTrainer", dict[str, float]], None]
-"""Called after every step (logged and checkpointed) with the trainer and the step's metrics."""
 
 
 def seed_everything(seed: int) -> None:
@@ -78,7 +76,8 @@ class GRPOTrainer:
     """Trains ``config.model`` on ``task`` (default: ``config.data``) with GRPO.
 
     ``reward_funcs`` (callables or names) replace the config's and task's rewards; ``task``
-    passes a program's own rows; ``callbacks`` run after each step as ``cb(trainer, metrics)``.
+    passes a program's own rows; ``callbacks`` are ``cb(trainer, metrics)`` functions run after
+    each step or TRL ``TrainerCallback`` objects (:mod:`groupwise.callbacks`).
     TRL's ``GRPOTrainer(model=..., args=GRPOConfig(...), ...)`` works too (``trl_compat``).
     """
 
@@ -88,7 +87,7 @@ class GRPOTrainer:
         reward_funcs: Any = None,
         *,
         task: Task | None = None,
-        callbacks: Sequence[StepCallback] = (),
+        callbacks: Sequence[StepCallback | Any] = (),
         **trl: Any,
     ) -> None:
         config, reward_funcs, task = trl_arguments(config, reward_funcs, task, trl)
@@ -103,7 +102,7 @@ class GRPOTrainer:
         self.counters = Counters()
         self.rewards = bind_rewards(self._build_rewards(reward_funcs), self)  # checks signatures
         self.sampler = PromptSampler(self.task.train, seed=t.seed)
-        self.precision = self._resolve_precision()
+        self.precision = run_precision(config, self.device)
         self.parts: TrainingParts = build_parts(config, self.precision, self.device)
         self.grpo_step = GRPOStep(config, self.parts, self.rewards, self.counters)
         self.run_state: dict[str, Any] = {}  # eval_before, train_time_s: kept across resumes
@@ -117,7 +116,7 @@ class GRPOTrainer:
             self.precision,
         )
         self.run_dir = RunDirectory(config, self.precision)
-        self.callbacks = list(callbacks)
+        self.callbacks = Callbacks(callbacks, args=trl.get("args"))
         self.last_checkpoint: Path | None = None
         self.last_completions: list[dict[str, Any]] = []
         self.logger: RunLogger | None = None
@@ -154,28 +153,6 @@ class GRPOTrainer:
         t = self.config.training
         completions = t.per_device_train_batch_size * t.gradient_accumulation_steps
         return completions // self.config.rollout.num_generations
-
-    def _resolve_precision(self) -> PrecisionChoice:
-        """``training.bf16`` and ``training.param_dtype`` for this device (rank 0 decides: a
-        probe per rank would differ)."""
-        t, m = self.config.training, self.config.model
-        choice = None
-        if is_main():
-            choice = resolve_precision(t.bf16, self.device, param_dtype=t.param_dtype)
-            choice = resolve_param_dtype(
-                t.param_dtype,
-                choice,
-                self.device,
-                lora=m.lora,
-                merge_in_place=m.lora_merge_in_place,
-                world_size=world_size(),
-            )
-            compute = "bf16" if choice.bf16 else "float32"
-            print(f"precision: {compute} compute ({choice.reason})", flush=True)
-            print(f"precision: {choice.param_dtype} weights ({choice.param_reason})", flush=True)
-        shared = broadcast_object(choice)
-        assert shared is not None
-        return shared
 
     def _build_rewards(self, reward_funcs: Sequence[AnyRewardFunc | str] | None) -> RewardRunner:
         r = self.config.rewards
@@ -263,6 +240,7 @@ class GRPOTrainer:
             if t.report:
                 _write_report(self.out_dir)
         barrier()
+        self.callbacks.train_end(self)
         return summary
 
     def _train_loop(self, summary: dict[str, Any], stop: StopSignals, log: RunLogger) -> None:
@@ -274,7 +252,9 @@ class GRPOTrainer:
         summary.update(self.run_state)
         log.start_view(self.step_count, self.run_state.get("eval_before"))
         train_start, time_before = time.perf_counter(), self.run_state.get("train_time_s", 0.0)
+        self.callbacks.train_begin(self)
         while self.step_count < t.max_steps:
+            self.callbacks.step_begin(self)
             metrics = self.step()
             n = self.step_count
             last = n == t.max_steps and e.after  # evaluated just below
@@ -283,8 +263,8 @@ class GRPOTrainer:
             log.log_step(n, metrics, self.last_completions)
             self.run_state["train_time_s"] = time_before + time.perf_counter() - train_start
             self._guard_and_checkpoint(stop)
-            for callback in self.callbacks:
-                callback(self, metrics)
+            if self.callbacks.step_end(self, metrics):
+                break  # a TrainerCallback set control.should_training_stop
         log.close_view()
         summary["train_time_s"] = time_before + time.perf_counter() - train_start
         summary["steps"] = self.step_count
@@ -294,6 +274,7 @@ class GRPOTrainer:
     def _eval_and_log(self, log: RunLogger, label: str, step: int | None) -> float:
         result = self.evaluate()
         log.log_eval(label, result.accuracy, len(result.scores), step)
+        self.callbacks.evaluated(self, result.accuracy)
         return result.accuracy
 
     def _guard_and_checkpoint(self, stop: StopSignals) -> None:
@@ -346,6 +327,7 @@ class GRPOTrainer:
                 model_state=model_state,
             )
         barrier()
+        self.callbacks.saved(self)
         return self.last_checkpoint
 
     def resume_from(self, path: Path) -> None:
