@@ -248,3 +248,35 @@ def test_a_built_model_with_peft_config_trains(tmp_path: Path) -> None:
 def test_a_config_refuses_trl_arguments(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="'train_dataset' is an argument of TRL's call"):
         GRPOTrainer(Config(), train_dataset=[{"prompt": "x"}])
+
+
+def test_a_built_model_is_trained_in_place(tmp_path: Path) -> None:
+    """TRL trains the model object it is given: so does groupwise (no copy through a disk)."""
+    import torch
+
+    from groupwise.models import tiny_random_model
+
+    model, tokenizer = tiny_random_model(seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        num_generations=4,
+        per_device_train_batch_size=8,
+        max_completion_length=4,
+        learning_rate=1e-3,
+        save_strategy="no",
+        bf16=False,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=lambda completions, **kw: [float(len(c)) for c in completions],
+        args=args,
+        train_dataset=[{"prompt": f"Count to {i}:"} for i in range(4)],
+        processing_class=tokenizer,
+    )
+    trainer.config.training.report = False
+    assert trainer.policy is model and trainer.tokenizer is tokenizer
+    assert trainer.train()["model"] == "in-memory model"
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p.float(), before[n])]
+    assert changed, "the user's model object was not trained"

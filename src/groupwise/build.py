@@ -21,6 +21,7 @@ from groupwise.models import (
     cache_dir,
     enable_gradient_checkpointing,
     load_base_model,
+    prepare_base_model,
 )
 from groupwise.optim import build_optimizer, build_scheduler
 from groupwise.precision import PrecisionChoice
@@ -118,8 +119,17 @@ class TrainingParts:
         return out
 
 
-def build_parts(config: Config, precision: PrecisionChoice, device: torch.device) -> TrainingParts:
-    """Load the policy and build everything around it, in the order the weights need."""
+def build_parts(
+    config: Config,
+    precision: PrecisionChoice,
+    device: torch.device,
+    base_model: tuple[nn.Module, Any] | None = None,
+) -> TrainingParts:
+    """Load the policy and build everything around it, in the order the weights need.
+
+    ``base_model``: an already built ``(model, tokenizer)`` to train instead of loading
+    ``model.name`` (TRL's ``GRPOTrainer(model=<PreTrainedModel>)``); it is trained in place.
+    """
     m, t, a = config.model, config.training, config.algorithm
     dtype = getattr(torch, precision.param_dtype)
     if dtype == torch.bfloat16 and world_size() > 1:
@@ -129,9 +139,16 @@ def build_parts(config: Config, precision: PrecisionChoice, device: torch.device
         )
     _check_cpu_only(m.lora and m.lora_merge_in_place, "model.lora_merge_in_place", device)
     _check_cpu_only(m.reference_on_disk, "model.reference_on_disk", device)
-    base, tokenizer = load_base_model(
-        m.name, seed=t.seed, device=device, attn_implementation=m.attn_implementation, dtype=dtype
-    )
+    attn = m.attn_implementation
+    if base_model is not None:
+        model, tokenizer = base_model
+        base, tokenizer = prepare_base_model(
+            model, tokenizer, device=device, attn_implementation=attn, dtype=dtype
+        )
+    else:
+        base, tokenizer = load_base_model(
+            m.name, seed=t.seed, device=device, attn_implementation=attn, dtype=dtype
+        )
     if t.fused_kernels:
         install_fused_kernels(base)  # before any copy: copies keep the routing
     low = torch.bfloat16 if precision.bf16 else torch.float32

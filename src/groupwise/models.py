@@ -227,7 +227,27 @@ def load_base_model(
 
         tokenizer = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    if model.dtype != dtype:  # the tiny random model is built in float32
+    return prepare_base_model(
+        model, tokenizer, device=device, attn_implementation=attn_implementation, dtype=dtype
+    )
+
+
+def prepare_base_model(
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    device: torch.device,
+    attn_implementation: str = "auto",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[nn.Module, Any]:
+    """Make a loaded (or user-built) causal LM ready to train, in place: weights in ``dtype``
+    on ``device``, no KV cache in training forwards, the attention kernel, a pad token.
+
+    ``attn_implementation='auto'``: see :func:`load_base_model`.
+    """
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.dtype != dtype:  # e.g. the tiny random model is built in float32
         model = model.to(dtype)
     model.config.use_cache = False  # type: ignore[union-attr]
     if attn_implementation == "auto":

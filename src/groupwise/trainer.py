@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from groupwise.build import TrainingParts, build_parts
+from groupwise.build import build_parts
 from groupwise.callbacks import Callbacks, StepCallback
 from groupwise.checkpoint import (
     CHECKPOINTS,
@@ -90,20 +90,22 @@ class GRPOTrainer:
         callbacks: Sequence[StepCallback | Any] = (),
         **trl: Any,
     ) -> None:
-        config, reward_funcs, task = trl_arguments(config, reward_funcs, task, trl)
-        self.config = config
+        setup = trl_arguments(config, reward_funcs, task, trl)
+        self.config = config = setup.config
         t = config.training
         if t.num_threads > 0:
             torch.set_num_threads(t.num_threads)
         seed_everything(t.seed)
         self.device = init_distributed(t.device)  # joins the process group under torchrun
         self.out_dir = Path(t.output_dir)
-        self.task = task or task_from_config(config)
+        self.task = setup.task or task_from_config(config)
         self.counters = Counters()
-        self.rewards = bind_rewards(self._build_rewards(reward_funcs), self)  # checks signatures
+        self.rewards = bind_rewards(
+            self._build_rewards(setup.reward_funcs), self
+        )  # checks signatures
         self.sampler = PromptSampler(self.task.train, seed=t.seed)
         self.precision = run_precision(config, self.device)
-        self.parts: TrainingParts = build_parts(config, self.precision, self.device)
+        self.parts = build_parts(config, self.precision, self.device, setup.base_model)
         self.grpo_step = GRPOStep(config, self.parts, self.rewards, self.counters)
         self.run_state: dict[str, Any] = {}  # eval_before, train_time_s: kept across resumes
         self.resumable = ResumableState(

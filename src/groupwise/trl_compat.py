@@ -27,7 +27,6 @@ import dataclasses
 import difflib
 import functools
 import math
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -431,16 +430,18 @@ class TRLSetup:
     """What a TRL-style ``GRPOTrainer(...)`` call becomes: groupwise's three arguments."""
 
     config: Config
-    reward_funcs: list[AnyRewardFunc | str]
-    task: Task
+    reward_funcs: Any
+    task: Task | None
+    base_model: tuple[Any, Any] | None = None
+    """A built ``(model, tokenizer)`` to train in place (TRL's ``model=<PreTrainedModel>``)."""
 
 
 def trl_arguments(
     config: Any, reward_funcs: Any, task: Task | None, trl: dict[str, Any]
-) -> tuple[Config, Any, Task | None]:
-    """``GRPOTrainer``'s arguments as groupwise's ``(config, reward_funcs, task)``: as given
-    when ``config`` is a ``Config``, else TRL's call translated by :func:`from_trl` (``config``
-    is then TRL's first positional argument, the model)."""
+) -> TRLSetup:
+    """``GRPOTrainer``'s arguments as groupwise's (config, reward_funcs, task and a built model
+    if any): as given when ``config`` is a ``Config``, else TRL's call translated by
+    :func:`from_trl` (``config`` is then TRL's first positional argument, the model)."""
     if isinstance(config, Config):
         if trl:
             raise TypeError(
@@ -448,9 +449,8 @@ def trl_arguments(
                 "GRPOTrainer(model=..., args=GRPOConfig(...)); a Config takes reward_funcs, "
                 "task and callbacks"
             )
-        return config, reward_funcs, task
-    setup = from_trl(trl.pop("model", config), reward_funcs, task=task, **trl)
-    return setup.config, setup.reward_funcs, setup.task
+        return TRLSetup(config, reward_funcs, task)
+    return from_trl(trl.pop("model", config), reward_funcs, task=task, **trl)
 
 
 def task_from_config(config: Config) -> Task:
@@ -496,10 +496,13 @@ def from_trl(
             raise TypeError("GRPOTrainer: train_dataset (or task) is required with model=...")
         task = to_task(train_dataset, eval_dataset, base)
     data = config_to_dict(args.to_config(base, train_rows=len(task.train)))
-    if model is not None:
-        data["model"]["name"] = model_name(model, processing_class)
+    built = built_model(model, processing_class)
+    if built is not None:
+        data["model"]["name"] = getattr(built[0], "name_or_path", "") or "in-memory model"
+    elif model is not None:
+        data["model"]["name"] = str(model)
     data["model"].update(lora_settings(peft_config))
-    return TRLSetup(config_from_dict(data), trl_rewards(reward_funcs), task)
+    return TRLSetup(config_from_dict(data), trl_rewards(reward_funcs), task, built)
 
 
 def trl_rewards(reward_funcs: Any) -> list[AnyRewardFunc | str]:
@@ -567,22 +570,18 @@ def lora_settings(peft_config: Any) -> dict[str, Any]:
     }
 
 
-def model_name(model: Any, processing_class: Any = None) -> str:
-    """``model.name`` for TRL's ``model``: a preset or local path as is; a built
-    ``PreTrainedModel`` is saved (with ``processing_class``, else the tokenizer found at its
-    ``name_or_path``) to a temporary directory that groupwise then loads."""
-    if isinstance(model, (str, Path)):
-        return str(model)
-    if not hasattr(model, "save_pretrained"):
+def built_model(model: Any, processing_class: Any = None) -> tuple[Any, Any] | None:
+    """TRL's ``model`` when it is a built ``PreTrainedModel``: ``(model, tokenizer)``, the
+    tokenizer being ``processing_class`` or the one at the model's ``name_or_path``; None for a
+    preset name or a path (loaded by name)."""
+    if model is None or isinstance(model, (str, Path)):
+        return None
+    if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
         raise TypeError(
             f"GRPOTrainer: model must be a preset name, a local path or a PreTrainedModel, "
             f"got {type(model).__name__}"
         )
-    tokenizer = processing_class or _tokenizer_of(model)
-    directory = Path(tempfile.mkdtemp(prefix="groupwise-model-"))
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return str(directory)
+    return model, processing_class or _tokenizer_of(model)
 
 
 def _tokenizer_of(model: Any) -> Any:
