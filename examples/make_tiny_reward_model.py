@@ -1,4 +1,4 @@
-"""Write a small randomly initialised reward model for examples/dialogue.yaml.
+"""Write a small randomly initialised reward model for examples/dialogue_reward_model.yaml.
 
     python examples/make_tiny_reward_model.py [OUT_DIR] [--seed N] [--num-labels K]
 

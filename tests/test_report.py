@@ -284,3 +284,50 @@ def test_report_without_hacking_metrics_says_so(tmp_path: Path) -> None:
     page = write_report(run).read_text(encoding="utf-8")
     assert "No hacking/* metrics in metrics.jsonl." in page
     assert not (run / "plots" / "hacking.png").exists()
+
+
+def _eval_sample(label: str, index: int, completion: str, score: float) -> dict[str, Any]:
+    prompt = [{"role": "user", "content": f"held-out prompt {index}"}]
+    return {
+        "label": label,
+        "index": index,
+        "prompt": prompt,
+        "completion": completion,
+        "score": score,
+    }
+
+
+def test_held_out_answers_before_and_after_side_by_side(tmp_path: Path) -> None:
+    run = make_run(tmp_path, completions=False)
+    records = [_eval_sample("step 3", i, f"middle-{i}", 0.5) for i in range(10)]
+    records += [_eval_sample("after", i, f"after-{i}", 0.875) for i in range(10)]
+    records += [_eval_sample("before", i, f"before-{i}", 0.125) for i in range(10)]
+    records[-10]["completion"] = EVIL  # before, prompt 0
+    records.append({"label": "after", "index": 1, "completion": "rewritten by a resume"})
+    _write_jsonl(run / "eval_samples.jsonl", records)
+    with open(run / "eval_samples.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"label": "after", "ind')  # a half-written line
+    page = write_report(run).read_text(encoding="utf-8")
+    assert ">Held-out answers, before and after<" in page
+    assert "<th>prompt</th><th>before</th><th>after</th>" in page
+    section = page[page.index('id="eval-samples"') :]
+    section = section[: section.index("</section>")]
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; done" in section
+    assert EVIL not in section
+    for i in range(2, 8):  # one row per prompt: its before answer, then its after answer
+        row = f"user: held-out prompt {i}</pre></td><td><pre>before-{i}</pre>"
+        assert row in section
+        assert section.index(f"before-{i}<") < section.index(f"after-{i}<")
+    assert "rewritten by a resume" in section and "after-1<" not in section
+    assert "score 0.125" in section and "score 0.875" in section
+    assert "held-out prompt 8" not in section and "middle-" not in section  # first 8 only
+
+
+def test_held_out_answers_missing_or_one_sided(tmp_path: Path) -> None:
+    run = make_run(tmp_path, completions=False)
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "No eval_samples.jsonl in this run" in page
+    _write_jsonl(run / "eval_samples.jsonl", [_eval_sample("before", 0, "only-before", 0.5)])
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "<th>prompt</th><th>before</th><th>—</th>" in page
+    assert "only-before" in page and "<td class='muted'>—</td>" in page

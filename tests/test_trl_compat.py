@@ -280,3 +280,37 @@ def test_a_built_model_is_trained_in_place(tmp_path: Path) -> None:
     assert trainer.train()["model"] == "in-memory model"
     changed = [n for n, p in model.named_parameters() if not torch.equal(p.float(), before[n])]
     assert changed, "the user's model object was not trained"
+
+
+def test_an_eval_dataset_without_correctness_is_scored_by_the_rewards(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TRL evaluates eval_dataset with the reward functions: so does groupwise."""
+
+    def length(completions: list[str], **kwargs: Any) -> list[float]:
+        return [float(len(c)) for c in completions]
+
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        num_generations=4,
+        per_device_train_batch_size=8,
+        max_completion_length=4,
+        save_strategy="no",
+        bf16=False,
+    )
+    trainer = GRPOTrainer(
+        model="tiny-random",
+        reward_funcs=length,
+        args=args,
+        train_dataset=[{"prompt": f"Count to {i}:"} for i in range(4)],
+        eval_dataset=[{"prompt": f"Say {i}:"} for i in range(3)],
+    )
+    trainer.config.training.report = False
+    trainer.config.eval.max_new_tokens = 4
+    summary = trainer.train()
+    samples = [json.loads(x) for x in (tmp_path / "run" / "eval_samples.jsonl").open()]
+    before = [s for s in samples if s["label"] == "before"]
+    assert [s["score"] for s in before] == [float(len(s["completion"])) for s in before]
+    assert summary["eval_before"] == pytest.approx(sum(s["score"] for s in before) / 3)
+    assert "held-out greedy reward (before): " in capsys.readouterr().out

@@ -139,16 +139,7 @@ def build_parts(
         )
     _check_cpu_only(m.lora and m.lora_merge_in_place, "model.lora_merge_in_place", device)
     _check_cpu_only(m.reference_on_disk, "model.reference_on_disk", device)
-    attn = m.attn_implementation
-    if base_model is not None:
-        model, tokenizer = base_model
-        base, tokenizer = prepare_base_model(
-            model, tokenizer, device=device, attn_implementation=attn, dtype=dtype
-        )
-    else:
-        base, tokenizer = load_base_model(
-            m.name, seed=t.seed, device=device, attn_implementation=attn, dtype=dtype
-        )
+    base, tokenizer = _base_model(config, dtype, device, base_model)
     if t.fused_kernels:
         install_fused_kernels(base)  # before any copy: copies keep the routing
     low = torch.bfloat16 if precision.bf16 else torch.float32
@@ -192,6 +183,21 @@ def build_parts(
         optimizer=optimizer,
         scheduler=scheduler,
     )
+
+
+def _base_model(
+    config: Config,
+    dtype: torch.dtype,
+    device: torch.device,
+    built: tuple[nn.Module, Any] | None,
+) -> tuple[nn.Module, Any]:
+    """The built ``(model, tokenizer)`` made ready, else ``model.name`` loaded."""
+    attn = config.model.attn_implementation
+    if built is not None:
+        return prepare_base_model(*built, device=device, attn_implementation=attn, dtype=dtype)
+    seed = config.training.seed
+    name = config.model.name
+    return load_base_model(name, seed=seed, device=device, attn_implementation=attn, dtype=dtype)
 
 
 def _optimizer(

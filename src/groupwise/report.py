@@ -1,17 +1,20 @@
 """A self-contained HTML report of a finished (or running) training run.
 
 ``write_report(run_dir)`` reads what the trainer wrote (``metrics.jsonl``, ``completions.jsonl``,
-``summary.json``, ``config.yaml``), draws PNG plots into ``run_dir/plots/`` and writes
-``run_dir/report.html`` with the plots embedded as base64, so the one file can be mailed or
-opened offline: no JavaScript, no external CSS, no network.
+``eval_samples.jsonl``, ``summary.json``, ``config.yaml``), draws PNG plots into
+``run_dir/plots/`` and writes ``run_dir/report.html`` with the plots embedded as base64, so the
+one file can be mailed or opened offline: no JavaScript, no external CSS, no network.
 
 Sections: a summary table (model, task, steps, times, held-out accuracy before -> after), the
 training curves (reward, held-out accuracy, KL, entropy, completion length, clip ratios, loss,
 grad norm, learning rate, per-phase time, reward-hacking signals), the reward-hacking signals
 (``hacking/...`` metrics of ``groupwise.hacking``: last and largest value, the steps at or above
 the warning threshold), the best and worst completions by reward at the first and the last
-logged step, and the run's config. A plot whose metrics the run did not log is left out; every
-file is written atomically (temporary file, then rename).
+logged step, the held-out answers before and after training side by side (from
+``eval_samples.jsonl``: the first :data:`MAX_EVAL_SAMPLES` held-out prompts, each with its
+greedy answer and correctness score at the first and at the last evaluation), and the run's
+config. A plot whose metrics the run did not log is left out; every file is written atomically
+(temporary file, then rename).
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ MAX_TEXT_CHARS = 3000
 """Longer prompts and completions are cut to this many characters in the report."""
 MAX_FLAGGED_STEPS = 20
 """The reward-hacking table lists at most this many flagged steps per signal."""
+EVAL_SAMPLES_NAME = "eval_samples.jsonl"
+"""Held-out answers written by ``groupwise.run_logger.RunLogger.log_eval``."""
+MAX_EVAL_SAMPLES = 8
+"""The before/after table shows the first this many held-out prompts."""
 
 
 # ---------------------------------------------------------------------------- reading the run
@@ -63,6 +70,10 @@ class RunData:
     """completions.jsonl records of the first logged step."""
     last_completions: list[dict[str, Any]] = field(default_factory=list)
     """completions.jsonl records of the last logged step."""
+    evaluations: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    """eval_samples.jsonl: label ("before", "step N", "after") -> held-out index -> record,
+    labels in order of first appearance (a label written again, as by a resumed run, keeps
+    its last records)."""
 
     @property
     def steps(self) -> list[float]:
@@ -122,6 +133,17 @@ def _first_and_last_step(path: Path) -> tuple[list[dict[str, Any]], list[dict[st
     return first, last
 
 
+def _evaluations(path: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    """eval_samples.jsonl grouped by label, then by held-out index (see ``RunData``)."""
+    grouped: dict[str, dict[int, dict[str, Any]]] = {}
+    for record in _iter_jsonl(path):
+        label, index = record.get("label"), record.get("index")
+        if not isinstance(label, str) or isinstance(index, bool) or not isinstance(index, int):
+            continue
+        grouped.setdefault(label, {})[index] = record
+    return grouped
+
+
 def load_run(run_dir: Path) -> RunData:
     """Read a run directory; raises FileNotFoundError if it has neither metrics nor a summary."""
     run_dir = Path(run_dir)
@@ -140,6 +162,7 @@ def load_run(run_dir: Path) -> RunData:
     data.first_completions, data.last_completions = _first_and_last_step(
         run_dir / "completions.jsonl"
     )
+    data.evaluations = _evaluations(run_dir / EVAL_SAMPLES_NAME)
     return data
 
 
@@ -499,6 +522,57 @@ def _completions_html(data: RunData, count: int) -> str:
     return f"{head}{''.join(blocks)}</section>"
 
 
+def before_and_after(
+    data: RunData,
+) -> tuple[str | None, str | None, list[tuple[Any, dict[str, Any] | None, dict[str, Any] | None]]]:
+    """(first label, last label, rows): the first and the last evaluation in eval_samples.jsonl
+    ("before" and "after" when the run did both) and, for the first :data:`MAX_EVAL_SAMPLES`
+    held-out indices, (prompt, first record, last record); a record is None where that
+    evaluation lacks the index. Labels are None when the file has no such evaluation."""
+    labels = list(data.evaluations)
+    if "before" in labels:  # "before" first and "after" last, whatever the file order
+        labels = ["before", *(x for x in labels if x != "before")]
+    if "after" in labels:
+        labels = [*(x for x in labels if x != "after"), "after"]
+    first = labels[0] if labels else None
+    last = labels[-1] if len(labels) > 1 else None
+    early = data.evaluations.get(first, {}) if first else {}
+    late = data.evaluations.get(last, {}) if last else {}
+    indices = sorted(set(early) | set(late))[:MAX_EVAL_SAMPLES]
+    rows = []
+    for index in indices:
+        a, b = early.get(index), late.get(index)
+        rows.append(((a or b or {}).get("prompt"), a, b))
+    return first, last, rows
+
+
+def _answer_cell(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return "<td class='muted'>—</td>"
+    text = _esc(_clip_text(str(record.get("completion", ""))))
+    score = _fmt_value(record.get("score"))
+    return f"<td><pre>{text}</pre><span class='muted'>score {score}</span></td>"
+
+
+def _eval_samples_html(data: RunData) -> str:
+    head = '<section id="eval-samples"><h2>Held-out answers, before and after</h2>'
+    first, last, rows = before_and_after(data)
+    if first is None:
+        note = f"No {EVAL_SAMPLES_NAME} in this run (no held-out evaluation, or an older run)."
+        return f'{head}<p class="muted">{_esc(note)}</p></section>'
+    intro = (
+        f"Greedy answers to the first {len(rows)} held-out prompts with their correctness "
+        f"score, at the first ({first}) and the last ({last or 'none'}) evaluation."
+    )
+    body = "".join(
+        f"<tr><td><pre>{_esc(_clip_text(prompt_text(prompt)))}</pre></td>"
+        f"{_answer_cell(a)}{_answer_cell(b)}</tr>"
+        for prompt, a, b in rows
+    )
+    cols = f"<tr><th>prompt</th><th>{_esc(first)}</th><th>{_esc(last or '—')}</th></tr>"
+    return f'{head}<p class="muted">{_esc(intro)}</p><table>{cols}{body}</table></section>'
+
+
 def hacking_rows(data: RunData) -> list[tuple[str, str, str, str, str]]:
     """(signal, warn at, last, max at step, steps at or above the threshold) of every
     ``hacking/...`` metric the run logged, in order of first appearance."""
@@ -564,6 +638,7 @@ def render_html(data: RunData, plots: Sequence[tuple[str, str, bytes]], count: i
             _plots_html(plots),
             _hacking_html(data),
             _completions_html(data, count),
+            _eval_samples_html(data),
             _config_html(data),
         ]
     )
@@ -618,6 +693,7 @@ __all__ = [
     "PLOTS",
     "RunData",
     "accuracy_points",
+    "before_and_after",
     "best_and_worst",
     "ema",
     "hacking_rows",

@@ -1,6 +1,7 @@
 """Where a run's records go, in one place: ``metrics.jsonl``, ``completions.jsonl`` (appended
-and flushed to disk per step), the trackers of ``training.report_to``, the live view and the
-console. Only rank 0 writes; the other ranks' calls do nothing."""
+and flushed to disk per step), ``eval_samples.jsonl`` (every held-out answer of every
+evaluation), the trackers of ``training.report_to``, the live view and the console. Only rank 0
+writes; the other ranks' calls do nothing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from groupwise.config import Config, config_to_dict
 from groupwise.distributed import is_main
@@ -17,6 +18,13 @@ from groupwise.hacking import HackingMonitor
 from groupwise.live import LiveView
 from groupwise.metrics import append_jsonl
 from groupwise.tracking import Tracker, build_trackers, close_trackers, completions_markdown
+
+if TYPE_CHECKING:
+    from groupwise.evaluation import EvalResult
+
+EVAL_SAMPLES = "eval_samples.jsonl"
+"""Held-out answers, one line each: ``label`` ("before", "step N", "after"), ``index`` (the
+row's position in the held-out set), ``prompt``, ``completion``, ``score``."""
 
 
 class RunLogger:
@@ -61,11 +69,26 @@ class RunLogger:
         if self.view is not None:
             self.view.update(step, metrics, records)
 
-    def log_eval(self, label: str, accuracy: float, rows: int, step: int | None) -> None:
-        """A held-out evaluation: the console, and the trackers at ``step`` if given."""
+    def log_eval(
+        self,
+        label: str,
+        result: EvalResult,
+        prompts: Sequence[Any],
+        step: int | None,
+        metric: str = "accuracy",
+    ) -> None:
+        """A held-out evaluation: its answers to ``eval_samples.jsonl``, the console, and the
+        trackers at ``step`` if given. ``prompts`` are the held-out rows' prompts, in order;
+        ``metric`` names the score (the task's ``eval_metric``; "accuracy" prints as a %)."""
+        accuracy = result.accuracy
         flag = self.hacking.add_evaluation(accuracy) if step is not None else 0.0
         if self.main:
-            print(f"held-out greedy accuracy ({label}): {accuracy:.1%} on {rows}", flush=True)
+            self._write_eval_samples(label, result, prompts)
+            value = f"{accuracy:.1%}" if metric == "accuracy" else f"{accuracy:.3f}"
+            print(
+                f"held-out greedy {metric} ({label}): {value} on {len(result.scores)}",
+                flush=True,
+            )
             if flag:
                 print(
                     "groupwise: possible reward hacking: the reward rose while held-out "
@@ -96,3 +119,22 @@ class RunLogger:
             os.fsync(handle.fileno())
         for tracker in self.trackers:
             tracker.log_text("completions", completions_markdown(records), step)
+
+    def _write_eval_samples(self, label: str, result: EvalResult, prompts: Sequence[Any]) -> None:
+        """Append one evaluation's answers to ``eval_samples.jsonl`` and fsync it."""
+        if not len(prompts) == len(result.completions) == len(result.scores):
+            raise ValueError(
+                f"evaluation {label!r}: {len(prompts)} prompts, {len(result.completions)} "
+                f"completions and {len(result.scores)} scores do not line up"
+            )
+        records = [
+            {"label": label, "index": i, "prompt": p, "completion": c, "score": s}
+            for i, (p, c, s) in enumerate(
+                zip(prompts, result.completions, result.scores, strict=True)
+            )
+        ]
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / EVAL_SAMPLES, "a", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(r) + "\n" for r in records))
+            handle.flush()
+            os.fsync(handle.fileno())

@@ -275,7 +275,8 @@ class GRPOTrainer:
 
     def _eval_and_log(self, log: RunLogger, label: str, step: int | None) -> float:
         result = self.evaluate()
-        log.log_eval(label, result.accuracy, len(result.scores), step)
+        prompts = [row["prompt"] for row in self.task.eval]
+        log.log_eval(label, result, prompts, step, self.task.eval_metric)
         self.callbacks.evaluated(self, result.accuracy)
         return result.accuracy
 

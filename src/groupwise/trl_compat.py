@@ -468,7 +468,23 @@ def bind_rewards(runner: RewardRunner, trainer: Any) -> RewardRunner:
     adds_columns = config.rollout.engine != "local"
     check_task_functions(runner.funcs, trainer.task, engine_adds_columns=adds_columns)
     runner.state.bind(trainer.counters, config.training.max_steps)
+    task = trainer.task
+    if task.correctness is None and task.eval:  # TRL scores eval_dataset with the rewards
+        task.correctness, task.eval_metric = reward_score(runner), "reward"
     return runner
+
+
+def reward_score(runner: RewardRunner) -> Any:
+    """A correctness function that is the weighted reward sum: held-out rows without a
+    correctness check are scored by the training rewards (TRL's ``eval_dataset`` metric)."""
+
+    def held_out_reward(
+        prompts: Sequence[Any], completions: Sequence[str], **columns: Any
+    ) -> list[float]:
+        result: list[float] = runner(prompts, completions, **columns).total.tolist()
+        return result
+
+    return held_out_reward
 
 
 def from_trl(

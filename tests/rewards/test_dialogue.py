@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from groupwise.rewards.dialogue import (
     render_conversation,
     repetition_penalty,
     reward_model,
+    sentence_split,
+    sentiment,
+    vader_compound,
 )
 
 CHAT = [{"role": "user", "content": "How do I keep basil alive?"}]
@@ -111,3 +115,93 @@ def test_length_penalty() -> None:
     assert got == pytest.approx([-1.0, -0.6, 0.0, -0.5, -1.0])
     with pytest.raises(ValueError, match="min_words <= max_words"):
         length_penalty(["p"], ["x"], min_words=5, max_words=2)
+
+
+# ---------------------------------------------------------------------------- sentiment (VADER)
+POSITIVE = "I love rainy days, they are wonderful and cozy."
+NEUTRAL = "The bus leaves at eight and arrives at nine."
+NEGATIVE = "I hate rainy days, they are awful and miserable."
+
+
+@pytest.fixture
+def vader() -> None:
+    pytest.importorskip("vaderSentiment")
+
+
+def test_sentiment_orders_positive_neutral_negative(vader: None) -> None:
+    pos, neu, neg = sentiment(["p"] * 3, [POSITIVE, NEUTRAL, NEGATIVE])
+    assert pos > neu > neg
+    assert pos > 0.5 > neg
+    assert neu == pytest.approx(0.5)  # no word with a valence: the middle of the scale
+    assert sentiment(["p"], [""]) == [pytest.approx(0.5)]
+    assert all(0.0 <= s <= 1.0 for s in (pos, neu, neg))
+
+
+def test_sentiment_negation_flips(vader: None) -> None:
+    plain, negated = sentiment(["p"] * 2, ["The food was good.", "The food was not good."])
+    assert plain > 0.5 > negated
+    bad, not_bad = sentiment(["p"] * 2, ["The film was bad.", "The film was not bad."])
+    assert not_bad > bad
+
+
+def test_sentiment_target_negative_inverts(vader: None) -> None:
+    texts = [POSITIVE, NEUTRAL, NEGATIVE, "The food was not good."]
+    positive = sentiment(["p"] * 4, texts)
+    negative = sentiment(["p"] * 4, texts, target="negative")
+    assert negative == pytest.approx([1.0 - s for s in positive])
+    assert negative[2] > negative[1] > negative[0]
+
+
+def test_sentiment_unit_sentence_averages_sentences(vader: None) -> None:
+    text = f"{POSITIVE} {NEUTRAL}\n{NEGATIVE}"
+    assert sentence_split(text) == [POSITIVE, NEUTRAL, NEGATIVE]
+    per_sentence = sentiment(["p"] * 3, [POSITIVE, NEUTRAL, NEGATIVE])
+    (averaged,) = sentiment(["p"], [text], unit="sentence")
+    assert averaged == pytest.approx(sum(per_sentence) / 3)
+    # one cheerful sentence among neutral ones: the whole text reads as positive as that
+    # sentence, the per-sentence mean much less so
+    diluted = f"{POSITIVE} {NEUTRAL} {NEUTRAL}"
+    (whole,) = sentiment(["p"], [diluted])
+    (mean,) = sentiment(["p"], [diluted], unit="sentence")
+    assert whole > mean > 0.5
+
+
+def test_sentiment_scores_only_the_completion(vader: None) -> None:
+    a = sentiment([NEGATIVE], [NEUTRAL])
+    b = sentiment([POSITIVE], [NEUTRAL])
+    assert a == b
+
+
+def test_sentiment_bad_arguments_name_the_key(vader: None) -> None:
+    with pytest.raises(ValueError, match=r"rewards.kwargs.sentiment.target: 'happy' is not one"):
+        sentiment(["p"], ["hi"], target="happy")
+    with pytest.raises(ValueError, match=r"rewards.kwargs.sentiment.unit: 'word' is not one"):
+        sentiment(["p"], ["hi"], unit="word")
+
+
+def test_sentiment_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vaderSentiment", None)
+    monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)
+    vader_compound.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"pip install 'groupwise\[dialogue\]'"):
+            sentiment(["p"], ["hi"])
+    finally:
+        vader_compound.cache_clear()
+
+
+def test_sentiment_from_config_with_penalties(vader: None) -> None:
+    config = RewardsConfig(
+        funcs=["sentiment", "repetition_penalty", "length_penalty"],
+        weights=[1.0, 0.5, 0.5],
+        kwargs={"sentiment": {"target": "negative"}, "length_penalty": {"min_words": 3}},
+    )
+    funcs = rewards_from_config(config, max_completion_length=32)
+    completions = [POSITIVE, NEGATIVE, "awful awful awful awful awful awful"]
+    result = RewardRunner(funcs)([CHAT] * 3, completions)
+    judged = result.per_func["sentiment"].tolist()
+    assert judged[1] > judged[0]  # target negative: the negative reply wins
+    assert result.per_func["repetition_penalty"].tolist()[2] < 0
+    # the stacked-word reply is judged the most negative yet loses to the varied one in total
+    assert judged[2] > judged[1]
+    assert result.total.tolist()[2] < result.total.tolist()[1]

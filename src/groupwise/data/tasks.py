@@ -34,6 +34,9 @@ class Task:
     """Rewards used when the config names none."""
     correctness: RewardFunc | None = None
     """Reward in [0, 1] whose mean over greedy answers is the held-out accuracy."""
+    eval_metric: str = "accuracy"
+    """What the mean of ``correctness`` is called in the logs (e.g. ``"judge score"``); only
+    ``"accuracy"`` is printed as a percentage."""
 
 
 TaskBuilder = Callable[..., Task]
@@ -43,6 +46,7 @@ def import_builtin_tasks() -> None:
     """Import the modules whose ``@register_task`` builders fill ``TASKS``."""
     import groupwise.data.arithmetic
     import groupwise.data.code
+    import groupwise.data.dialogue
     import groupwise.data.files
     import groupwise.data.guess
     import groupwise.data.multiply

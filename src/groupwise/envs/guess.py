@@ -25,10 +25,29 @@ import re
 
 from groupwise.envs.base import ENVIRONMENTS, BaseEnvironment, EnvStep, Row
 
-_WORDS = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen twenty"
-).split()
+_WORDS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+]
 _NUMBER = re.compile(r"\d+|\b(?:" + "|".join(_WORDS) + r")\b", re.IGNORECASE)
 
 

