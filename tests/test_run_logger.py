@@ -49,6 +49,7 @@ def test_each_evaluation_appends_its_answers(
     ]
     assert records[0] == {
         "label": "before",
+        "step": 0,
         "index": 0,
         "prompt": PROMPTS[0],
         "completion": "meh",
@@ -67,3 +68,20 @@ def test_each_evaluation_appends_its_answers(
 def test_misaligned_result_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="do not line up"):
         _logger(tmp_path).log_eval("after", EvalResult(1.0, ["a"], [1.0]), PROMPTS, step=1)
+
+
+def test_a_resume_drops_the_evaluations_after_its_checkpoint(tmp_path: Path) -> None:
+    """eval_samples.jsonl lines carry the step they ran at; RunDirectory.start(step) keeps the
+    ones up to the resumed checkpoint, as it does for metrics.jsonl (no label twice)."""
+    from groupwise.precision import PrecisionChoice
+    from groupwise.run_dir import RunDirectory
+
+    log = _logger(tmp_path)
+    log.log_eval("before", EvalResult(0.0, ["a", "b"], [0.0, 0.0]), PROMPTS, None, at_step=0)
+    log.log_eval("step 2", EvalResult(0.5, ["c", "d"], [0.5, 0.5]), PROMPTS, None, at_step=2)
+    log.log_eval("step 4", EvalResult(1.0, ["e", "f"], [1.0, 1.0]), PROMPTS, None, at_step=4)
+    config = load_config(overrides=[f"training.output_dir={tmp_path}"])
+    choice = PrecisionChoice(bf16=False, setting="false", reason="test")
+    RunDirectory(config, choice).start(3)  # resuming from a checkpoint at step 3
+    records = _lines(tmp_path / EVAL_SAMPLES)
+    assert [(r["label"], r["step"]) for r in records] == [("before", 0)] * 2 + [("step 2", 2)] * 2

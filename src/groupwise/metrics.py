@@ -121,9 +121,9 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 def truncate_jsonl(path: Path, last_step: int) -> int:
     """Keep the lines of a step log up to ``last_step``; returns how many were dropped.
 
-    A resumed run calls this on metrics.jsonl and completions.jsonl: lines written after its
-    checkpoint (their steps are taken again) and a line torn by a kill are removed, so the log
-    continues with no duplicated and no missing step. The file is replaced atomically.
+    A resumed run calls this on metrics.jsonl, completions.jsonl and eval_samples.jsonl: lines
+    written after its checkpoint (their steps are taken again) and a line torn by a kill are
+    removed, so the log continues with no duplicated and no missing step. The file is replaced atomically.
     """
     if not path.exists():
         return 0

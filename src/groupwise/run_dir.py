@@ -1,7 +1,7 @@
 """The run directory: start fresh or resume, checkpoints, and the state a resume restores.
 
 ``RUN_DIR`` holds ``config.yaml`` (with what ``auto`` settings resolved to), ``metrics.jsonl``,
-``completions.jsonl``, ``checkpoints/step-XXXXXXXX`` (see :mod:`groupwise.checkpoint`),
+``completions.jsonl``, ``eval_samples.jsonl``, ``checkpoints/step-XXXXXXXX`` (see :mod:`groupwise.checkpoint`),
 ``final/``, ``summary.json`` and the report. Rank 0 decides and writes; every rank loads the
 same checkpoint (a shared file system on several nodes).
 
@@ -37,7 +37,7 @@ from groupwise.metrics import truncate_jsonl
 from groupwise.precision import PrecisionChoice
 from groupwise.step import Counters
 
-LOGS = ("metrics.jsonl", "completions.jsonl")
+LOGS = ("metrics.jsonl", "completions.jsonl", "eval_samples.jsonl")
 LOCK_FILE = ".lock"
 """In the run directory while a run uses it: the owner's pid and host, locked with ``flock``."""
 

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from groupwise.evaluation import EvalResult
 
 EVAL_SAMPLES = "eval_samples.jsonl"
-"""Held-out answers, one line each: ``label`` ("before", "step N", "after"), ``index`` (the
+"""Held-out answers, one line each: ``label`` ("before", "step N", "after"), ``step`` (steps
+taken when evaluated), ``index`` (the
 row's position in the held-out set), ``prompt``, ``completion``, ``score``."""
 
 
@@ -76,14 +77,17 @@ class RunLogger:
         prompts: Sequence[Any],
         step: int | None,
         metric: str = "accuracy",
+        at_step: int = 0,
     ) -> None:
         """A held-out evaluation: its answers to ``eval_samples.jsonl``, the console, and the
         trackers at ``step`` if given. ``prompts`` are the held-out rows' prompts, in order;
-        ``metric`` names the score (the task's ``eval_metric``; "accuracy" prints as a %)."""
+        ``metric`` names the score (the task's ``eval_metric``; "accuracy" prints as a %);
+        ``at_step``: the steps taken when it ran (kept with the answers: a resumed run drops
+        the lines after its checkpoint, as it does the step logs')."""
         accuracy = result.accuracy
         flag = self.hacking.add_evaluation(accuracy) if step is not None else 0.0
         if self.main:
-            self._write_eval_samples(label, result, prompts)
+            self._write_eval_samples(label, result, prompts, at_step)
             value = f"{accuracy:.1%}" if metric == "accuracy" else f"{accuracy:.3f}"
             print(
                 f"held-out greedy {metric} ({label}): {value} on {len(result.scores)}",
@@ -120,7 +124,9 @@ class RunLogger:
         for tracker in self.trackers:
             tracker.log_text("completions", completions_markdown(records), step)
 
-    def _write_eval_samples(self, label: str, result: EvalResult, prompts: Sequence[Any]) -> None:
+    def _write_eval_samples(
+        self, label: str, result: EvalResult, prompts: Sequence[Any], at_step: int
+    ) -> None:
         """Append one evaluation's answers to ``eval_samples.jsonl`` and fsync it."""
         if not len(prompts) == len(result.completions) == len(result.scores):
             raise ValueError(
@@ -128,7 +134,7 @@ class RunLogger:
                 f"completions and {len(result.scores)} scores do not line up"
             )
         records = [
-            {"label": label, "index": i, "prompt": p, "completion": c, "score": s}
+            {"label": label, "step": at_step, "index": i, "prompt": p, "completion": c, "score": s}
             for i, (p, c, s) in enumerate(
                 zip(prompts, result.completions, result.scores, strict=True)
             )

@@ -276,7 +276,7 @@ class GRPOTrainer:
     def _eval_and_log(self, log: RunLogger, label: str, step: int | None) -> float:
         result = self.evaluate()
         prompts = [row["prompt"] for row in self.task.eval]
-        log.log_eval(label, result, prompts, step, self.task.eval_metric)
+        log.log_eval(label, result, prompts, step, self.task.eval_metric, self.step_count)
         self.callbacks.evaluated(self, result.accuracy)
         return result.accuracy
 
