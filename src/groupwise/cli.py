@@ -7,6 +7,8 @@ groupwise tasks                                 list the built-in tasks
 groupwise report RUN_DIR                        write RUN_DIR/report.html and RUN_DIR/plots/
 groupwise eval MODEL_OR_RUN [CONFIG] [k=v ...] [--k K] [--baseline MODEL]
                                                 held-out accuracy, pass@k, maj@k as a table
+groupwise reward-model PAIRS --base MODEL --out DIR [--epochs N --lr LR ...]
+                                                train a Bradley-Terry reward model from pairs
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import yaml
 from groupwise.checkpoint import DiskFullError
 from groupwise.config import ConfigError, config_to_dict, load_config, reference_markdown
 from groupwise.guards import NonFiniteUpdatesError, TrainingInterrupted
+from groupwise.reward_model import RewardModelArgs, reward_model_main
 from groupwise.rewards.base import RewardError
 from groupwise.tracking import TrackerUnavailableError
 
@@ -54,6 +57,20 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--baseline", help="also evaluate this model (e.g. the base) for comparison")
     rep = sub.add_parser("report", help="write RUN_DIR/report.html and plots/ from a run's logs")
     rep.add_argument("run_dir", help="a run's output_dir")
+    rm = sub.add_parser("reward-model", help="train a Bradley-Terry reward model from pairs")
+    rm.add_argument("pairs", help="JSONL/JSON rows {prompt, chosen, rejected}")
+    rm.add_argument("--base", required=True, help="base causal LM: preset, directory or .gguf")
+    rm.add_argument("--out", required=True, help="directory to write the reward model to")
+    d = RewardModelArgs("", "", "")  # the defaults
+    for flag, kind, value, meaning in (
+        ("--epochs", int, d.epochs, "passes over the training pairs"),
+        ("--lr", float, d.lr, "AdamW learning rate"),
+        ("--batch-size", int, d.batch_size, "pairs per optimizer step"),
+        ("--eval-fraction", float, d.eval_fraction, "share of the pairs held out"),
+        ("--seed", int, d.seed, "seed of the split, the pair order and the new head"),
+        ("--max-length", int, d.max_length, "tokens kept per conversation (its end)"),
+    ):
+        rm.add_argument(flag, type=kind, default=value, help=f"{meaning} (default: {value})")
     return parser
 
 
@@ -77,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             return _eval(args)
+        if args.command == "reward-model":
+            return reward_model_main(args)
         path, overrides = _split_args(args.args)
         config = load_config(path, overrides)
         if args.command == "config":
