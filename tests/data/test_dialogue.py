@@ -104,7 +104,8 @@ def test_the_example_config_builds_its_task_and_rewards() -> None:
     )
     assert len(task.eval) >= 50 and task.correctness is not None
     funcs = rewards_from_config(config.rewards, max_completion_length=64)
-    assert [f.__name__ for f in funcs] == ["sentiment", "repetition_penalty", "length_penalty"]
+    names = [f.__name__ for f in funcs]
+    assert names == ["sentiment", "on_topic", "repetition_penalty", "length_penalty"]
     # the held-out judge and the training reward agree on the target
     reply = ["I hate this, it is awful."]
     assert funcs[0](["p"], reply) == task.correctness(prompts=["p"], completions=reply)

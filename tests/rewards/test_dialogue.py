@@ -205,3 +205,23 @@ def test_sentiment_from_config_with_penalties(vader: None) -> None:
     # the stacked-word reply is judged the most negative yet loses to the varied one in total
     assert judged[2] > judged[1]
     assert result.total.tolist()[2] < result.total.tolist()[1]
+
+
+def test_on_topic_counts_the_subjects_content_words() -> None:
+    from groupwise.rewards.dialogue import on_topic
+
+    completions = [
+        "Rainy days are lovely.",  # both words ("days" is 4 letters)
+        "I love the rain.",  # "rain" is not "rainy"'s 5-letter stem: 0 of 2
+        "I am so happy to help!",  # off topic
+        "Movies in black and white are classics.",  # 2 of black, white, movie(s)
+        "anything",  # the subject has no content word: 1.0
+    ]
+    subjects = [
+        "rainy days",
+        "rainy days",
+        "your morning commute",
+        "old black-and-white films",
+        "a",
+    ]
+    assert on_topic(["p"] * 5, completions, subject=subjects) == [1.0, 0.0, 0.0, 2 / 3, 1.0]

@@ -12,7 +12,7 @@ the registries :data:`REWARDS` and :data:`REWARD_FACTORIES`, which each reward j
 decorator where it is defined (``@register_reward("name")``; user code does the same). Built-ins:
 answer_match, exact_match, number_only, math_verify, think_answer_format, overlong_penalty,
 reasoning_gym_score, code_tests, code_pass, reward_model, repetition_penalty, length_penalty,
-env_reward, env_solved, final_answer_match, tool_used, sentiment.
+env_reward, env_solved, final_answer_match, tool_used, sentiment, on_topic.
 """
 
 from typing import Any

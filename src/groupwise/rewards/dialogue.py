@@ -208,6 +208,34 @@ def sentiment(
     return [sentiment_score(text, target=target, unit=unit) for text in completions]
 
 
+_WORD = re.compile(r"[a-z]+")
+_STOP = frozenset(
+    ["the", "your", "you", "and", "for", "with", "from", "that", "this", "about", "into", "after"]
+)
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-case words of ``text`` of 4+ letters that are not stop words, each cut to its
+    first 5 letters (a crude stem: "rainy" matches "rain", "movies" "movie")."""
+    return {w[:5] for w in _WORD.findall(text.lower()) if len(w) >= 4 and w not in _STOP}
+
+
+@register_reward("on_topic")
+def on_topic(
+    prompts: Sequence[Any], completions: Sequence[str], subject: Sequence[str], **_: Any
+) -> list[float]:
+    """Share of the ``subject`` column's content words (:func:`content_words`) that the
+    completion mentions, in [0, 1]: a guard against answers that drift off the question (a
+    judge of tone alone pays a cheerful reply about anything). 1.0 for a subject without
+    content words."""
+    out = []
+    for text, topic in zip(completions, subject, strict=True):
+        wanted = content_words(str(topic))
+        got = content_words(text)
+        out.append(len(wanted & got) / len(wanted) if wanted else 1.0)
+    return out
+
+
 @register_reward("repetition_penalty")
 def repetition_penalty(
     prompts: Sequence[Any], completions: Sequence[str], *, ngram_size: int = 3, **_: Any
