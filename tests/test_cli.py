@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests_helpers import tiny_overrides
@@ -122,3 +123,13 @@ def test_eval_compares_models(tmp_path: Path) -> None:
     assert len(lines) == 5
     assert lines[3].startswith("| tiny-random (baseline) | 0.0% |")
     assert lines[4].startswith("| tiny-random | 0.0% |")
+
+
+def test_the_summary_line_names_the_tasks_metric(capsys: pytest.CaptureFixture[str]) -> None:
+    from groupwise.cli import _print_summary
+
+    _print_summary({"eval_before": 0.25, "eval_after": 0.5, "run_dir": "r"})
+    _print_summary({"eval_before": 0.759, "eval_after": 0.9, "eval_metric": "judge score"})
+    out = capsys.readouterr().out
+    assert "held-out accuracy: 25.0% before -> 50.0% after (+25.0 points)" in out
+    assert "held-out judge score: 0.759 before -> 0.900 after (+0.141)" in out

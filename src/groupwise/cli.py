@@ -145,10 +145,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: dict[str, object]) -> None:
     before, after = summary.get("eval_before"), summary.get("eval_after")
-    if isinstance(before, float) and isinstance(after, float):
+    metric = summary.get("eval_metric", "accuracy")
+    if isinstance(before, float) and isinstance(after, float) and metric == "accuracy":
         print(
             f"held-out accuracy: {before:.1%} before -> {after:.1%} after "
             f"({(after - before) * 100:+.1f} points)"
+        )
+    elif isinstance(before, float) and isinstance(after, float):
+        print(
+            f"held-out {metric}: {before:.3f} before -> {after:.3f} after ({after - before:+.3f})"
         )
     print(
         f"wall time: {summary.get('wall_time_s', 0.0):.0f} s; outputs in {summary.get('run_dir')}"

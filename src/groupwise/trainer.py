@@ -224,6 +224,7 @@ class GRPOTrainer:
         summary: dict[str, Any] = {
             "model": self.config.model.name,
             "task": self.task.name,
+            "eval_metric": self.task.eval_metric,
             "run_dir": str(self.out_dir),
             "world_size": world_size(),
             "precision": self.precision.as_dict(),
