@@ -48,6 +48,7 @@ def import_builtin_tasks() -> None:
     import groupwise.data.code
     import groupwise.data.dialogue
     import groupwise.data.files
+    import groupwise.data.functions
     import groupwise.data.guess
     import groupwise.data.multiply
     import groupwise.data.reasoning_gym  # noqa: F401
