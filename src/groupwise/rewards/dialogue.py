@@ -208,7 +208,7 @@ def sentiment(
     return [sentiment_score(text, target=target, unit=unit) for text in completions]
 
 
-_WORD = re.compile(r"[a-z]+")
+_LOWER_WORD = re.compile(r"[a-z]+")
 _STOP = frozenset(
     ["the", "your", "you", "and", "for", "with", "from", "that", "this", "about", "into", "after"]
 )
@@ -217,7 +217,7 @@ _STOP = frozenset(
 def content_words(text: str) -> set[str]:
     """Lower-case words of ``text`` of 4+ letters that are not stop words, each cut to its
     first 5 letters (a crude stem: "rainy" matches "rain", "movies" "movie")."""
-    return {w[:5] for w in _WORD.findall(text.lower()) if len(w) >= 4 and w not in _STOP}
+    return {w[:5] for w in _LOWER_WORD.findall(text.lower()) if len(w) >= 4 and w not in _STOP}
 
 
 @register_reward("on_topic")
