@@ -44,7 +44,7 @@ from groupwise.models import (
     resolve_model_path,
     tiny_random_model,
 )
-from groupwise.rewards.dialogue import render_conversation
+from groupwise.rewards.dialogue import encode_conversations, render_conversation
 
 METADATA_FILE = "reward_model.json"
 """Written into the output directory: the metrics and the arguments of the run."""
@@ -208,15 +208,7 @@ def load_base(base: str, seed: int) -> tuple[nn.Module, Any]:
 
 def score_texts(model: nn.Module, tokenizer: Any, texts: list[str], max_length: int) -> Tensor:
     """``[N]`` rewards of ``N`` rendered conversations, tokenized as the reward tokenizes them."""
-    templated = bool(getattr(tokenizer, "chat_template", None))
-    batch = tokenizer(
-        texts,
-        return_tensors="pt",
-        padding=True,
-        truncation=True,
-        max_length=max_length,
-        add_special_tokens=not templated,
-    ).to(next(model.parameters()).device)
+    batch = encode_conversations(tokenizer, texts, max_length, next(model.parameters()).device)
     logits: Tensor = model(**batch).logits  # [N, 1]
     return logits[:, 0].float()
 

@@ -69,6 +69,22 @@ def _load(path: str, device: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def encode_conversations(tokenizer: Any, texts: list[str], max_length: int, device: Any) -> Any:
+    """Rendered conversations (:func:`render_conversation`) as a padded batch on ``device``, cut
+    to ``max_length`` tokens; no special tokens added where a chat template already put them.
+    The one tokenization of reward-model inputs, in training (``groupwise reward-model``) and
+    in the ``reward_model`` reward alike."""
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    return tokenizer(
+        texts,
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        add_special_tokens=not templated,
+    ).to(device)
+
+
 @register_reward_factory("reward_model")
 def reward_model(
     path: str,
@@ -100,18 +116,10 @@ def reward_model(
         raise ValueError(f"label_index {index} is out of range for {num_labels} labels")
     if probability and num_labels == 1:
         raise ValueError("probability needs a model with more than one label")
-    templated = bool(getattr(tokenizer, "chat_template", None))
     lock = threading.Lock()
 
     def score(texts: list[str]) -> list[float]:
-        batch = tokenizer(
-            texts,
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            add_special_tokens=not templated,
-        ).to(device)
+        batch = encode_conversations(tokenizer, texts, max_length, device)
         with lock, torch.no_grad():
             logits = model(**batch).logits.float()
         if probability:
