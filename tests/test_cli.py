@@ -109,11 +109,11 @@ def test_eval_compares_models(tmp_path: Path) -> None:
         "eval",
         "tiny-random",
         "data.eval_size=4",
-        "eval.max_new_tokens=4",
         "--k",
         "2",
         "--baseline",
         "tiny-random",
+        "eval.max_new_tokens=4",  # an override after the options is taken too
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -123,6 +123,8 @@ def test_eval_compares_models(tmp_path: Path) -> None:
     assert len(lines) == 5
     assert lines[3].startswith("| tiny-random (baseline) | 0.0% |")
     assert lines[4].startswith("| tiny-random | 0.0% |")
+    stray = _run("eval", "tiny-random", "--k", "2", "--kk", "3", cwd=tmp_path)
+    assert stray.returncode == 2 and "unrecognized arguments: --kk 3" in stray.stderr
 
 
 def test_the_summary_line_names_the_tasks_metric(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -11,8 +12,10 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from groupwise.kernels import PreallocatedCache, register_grouped_attention
 from groupwise.kernels.attention import grouped_attention
-from groupwise.kernels.kv_cache import num_cache_layers
+from groupwise.kernels.kv_cache import cache_kwargs, num_cache_layers
 from groupwise.models import load_base_model
+from groupwise.rollout.decode import generate
+from groupwise.rollout.records import tokenize_prompts
 
 
 class _Module(torch.nn.Module):
@@ -138,3 +141,47 @@ def test_static_decoder_logits_equal_dynamic_cache_decoding() -> None:
             got = decoder.step(tokens, next_pos, t)
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
             next_pos = next_pos + 1
+
+
+class _OldStyle(torch.nn.Module):
+    def forward(self, input_ids: torch.Tensor, past_key_values: object = None) -> None:
+        return None
+
+
+class _NoSignature(torch.nn.Module):
+    forward = staticmethod(len)  # a builtin: inspect.signature cannot read it
+
+
+def test_cache_keyword_follows_the_models_forward() -> None:
+    model, _ = load_base_model("tiny-random", seed=0, device=torch.device("cpu"))
+    cache = object()
+    assert cache_kwargs(model, cache) == {"cache": cache}  # transformers 5.24 renamed it
+    assert cache_kwargs(model.model, cache) == {"cache": cache}
+    assert cache_kwargs(_OldStyle(), cache) == {"past_key_values": cache}
+    assert cache_kwargs(_NoSignature(), cache) == {"past_key_values": cache}
+
+    class _Wrapper(torch.nn.Module):  # PEFT's shape: keywords pass through to the base model
+        def forward(self, *args: object, **kwargs: object) -> None:
+            return None
+
+        def get_base_model(self) -> torch.nn.Module:
+            return _OldStyle()
+
+    assert cache_kwargs(_Wrapper(), cache) == {"past_key_values": cache}
+
+
+def test_decoding_passes_the_cache_by_its_current_name() -> None:
+    model, tokenizer = load_base_model("tiny-random", seed=0, device=torch.device("cpu"))
+    prompts = tokenize_prompts(tokenizer, ["a b", "c"], torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        rollout = generate(
+            model,
+            prompts,
+            group_size=2,
+            max_completion_length=4,
+            eos_token_ids=[],
+            pad_token_id=0,
+            generator=torch.Generator().manual_seed(0),
+        )
+    assert rollout.completion_ids.shape == (4, 4)

@@ -74,9 +74,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides may also come after the options
+    (``groupwise eval RUN --k 8 eval.num_prompts=50``), which plain argparse refuses."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if any(item.startswith("-") for item in extra) or (extra and not hasattr(args, "args")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.args = [*args.args, *extra]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``groupwise`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     try:
         if args.command == "tasks":
             from groupwise.data.tasks import TASKS

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from groupwise.core import chunked_token_logp, naive_token_logp
+from groupwise.kernels.kv_cache import cache_kwargs
 from groupwise.rollout import Rollout
 
 
@@ -93,7 +94,7 @@ def completion_logp(
         input_ids=prompts.input_ids,
         attention_mask=prompts.attention_mask,
         position_ids=prompt_pos,
-        past_key_values=cache,
+        **cache_kwargs(body, cache),
         use_cache=True,
     )
     last_prompt_hidden = out.last_hidden_state[:, -1:]  # [P, 1, H] (left padding: last is real)
@@ -111,7 +112,7 @@ def completion_logp(
             input_ids=ids[:, :-1],
             attention_mask=attn,
             position_ids=pos,
-            past_key_values=cache,
+            **cache_kwargs(body, cache),
             use_cache=True,
         )
         hidden = torch.cat([hidden, out.last_hidden_state], dim=1)  # [B, Lc, H]

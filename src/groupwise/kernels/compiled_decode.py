@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from groupwise.kernels.kv_cache import cache_kwargs
+
 CAPACITY_MULTIPLE = 64
 """The static cache's length is rounded up to a multiple of this (fewer distinct shapes)."""
 
@@ -68,6 +70,7 @@ class StaticDecoder:
         self.mask = torch.cat([prompt_mask, tail], dim=1)  # [R, capacity]
         self.prompt_length = prompt_length
         self.forward = compiled_forward(model)
+        self.cache_arg = cache_kwargs(model, self.cache)
 
     def step(self, tokens: Tensor, positions: Tensor, step: int) -> Tensor:
         """Logits ``[R, V]`` after feeding ``tokens`` ``[R]`` (decoded token ``step``) at
@@ -77,7 +80,7 @@ class StaticDecoder:
             input_ids=tokens[:, None],
             attention_mask=self.mask,
             position_ids=positions[:, None],
-            past_key_values=self.cache,
+            **self.cache_arg,
             cache_position=slot,
             use_cache=True,
         )

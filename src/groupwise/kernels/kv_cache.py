@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 from transformers.cache_utils import Cache, DynamicLayer
 
 
@@ -85,3 +86,34 @@ def num_cache_layers(config: Any) -> int:
 
 
 __all__ = ["PreallocatedCache", "PreallocatedLayer", "num_cache_layers"]
+
+
+def cache_kwargs(model: nn.Module, cache: Any) -> dict[str, Any]:
+    """``{name: cache}`` for ``model(...)``: the keyword its forward takes a KV cache by.
+
+    transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns, and goes in
+    5.40); earlier 5.x releases and remote-code models know only the old name. A PEFT wrapper
+    forwards keywords to the model it wraps, so that model's signature decides.
+    """
+    return {_cache_keyword(type(_unwrapped(model))): cache}
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The transformers model under PEFT's wrappers (``get_base_model``), else ``model``."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+_KEYWORDS: dict[type, str] = {}
+"""Model class -> its cache keyword, read once per class."""
+
+
+def _cache_keyword(cls: type) -> str:
+    """``cache`` when ``cls.forward`` names that parameter, else ``past_key_values``."""
+    if cls not in _KEYWORDS:
+        try:
+            params = inspect.signature(cls.forward).parameters  # type: ignore[attr-defined]
+            _KEYWORDS[cls] = "cache" if "cache" in params else "past_key_values"
+        except (TypeError, ValueError):  # a forward with no introspectable signature
+            _KEYWORDS[cls] = "past_key_values"
+    return _KEYWORDS[cls]

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from groupwise.kernels.kv_cache import cache_kwargs
 from groupwise.rollout.records import PromptBatch, Rollout, used_width
 from groupwise.rollout.sampling import sample_with_entropy
 
@@ -120,7 +121,7 @@ def generate(
             input_ids=nxt[:, None],
             attention_mask=attn,
             position_ids=next_pos[:, None],
-            past_key_values=cache,
+            **cache_kwargs(model, cache),
             use_cache=True,
         )
         logits = out.logits[:, -1]  # [R, V]
@@ -143,7 +144,7 @@ def _prefill(
         input_ids=prompts.input_ids,
         attention_mask=prompts.attention_mask,
         position_ids=_positions(prompts.attention_mask),
-        past_key_values=cache,
+        **cache_kwargs(model, cache),
         use_cache=True,
         # an index tensor, not the int 1: HF slices hidden[:, -1:] (a strided view) for an int,
         # and torch's CPU bf16 linear on that view computes every position's logits (measured:

@@ -59,6 +59,7 @@ from torch import Tensor, nn
 
 from groupwise.envs import ENVIRONMENTS, Environment, Tool, as_env_step, end_reward
 from groupwise.envs.tools import tools_instructions
+from groupwise.kernels.kv_cache import cache_kwargs
 from groupwise.rollout.decode import _prefill, generate
 from groupwise.rollout.engine import ENGINES, EngineContext, RolloutEngine, RolloutRequest
 from groupwise.rollout.records import PromptBatch, Rollout, tokenize_prompts
@@ -276,7 +277,7 @@ class KVRunner:
             input_ids=ids,
             attention_mask=self.attn,
             position_ids=positions,
-            past_key_values=self.cache,
+            **cache_kwargs(self.model, self.cache),
             use_cache=True,
         )
         logits: Tensor = out.logits
