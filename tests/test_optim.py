@@ -245,7 +245,111 @@ def test_build_optimizer_picks_the_bf16_rounding() -> None:
         bf16.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0, bf16_rounding="stochastic"
     )
     assert isinstance(opt, StochasticRoundingAdamW)
-    with pytest.raises(ValueError, match="valid: kahan, stochastic"):
+    hybrid = build_optimizer(
+        bf16.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0, bf16_rounding="kahan_sr_v"
+    )
+    assert isinstance(hybrid, CompensatedAdamW) and hybrid.bf16_second_moment
+    with pytest.raises(ValueError, match="valid: kahan, kahan_sr_v, stochastic"):
         build_optimizer(
             bf16.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0, bf16_rounding="nearest"
         )
+
+
+# ---------------------------------------------- Kahan weights, stochastically rounded bf16 v
+
+
+def test_bf16_second_moment_one_step_matches_the_formula() -> None:
+    # as test_one_step_matches_the_formula: the step uses the exact v' = 0.01 g^2; the stored v
+    # is one of its two bf16 neighbours
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.bfloat16))
+    p.grad = torch.tensor([0.5, -0.25, 2.0], dtype=torch.bfloat16)
+    opt = CompensatedAdamW(
+        [p], lr=0.01, betas=(0.9, 0.99), weight_decay=0.1, bf16_second_moment=True
+    )
+    opt.step()
+    start = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    g = torch.tensor([0.5, -0.25, 2.0], dtype=torch.float64)
+    want = start - 0.01 * (g / (g.abs() + 1e-8) + 0.1 * start)  # [0.989, -1.988, 0.4895]
+    state = opt.state[p]
+    torch.testing.assert_close(p.double() + state["compensation"].double(), want, atol=1e-5, rtol=0)
+    v, exact = state["exp_avg_sq"], 0.01 * g * g  # [0.0025, 0.000625, 0.04]
+    assert v.dtype == torch.bfloat16
+    ulp = 2.0 ** (torch.floor(torch.log2(exact)) - 7)  # bf16 keeps 8 significant bits
+    assert bool(((v.double() - exact).abs() < ulp).all()), (v, exact)
+
+
+def test_bf16_second_moment_decays_where_nearest_rounding_stalls() -> None:
+    """After a burst of gradients, 400 steps of g = 0 multiply v by b2^400 = 0.670 (b2 = 0.999).
+    Each step changes v by 0.1%, under half a bf16 ulp (0.2-0.4%): rounded to nearest v would
+    never move; rounded stochastically it decays on average as float32's does."""
+    n, b2 = 4096, 0.999
+    p = torch.nn.Parameter(torch.ones(n, dtype=torch.bfloat16))
+    opt = CompensatedAdamW([p], lr=1e-4, betas=(0.9, b2), bf16_second_moment=True, seed=3)
+    p.grad = torch.full((n,), 2.0, dtype=torch.bfloat16)
+    opt.step()  # v = 0.001 * 4 = 0.004 (its bf16 neighbours)
+    v0 = opt.state[p]["exp_avg_sq"].double().mean()
+    p.grad = torch.zeros(n, dtype=torch.bfloat16)
+    for _ in range(400):
+        opt.step()
+    ratio = float(opt.state[p]["exp_avg_sq"].double().mean() / v0)
+    assert abs(ratio - b2**400) < 0.01, ratio
+    nearest = torch.tensor(0.004, dtype=torch.bfloat16)
+    assert nearest.mul(b2).to(torch.bfloat16) == nearest  # the stall it avoids
+
+
+@pytest.mark.parametrize("bf16_second_moment", [False, True])
+def test_compensated_tracks_float32_with_either_second_moment(bf16_second_moment: bool) -> None:
+    """The drift test: Kahan-summed weights follow float32 AdamW's displacement to 2% whether v
+    is float32 or stochastically rounded bf16."""
+    g = torch.Generator().manual_seed(0)
+    start = 1.0 + torch.rand(64, generator=g)  # [64]
+    grads = [1.0 + 0.5 * torch.randn(64, generator=g) for _ in range(200)]
+    ref = torch.nn.Parameter(start.clone())
+    fp32 = torch.optim.AdamW([ref], lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0)
+    p = torch.nn.Parameter(start.to(torch.bfloat16))
+    opt = CompensatedAdamW(
+        [p], lr=1e-4, betas=(0.9, 0.99), bf16_second_moment=bf16_second_moment, seed=1
+    )
+    for grad in grads:
+        ref.grad, p.grad = grad.clone(), grad.to(torch.bfloat16)
+        fp32.step()
+        opt.step()
+    moved = (ref.detach().double() - start.double()).abs()  # [64]
+    got = p.detach().double() + opt.state[p]["compensation"].double()
+    err = (got - start.to(torch.bfloat16).double()) - (ref.detach().double() - start.double())
+    assert float(moved.mean()) > 5e-3
+    assert float(err.abs().max()) < 0.02 * float(moved.mean())
+
+
+def test_bf16_second_moment_is_seeded_and_resumes_exactly() -> None:
+    g = torch.Generator().manual_seed(2)
+    grads = [torch.randn(1000, generator=g).bfloat16() for _ in range(4)]
+
+    def fresh(seed: int) -> tuple[torch.nn.Parameter, CompensatedAdamW]:
+        p = torch.nn.Parameter(torch.ones(1000, dtype=torch.bfloat16))
+        opt = CompensatedAdamW([p], lr=1e-3, bf16_second_moment=True, seed=seed, chunk_size=300)
+        return p, opt
+
+    p, opt = fresh(0)
+    for grad in grads[:2]:
+        p.grad = grad
+        opt.step()
+    saved_p, saved = p.detach().clone(), copy.deepcopy(opt.state_dict())
+    for grad in grads[2:]:
+        p.grad = grad
+        opt.step()
+    q, opt2 = fresh(0)
+    with torch.no_grad():
+        q.copy_(saved_p)
+    opt2.load_state_dict(saved)
+    assert opt2.state[q]["exp_avg_sq"].dtype == torch.bfloat16
+    for grad in grads[2:]:
+        q.grad = grad
+        opt2.step()
+    assert torch.equal(p, q)
+    assert torch.equal(opt.state[p]["exp_avg_sq"], opt2.state[q]["exp_avg_sq"])
+    other, opt3 = fresh(1)  # another seed rounds v otherwise
+    for grad in grads:
+        other.grad = grad
+        opt3.step()
+    assert not torch.equal(opt.state[p]["exp_avg_sq"], opt3.state[other]["exp_avg_sq"])

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from groupwise.config import Config, ConfigError, check_merge_in_place_dtype
-from groupwise.distributed import world_size, wrap_policy
+from groupwise.distributed import is_main, world_size, wrap_policy
 from groupwise.evaluation import eos_token_ids
 from groupwise.forward import autocast_context, completion_logp
 from groupwise.kernels.fused import install_fused_kernels
@@ -138,9 +138,9 @@ def build_parts(
             "equivalence is not tested); use training.param_dtype=float32 under torchrun"
         )
     _check_cpu_only(m.lora and m.lora_merge_in_place, "model.lora_merge_in_place", device)
-    _check_cpu_only(m.reference_on_disk, "model.reference_on_disk", device)
+    reference_on_disk, fused = resolve_memory_levers(config, precision, device)
     base, tokenizer = _base_model(config, dtype, device, base_model)
-    if t.fused_kernels:
+    if fused:
         install_fused_kernels(base)  # before any copy: copies keep the routing
     low = torch.bfloat16 if precision.bf16 else torch.float32
     if m.lora and m.lora_merge_in_place:
@@ -162,7 +162,7 @@ def build_parts(
     policy, weights = build_rollout_weights(
         base, make_policy, strategy=strategy, rollout_dtype=low, snapshot_dir=cache_dir() / "mapped"
     )
-    on_disk = cache_dir() / "mapped" if m.reference_on_disk else None
+    on_disk = cache_dir() / "mapped" if reference_on_disk else None
     reference = ReferencePolicy(policy, low, on_disk) if a.beta > 0 else None
     eos_ids = eos_token_ids(tokenizer, policy)
     # under fsdp this shards the policy's parameters in place: the optimizer comes after
@@ -216,6 +216,26 @@ def _optimizer(
     total_updates = t.max_steps * config.algorithm.num_iterations
     scheduler = build_scheduler(optimizer, t.lr_scheduler_type, t.warmup_steps, total_updates)
     return optimizer, scheduler
+
+
+def resolve_memory_levers(
+    config: Config, precision: PrecisionChoice, device: torch.device
+) -> tuple[bool, bool]:
+    """``(model.reference_on_disk, training.fused_kernels)`` with ``auto`` resolved: the
+    reference is mapped from disk on CPU (where it is exact and its pages can leave RSS), the
+    fused kernels run under pure bf16 weights on CPU (where their bf16 saved inputs were
+    measured to save memory); an explicit ``true`` off CPU is an error. Printed on rank 0."""
+    m, t = config.model, config.training
+    _check_cpu_only(m.reference_on_disk is True, "model.reference_on_disk", device)
+    on_cpu = device.type == "cpu"
+    on_disk = on_cpu if m.reference_on_disk == "auto" else bool(m.reference_on_disk)
+    pure_bf16 = precision.param_dtype == "bfloat16"
+    fused = on_cpu and pure_bf16 if t.fused_kernels == "auto" else bool(t.fused_kernels)
+    if is_main() and not m.lora and config.algorithm.beta > 0:
+        print(f"memory: reference {'mapped from disk' if on_disk else 'in RAM'}", flush=True)
+    if is_main() and fused:
+        print("memory: fused RMSNorm / SwiGLU / softmax kernels (training.fused_kernels)")
+    return on_disk, fused
 
 
 def _check_cpu_only(enabled: bool, key: str, device: torch.device) -> None:

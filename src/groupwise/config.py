@@ -47,8 +47,8 @@ class ModelConfig:
     """Under LoRA, decode with a merged copy of the policy (faster); false = through the adapters (one model copy less)."""
     lora_merge_in_place: bool = False
     """Under LoRA, decode with the adapters merged into the base weights themselves, restored bitwise from a file-backed snapshot after each rollout (no merged copy; CPU)."""
-    reference_on_disk: bool = False
-    """Full fine-tuning: map the frozen reference from an unlinked file in the cache dir; its pages leave RSS after each reference pass."""
+    reference_on_disk: bool | Literal["auto"] = "auto"
+    """Full fine-tuning: map the frozen reference from an unlinked file in the cache dir; its pages leave RSS after each reference pass (exact; CPU only); auto = on CPU."""
     attn_implementation: str = "auto"
     """Attention kernel: auto (grouped on CPU, sdpa on GPU), grouped, eager, sdpa, or any HF name."""
 
@@ -85,8 +85,8 @@ class RolloutConfig:
     """Keep only the k most likely tokens (0 = off)."""
     min_new_tokens: int = 0
     """Forbid EOS before this many new tokens (benchmarks set it to fix the length)."""
-    rank_invariant_sampling: bool = False
-    """Sample by inverse CDF from uniforms drawn for the global batch: N processes sample as one (on when N > 1); faster on CPU."""
+    rank_invariant_sampling: bool = True
+    """Sample by inverse CDF from uniforms drawn for the global batch: N processes sample as one (always on when N > 1); the same distribution as torch.multinomial, other draws, and 1.5x faster rollouts on CPU (B1: generate 3.2 -> 2.1 s)."""
     compile: bool = False
     """torch.compile the decode steps over a static KV cache (~25% faster decoding on CPU; ~40 s to compile per batch shape)."""
     engine: str = "local"
@@ -175,18 +175,18 @@ class TrainingConfig:
     """bf16 compute: autocast for the policy forward/backward and bf16 rollout weights; auto = where the device computes bf16 natively (CUDA with bf16; a CPU whose bf16 matmul a cached probe measures >= 1.5x float32's)."""
     param_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Weights' dtype; bfloat16 = pure bf16 training with Kahan-compensated AdamW (less memory, no rollout copy); auto = bfloat16 where bf16 compute was picked on a CPU in one process (full fine-tuning), else float32."""
-    bf16_rounding: Literal["kahan", "stochastic"] = "kahan"
-    """Pure bf16 AdamW: kahan (compensation buffer, float32 second moment) or stochastic rounding (half the state)."""
+    bf16_rounding: Literal["kahan_sr_v", "kahan", "stochastic"] = "kahan_sr_v"
+    """Pure bf16 AdamW: kahan_sr_v (Kahan-summed weights, bf16 second moment rounded stochastically: 6 bytes/parameter), kahan (float32 second moment: 8) or stochastic (stochastically rounded weights too: 4; learned the default run worse, docs/measurements.md)."""
     skip_zero_advantage_groups: bool = True
     """Leave groups whose advantages are all 0 out of the backward pass (exact when beta=0; single process only)."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """Under torchrun: ddp (full replica per rank) or fsdp (FSDP2: parameters, gradients, optimizer state sharded)."""
     gradient_checkpointing: bool = False
     """Recompute decoder activations in the backward pass (less memory; no shared-prompt KV cache)."""
-    fused_kernels: bool = False
-    """Train through groupwise.kernels.fused: RMSNorm, SwiGLU MLP, attention softmax saving bf16 inputs (less activation memory under pure bf16)."""
-    max_tokens_per_microbatch: int = 2048
-    """Split each micro-batch further, by whole groups, so one forward/backward holds at most about this many tokens (each group's prompt once plus its G completions at the batch's width): the same update with less activation memory, for long completions; 512 takes B1 from 4.8 to 3.1 GB at 1.2x the step time; 0 = no limit."""
+    fused_kernels: bool | Literal["auto"] = "auto"
+    """Train through groupwise.kernels.fused: RMSNorm, SwiGLU MLP, attention softmax saving bf16 inputs (less activation memory under pure bf16); auto = on under pure bf16 weights on CPU."""
+    max_tokens_per_microbatch: int = 512
+    """Split each micro-batch further, by whole groups, so one forward/backward holds at most about this many tokens (each group's prompt once plus its G completions at the batch's width): the same update with less activation memory; 512 vs none: B1 2.1 vs 3.1 GB at 1.15x the update time (benchmarks/README.md); 0 = no limit."""
     logprob_chunk_size: int = 1024
     """Tokens per chunk when computing log-probs from hidden states."""
     num_threads: int = 0
