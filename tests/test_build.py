@@ -29,13 +29,18 @@ def test_auto_picks_by_device_and_weights(
     precision: PrecisionChoice, device: torch.device, want: tuple[bool, bool]
 ) -> None:
     config = load_config(overrides=["algorithm.beta=0.04"])
-    assert resolve_memory_levers(config, precision, device) == want
+    levers = resolve_memory_levers(config, precision, device)
+    assert (levers.reference_on_disk, levers.fused_kernels) == want
+    assert not levers.merge_in_place  # no LoRA
+    lora = load_config(overrides=["model.lora=true"])
+    in_place = precision.bf16 and device.type == "cpu"  # LoRA on a bf16 CPU merges in place
+    assert resolve_memory_levers(lora, precision, device).merge_in_place is in_place
 
 
 def test_explicit_settings_win_and_a_cpu_only_one_off_cpu_is_refused() -> None:
     off = load_config(overrides=["model.reference_on_disk=false", "training.fused_kernels=false"])
-    assert resolve_memory_levers(off, PURE_BF16, CPU) == (False, False)
+    assert resolve_memory_levers(off, PURE_BF16, CPU) == (False, False, False)
     on = load_config(overrides=["model.reference_on_disk=true", "training.fused_kernels=true"])
-    assert resolve_memory_levers(on, FP32, CPU) == (True, True)
+    assert resolve_memory_levers(on, FP32, CPU) == (True, True, False)
     with pytest.raises(ConfigError, match="model.reference_on_disk=true"):
         resolve_memory_levers(on, PURE_BF16, CUDA)

@@ -17,6 +17,7 @@ from groupwise.precision import (
     PrecisionChoice,
     machine_key,
     matmul_gflops,
+    resolve_merge_in_place,
     resolve_param_dtype,
     resolve_precision,
 )
@@ -182,3 +183,45 @@ def test_the_run_says_what_it_picked(
     assert text.startswith(f"# training.bf16: auto -> {'true' if expected else 'false'}\n")
     assert f"# training.param_dtype: {'bfloat16' if expected else 'float32'} (auto" in text
     assert yaml.safe_load(text)["training"]["bf16"] == "auto"  # still loads as a config
+
+
+@pytest.mark.parametrize(
+    ("bf16", "device", "param_setting", "world", "rollout_copy", "want"),
+    [
+        (True, "cpu", "auto", 1, True, True),  # an AVX512-BF16 CPU: merge in place, bf16 base
+        (True, "cpu", "bfloat16", 1, True, True),
+        (True, "cpu", "float32", 1, True, False),  # a float32 base cannot be the rollout model
+        (False, "cpu", "auto", 1, True, False),  # float32 compute (an AVX2 CPU)
+        (True, "cuda", "auto", 1, True, False),  # a GPU keeps the merged copy
+        (True, "cpu", "auto", 2, True, False),  # pure bf16 is single-process
+        (True, "cpu", "auto", 1, False, False),  # decoding through the adapters instead
+    ],
+)
+def test_merge_in_place_auto(
+    bf16: bool, device: str, param_setting: str, world: int, rollout_copy: bool, want: bool
+) -> None:
+    choice = PrecisionChoice(bf16=bf16, setting="auto", reason="")
+    got = resolve_merge_in_place(
+        "auto",
+        choice,
+        torch.device(device),
+        lora=True,
+        rollout_copy=rollout_copy,
+        param_setting=param_setting,
+        world_size=world,
+    )
+    assert got is want
+    if want:  # and param_dtype=auto then picks bf16 weights for the LoRA run
+        assert (
+            resolve_param_dtype(
+                "auto", choice, torch.device(device), lora=True, merge_in_place=True
+            ).param_dtype
+            == "bfloat16"
+        )
+    explicit = resolve_merge_in_place(
+        False, choice, torch.device(device), lora=True, rollout_copy=True, param_setting="auto"
+    )
+    assert explicit is False  # an explicit setting wins
+    assert not resolve_merge_in_place(
+        "auto", choice, torch.device(device), lora=False, rollout_copy=True, param_setting="auto"
+    )

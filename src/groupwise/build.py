@@ -4,7 +4,7 @@ data-parallel wrapper, optimizer and schedule (see ``groupwise.models`` for the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,7 @@ from groupwise.models import (
     prepare_base_model,
 )
 from groupwise.optim import build_optimizer, build_scheduler
-from groupwise.precision import PrecisionChoice
+from groupwise.precision import PrecisionChoice, resolve_merge_in_place
 from groupwise.rollout import EngineContext, Rollout, RolloutEngine, build_engine, used_width
 from groupwise.rollout.weights import RolloutWeights, build_rollout_weights, choose_strategy
 from groupwise.step_batch import StepBatch
@@ -137,20 +137,19 @@ def build_parts(
             "training.param_dtype=bfloat16 is single-process only for now (its multi-process "
             "equivalence is not tested); use training.param_dtype=float32 under torchrun"
         )
-    _check_cpu_only(m.lora and m.lora_merge_in_place, "model.lora_merge_in_place", device)
-    reference_on_disk, fused = resolve_memory_levers(config, precision, device)
+    levers = resolve_memory_levers(config, precision, device)
     base, tokenizer = _base_model(config, dtype, device, base_model)
-    if fused:
+    if levers.fused_kernels:
         install_fused_kernels(base)  # before any copy: copies keep the routing
     low = torch.bfloat16 if precision.bf16 else torch.float32
-    if m.lora and m.lora_merge_in_place:
+    if levers.merge_in_place:
         check_merge_in_place_dtype(precision.param_dtype, precision.bf16)
     strategy = choose_strategy(
         lora=m.lora,
         param_dtype=dtype,
         rollout_dtype=low,
         lora_rollout_copy=m.lora_rollout_copy,
-        merge_in_place=m.lora_merge_in_place,
+        merge_in_place=levers.merge_in_place,
     )
     lora = LoraSettings(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
 
@@ -162,7 +161,7 @@ def build_parts(
     policy, weights = build_rollout_weights(
         base, make_policy, strategy=strategy, rollout_dtype=low, snapshot_dir=cache_dir() / "mapped"
     )
-    on_disk = cache_dir() / "mapped" if reference_on_disk else None
+    on_disk = cache_dir() / "mapped" if levers.reference_on_disk else None
     reference = ReferencePolicy(policy, low, on_disk) if a.beta > 0 else None
     eos_ids = eos_token_ids(tokenizer, policy)
     # under fsdp this shards the policy's parameters in place: the optimizer comes after
@@ -218,14 +217,34 @@ def _optimizer(
     return optimizer, scheduler
 
 
+class MemoryLevers(NamedTuple):
+    """The memory levers of a run, ``auto`` resolved (:func:`resolve_memory_levers`)."""
+
+    reference_on_disk: bool
+    fused_kernels: bool
+    merge_in_place: bool
+
+
 def resolve_memory_levers(
     config: Config, precision: PrecisionChoice, device: torch.device
-) -> tuple[bool, bool]:
-    """``(model.reference_on_disk, training.fused_kernels)`` with ``auto`` resolved: the
-    reference is mapped from disk on CPU (where it is exact and its pages can leave RSS), the
-    fused kernels run under pure bf16 weights on CPU (where their bf16 saved inputs were
-    measured to save memory); an explicit ``true`` off CPU is an error. Printed on rank 0."""
+) -> MemoryLevers:
+    """``model.reference_on_disk``, ``training.fused_kernels`` and (under LoRA)
+    ``model.lora_merge_in_place`` with ``auto`` resolved: the reference is mapped from disk on
+    CPU (where it is exact and its pages can leave RSS), the fused kernels run under pure bf16
+    weights on CPU (where their bf16 saved inputs were measured to save memory), the adapters
+    merge in place as :func:`~groupwise.precision.resolve_merge_in_place` says. An explicit
+    ``true`` of a CPU-only lever off CPU is an error. Printed on rank 0."""
     m, t = config.model, config.training
+    merge = m.lora and resolve_merge_in_place(
+        m.lora_merge_in_place,
+        precision,
+        device,
+        lora=m.lora,
+        rollout_copy=m.lora_rollout_copy,
+        param_setting=t.param_dtype,
+        world_size=world_size(),
+    )
+    _check_cpu_only(merge, "model.lora_merge_in_place", device)
     _check_cpu_only(m.reference_on_disk is True, "model.reference_on_disk", device)
     on_cpu = device.type == "cpu"
     on_disk = on_cpu if m.reference_on_disk == "auto" else bool(m.reference_on_disk)
@@ -235,7 +254,9 @@ def resolve_memory_levers(
         print(f"memory: reference {'mapped from disk' if on_disk else 'in RAM'}", flush=True)
     if is_main() and fused:
         print("memory: fused RMSNorm / SwiGLU / softmax kernels (training.fused_kernels)")
-    return on_disk, fused
+    if is_main() and merge:
+        print("memory: LoRA adapters merged into the base weights for decoding, no merged copy")
+    return MemoryLevers(on_disk, fused, merge)
 
 
 def _check_cpu_only(enabled: bool, key: str, device: torch.device) -> None:

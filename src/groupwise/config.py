@@ -45,8 +45,8 @@ class ModelConfig:
     """Modules to adapt: 'all-linear' or a list of module names (q_proj, v_proj, ...)."""
     lora_rollout_copy: bool = True
     """Under LoRA, decode with a merged copy of the policy (faster); false = through the adapters (one model copy less)."""
-    lora_merge_in_place: bool = False
-    """Under LoRA, decode with the adapters merged into the base weights themselves, restored bitwise from a file-backed snapshot after each rollout (no merged copy; CPU)."""
+    lora_merge_in_place: bool | Literal["auto"] = "auto"
+    """Under LoRA, decode with the adapters merged into the base weights themselves, restored bitwise from a file-backed snapshot after each rollout (no merged copy; CPU; the base weights in the rollout dtype); auto = on a CPU that computes in bf16, in one process, where training.param_dtype allows bf16 weights."""
     reference_on_disk: bool | Literal["auto"] = "auto"
     """Full fine-tuning: map the frozen reference from an unlinked file in the cache dir; its pages leave RSS after each reference pass (exact; CPU only); auto = on CPU."""
     attn_implementation: str = "auto"
@@ -508,12 +508,12 @@ def _validate_combinations(config: Config) -> None:
     if t.param_dtype == "bfloat16" and t.bf16 is False:
         raise ConfigError("training.param_dtype=bfloat16 needs training.bf16=true (or auto)")
     m = config.model
-    if m.lora_merge_in_place and not (m.lora and m.lora_rollout_copy):
+    if m.lora_merge_in_place is True and not (m.lora and m.lora_rollout_copy):
         raise ConfigError(
             "model.lora_merge_in_place=true needs model.lora=true and model.lora_rollout_copy="
             "true (it replaces the merged copy); set model.lora_merge_in_place=false"
         )
-    if m.lora_merge_in_place and "auto" not in (t.bf16, t.param_dtype):  # else once resolved
+    if m.lora_merge_in_place is True and "auto" not in (t.bf16, t.param_dtype):  # else resolved
         check_merge_in_place_dtype(t.param_dtype, bool(t.bf16))
     if t.strategy == "fsdp" and config.model.lora:
         raise ConfigError(

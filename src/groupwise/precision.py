@@ -182,6 +182,33 @@ def resolve_param_dtype(
     return replace(choice, param_dtype="bfloat16", param_reason=reason)
 
 
+def resolve_merge_in_place(
+    setting: bool | str,
+    choice: PrecisionChoice,
+    device: torch.device,
+    *,
+    lora: bool,
+    rollout_copy: bool,
+    param_setting: str,
+    world_size: int = 1,
+) -> bool:
+    """``model.lora_merge_in_place`` with ``auto`` resolved: on for LoRA with a rollout copy on a
+    CPU that computes in bf16, in one process, unless ``training.param_dtype=float32`` keeps the
+    base in float32 (merging in place decodes with the base weights, so they must be bf16). It
+    is exact: the run equals the merged-copy run completion for completion (tests/test_trainer.py).
+    """
+    if setting != "auto":
+        return bool(setting)
+    return (
+        lora
+        and rollout_copy
+        and choice.bf16
+        and device.type == "cpu"
+        and world_size == 1
+        and param_setting in ("auto", "bfloat16")
+    )
+
+
 def _probe_cpu(probe: Probe, cache_file: Path) -> PrecisionChoice:
     key = machine_key()
     cache = _read_cache(cache_file)
@@ -268,12 +295,21 @@ def run_precision(config: Any, device: torch.device) -> PrecisionChoice:
     choice = None
     if is_main():
         choice = resolve_precision(t.bf16, device, param_dtype=t.param_dtype)
+        merge = resolve_merge_in_place(
+            m.lora_merge_in_place,
+            choice,
+            device,
+            lora=m.lora,
+            rollout_copy=m.lora_rollout_copy,
+            param_setting=t.param_dtype,
+            world_size=world_size(),
+        )
         choice = resolve_param_dtype(
             t.param_dtype,
             choice,
             device,
             lora=m.lora,
-            merge_in_place=m.lora_merge_in_place,
+            merge_in_place=merge,
             world_size=world_size(),
         )
         compute = "bf16" if choice.bf16 else "float32"
