@@ -23,12 +23,13 @@ Rows (each labelled with the precision each side actually used):
   ``training.bf16=false`` vs TRL with ``bf16=False``, run when either default row computed in
   bf16. Where both defaults already run in fp32 (e.g. an AVX2-only CPU) the default rows are the
   matched rows: the table says so and nothing runs twice.
-- "levers" (--levers, off by default): groupwise with a NON-DEFAULT lever set, against TRL's
-  default row: pure bf16 weights with stochastically rounded AdamW (``training.param_dtype=
-  bfloat16 training.bf16_rounding=stochastic``), micro-batches of one group (8 x 4 accumulated),
-  inverse-CDF sampling (``rollout.rank_invariant_sampling``), ``rollout.compile``,
-  ``model.reference_on_disk``, ``training.fused_kernels``, ``GROUPWISE_MALLOC=tuned`` (unless
-  the caller's environment sets it) and for B1-LoRA ``model.lora_merge_in_place``.
+- "levers" (--levers, off by default): groupwise with the lever set of earlier passes, against
+  TRL's default row. Since 2026-11-29 (fourth session) inverse-CDF sampling, the reference mapped
+  from disk, the fused kernels and micro-batches of one B1 group (the 512-token budget) are
+  defaults; what the set adds beyond them is NON-DEFAULT: stochastically rounded weights
+  (``training.bf16_rounding=stochastic``; it learned the default run worse), ``rollout.compile``,
+  ``GROUPWISE_MALLOC=tuned`` (unless the caller's environment sets it), pure bf16 weights forced
+  even where ``auto`` would not pick them, and for B1-LoRA ``model.lora_merge_in_place``.
 --groupwise-extra adds key=value overrides to every groupwise row (their labels then say
 "+ extra": they are not the defaults any more).
 
@@ -168,7 +169,7 @@ LEVERS = (
     "training.fused_kernels=true",
     "rollout.rank_invariant_sampling=true",
 )
-"""The non-default lever set of earlier passes (--levers); B1-LoRA adds LORA_LEVERS."""
+"""The lever set of earlier passes (--levers; part of it default now); B1-LoRA adds LORA_LEVERS."""
 LORA_LEVERS = ("model.lora_merge_in_place=true",)
 
 
