@@ -134,6 +134,9 @@ def common_overrides(out: Path, model: Path, param_dtype: bool) -> dict[str, obj
         "data.train_size": 64,
         "data.eval_size": 8,
         "rewards.funcs": "[structure_check:varied_reward]",
+        # the baseline sampled with torch.multinomial in one process; the inverse CDF, the
+        # default since 2026-11-29, draws other samples (under torchrun both sides use it)
+        "rollout.rank_invariant_sampling": "false",
     }
     if param_dtype:
         overrides["training.param_dtype"] = "float32"

@@ -258,27 +258,6 @@ class StochasticRoundingAdamW(_Bf16AdamW):
     gradient), so a resumed run draws the same noise as an uninterrupted one.
     """
 
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        *,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        seed: int = 0,
-        chunk_size: int = 1 << 18,
-    ) -> None:
-        super().__init__(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            seed=seed,
-            chunk_size=chunk_size,
-        )
-
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One AdamW update of every parameter that has a gradient."""
