@@ -24,7 +24,7 @@ from groupwise.models import (
     prepare_base_model,
 )
 from groupwise.optim import build_optimizer, build_scheduler
-from groupwise.precision import PrecisionChoice, resolve_merge_in_place
+from groupwise.precision import PrecisionChoice, run_merge_in_place
 from groupwise.rollout import EngineContext, Rollout, RolloutEngine, build_engine, used_width
 from groupwise.rollout.weights import RolloutWeights, build_rollout_weights, choose_strategy
 from groupwise.step_batch import StepBatch
@@ -235,15 +235,7 @@ def resolve_memory_levers(
     merge in place as :func:`~groupwise.precision.resolve_merge_in_place` says. An explicit
     ``true`` of a CPU-only lever off CPU is an error. Printed on rank 0."""
     m, t = config.model, config.training
-    merge = m.lora and resolve_merge_in_place(
-        m.lora_merge_in_place,
-        precision,
-        device,
-        lora=m.lora,
-        rollout_copy=m.lora_rollout_copy,
-        param_setting=t.param_dtype,
-        world_size=world_size(),
-    )
+    merge = run_merge_in_place(config, precision, device)
     _check_cpu_only(merge, "model.lora_merge_in_place", device)
     _check_cpu_only(m.reference_on_disk is True, "model.reference_on_disk", device)
     on_cpu = device.type == "cpu"

@@ -209,6 +209,23 @@ def resolve_merge_in_place(
     )
 
 
+def run_merge_in_place(config: Any, choice: PrecisionChoice, device: torch.device) -> bool:
+    """:func:`resolve_merge_in_place` for a run's config (false without LoRA): the one place
+    both the precision choice and the model build read it from."""
+    from groupwise.distributed import world_size
+
+    m = config.model
+    return m.lora and resolve_merge_in_place(
+        m.lora_merge_in_place,
+        choice,
+        device,
+        lora=m.lora,
+        rollout_copy=m.lora_rollout_copy,
+        param_setting=config.training.param_dtype,
+        world_size=world_size(),
+    )
+
+
 def _probe_cpu(probe: Probe, cache_file: Path) -> PrecisionChoice:
     key = machine_key()
     cache = _read_cache(cache_file)
@@ -295,15 +312,7 @@ def run_precision(config: Any, device: torch.device) -> PrecisionChoice:
     choice = None
     if is_main():
         choice = resolve_precision(t.bf16, device, param_dtype=t.param_dtype)
-        merge = resolve_merge_in_place(
-            m.lora_merge_in_place,
-            choice,
-            device,
-            lora=m.lora,
-            rollout_copy=m.lora_rollout_copy,
-            param_setting=t.param_dtype,
-            world_size=world_size(),
-        )
+        merge = run_merge_in_place(config, choice, device)
         choice = resolve_param_dtype(
             t.param_dtype,
             choice,
