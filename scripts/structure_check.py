@@ -8,7 +8,10 @@ package source of the baseline commit (``BASELINE_COMMIT``, or ``--base REV``) a
 working tree's ``src/``, and checks, per configuration, that
 
 - every ``metrics.jsonl`` record is exactly equal (keys starting with ``time/`` or
-  ``step_time`` removed; floats compared with ``==``, NaN equal to NaN), and
+  ``step_time`` removed; floats compared with ``==``, NaN equal to NaN),
+- ``completions.jsonl`` (every prompt, completion, reward and advantage) is exactly equal,
+- ``config.yaml`` and ``summary.json`` are equal once the run directory's path is replaced by
+  ``<run>`` (``summary.json`` without its wall-clock times and the precision probe's rates), and
 - every tensor of the final weights (``final/**/*.safetensors``) is equal (``torch.equal``).
 
 It prints the first difference of each configuration and exits 1 on any difference (2 when a
@@ -23,9 +26,14 @@ checks that it belongs to the intended tree.
 
 Configurations (``--only``): ``grpo``, ``dapo``, ``dr_grpo`` (each loss type), ``lora``
 (``model.lora=true``), ``mu2`` (``algorithm.num_iterations=2``), ``beta`` (``algorithm.beta=0.04``,
-a reference model) and ``ddp`` (2 CPU processes with gloo under ``torchrun``). Each is
+a reference model), ``ddp`` and ``fsdp`` (2 CPU processes with gloo under ``torchrun``),
+``episodes`` (the guessing game through the multi-turn ``episodes`` engine), ``code`` (the
+``functions`` task, its completions run by ``code_tests`` in the sandbox) and ``bf16``
+(``training.bf16=true`` with every memory lever and the parameter dtype on ``auto``: bf16 weights,
+fused kernels, the reference mapped from disk, stochastic rounding). Each is
 ``python -m groupwise train`` with ``training.bf16=false`` (and ``training.param_dtype=float32``
-where the tree has that key), 3 steps of 16 completions, one thread per process.
+where the tree has that key) unless the configuration says otherwise, 3 steps of 16
+completions, one thread per process.
 
 The model: ``lora`` trains the ``tiny-random`` preset itself. Its EOS is one token in 49152
 that it practically never samples, so every completion runs to ``max_completion_length``, and
@@ -58,8 +66,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BASELINE_COMMIT = "9aa1675c990848ed56a953d5a78a23cf1e1dc010"
-"""The commit the working tree must train exactly like (the state before issue 16's change)."""
+BASELINE_COMMIT = "92592c976c4baff0fa9488ac97c5296225e22f22"
+"""The commit the working tree must train exactly like: the last one before the package was
+regrouped into the stages of the data flow (it trains like the earlier baseline 9aa1675c9908 on
+the configurations that commit knew)."""
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -81,6 +91,8 @@ class Case:
     name: str
     overrides: dict[str, object] = field(default_factory=dict)
     nproc: int = 1
+    weights_dtype: str = "float32"
+    """The dtype every final tensor must have (a run in another dtype cannot be compared)."""
 
 
 CASES: tuple[Case, ...] = (
@@ -92,6 +104,41 @@ CASES: tuple[Case, ...] = (
     Case("beta", {"algorithm.beta": 0.04}),
     # 2 ranks x 8 completions = the same 16 completions per step as the others' 2 micro-batches
     Case("ddp", {"training.strategy": "ddp", "training.gradient_accumulation_steps": 1}, nproc=2),
+    Case("fsdp", {"training.strategy": "fsdp", "training.gradient_accumulation_steps": 1}, nproc=2),
+    Case(
+        "episodes",
+        {
+            "data.task": "guess",
+            "data.params": "{low: 1, high: 20}",
+            "rollout.engine": "episodes",
+            "rollout.max_completion_length": 16,
+            "rollout.engine_kwargs": "{environment: guess, env_kwargs: {low: 1, high: 20, "
+            "max_guesses: 3}, max_turns: 3, max_tokens: 16, max_tokens_per_turn: 4}",
+            "rewards.funcs": "[env_reward, structure_check:varied_reward]",
+        },
+    ),
+    Case(
+        "code",
+        {
+            "data.task": "functions",
+            "data.params": "{demos: 1}",
+            "rewards.funcs": "[code_tests, structure_check:varied_reward]",
+            "rewards.kwargs": "{code_tests: {max_workers: 1, timeout: 5.0}}",
+            "rewards.unsafe_code_execution": "false",
+        },
+    ),
+    Case(
+        "bf16",
+        {
+            "training.bf16": "true",
+            "training.param_dtype": "auto",
+            "algorithm.beta": 0.04,
+            "model.reference_on_disk": "auto",
+            "training.fused_kernels": "auto",
+            "training.bf16_rounding": "kahan_sr_v",
+        },
+        weights_dtype="bfloat16",
+    ),
 )
 
 _announced = False
@@ -134,6 +181,8 @@ def common_overrides(out: Path, model: Path, param_dtype: bool) -> dict[str, obj
         "data.train_size": 64,
         "data.eval_size": 8,
         "rewards.funcs": "[structure_check:varied_reward]",
+        "training.log_completions": "true",
+        "training.log_completions_steps": 1,
         # the baseline sampled with torch.multinomial in one process; the inverse CDF, the
         # default since 2026-11-29, draws other samples (under torchrun both sides use it)
         "rollout.rank_invariant_sampling": "false",
@@ -164,6 +213,81 @@ def metric_records(run: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if not k.startswith(IGNORED_PREFIXES)} for r in records]
 
 
+SUMMARY_IGNORED = ("train_time_s", "wall_time_s", "probe")
+"""``summary.json`` keys that measure the machine, not the run (left out at any depth)."""
+
+
+def _normalised(value: Any, run: Path) -> Any:
+    """``value`` with ``run``'s path replaced by ``<run>`` and the machine's measurements dropped."""
+    if isinstance(value, str):
+        return value.replace(str(run), "<run>")
+    if isinstance(value, list):
+        return [_normalised(v, run) for v in value]
+    if isinstance(value, dict):
+        return {k: _normalised(v, run) for k, v in value.items() if k not in SUMMARY_IGNORED}
+    return value
+
+
+def _first_json_difference(name: str, a: Any, b: Any, where: str = "") -> str | None:
+    """Where two JSON values first differ, as ``name: key.path base X != work Y``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in a.keys() - b.keys():
+            return f"{name}: {where}{key!r} only in base"
+        for key in b.keys() - a.keys():
+            return f"{name}: {where}{key!r} only in work"
+        for key in a:
+            found = _first_json_difference(name, a[key], b[key], f"{where}{key}.")
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = _first_json_difference(name, x, y, f"{where}[{i}].")
+            if found:
+                return found
+        return None
+    if not _same(a, b):
+        return f"{name}: {where.rstrip('.') or 'value'} base {a!r} != work {b!r}"
+    return None
+
+
+def run_files(run: Path) -> dict[str, Any]:
+    """``config.yaml``, ``summary.json`` and ``completions.jsonl`` of ``run``, normalised."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for name in ("config.yaml", "summary.json", "completions.jsonl"):
+        path = run / name
+        if not path.is_file():
+            out[name] = None
+            continue
+        text = path.read_text()
+        if name.endswith(".yaml"):
+            value: Any = yaml.safe_load(text)
+        elif name.endswith(".jsonl"):
+            value = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            value = json.loads(text)
+        out[name] = _normalised(value, run)
+    return out
+
+
+def compare_files(base: Path, work: Path) -> str | None:
+    """The first difference in ``config.yaml``, ``summary.json`` or ``completions.jsonl``."""
+    a, b = run_files(base), run_files(work)
+    for name in a:
+        if a[name] is None or b[name] is None:
+            if a[name] is not b[name]:
+                return f"{name}: only in {'work' if a[name] is None else 'base'}"
+            continue
+        found = _first_json_difference(name, a[name], b[name])
+        if found:
+            return found
+    if not a["completions.jsonl"]:
+        return "base: no completions.jsonl records (nothing to compare)"
+    return None
+
+
 def final_weights(run: Path) -> dict[str, Any]:
     """Every tensor under ``run/final`` keyed ``file:tensor`` (LoRA adds ``adapter/``)."""
     from safetensors.torch import load_file
@@ -176,11 +300,18 @@ def final_weights(run: Path) -> dict[str, Any]:
     return out
 
 
-def compare_runs(base: Path, work: Path, steps: int | None = STEPS) -> str | None:
+def compare_runs(
+    base: Path,
+    work: Path,
+    steps: int | None = STEPS,
+    weights_dtype: str = "float32",
+    files: bool = False,
+) -> str | None:
     """The first difference between two run directories, or None when they are identical.
 
     Also reports a run that cannot show a difference: fewer than ``steps`` records, no
-    weights, weights that are not float32, or gradients that were 0 throughout.
+    weights, weights that are not ``weights_dtype``, or gradients that were 0 throughout.
+    ``files`` compares ``config.yaml``, ``summary.json`` and ``completions.jsonl`` as well.
     """
     for side, run in (("base", base), ("work", work)):
         if not (run / "metrics.jsonl").is_file():
@@ -201,6 +332,10 @@ def compare_runs(base: Path, work: Path, steps: int | None = STEPS) -> str | Non
         return f"metrics: {len(a)} records in base, {len(b)} in work"
     if not any(r.get("grad_norm") for r in a):
         return "base: grad_norm 0 or missing at every step (the weights may not have moved)"
+    if files:
+        found = compare_files(base, work)
+        if found:
+            return found
 
     import torch
 
@@ -213,8 +348,8 @@ def compare_runs(base: Path, work: Path, steps: int | None = STEPS) -> str | Non
         return f"final weights: {name} only in work"
     for name in sorted(wa):
         ta, tb = wa[name], wb[name]
-        if ta.dtype != torch.float32:
-            return f"final weights: {name} is {ta.dtype} in base, not float32"
+        if ta.dtype != getattr(torch, weights_dtype):
+            return f"final weights: {name} is {ta.dtype} in base, not {weights_dtype}"
         if ta.dtype != tb.dtype or ta.shape != tb.shape:
             return f"final weights: {name} base {ta.dtype}{list(ta.shape)} != work {tb.dtype}{list(tb.shape)}"
         if not torch.equal(ta, tb):
@@ -433,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed += 1
                 print(f"{case.name:<{width}}  FAILED     {took}\n  " + "\n  ".join(errors))
                 continue
-            diff = compare_runs(rb.run, rw.run)
+            diff = compare_runs(rb.run, rw.run, weights_dtype=case.weights_dtype, files=True)
             if diff is None:
                 print(f"{case.name:<{width}}  identical  {took}")
             else:

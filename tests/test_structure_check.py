@@ -1,6 +1,6 @@
 """scripts/structure_check.py: the working tree trains bit for bit like the baseline commit.
 
-``test_trains_like_the_baseline`` runs the whole check (7 configurations, both sides; 60-90 s on
+``test_trains_like_the_baseline`` runs the whole check (every configuration, both sides; 2-3 min on
 2 CPU cores). The other tests feed ``compare_runs`` two small run directories, so the
 comparison is shown to catch what it must catch (and to ignore timings).
 """
@@ -154,3 +154,40 @@ def test_unknown_configuration_is_refused() -> None:
         [sys.executable, str(SCRIPT), "--only", "dapo,nope"], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "unknown configuration ['nope']" in proc.stderr
+
+
+def _with_files(run: Path, completion: str, seconds: float) -> Path:
+    (run / "config.yaml").write_text(f"training:\n  output_dir: {run}\n")
+    summary = {"run_dir": str(run), "wall_time_s": seconds, "precision": {"probe": {"x": seconds}}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    record = {"step": 1, "completion": completion, "reward": 0.5}
+    (run / "completions.jsonl").write_text(json.dumps(record) + "\n")
+    return run
+
+
+def test_run_files_compared_with_paths_and_times_aside(tmp_path: Path) -> None:
+    base, work = _pair(tmp_path)
+    _with_files(base, "42", seconds=1.0)
+    _with_files(work, "42", seconds=2.0)  # other path, other times: still identical
+    assert sc.compare_runs(base, work, files=True) is None
+    _with_files(work, "43", seconds=2.0)
+    diff = sc.compare_runs(base, work, files=True)
+    assert diff == "completions.jsonl: [0].completion base '42' != work '43'"
+
+
+def test_missing_run_files_are_reported(tmp_path: Path) -> None:
+    base, work = _pair(tmp_path)
+    _with_files(base, "42", seconds=1.0)
+    diff = sc.compare_runs(base, work, files=True)
+    assert diff == "config.yaml: only in base"
+
+
+def test_a_bf16_case_checks_its_own_dtype(tmp_path: Path) -> None:
+    half = {k: v.bfloat16() for k, v in _weights().items()}
+    base = _write_run(tmp_path / "base", [_record(s) for s in (1, 2, 3)], half)
+    work = _write_run(tmp_path / "work", [_record(s) for s in (1, 2, 3)], half)
+    for run in (base, work):
+        (run / "final" / "adapter" / "a.safetensors").unlink()  # a float32 LoRA adapter
+    assert sc.compare_runs(base, work, weights_dtype="bfloat16") is None
+    diff = sc.compare_runs(base, work)
+    assert diff is not None and "not float32" in diff
