@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import trl_vs_groupwise as tvg
 
 from groupwise.data import build_task
-from groupwise.forward import completion_logp
 from groupwise.models import load_base_model
 from groupwise.rollout import generate, tokenize_prompts
+from groupwise.train.forward import completion_logp
 
 MODES = ("none", "mlp", "layer")
 

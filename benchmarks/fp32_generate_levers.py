@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flop_floor import load_matmul_params
 
 from groupwise.data import build_task
-from groupwise.evaluation import eos_token_ids
 from groupwise.models import load_base_model, resolve_model_path
-from groupwise.precision import ISA_ENV, cpu_description, matmul_gflops
+from groupwise.models.precision import ISA_ENV, cpu_description, matmul_gflops
 from groupwise.rollout import Rollout, generate, tokenize_prompts
+from groupwise.rollout.records import eos_token_ids
 
 VARIANTS = ("multinomial", "inverse-cdf", "compiled", "int8")
 PROMPTS, G, LENGTH = 8, 8, 16
@@ -81,7 +81,7 @@ def rollout(
 
 def sampled_logp(model: torch.nn.Module, batch: object, r: Rollout) -> torch.Tensor:
     """log pi(token) of every sampled completion token under ``model``: [B, Lc]."""
-    from groupwise.forward import completion_logp
+    from groupwise.train.forward import completion_logp
 
     with torch.no_grad():
         logp, _ = completion_logp(model, r, temperature=1.0, chunk_size=1024)

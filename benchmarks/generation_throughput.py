@@ -45,7 +45,6 @@ from torch import nn
 from groupwise.config import load_config
 from groupwise.data import build_task
 from groupwise.data.sampler import PromptSampler
-from groupwise.evaluation import eos_token_ids
 from groupwise.models import (
     load_base_model,
     make_rollout_model,
@@ -53,6 +52,7 @@ from groupwise.models import (
     tiny_random_model,
 )
 from groupwise.rollout import PromptBatch, generate, tokenize_prompts
+from groupwise.rollout.records import eos_token_ids
 
 sys.path.insert(0, str(Path(__file__).parent))
 import trl_vs_groupwise as tvg

@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 
 from groupwise.core.logprobs import entropy_from_logits
-from groupwise.optim import CompensatedAdamW, StochasticRoundingAdamW
 from groupwise.rollout import sample_with_entropy
+from groupwise.train.optim import CompensatedAdamW, StochasticRoundingAdamW
 
 
 def timed(fn: Callable[[], object], calls: int) -> float:

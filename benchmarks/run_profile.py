@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flop_floor import load_matmul_params
 
 from groupwise.models import resolve_model_path
-from groupwise.precision import cpu_description, matmul_gflops
+from groupwise.models.precision import cpu_description, matmul_gflops
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-# Same prompt text as groupwise.data.arithmetic (kept in sync by hand: this file cannot import
+# Same prompt text as groupwise.tasks.arithmetic (kept in sync by hand: this file cannot import
 # groupwise, it runs in TRL's environment).
 TEMPLATE = "What is {a} + {b}? Reply with only the number."
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

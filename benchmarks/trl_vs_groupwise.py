@@ -10,7 +10,7 @@ No hand-picked settings (issue 15). Each side runs as a user gets it, plus only 
   32 completions in one update, lengths, beta, lr, mu, seed, output dir, the LoRA keys for
   B1-LoRA) and the keys that stop it doing work TRL does not do here (eval, saving, the HTML
   report, completion logs, the progress bar). Precision is its default, ``training.bf16=auto``:
-  bf16 only where this CPU computes bf16 natively, decided by groupwise.precision's probe.
+  bf16 only where this CPU computes bf16 natively, decided by groupwise.models.precision's probe.
   ``GROUPWISE_MALLOC`` is removed from its environment.
 - TRL: GRPOConfig's defaults apart from the workload (so gradient checkpointing, on by default
   in TRL 1.x; --trl-no-gradient-checkpointing turns it off), in its best precision on this
@@ -412,7 +412,7 @@ def resolve_model_dir() -> Path:
 
 _MACHINE = f"""
 import json, os, torch
-from groupwise.precision import ISA_ENV, cpu_description, matmul_gflops, resolve_precision
+from groupwise.models.precision import ISA_ENV, cpu_description, matmul_gflops, resolve_precision
 choice = resolve_precision("auto", torch.device("cpu"))
 rates = {{}}
 for name, shape in (("train", {TRAIN_SHAPE!r}), ("decode", {DECODE_SHAPE!r})):

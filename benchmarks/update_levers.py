@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from groupwise.forward import autocast_context, completion_logp
 from groupwise.kernels import register_grouped_attention
 from groupwise.models import load_base_model
 from groupwise.rollout import PromptBatch, _finish, tokenize_prompts
+from groupwise.train.forward import autocast_context, completion_logp
 
 
 def make_rollout(tokenizer: object, prompts: int, group: int, length: int) -> object:

@@ -125,7 +125,7 @@ def _final_weights(run: Path) -> dict[str, Any]:
 
 def check(run: Path, steps: int, reference: Path | None) -> dict[str, bool]:
     """The checks listed in the module docstring."""
-    from groupwise.checkpoint import list_checkpoints
+    from groupwise.run.checkpoint import list_checkpoints
 
     metric_steps = [r["step"] for r in _metric_rows(run)]
     lines = (run / "completions.jsonl").read_text().splitlines()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests_helpers import tiny_overrides
+from tests.tests_helpers import tiny_overrides
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

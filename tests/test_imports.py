@@ -2,7 +2,7 @@
 
 Read statically with ``ast`` (every ``import`` counts, also those inside functions and under
 ``TYPE_CHECKING``: a lazy import hides a cycle from the interpreter, not from the design).
-A *part* is a subpackage (``groupwise.rewards``) or a top-level module (``groupwise.trainer``);
+A *part* is a subpackage (``groupwise.rewards``) or a top-level module (``groupwise.train.trainer``);
 the package's own ``__init__`` (which re-exports the public API) is left out.
 """
 

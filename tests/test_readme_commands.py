@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests_helpers import tiny_overrides
+from tests.tests_helpers import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JOB = "bash scripts/setup.sh && .venv/bin/groupwise train"

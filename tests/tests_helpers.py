@@ -1,4 +1,4 @@
-"""Helpers shared by test modules (importable because pytest puts tests/ on sys.path)."""
+"""Helpers shared by test modules (``tests`` is a package; pytest puts the repository root on sys.path)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,6 @@ def tiny_overrides(tmp_path: Path, **extra: object) -> list[str]:
 def varied_reward(prompts: list[Any], completions: list[str], **_: Any) -> list[float]:
     """A reward with spread inside most groups (by length), so every step updates the weights.
 
-    Importable as ``tests_helpers:varied_reward`` in ``rewards.funcs``.
+    Importable as ``tests.tests_helpers:varied_reward`` in ``rewards.funcs``.
     """
     return [float(len(c) % 5) / 4.0 for c in completions]

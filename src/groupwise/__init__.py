@@ -9,10 +9,10 @@ config = load_config(overrides=["max_steps=10", "model.name=tiny-random"])
 summary = GRPOTrainer(config, reward_funcs=["answer_match", brevity]).train()
 """
 
+from groupwise.compat.trl import GRPOConfig
 from groupwise.config import Config, ConfigError, load_config
 from groupwise.data import Row, Task
-from groupwise.trainer import GRPOTrainer
-from groupwise.trl_compat import GRPOConfig
+from groupwise.train.trainer import GRPOTrainer
 
 __version__ = "0.1.0"
 __all__ = [

@@ -19,12 +19,12 @@ from collections.abc import Sequence
 
 import yaml
 
-from groupwise.checkpoint import DiskFullError
 from groupwise.config import ConfigError, config_to_dict, load_config, reference_markdown
-from groupwise.guards import NonFiniteUpdatesError, TrainingInterrupted
-from groupwise.reward_model import RewardModelArgs, reward_model_main
+from groupwise.recipes.reward_model import RewardModelArgs, reward_model_main
 from groupwise.rewards.base import RewardError
-from groupwise.tracking import TrackerUnavailableError
+from groupwise.run.checkpoint import DiskFullError
+from groupwise.run.tracking import TrackerUnavailableError
+from groupwise.train.guards import NonFiniteUpdatesError, TrainingInterrupted
 
 
 def _split_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name}: {doc.splitlines()[0] if doc else ''}")
             return 0
         if args.command == "report":
-            from groupwise.report import report_main
+            from groupwise.run.report import report_main
 
             return report_main(args.run_dir)
         if args.command == "config" and args.reference:
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
             return 0
         from groupwise.distributed import destroy_distributed, is_main
-        from groupwise.trainer import GRPOTrainer
+        from groupwise.train.trainer import GRPOTrainer
 
         try:  # under torchrun the trainer joins the process group; leave it on the way out
             summary = GRPOTrainer(config).train()
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from groupwise.evaluation import evaluate_model, format_table, resolve_eval_target
+    from groupwise.eval.evaluate import evaluate_model, format_table, resolve_eval_target
 
     model, run_config = resolve_eval_target(args.target)
     path, overrides = _split_args(args.args)

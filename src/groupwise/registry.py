@@ -11,12 +11,14 @@ decorator where the object is defined, so adding one touches one place::
         return masked.sum() / norm.num_sequences
 
 A lookup of an unknown name raises :class:`UnknownNameError` (a ``ValueError`` and a
-``KeyError``) that names the config key to fix and lists the valid names. Registries whose
-entries live in optional modules take a ``loader`` that imports them on first lookup.
+``KeyError``) that names the config key to fix and lists the valid names. Registries that hold
+built-in entries (``builtin=True``) import the modules :mod:`groupwise.builtins` lists under
+their key on first lookup; a ``loader`` function may be given instead.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -34,13 +36,26 @@ class Registry(Generic[T]):
     """Named entries of one kind, e.g. ``Registry[AggregationFn]("algorithm.loss_type")``.
 
     ``key`` is the config key (or argument) that selects an entry: errors name it.
+    ``builtin``: the entries groupwise ships are registered by the modules
+    :data:`groupwise.builtins.BUILTIN_MODULES` lists under ``key``, imported on first lookup.
     """
 
-    def __init__(self, key: str, loader: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, key: str, loader: Callable[[], None] | None = None, *, builtin: bool = False
+    ) -> None:
         self.key = key
         self._entries: dict[str, T] = {}
+        if builtin:
+            loader = self._import_builtins
         self._loader = loader
         self._loaded = loader is None
+
+    def _import_builtins(self) -> None:
+        """Import the modules the manifest lists for this registry's key."""
+        from groupwise.builtins import BUILTIN_MODULES
+
+        for module in BUILTIN_MODULES[self.key]:
+            importlib.import_module(module)
 
     def register(self, name: str, *, replace: bool = False) -> Callable[[T], T]:
         """Decorator adding ``name``; registering a taken name needs ``replace=True``."""

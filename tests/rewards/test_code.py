@@ -8,7 +8,6 @@ import pytest
 
 import groupwise.rewards.code as code_module
 from groupwise.data import build_task
-from groupwise.data.code import split_check_function
 from groupwise.rewards import RewardError, RewardRunner, resolve_reward
 from groupwise.rewards.code import (
     build_program,
@@ -19,6 +18,7 @@ from groupwise.rewards.code import (
     make_code_reward,
 )
 from groupwise.sandbox import Sandbox, SandboxUnavailableError
+from groupwise.tasks.code.benchmarks import split_check_function
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
 AVAILABLE, REASON = Sandbox.available()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from groupwise import GRPOTrainer, load_config
-from groupwise.evaluation import evaluate_accuracy
+from groupwise.eval.evaluate import evaluate_accuracy
 from groupwise.models import tiny_random_model
 from groupwise.rollout import (
     ENGINES,
@@ -25,7 +25,7 @@ from groupwise.rollout import (
 )
 from groupwise.rollout.replay import ReplayEngine
 from groupwise.rollout.weights import WEIGHT_STRATEGIES, choose_strategy
-from tests_helpers import tiny_overrides
+from tests.tests_helpers import tiny_overrides
 
 
 @pytest.fixture(scope="module")

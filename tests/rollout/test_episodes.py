@@ -18,7 +18,7 @@ from groupwise.models import tiny_random_model
 from groupwise.rollout import RolloutRequest, SamplingParams, tokenize_prompts
 from groupwise.rollout.episodes import EpisodeEngine, KVRunner
 from groupwise.rollout.weights import SharedWeights
-from tests_helpers import tiny_overrides
+from tests.tests_helpers import tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -329,8 +329,8 @@ def test_completions_jsonl_holds_whole_conversations_with_roles(tmp_path: Path) 
 def test_multi_turn_tokens_and_log_probs_match_a_naive_forward(tiny: tuple[Any, Any]) -> None:
     """Greedy episodes decoded with the KV cache reused across turns: every policy token is the
     argmax of a plain forward over its whole conversation (no cache), and the training
-    log-probs (groupwise.forward, shared prompt prefix) equal that forward's log-softmax."""
-    from groupwise.forward import completion_logp
+    log-probs (groupwise.train.forward, shared prompt prefix) equal that forward's log-softmax."""
+    from groupwise.train.forward import completion_logp
 
     model, _ = tiny
     rollout = _run(_engine(tiny, max_tokens_per_turn=5), ["one", "two three four"], group=2)

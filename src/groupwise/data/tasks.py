@@ -42,19 +42,7 @@ class Task:
 TaskBuilder = Callable[..., Task]
 
 
-def import_builtin_tasks() -> None:
-    """Import the modules whose ``@register_task`` builders fill ``TASKS``."""
-    import groupwise.data.arithmetic
-    import groupwise.data.code
-    import groupwise.data.dialogue
-    import groupwise.data.files
-    import groupwise.data.functions
-    import groupwise.data.guess
-    import groupwise.data.multiply
-    import groupwise.data.reasoning_gym  # noqa: F401
-
-
-TASKS: Registry[TaskBuilder] = Registry("data.task", loader=import_builtin_tasks)
+TASKS: Registry[TaskBuilder] = Registry("data.task", builtin=True)
 """Task builders by name (``data.task``); the built-ins are imported on first lookup."""
 
 

@@ -5,7 +5,7 @@
   ``environment_factory`` adapter :func:`from_trl` and the ``env_reward`` reward function.
 - :mod:`~groupwise.envs.tools`: Python functions as tools (JSON schema), the ``<tool_call>``
   protocol, :class:`ToolEnvironment` and the sandboxed ``python`` tool.
-- :mod:`~groupwise.envs.builtin`: ``counter`` (scripted) and ``python`` (tool) environments.
+- :mod:`~groupwise.tasks.toolbox`: ``counter`` (scripted) and ``python`` (tool) environments.
 """
 
 from groupwise.envs.base import (
@@ -16,13 +16,13 @@ from groupwise.envs.base import (
     EnvStep,
     as_env_step,
     end_reward,
-    from_trl,
 )
 from groupwise.envs.tools import (
     Tool,
     ToolCall,
     ToolEnvironment,
     TRLEnvironment,
+    from_trl,
     parse_tool_calls,
     python,
     run_tool_call,

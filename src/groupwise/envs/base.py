@@ -51,12 +51,10 @@ import asyncio
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from groupwise.envs.schema import Tool
 from groupwise.registry import Registry
-
-if TYPE_CHECKING:
-    from groupwise.envs.tools import Tool
 
 Row = Mapping[str, Any]
 
@@ -114,14 +112,8 @@ EnvironmentFactory = Callable[..., Environment]
 """Builds one environment per episode from ``rollout.engine_kwargs.env_kwargs``."""
 
 
-def _load_builtin_environments() -> None:
-    import groupwise.envs.builtin
-    import groupwise.envs.calculator
-    import groupwise.envs.guess  # noqa: F401
-
-
 ENVIRONMENTS: Registry[EnvironmentFactory] = Registry(
-    "rollout.engine_kwargs.environment", loader=_load_builtin_environments
+    "rollout.engine_kwargs.environment", builtin=True
 )
 """Environments by name (``rollout.engine_kwargs.environment`` of the ``episodes`` engine)."""
 
@@ -157,17 +149,3 @@ def end_reward(env: Environment) -> float | None:
         return None
     value = call_maybe_async(reward)
     return None if value is None else float(value)
-
-
-def from_trl(factory: Callable[[], Any], **tool_options: Any) -> EnvironmentFactory:
-    """An environment factory for a TRL ``environment_factory`` class, used unchanged.
-
-    ``tool_options`` go to :class:`~groupwise.envs.tools.ToolEnvironment` (e.g. ``timeout``).
-    """
-    from groupwise.envs.tools import TRLEnvironment
-
-    def build(**_: Any) -> Environment:
-        return TRLEnvironment(factory(), **tool_options)
-
-    build.__name__ = getattr(factory, "__name__", "trl_environment")
-    return build

@@ -24,97 +24,23 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import inspect
 import json
 import re
-import types
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from groupwise.envs.base import BaseEnvironment, EnvStep, Row, call_maybe_async
+from groupwise.envs.base import (
+    BaseEnvironment,
+    Environment,
+    EnvironmentFactory,
+    EnvStep,
+    Row,
+    call_maybe_async,
+)
+from groupwise.envs.schema import Tool, as_tool
 
-_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 _CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.DOTALL)
-
-
-@dataclass
-class Tool:
-    """A callable with the JSON schema that describes it to the model."""
-
-    name: str
-    description: str
-    parameters: dict[str, Any]
-    func: Callable[..., Any]
-
-    @classmethod
-    def from_function(cls, func: Callable[..., Any], name: str | None = None) -> Tool:
-        """Schema from ``func``'s name, docstring and type hints (see the module docstring)."""
-        doc = inspect.getdoc(func) or ""
-        summary, arg_docs = _parse_docstring(doc)
-        try:
-            hints = typing.get_type_hints(func)
-        except Exception:
-            hints = {}
-        properties: dict[str, Any] = {}
-        required: list[str] = []
-        for pname, param in inspect.signature(func).parameters.items():
-            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                continue
-            prop = _json_type(hints.get(pname, param.annotation))
-            if pname in arg_docs:
-                prop["description"] = arg_docs[pname]
-            properties[pname] = prop
-            if param.default is param.empty:
-                required.append(pname)
-        parameters = {"type": "object", "properties": properties, "required": required}
-        return cls(name or func.__name__, summary, parameters, func)
-
-    def schema(self) -> dict[str, Any]:
-        """The OpenAI-style function schema (``tools=[...]`` of ``apply_chat_template``)."""
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": self.parameters,
-            },
-        }
-
-
-def as_tool(obj: Tool | Callable[..., Any]) -> Tool:
-    """``obj`` if it is a Tool, else the tool made from the function."""
-    return obj if isinstance(obj, Tool) else Tool.from_function(obj)
-
-
-def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
-    """The first paragraph and the ``Args:`` descriptions of a Google-style docstring."""
-    summary = doc.split("\n\n", 1)[0].strip()
-    args: dict[str, str] = {}
-    lines = doc.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.strip() == "Args:"]
-    for line in lines[starts[0] + 1 :] if starts else []:
-        if not line.strip() or re.match(r"^\S.*:\s*$", line):  # blank or the next section
-            break
-        m = re.match(r"\s*(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)", line)
-        if m:
-            args[m.group(1)] = m.group(2).strip()
-    return summary, args
-
-
-def _json_type(hint: Any) -> dict[str, Any]:
-    origin = typing.get_origin(hint)
-    if hint in _JSON_TYPES:
-        return {"type": _JSON_TYPES[hint]}
-    if origin in (list, Sequence, tuple):
-        return {"type": "array"}
-    if origin is dict or hint is dict:
-        return {"type": "object"}
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _json_type(options[0]) if len(options) == 1 else {}
-    return {}
 
 
 @dataclass
@@ -308,3 +234,16 @@ def sandboxed_python_tool(sandbox: Any) -> Tool:
     tool = Tool.from_function(python)
     tool.func = run
     return tool
+
+
+def from_trl(factory: Callable[[], Any], **tool_options: Any) -> EnvironmentFactory:
+    """An environment factory for a TRL ``environment_factory`` class, used unchanged.
+
+    ``tool_options`` go to :class:`~groupwise.envs.tools.ToolEnvironment` (e.g. ``timeout``).
+    """
+
+    def build(**_: Any) -> Environment:
+        return TRLEnvironment(factory(), **tool_options)
+
+    build.__name__ = getattr(factory, "__name__", "trl_environment")
+    return build

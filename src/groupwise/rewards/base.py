@@ -80,20 +80,9 @@ def is_async_reward(func: AnyRewardFunc) -> bool:
     return inspect.iscoroutinefunction(getattr(func, "__call__", None))  # noqa: B004
 
 
-def import_builtin_rewards() -> None:
-    """Import the modules whose ``@register_reward`` functions fill the reward registries."""
-    import groupwise.rewards.answer
-    import groupwise.rewards.code
-    import groupwise.rewards.dialogue
-    import groupwise.rewards.environment
-    import groupwise.rewards.math
-    import groupwise.rewards.reasoning_gym
-    import groupwise.rewards.tools  # noqa: F401
-
-
-REWARDS: Registry[AnyRewardFunc] = Registry("rewards.funcs", loader=import_builtin_rewards)
+REWARDS: Registry[AnyRewardFunc] = Registry("rewards.funcs", builtin=True)
 """Reward functions usable as they are, by name (``rewards.kwargs.<name>`` binds arguments)."""
-REWARD_FACTORIES: Registry[RewardFactory] = Registry("rewards.funcs", loader=import_builtin_rewards)
+REWARD_FACTORIES: Registry[RewardFactory] = Registry("rewards.funcs", builtin=True)
 """Rewards built by name from ``rewards.kwargs.<name>`` (and the run context); see the module
 docstring. When a name is in both registries the factory is used."""
 
@@ -313,7 +302,7 @@ class TrainerState:
         self._counters: Any = None
 
     def bind(self, counters: Any, max_steps: int) -> None:
-        """Follow ``counters.step`` (``groupwise.step.Counters``) from now on."""
+        """Follow ``counters.step`` (``groupwise.run.checkpoint.Counters``) from now on."""
         self._counters, self.max_steps = counters, max_steps
 
     @property

@@ -64,7 +64,7 @@ def generate(
     computes every position's logits (measured: 3.5 GB and 3.8 s for 64 prompts x 47 tokens,
     vs 0.02 s on a copy). Evaluation sets it; training keeps the slice because the copy's
     small-batch matmul rounds differently with the batch size, which would break the
-    bitwise equality of N ranks with one process (tests/test_distributed.py).
+    bitwise equality of N ranks with one process (tests/train/test_distributed.py).
     ``compile_decode``: decode through ``torch.compile`` over a static KV cache
     (``groupwise.kernels.compiled_decode``; finished rows stay in the batch).
     ``uniforms`` ([L, rows] in [0, 1)): this batch's draws, given (inverse-CDF sampling; the

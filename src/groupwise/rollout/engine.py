@@ -120,13 +120,7 @@ class EngineContext:
 EngineFactory = Callable[[EngineContext], RolloutEngine]
 
 
-def _load_builtin_engines() -> None:
-    import groupwise.rollout.episodes
-    import groupwise.rollout.local
-    import groupwise.rollout.replay  # noqa: F401
-
-
-ENGINES: Registry[EngineFactory] = Registry("rollout.engine", loader=_load_builtin_engines)
+ENGINES: Registry[EngineFactory] = Registry("rollout.engine", builtin=True)
 """Rollout engines by name (``rollout.engine``)."""
 
 

@@ -9,12 +9,15 @@ completion token is the policy's, all in turn 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+Row = Mapping[str, Any]
+"""A dataset row: a ``prompt`` and any other columns."""
 
 
 @dataclass
@@ -139,3 +142,25 @@ def group_rows(groups: Tensor, group_size: int) -> Tensor:
     """Row indices of the completions of ``groups``."""
     offsets = torch.arange(group_size, device=groups.device)[None, :]  # [1, G]
     return (groups[:, None] * group_size + offsets).reshape(-1)  # [len(groups) * G]
+
+
+def row_columns(rows: Sequence[Row], repeat: int = 1) -> dict[str, list[Any]]:
+    """Dataset columns other than ``prompt``, one entry per completion (rows repeated)."""
+    keys = [k for k in rows[0] if k != "prompt"] if rows else []
+    return {k: [row[k] for row in rows for _ in range(repeat)] for k in keys}
+
+
+def eos_token_ids(tokenizer: Any, model: nn.Module | None = None) -> list[int]:
+    """Token ids that end a completion: the tokenizer's EOS and the generation config's."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    if isinstance(extra, int):
+        ids.add(extra)
+    elif isinstance(extra, (list, tuple)):
+        ids.update(int(i) for i in extra)
+    if not ids:
+        raise ValueError("the tokenizer has no eos_token_id; set one so completions can end")
+    return sorted(ids)

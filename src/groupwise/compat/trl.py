@@ -1,0 +1,609 @@
+"""TRL's interface on groupwise: ``GRPOConfig`` and ``GRPOTrainer(model=..., args=...)``.
+
+A script written for TRL runs with its import changed::
+
+    from groupwise import GRPOTrainer
+    from groupwise.compat.trl import GRPOConfig
+
+    args = GRPOConfig(output_dir="runs/x", learning_rate=1e-5, num_generations=8, max_steps=50)
+    trainer = GRPOTrainer(model="smollm2-135m-instruct", reward_funcs=reward_len, args=args,
+                          train_dataset=dataset)
+    trainer.train()
+
+:class:`GRPOConfig` has TRL's field names with TRL's defaults (as documentation of what TRL
+would do), but it maps onto the nested :class:`groupwise.config.Config`, which stays the one
+source of groupwise's defaults: only the fields you *set* override it (``to_config()`` shows
+what a run uses). A TRL field groupwise does not implement raises :class:`ConfigError` naming it
+when set to anything but its default; an unknown keyword raises ``TypeError`` naming it.
+
+Datasets (``datasets.Dataset``, a list of dicts, or a groupwise task name) become a
+:class:`groupwise.data.Task`; a ``peft.LoraConfig`` sets ``model.lora*``; user reward
+functions are called as TRL calls them (:func:`groupwise.rewards.base.trl_reward`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from groupwise.config import Config, ConfigError, config_from_dict, config_to_dict
+from groupwise.data import Row, Task, build_task
+from groupwise.rewards.base import AnyRewardFunc, RewardRunner, check_task_functions, trl_reward
+
+_C = TypeVar("_C", bound=type)
+
+DIRECT: dict[str, str] = {
+    "output_dir": "training.output_dir",
+    "overwrite_output_dir": "training.overwrite_output_dir",
+    "per_device_train_batch_size": "training.per_device_train_batch_size",
+    "gradient_accumulation_steps": "training.gradient_accumulation_steps",
+    "learning_rate": "training.learning_rate",
+    "lr_scheduler_type": "training.lr_scheduler_type",
+    "warmup_steps": "training.warmup_steps",
+    "weight_decay": "training.weight_decay",
+    "adam_beta1": "training.adam_beta1",
+    "adam_beta2": "training.adam_beta2",
+    "max_grad_norm": "training.max_grad_norm",
+    "seed": "training.seed",
+    "gradient_checkpointing": "training.gradient_checkpointing",
+    "logging_steps": "training.logging_steps",
+    "save_steps": "training.save_steps",
+    "log_completions": "training.log_completions",
+    "per_device_eval_batch_size": "eval.batch_size",
+    "num_generations": "rollout.num_generations",
+    "max_completion_length": "rollout.max_completion_length",
+    "temperature": "rollout.temperature",
+    "top_p": "rollout.top_p",
+    "top_k": "rollout.top_k",
+    "beta": "algorithm.beta",
+    "num_iterations": "algorithm.num_iterations",
+    "epsilon": "algorithm.epsilon",
+    "importance_sampling_level": "algorithm.importance_sampling_level",
+    "mask_truncated_completions": "algorithm.mask_truncated_completions",
+    "top_entropy_quantile": "algorithm.top_entropy_quantile",
+    "sapo_temperature_pos": "algorithm.sapo_temperature_pos",
+    "sapo_temperature_neg": "algorithm.sapo_temperature_neg",
+    "reward_weights": "rewards.weights",
+}
+"""TRL field -> the groupwise key it sets unchanged (None values are skipped)."""
+
+UNSUPPORTED: dict[str, str] = {
+    "fp16": "groupwise computes in bf16 or float32 (bf16=...)",
+    "use_vllm": "groupwise decodes with its own rollout engines (rollout.engine)",
+    "vllm_mode": "groupwise decodes with its own rollout engines (rollout.engine)",
+    "generation_batch_size": "one generation batch per step: per_device_train_batch_size x "
+    "gradient_accumulation_steps completions",
+    "steps_per_generation": "one generation per step (use num_iterations for reuse)",
+    "num_generations_eval": "evaluation is greedy, one completion per prompt",
+    "min_p": "sampling supports temperature, top_p and top_k",
+    "repetition_penalty": "sampling supports temperature, top_p and top_k",
+    "generation_kwargs": "sampling supports temperature, top_p and top_k",
+    "chat_template_kwargs": "prompts are rendered with the model's chat template as is",
+    "max_prompt_length": "groupwise does not truncate prompts",
+    "delta": "two-sided clipping is not implemented (objective: clip, cispo, sapo)",
+    "multi_objective_aggregation": "rewards are summed, then scaled (sum_then_normalize)",
+    "sync_ref_model": "the reference policy stays the initial one",
+    "remove_unused_columns": "every dataset column reaches the reward functions",
+    "shuffle_dataset": "the training rows are always shuffled (seeded)",
+    "model_init_kwargs": "pass a built model, or a preset or local directory",
+    "disable_dropout": "not implemented",
+    "cast_lm_head_to_fp32": "not implemented",
+    "optim": "the optimizer is AdamW",
+    "adam_epsilon": "AdamW's epsilon is fixed at 1e-8",
+    "lr_scheduler_kwargs": "lr_scheduler_type takes no arguments",
+    "run_name": "trackers name runs after output_dir",
+    "push_to_hub": "the trained model is saved to output_dir/final",
+    "use_liger_kernel": "see training.fused_kernels",
+    "torch_compile": "see rollout.compile",
+    "off_policy_mask_threshold": "not implemented",
+    "use_bias_correction_kl": "not implemented",
+}
+"""TRL fields groupwise does not implement, and why (setting one to a non-default value fails)."""
+
+
+def _records_set_fields(cls: _C) -> _C:
+    """Make ``cls(...)`` remember which fields the caller set (and reject unknown keywords
+    with a ``TypeError`` naming them and the nearest field)."""
+    init = vars(cls)["__init__"]
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        for key in kwargs:
+            if key not in names:
+                near = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise TypeError(f"GRPOConfig got an unknown keyword argument {key!r}{hint}")
+        init(self, *args, **kwargs)
+        object.__setattr__(self, "_set", set(names[: len(args)]) | set(kwargs))
+
+    setattr(cls, "__init__", __init__)  # noqa: B010
+    return cls
+
+
+@_records_set_fields
+@dataclass
+class GRPOConfig:
+    """TRL's ``GRPOConfig`` fields (TRL's defaults) mapped onto groupwise's nested ``Config``.
+
+    Only the fields set (as arguments, or assigned later) override groupwise's defaults; see
+    :meth:`to_config`. Fields in :data:`UNSUPPORTED` fail when set to a non-default value.
+    """
+
+    output_dir: str = "trainer_output"
+    """Run directory (training.output_dir)."""
+    overwrite_output_dir: bool = False
+    """Start fresh even if output_dir holds a run (training.overwrite_output_dir)."""
+    max_steps: int = -1
+    """Training steps (training.max_steps); -1 = from num_train_epochs when that is set."""
+    num_train_epochs: float = 3.0
+    """Passes over train_dataset; sets training.max_steps when set and max_steps is not."""
+    per_device_train_batch_size: int = 8
+    """Completions per micro-batch per device, a multiple of num_generations (as in TRL)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer update."""
+    learning_rate: float = 1e-6
+    """Peak AdamW learning rate."""
+    lr_scheduler_type: str = "linear"
+    """Schedule after warmup: constant, linear or cosine."""
+    warmup_steps: int = 0
+    """Linear warmup, in optimizer updates."""
+    warmup_ratio: float = 0.0
+    """Warmup as a fraction of all optimizer updates (max_steps x num_iterations)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this."""
+    seed: int = 42
+    """Seed for sampling, data order and model init (training.seed)."""
+    bf16: bool | None = None
+    """bf16 compute (training.bf16); None = groupwise decides per device (auto)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass (training.gradient_checkpointing)."""
+    logging_steps: int = 10
+    """Write metrics every this many steps."""
+    save_strategy: str = "steps"
+    """steps (every save_steps) or no (no checkpoints: training.save_steps=0)."""
+    save_steps: int = 500
+    """Checkpoint every this many steps."""
+    save_total_limit: int | None = None
+    """Keep only the newest this many checkpoints; None = all."""
+    resume_from_checkpoint: str | bool | None = None
+    """True = newest checkpoint in output_dir, a path = that checkpoint (training.resume)."""
+    report_to: str | list[str] = "none"
+    """Trackers besides metrics.jsonl: none, tensorboard, wandb, or a list."""
+    disable_tqdm: bool = False
+    """Hide the progress bar (training.progress=false)."""
+    use_cpu: bool = False
+    """Train on the CPU even when a GPU is present (training.device=cpu)."""
+    log_completions: bool = False
+    """Write every completion to completions.jsonl (training.log_completions)."""
+    num_completions_to_print: int | None = None
+    """Completions the live view shows each time."""
+    eval_strategy: str = "no"
+    """no (no evaluation) or steps (every eval_steps, else logging_steps)."""
+    eval_steps: int | None = None
+    """Evaluate every this many steps under eval_strategy=steps."""
+    per_device_eval_batch_size: int = 8
+    """Prompts per evaluation batch (eval.batch_size)."""
+    num_generations: int = 8
+    """G, completions per prompt."""
+    max_completion_length: int = 256
+    """Maximum new tokens per completion."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    beta: float = 0.0
+    """KL coefficient to the reference policy."""
+    num_iterations: int = 1
+    """mu, updates per generation."""
+    epsilon: float = 0.2
+    """Lower clip range."""
+    epsilon_high: float | None = None
+    """Upper clip range; under loss_type=cispo the importance-weight cap (TRL's 5.0 is
+    groupwise's algorithm.epsilon_high=4.0: converted)."""
+    importance_sampling_level: str = "token"
+    """token (GRPO) or sequence (GSPO) importance ratios."""
+    scale_rewards: str | bool = "group"
+    """group/True, batch, or none/False."""
+    loss_type: str = "dapo"
+    """grpo, dapo, dr_grpo, cispo (objective=cispo, dapo aggregation) or sapo (objective=sapo,
+    grpo aggregation); bnpo and luspo are not implemented."""
+    mask_truncated_completions: bool = False
+    """Leave completions cut off at max_completion_length out of the loss."""
+    top_entropy_quantile: float = 1.0
+    """Policy-gradient loss only on this top fraction of tokens by entropy."""
+    sapo_temperature_pos: float = 1.0
+    """SAPO gate temperature, positive advantages."""
+    sapo_temperature_neg: float = 1.05
+    """SAPO gate temperature, non-positive advantages."""
+    reward_weights: list[float] | None = None
+    """One weight per reward function (rewards.weights)."""
+    fp16: bool = False
+    """Not supported (see UNSUPPORTED)."""
+    use_vllm: bool = False
+    """Not supported."""
+    vllm_mode: str = "server"
+    """Not supported."""
+    generation_batch_size: int | None = None
+    """Not supported."""
+    steps_per_generation: int | None = None
+    """Not supported."""
+    num_generations_eval: int | None = None
+    """Not supported."""
+    min_p: float | None = None
+    """Not supported."""
+    repetition_penalty: float = 1.0
+    """Not supported."""
+    generation_kwargs: dict[str, Any] | None = None
+    """Not supported."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Not supported."""
+    max_prompt_length: int | None = None
+    """Not supported (prompts are never truncated)."""
+    delta: float | None = None
+    """Not supported."""
+    multi_objective_aggregation: str = "sum_then_normalize"
+    """Only the default is supported."""
+    sync_ref_model: bool = False
+    """Not supported."""
+    remove_unused_columns: bool = False
+    """Only the default is supported (every column reaches the rewards)."""
+    shuffle_dataset: bool = True
+    """Only the default is supported."""
+    model_init_kwargs: dict[str, Any] | None = None
+    """Not supported."""
+    disable_dropout: bool = False
+    """Not supported."""
+    cast_lm_head_to_fp32: bool = False
+    """Not supported."""
+    optim: str = "adamw_torch"
+    """Only AdamW."""
+    adam_epsilon: float = 1e-8
+    """Only 1e-8."""
+    lr_scheduler_kwargs: dict[str, Any] | None = None
+    """Not supported."""
+    run_name: str | None = None
+    """Not supported."""
+    push_to_hub: bool = False
+    """Not supported."""
+    use_liger_kernel: bool = False
+    """Not supported."""
+    torch_compile: bool = False
+    """Not supported."""
+    off_policy_mask_threshold: float | None = None
+    """Not supported."""
+    use_bias_correction_kl: bool = False
+    """Not supported."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        fields_set = self.__dict__.get("_set")
+        if fields_set is not None:
+            fields_set.add(name)
+
+    @property
+    def fields_set(self) -> frozenset[str]:
+        """The fields given as arguments or assigned since (they override groupwise)."""
+        return frozenset(self.__dict__.get("_set", ()))
+
+    def overrides(self, train_rows: int | None = None) -> dict[str, Any]:
+        """``{"section.key": value}`` for the fields set (``train_rows`` turns
+        num_train_epochs into steps)."""
+        self._check_unsupported()
+        values = {n: getattr(self, n) for n in self.fields_set}
+        out = {DIRECT[n]: v for n, v in values.items() if n in DIRECT and v is not None}
+        out.update(_special_overrides(values))
+        if "max_steps" in values and values["max_steps"] >= 0:
+            out["training.max_steps"] = values["max_steps"]
+        return out
+
+    def to_config(self, base: Config | None = None, *, train_rows: int | None = None) -> Config:
+        """groupwise's ``Config``: ``base`` (default: groupwise's defaults) with the fields set
+        applied; validated (errors name the groupwise key)."""
+        data = config_to_dict(base or Config())
+        for key, value in self.overrides().items():
+            section, _, name = key.partition(".")
+            data[section][name] = value
+        _derive_steps(self, data, train_rows)
+        return config_from_dict(data)
+
+    def _check_unsupported(self) -> None:
+        defaults = GRPOConfig()
+        for name in sorted(self.fields_set & set(UNSUPPORTED)):
+            value = getattr(self, name)
+            if value != getattr(defaults, name):
+                raise ConfigError(
+                    f"GRPOConfig.{name}={value!r} is not supported by groupwise "
+                    f"({UNSUPPORTED[name]}); leave it at {getattr(defaults, name)!r}"
+                )
+
+
+def _special_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """The fields that do not map one to one (see each field's docstring)."""
+    out: dict[str, Any] = {}
+    if "scale_rewards" in values:
+        scale = values["scale_rewards"]
+        out["algorithm.scale_rewards"] = {True: "group", False: "none"}.get(scale, scale)
+    if "loss_type" in values:
+        out.update(_loss_type(values["loss_type"], values.get("epsilon_high")))
+    elif values.get("epsilon_high") is not None:
+        out["algorithm.epsilon_high"] = values["epsilon_high"]
+    if values.get("save_total_limit", 0) is None:
+        out["training.save_total_limit"] = 0
+    elif "save_total_limit" in values:
+        out["training.save_total_limit"] = values["save_total_limit"]
+    out.update(_run_options(values))
+    return out
+
+
+def _loss_type(loss_type: str, epsilon_high: float | None) -> dict[str, Any]:
+    objectives = {"cispo": ("cispo", "dapo"), "sapo": ("sapo", "grpo")}
+    if loss_type in ("bnpo", "luspo"):
+        raise ConfigError(
+            f"GRPOConfig.loss_type={loss_type!r} is not supported by groupwise; use grpo, dapo, "
+            "dr_grpo, cispo or sapo"
+        )
+    objective, aggregation = objectives.get(loss_type, ("clip", loss_type))
+    out: dict[str, Any] = {"algorithm.loss_type": aggregation, "algorithm.objective": objective}
+    if epsilon_high is not None:  # TRL's cispo cap is the weight itself, groupwise's 1 + eps
+        out["algorithm.epsilon_high"] = epsilon_high - 1 if objective == "cispo" else epsilon_high
+    return out
+
+
+def _run_options(values: dict[str, Any]) -> dict[str, Any]:
+    """Saving, evaluation, trackers, resume, device and progress bar."""
+    out: dict[str, Any] = {}
+    strategy = values.get("save_strategy", "steps")
+    if strategy not in ("steps", "no"):
+        raise ConfigError(
+            f"GRPOConfig.save_strategy={strategy!r} is not supported; use steps or no"
+        )
+    if strategy == "no":
+        out["training.save_steps"] = 0
+    evaluation = values.get("eval_strategy")
+    if evaluation not in (None, "no", "steps"):
+        raise ConfigError(
+            f"GRPOConfig.eval_strategy={evaluation!r} is not supported; use no or steps"
+        )
+    if evaluation == "no":
+        out.update({"eval.before": False, "eval.after": False, "eval.every_steps": 0})
+    elif evaluation == "steps":
+        every = values.get("eval_steps") or values.get("logging_steps") or 10
+        out["eval.every_steps"] = int(every)
+    if "report_to" in values:
+        report = values["report_to"]
+        if report == "all":
+            raise ConfigError("GRPOConfig.report_to='all' is not supported; name the trackers")
+        out["training.report_to"] = [] if report in (None, "none") else _as_list(report)
+    if "resume_from_checkpoint" in values:
+        resume = values["resume_from_checkpoint"]
+        out["training.resume"] = "auto" if resume is True else str(resume or "")
+    if values.get("use_cpu"):
+        out["training.device"] = "cpu"
+    if "disable_tqdm" in values:
+        out["training.progress"] = not values["disable_tqdm"]
+    if values.get("bf16") is not None:
+        out["training.bf16"] = values["bf16"]
+    if values.get("num_completions_to_print") is not None:
+        out["training.num_completions_to_print"] = values["num_completions_to_print"]
+    return out
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _derive_steps(args: GRPOConfig, data: dict[str, Any], train_rows: int | None) -> None:
+    """max_steps from num_train_epochs (when only that is set), warmup_steps from warmup_ratio."""
+    t = data["training"]
+    wants_epochs = "num_train_epochs" in args.fields_set and args.max_steps < 0
+    if wants_epochs:
+        if train_rows is None:
+            raise ConfigError("GRPOConfig.num_train_epochs needs train_dataset; or set max_steps")
+        from groupwise.distributed import world_size
+
+        completions = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]
+        prompts = max(1, completions // data["rollout"]["num_generations"]) * world_size()
+        t["max_steps"] = max(1, math.ceil(args.num_train_epochs * train_rows / prompts))
+    if "warmup_ratio" in args.fields_set and args.warmup_ratio > 0:
+        updates = t["max_steps"] * data["algorithm"]["num_iterations"]
+        t["warmup_steps"] = math.ceil(args.warmup_ratio * updates)
+
+
+# ---------------------------------------------------------------------- GRPOTrainer(model=...)
+@dataclass
+class TRLSetup:
+    """What a TRL-style ``GRPOTrainer(...)`` call becomes: groupwise's three arguments."""
+
+    config: Config
+    reward_funcs: Any
+    task: Task | None
+    base_model: tuple[Any, Any] | None = None
+    """A built ``(model, tokenizer)`` to train in place (TRL's ``model=<PreTrainedModel>``)."""
+
+
+def trl_arguments(
+    config: Any, reward_funcs: Any, task: Task | None, trl: dict[str, Any]
+) -> TRLSetup:
+    """``GRPOTrainer``'s arguments as groupwise's (config, reward_funcs, task and a built model
+    if any): as given when ``config`` is a ``Config``, else TRL's call translated by
+    :func:`from_trl` (``config`` is then TRL's first positional argument, the model)."""
+    if isinstance(config, Config):
+        if trl:
+            raise TypeError(
+                f"GRPOTrainer: {sorted(trl)[0]!r} is an argument of TRL's call, "
+                "GRPOTrainer(model=..., args=GRPOConfig(...)); a Config takes reward_funcs, "
+                "task and callbacks"
+            )
+        return TRLSetup(config, reward_funcs, task)
+    return from_trl(trl.pop("model", config), reward_funcs, task=task, **trl)
+
+
+def task_from_config(config: Config) -> Task:
+    """The task ``config.data`` names."""
+    d = config.data
+    return build_task(
+        d.task, train_size=d.train_size, eval_size=d.eval_size, seed=d.seed, params=d.params
+    )
+
+
+def bind_rewards(runner: RewardRunner, trainer: Any) -> RewardRunner:
+    """Check the reward and correctness functions against ``trainer.task``'s columns (before
+    anything is built) and let ``trainer_state.global_step`` follow ``trainer.counters``."""
+    config = trainer.config
+    adds_columns = config.rollout.engine != "local"
+    check_task_functions(runner.funcs, trainer.task, engine_adds_columns=adds_columns)
+    runner.state.bind(trainer.counters, config.training.max_steps)
+    task = trainer.task
+    if task.correctness is None and task.eval:  # TRL scores eval_dataset with the rewards
+        task.correctness, task.eval_metric = reward_score(runner), "reward"
+    return runner
+
+
+def reward_score(runner: RewardRunner) -> Any:
+    """A correctness function that is the weighted reward sum: held-out rows without a
+    correctness check are scored by the training rewards (TRL's ``eval_dataset`` metric)."""
+
+    def held_out_reward(
+        prompts: Sequence[Any], completions: Sequence[str], **columns: Any
+    ) -> list[float]:
+        result: list[float] = runner(prompts, completions, **columns).total.tolist()
+        return result
+
+    return held_out_reward
+
+
+def from_trl(
+    model: Any,
+    reward_funcs: Any,
+    *,
+    args: GRPOConfig | None = None,
+    train_dataset: Any = None,
+    eval_dataset: Any = None,
+    peft_config: Any = None,
+    processing_class: Any = None,
+    task: Task | None = None,
+    **unsupported: Any,
+) -> TRLSetup:
+    """Translate TRL's ``GRPOTrainer`` arguments (see the module docstring)."""
+    for name, value in unsupported.items():
+        if value not in (None, (None, None), [], ()):
+            raise TypeError(f"GRPOTrainer: argument {name!r} is not supported by groupwise")
+    args = args if args is not None else GRPOConfig()
+    base = Config()
+    if isinstance(train_dataset, str):
+        base.data.task = train_dataset
+    if task is None:
+        if train_dataset is None:
+            raise TypeError("GRPOTrainer: train_dataset (or task) is required with model=...")
+        task = to_task(train_dataset, eval_dataset, base)
+    data = config_to_dict(args.to_config(base, train_rows=len(task.train)))
+    built = built_model(model, processing_class)
+    if built is not None:
+        data["model"]["name"] = getattr(built[0], "name_or_path", "") or "in-memory model"
+    elif model is not None:
+        data["model"]["name"] = str(model)
+    data["model"].update(lora_settings(peft_config))
+    return TRLSetup(config_from_dict(data), trl_rewards(reward_funcs), task, built)
+
+
+def trl_rewards(reward_funcs: Any) -> list[AnyRewardFunc | str]:
+    """TRL's ``reward_funcs`` (one or a list): callables are called as TRL calls them; a
+    string is a groupwise reward name or import path (not a hub model id)."""
+    if reward_funcs is None:
+        raise TypeError("GRPOTrainer: reward_funcs is required with model=...")
+    funcs = (
+        [reward_funcs] if callable(reward_funcs) or isinstance(reward_funcs, str) else reward_funcs
+    )
+    return [f if isinstance(f, str) else trl_reward(f) for f in funcs]
+
+
+def to_rows(dataset: Any, label: str) -> list[Row]:
+    """A ``datasets.Dataset`` or a sequence of dicts as rows, each with a ``prompt``."""
+    tabular = hasattr(dataset, "column_names") or isinstance(dataset, Sequence)
+    if isinstance(dataset, (dict, str)) or not tabular:
+        raise TypeError(
+            f"GRPOTrainer: {label} must be a datasets.Dataset, a list of dicts or a task name, "
+            f"got {type(dataset).__name__}"
+        )
+    rows = [dict(row) for row in dataset]
+    for i, row in enumerate(rows):
+        if "prompt" not in row:
+            raise ValueError(f"{label}: row {i} has no 'prompt' column (columns: {list(row)})")
+    return rows
+
+
+def to_task(train: Any, eval_data: Any, config: Config) -> Task:
+    """A groupwise ``Task`` from TRL's datasets; a task name builds that task from
+    ``config.data`` (its held-out rows, rewards and correctness kept unless ``eval_data``)."""
+    if isinstance(train, Task):
+        return train
+    if isinstance(train, str):
+        built = task_from_config(config)
+        if eval_data is not None:
+            built.eval = to_rows(eval_data, "eval_dataset")
+        return built
+    eval_rows = [] if eval_data is None else to_rows(eval_data, "eval_dataset")
+    return Task(name="dataset", train=to_rows(train, "train_dataset"), eval=eval_rows)
+
+
+def lora_settings(peft_config: Any) -> dict[str, Any]:
+    """``model.lora*`` keys from a ``peft.LoraConfig`` (None: no change); options groupwise's
+    LoRA does not have fail, naming them."""
+    if peft_config is None:
+        return {}
+    defaults = {"bias": "none", "use_rslora": False, "use_dora": False, "modules_to_save": None}
+    defaults.update(layers_to_transform=None, fan_in_fan_out=False, init_lora_weights=True)
+    for name, default in defaults.items():
+        value = getattr(peft_config, name, default)
+        if value != default:
+            raise ConfigError(f"peft_config.{name}={value!r} is not supported; leave {default!r}")
+    targets = peft_config.target_modules
+    if targets is None:
+        targets = "all-linear"
+    elif not isinstance(targets, str):
+        targets = sorted(targets)
+    return {
+        "lora": True,
+        "lora_r": int(peft_config.r),
+        "lora_alpha": int(peft_config.lora_alpha),
+        "lora_dropout": float(peft_config.lora_dropout),
+        "lora_target_modules": targets,
+    }
+
+
+def built_model(model: Any, processing_class: Any = None) -> tuple[Any, Any] | None:
+    """TRL's ``model`` when it is a built ``PreTrainedModel``: ``(model, tokenizer)``, the
+    tokenizer being ``processing_class`` or the one at the model's ``name_or_path``; None for a
+    preset name or a path (loaded by name)."""
+    if model is None or isinstance(model, (str, Path)):
+        return None
+    if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
+        raise TypeError(
+            f"GRPOTrainer: model must be a preset name, a local path or a PreTrainedModel, "
+            f"got {type(model).__name__}"
+        )
+    return model, processing_class or _tokenizer_of(model)
+
+
+def _tokenizer_of(model: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    source = getattr(model, "name_or_path", "")
+    if not source or not Path(source).exists():
+        raise TypeError("GRPOTrainer: with a built model, pass processing_class=<its tokenizer>")
+    return AutoTokenizer.from_pretrained(source)

@@ -1,0 +1,259 @@
+"""Building the parts a run trains with: policy, rollout weights and engine, reference,
+data-parallel wrapper, optimizer and schedule (see ``groupwise.models`` for the choices)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from groupwise.config import Config, ConfigError, check_merge_in_place_dtype
+from groupwise.distributed import is_main, world_size, wrap_policy
+from groupwise.kernels.fused import install_fused_kernels
+from groupwise.models import (
+    LoraSettings,
+    ReferencePolicy,
+    apply_lora,
+    cache_dir,
+    enable_gradient_checkpointing,
+    load_base_model,
+    prepare_base_model,
+)
+from groupwise.models.precision import PrecisionChoice, run_merge_in_place
+from groupwise.rollout import EngineContext, Rollout, RolloutEngine, build_engine, used_width
+from groupwise.rollout.records import eos_token_ids
+from groupwise.rollout.weights import RolloutWeights, build_rollout_weights, choose_strategy
+from groupwise.train.batch import StepBatch
+from groupwise.train.forward import autocast_context, completion_logp
+from groupwise.train.optim import build_optimizer, build_scheduler
+
+REFERENCE_TOKENS = 4096
+"""Completion tokens per forward of the reference pass (B1: 1.6 vs 1.9 s with micro-batches)."""
+REFERENCE_CHUNK = 256
+"""At most this many rows of reference logits at a time (a span's are not all held at once)."""
+
+
+class LogpModule(nn.Module):
+    """The policy's per-token log-probs as a module, the unit DDP/FSDP wrap.
+
+    The forward reaches into the model (body, then the output-embedding weight), so the
+    data-parallel wrapper must sit around *this* call for its hooks to run.
+    """
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(
+        self, rollout: Rollout, temperature: float, chunk_size: int, prefix_cache: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """``completion_logp`` of the policy (no entropy)."""
+        return completion_logp(
+            self.policy,
+            rollout,
+            temperature=temperature,
+            chunk_size=chunk_size,
+            compute_entropy=False,
+            prefix_cache=prefix_cache,
+        )
+
+
+@dataclass
+class TrainingParts:
+    """The models and optimizer of a run, and the two log-prob passes over them."""
+
+    config: Config
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    policy: nn.Module
+    tokenizer: Any
+    weights: RolloutWeights
+    engine: RolloutEngine
+    reference: ReferencePolicy | None
+    train_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    @property
+    def temperature(self) -> float:
+        """The sampling temperature the log-probs are computed at (>= 1e-6)."""
+        return max(self.config.rollout.temperature, 1e-6)
+
+    def policy_logp(self, rollout: Rollout) -> tuple[Tensor, Tensor | None]:
+        """Log-probs of the policy through its data-parallel wrapper, ``[b, lc]``."""
+        t = self.config.training
+        out: tuple[Tensor, Tensor | None] = self.train_module(
+            rollout, self.temperature, t.logprob_chunk_size, not t.gradient_checkpointing
+        )
+        return out
+
+    def reference_logp(self, batch: StepBatch) -> list[Tensor | None]:
+        """ref_logp per micro-batch. The reference keeps no activations, so it runs spans of up
+        to ``REFERENCE_TOKENS`` completion tokens (bigger matmuls) instead of micro-batches."""
+        assert self.reference is not None
+        model, ctx = self.reference.context()
+        rollout, g = batch.rollout, batch.rollout.group_size
+        num_groups = rollout.prompts.input_ids.shape[0]
+        per_span = max(1, REFERENCE_TOKENS // (g * rollout.completion_ids.shape[1]))
+        spans = [(s, min(s + per_span, num_groups)) for s in range(0, num_groups, per_span)]
+        full = torch.zeros(rollout.completion_ids.shape, device=self.device)  # [B, Lc]
+        chunk = min(REFERENCE_CHUNK, self.config.training.logprob_chunk_size)
+        with ctx, torch.no_grad():
+            for start, stop in spans:
+                with autocast_context(self.device, self.amp_dtype):
+                    logp, _ = completion_logp(
+                        model,
+                        batch.sub(start, stop),
+                        temperature=self.temperature,
+                        chunk_size=chunk,
+                        compute_entropy=False,
+                    )
+                full[start * g : stop * g, : logp.shape[1]] = logp  # [b, lc]
+        self.reference.release()
+        out: list[Tensor | None] = []
+        for start, stop in batch.micro:  # each micro-batch's rows and width (as select_groups)
+            width = used_width(rollout.completion_mask[start * g : stop * g])
+            out.append(full[start * g : stop * g, :width])
+        return out
+
+
+def build_parts(
+    config: Config,
+    precision: PrecisionChoice,
+    device: torch.device,
+    base_model: tuple[nn.Module, Any] | None = None,
+) -> TrainingParts:
+    """Load the policy and build everything around it, in the order the weights need.
+
+    ``base_model``: an already built ``(model, tokenizer)`` to train instead of loading
+    ``model.name`` (TRL's ``GRPOTrainer(model=<PreTrainedModel>)``); it is trained in place.
+    """
+    m, t, a = config.model, config.training, config.algorithm
+    dtype = getattr(torch, precision.param_dtype)
+    if dtype == torch.bfloat16 and world_size() > 1:
+        raise ConfigError(
+            "training.param_dtype=bfloat16 is single-process only for now (its multi-process "
+            "equivalence is not tested); use training.param_dtype=float32 under torchrun"
+        )
+    levers = resolve_memory_levers(config, precision, device)
+    base, tokenizer = _base_model(config, dtype, device, base_model)
+    if levers.fused_kernels:
+        install_fused_kernels(base)  # before any copy: copies keep the routing
+    low = torch.bfloat16 if precision.bf16 else torch.float32
+    if levers.merge_in_place:
+        check_merge_in_place_dtype(precision.param_dtype, precision.bf16)
+    strategy = choose_strategy(
+        lora=m.lora,
+        param_dtype=dtype,
+        rollout_dtype=low,
+        lora_rollout_copy=m.lora_rollout_copy,
+        merge_in_place=levers.merge_in_place,
+    )
+    lora = LoraSettings(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
+
+    def make_policy(model: nn.Module) -> nn.Module:
+        if t.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return apply_lora(model, lora, dtype == torch.bfloat16) if m.lora else model
+
+    policy, weights = build_rollout_weights(
+        base, make_policy, strategy=strategy, rollout_dtype=low, snapshot_dir=cache_dir() / "mapped"
+    )
+    on_disk = cache_dir() / "mapped" if levers.reference_on_disk else None
+    reference = ReferencePolicy(policy, low, on_disk) if a.beta > 0 else None
+    eos_ids = eos_token_ids(tokenizer, policy)
+    # under fsdp this shards the policy's parameters in place: the optimizer comes after
+    train_module = wrap_policy(LogpModule(policy), t.strategy, device)
+    optimizer, scheduler = _optimizer(config, policy)
+    r = config.rollout
+    context = EngineContext(policy, weights, tokenizer, eos_ids, r.compile, r.engine_kwargs)
+    return TrainingParts(
+        config=config,
+        device=device,
+        amp_dtype=torch.bfloat16 if precision.bf16 else None,
+        policy=policy,
+        tokenizer=tokenizer,
+        weights=weights,
+        engine=build_engine(r.engine, context),
+        reference=reference,
+        train_module=train_module,
+        optimizer=optimizer,
+        scheduler=scheduler,
+    )
+
+
+def _base_model(
+    config: Config,
+    dtype: torch.dtype,
+    device: torch.device,
+    built: tuple[nn.Module, Any] | None,
+) -> tuple[nn.Module, Any]:
+    """The built ``(model, tokenizer)`` made ready, else ``model.name`` loaded."""
+    attn = config.model.attn_implementation
+    if built is not None:
+        return prepare_base_model(*built, device=device, attn_implementation=attn, dtype=dtype)
+    seed = config.training.seed
+    name = config.model.name
+    return load_base_model(name, seed=seed, device=device, attn_implementation=attn, dtype=dtype)
+
+
+def _optimizer(
+    config: Config, policy: nn.Module
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW (compensated or stochastically rounded under pure bf16) and its schedule."""
+    t = config.training
+    optimizer = build_optimizer(
+        policy.parameters(),
+        lr=t.learning_rate,
+        betas=(t.adam_beta1, t.adam_beta2),
+        weight_decay=t.weight_decay,
+        bf16_rounding=t.bf16_rounding,
+        seed=t.seed,
+    )
+    total_updates = t.max_steps * config.algorithm.num_iterations
+    scheduler = build_scheduler(optimizer, t.lr_scheduler_type, t.warmup_steps, total_updates)
+    return optimizer, scheduler
+
+
+class MemoryLevers(NamedTuple):
+    """The memory levers of a run, ``auto`` resolved (:func:`resolve_memory_levers`)."""
+
+    reference_on_disk: bool
+    fused_kernels: bool
+    merge_in_place: bool
+
+
+def resolve_memory_levers(
+    config: Config, precision: PrecisionChoice, device: torch.device
+) -> MemoryLevers:
+    """``model.reference_on_disk``, ``training.fused_kernels`` and (under LoRA)
+    ``model.lora_merge_in_place`` with ``auto`` resolved: the reference is mapped from disk on
+    CPU (where it is exact and its pages can leave RSS), the fused kernels run under pure bf16
+    weights on CPU (where their bf16 saved inputs were measured to save memory), the adapters
+    merge in place as :func:`~groupwise.models.precision.resolve_merge_in_place` says. An explicit
+    ``true`` of a CPU-only lever off CPU is an error. Printed on rank 0."""
+    m, t = config.model, config.training
+    merge = run_merge_in_place(config, precision, device)
+    _check_cpu_only(merge, "model.lora_merge_in_place", device)
+    _check_cpu_only(m.reference_on_disk is True, "model.reference_on_disk", device)
+    on_cpu = device.type == "cpu"
+    on_disk = on_cpu if m.reference_on_disk == "auto" else bool(m.reference_on_disk)
+    pure_bf16 = precision.param_dtype == "bfloat16"
+    fused = on_cpu and pure_bf16 if t.fused_kernels == "auto" else bool(t.fused_kernels)
+    if is_main() and not m.lora and config.algorithm.beta > 0:
+        print(f"memory: reference {'mapped from disk' if on_disk else 'in RAM'}", flush=True)
+    if is_main() and fused:
+        print("memory: fused RMSNorm / SwiGLU / softmax kernels (training.fused_kernels)")
+    if is_main() and merge:
+        print("memory: LoRA adapters merged into the base weights for decoding, no merged copy")
+    return MemoryLevers(on_disk, fused, merge)
+
+
+def _check_cpu_only(enabled: bool, key: str, device: torch.device) -> None:
+    if enabled and device.type != "cpu":
+        raise ConfigError(
+            f"{key}=true keeps its weights in CPU memory; the model runs on {device}: "
+            "set it to false"
+        )

@@ -1,0 +1,374 @@
+"""One GRPO step as the algorithm box: each phase a public, timed method on typed records.
+
+Algorithm (DeepSeekMath, arXiv 2402.03300, Alg. 1, with the variants of groupwise.core)::
+
+    groups   <- G completions per prompt from pi_theta              (generate)
+    r        <- weighted sum of reward functions                    (score)
+    A        <- group-relative advantages of r                      (score)
+    batch    <- loss masks, normalisers, micro-batches              (prepare)
+    old_logp <- log pi_theta_old(o)   only if mu > 1                (old_logp)
+    ref_logp <- log pi_ref(o)         only if beta > 0              (ref_logp)
+    repeat mu times:                                                (update)
+        loss <- clipped surrogate + beta * KL, aggregated by loss_type,
+                accumulated over micro-batches with global normalisers
+        clip grad norm, AdamW step, schedule step
+    rollout weights <- pi_theta                                     (sync)
+
+Each phase is timed under its name (``time/<phase>`` in metrics.jsonl). The step does no file
+I/O: it returns a :class:`StepResult` (metrics and completion records) for the run's logger.
+Under ``torchrun`` the loss normalisers are summed over ranks and the loss is scaled by the
+world size before the backward (DDP and FSDP average gradients), so N ranks take the same
+step as one process with the whole batch; metrics are reduced over ranks.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from groupwise.config import Config, ConfigError
+from groupwise.core import entropy_mask, group_advantages, policy_loss
+from groupwise.data import Row
+from groupwise.distributed import (
+    all_gather_cat,
+    all_gather_objects,
+    all_reduce_floats,
+    all_reduce_sum,
+    full_tensor,
+    rank,
+    world_size,
+)
+from groupwise.rewards.base import RewardRunner
+from groupwise.rollout import (
+    Rollout,
+    RolloutRequest,
+    SamplingParams,
+    group_rows,
+    take_groups,
+    tokenize_prompts,
+)
+from groupwise.rollout.records import row_columns
+from groupwise.run.checkpoint import Counters
+from groupwise.run.hacking import hacking_metrics
+from groupwise.train.batch import (
+    Scored,
+    StepBatch,
+    completion_records,
+    grad_sync,
+    groups_per_microbatch,
+    micro_ranges,
+)
+from groupwise.train.build import TrainingParts
+from groupwise.train.forward import autocast_context
+from groupwise.train.metrics import (
+    MetricsAccumulator,
+    PhaseTimer,
+    completion_metrics,
+    reward_metrics,
+)
+
+
+@dataclass
+class StepResult:
+    """What one step hands to the run: its metrics and the global batch's completions."""
+
+    metrics: dict[str, float]
+    records: list[dict[str, Any]]
+
+
+class GRPOStep:
+    """The phases of a step over the parts the trainer built (policy, engine, optimizer...)."""
+
+    def __init__(
+        self, config: Config, parts: TrainingParts, rewards: RewardRunner, counters: Counters
+    ) -> None:
+        self.config = config
+        self.parts = parts
+        self.rewards = rewards
+        self.counters = counters
+        self.generator = torch.Generator(device=parts.device).manual_seed(config.training.seed)
+
+    def __call__(self, rows: list[Row]) -> StepResult:
+        """One step on this rank's prompts ``rows`` (whole groups)."""
+        timer, start = PhaseTimer(), time.perf_counter()
+        with timer("generate"):
+            rollout = self.generate(rows)
+        with timer("score"):
+            scored = self.score(rows, rollout)
+        with timer("prepare"):
+            batch = self.prepare(rollout, scored.advantages)
+        with timer("old_logp"):
+            if self.config.algorithm.num_iterations > 1:
+                batch.old_logp = self.logp_no_grad(batch)
+        with timer("ref_logp"):
+            if self.parts.reference is not None:
+                batch.ref_logp = self.ref_logp(batch)
+        learning_rate = float(self.parts.scheduler.get_last_lr()[0])  # the rate this step uses
+        with timer("update"):
+            update_metrics = self.update(batch)
+        with timer("sync"):
+            self.sync()
+        self.counters.step += 1
+        tokens, rollout_metrics = self.rollout_metrics(rollout)
+        self.counters.num_tokens += tokens
+        metrics = {**scored.metrics, **update_metrics, **rollout_metrics}
+        metrics.update(all_reduce_floats(timer.metrics(), {}))
+        metrics.update(
+            step=self.counters.step,
+            num_tokens=self.counters.num_tokens,
+            learning_rate=learning_rate,
+            step_time=time.perf_counter() - start,
+        )
+        decode = self.parts.tokenizer.decode
+        records = completion_records(self.counters.step, rows, scored, rollout, decode)
+        return StepResult(metrics, [r for part in all_gather_objects(records) for r in part])
+
+    # ------------------------------------------------------------------ generate
+    def generate(self, rows: list[Row]) -> Rollout:
+        """G completions for each prompt of ``rows`` from the rollout engine."""
+        r, p = self.config.rollout, self.parts
+        prompts = tokenize_prompts(p.tokenizer, [row["prompt"] for row in rows], p.device)
+        local_rows = len(rows) * r.num_generations
+        # torch.multinomial in one process; rank-invariant draws when N > 1 (or when asked)
+        invariant = r.rank_invariant_sampling or world_size() > 1
+        request = RolloutRequest(
+            group_size=r.num_generations,
+            sampling=SamplingParams.of(r),
+            generator=self.generator,
+            row_offset=rank() * local_rows,
+            total_rows=local_rows * world_size() if invariant else None,
+            rows=rows,
+        )
+        return p.engine.generate(prompts, request)
+
+    # ------------------------------------------------------------------ score
+    def score(self, rows: list[Row], rollout: Rollout) -> Scored:
+        """Rewards of every completion and their group-relative advantages."""
+        g = rollout.group_size
+        texts = self.parts.tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+        prompts = [row["prompt"] for row in rows for _ in range(g)]
+        ids = [
+            row[m.bool()].tolist()
+            for row, m in zip(rollout.completion_ids, rollout.completion_mask, strict=True)
+        ]
+        result = self.rewards(
+            prompts,
+            texts,
+            completion_ids=ids,
+            truncated=rollout.truncated.tolist(),
+            **row_columns(rows, g),
+            **(rollout.columns or {}),
+        )
+        advantages, zero_std = group_advantages(
+            result.total, g, scale_rewards=self.config.algorithm.scale_rewards
+        )
+        per_func = {k: all_gather_cat(v) for k, v in result.per_func.items()}
+        metrics = reward_metrics(
+            all_gather_cat(result.total), per_func, g, all_gather_cat(zero_std)
+        )  # over the global batch
+        metrics.update(
+            hacking_metrics(
+                [t for part in all_gather_objects(texts) for t in part],
+                all_gather_cat(rollout.completion_lengths).tolist(),
+                all_gather_cat(result.total),
+                per_func,
+                g,
+            )
+        )  # flags only, over the global batch: the rewards are unchanged
+        return Scored(texts, result, advantages, metrics)
+
+    # ------------------------------------------------------------------ prepare
+    def prepare(self, rollout: Rollout, advantages: Tensor) -> StepBatch:
+        """Loss mask (the policy's tokens), global normalisers and micro-batches.
+
+        With ``beta == 0`` a group whose advantages are all 0 contributes exactly 0 to the loss
+        and its gradient, so it is left out (``skip_zero_advantage_groups``); the normalisers
+        still count every completion, so the loss and its gradient are unchanged.
+        """
+        g, t, device = rollout.group_size, self.config.training, self.parts.device
+        loss_mask = rollout.policy_mask.clone()  # [B, Lc]
+        if self.config.algorithm.mask_truncated_completions:
+            loss_mask[rollout.truncated] = 0
+        selected = self.select_tokens(rollout, loss_mask)  # over the whole batch
+        counts = torch.tensor([loss_mask.shape[0], loss_mask.sum()], dtype=torch.float64)
+        num_sequences, num_tokens = all_reduce_sum(counts).tolist()  # global normalisers
+        advantages = advantages.to(device)
+        groups = torch.arange(rollout.prompts.input_ids.shape[0], device=device)
+        skip = t.skip_zero_advantage_groups and world_size() == 1
+        if skip and self.parts.reference is None:  # ranks must run equally many backwards
+            groups = groups[(advantages.view(-1, g) != 0).any(dim=1)]
+        kept = take_groups(rollout, groups)
+        rows = group_rows(groups, g)
+        per_micro = groups_per_microbatch(
+            kept, t.per_device_train_batch_size // g, t.max_tokens_per_microbatch
+        )
+        micro = micro_ranges(groups.numel(), per_micro)
+        none: list[Tensor | None] = [None] * len(micro)
+        return StepBatch(
+            rollout=kept,
+            advantages=advantages[rows],
+            loss_mask=loss_mask[rows, : kept.completion_ids.shape[1]],
+            num_sequences=num_sequences,
+            num_tokens=num_tokens,
+            micro=micro,
+            old_logp=none,
+            ref_logp=list(none),
+            entropy_mask=None
+            if selected is None
+            else selected[rows, : kept.completion_ids.shape[1]],
+        )
+
+    def select_tokens(self, rollout: Rollout, loss_mask: Tensor) -> Tensor | None:
+        """``algorithm.top_entropy_quantile < 1``: the batch's highest-entropy loss tokens,
+        by the sampling policy's entropy (the policy's own when mu = 1), ``[B, Lc]``."""
+        q = self.config.algorithm.top_entropy_quantile
+        if q >= 1.0:
+            return None
+        if rollout.entropy is None:
+            raise ConfigError(
+                "algorithm.top_entropy_quantile < 1 needs per-token entropies, and the rollout "
+                f"engine {self.config.rollout.engine!r} returns none; set it to 1"
+            )
+        if world_size() > 1:
+            raise ConfigError(
+                "algorithm.top_entropy_quantile < 1 is single-process for now (its threshold "
+                "would be taken per rank); set it to 1 under torchrun"
+            )
+        return entropy_mask(rollout.entropy, loss_mask, q)
+
+    # ------------------------------------------------------------------ old_logp, ref_logp
+    @torch.no_grad()
+    def logp_no_grad(self, batch: StepBatch) -> list[Tensor | None]:
+        """log pi_theta_old per micro-batch (mu > 1), through the data-parallel wrapper."""
+        out: list[Tensor | None] = []
+        for start, stop in batch.micro:
+            with autocast_context(self.parts.device, self.parts.amp_dtype):
+                logp, _ = self.parts.policy_logp(batch.sub(start, stop))
+            out.append(logp.detach())
+        return out
+
+    def ref_logp(self, batch: StepBatch) -> list[Tensor | None]:
+        """log pi_ref per micro-batch (beta > 0); see :meth:`TrainingParts.reference_logp`."""
+        return self.parts.reference_logp(batch)
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: StepBatch) -> dict[str, float]:
+        """mu optimizer updates over the rollout, each accumulated over the micro-batches."""
+        a, t, p = self.config.algorithm, self.config.training, self.parts
+        acc = MetricsAccumulator()
+        p.policy.train()
+        for param in p.policy.parameters():
+            if param.requires_grad and param.grad is None:
+                param.grad = torch.zeros_like(param)
+        # DDP/FSDP average gradients over ranks; each rank's loss is already a share of the
+        # global loss (global normalisers), so scaling by N makes the average their sum
+        scale = float(world_size())
+        for _ in range(a.num_iterations):
+            # zeros, not None: with every group skipped AdamW must still take its (momentum) step
+            p.optimizer.zero_grad(set_to_none=False)
+            loss_total = 0.0
+            for i in range(len(batch.micro)):
+                with grad_sync(p.train_module, i == len(batch.micro) - 1):
+                    loss, stats = self.loss(batch, i)
+                    (loss * scale).backward()
+                loss_total += float(loss.detach())
+                acc.add(stats)
+            grad_norm = self.optimizer_step(t.max_grad_norm)
+            acc.add({"loss": loss_total, "grad_norm": grad_norm})
+        ops = {"loss": "sum", "clip_ratio/low_min": "min", "clip_ratio/high_max": "max"}
+        out = all_reduce_floats(acc.summary(), ops)  # loss: each rank holds a share of it
+        out["skipped_updates"] = float(self.counters.skipped_updates)
+        return out
+
+    def loss(self, batch: StepBatch, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of micro-batch ``index`` (a share of the step's loss) and its statistics."""
+        a, g = self.config.algorithm, batch.rollout.group_size
+        start, stop = batch.micro[index]
+        sub = batch.sub(start, stop)
+        mask = batch.loss_mask[start * g : stop * g, : sub.completion_ids.shape[1]]  # [b, lc]
+        with autocast_context(self.parts.device, self.parts.amp_dtype):
+            logp, _ = self.parts.policy_logp(sub)
+        old_logp, selected = batch.old_logp[index], batch.entropy_mask
+        return policy_loss(
+            logp,
+            old_logp if old_logp is not None else logp.detach(),
+            batch.advantages[start * g : stop * g],
+            mask,
+            ref_logp=batch.ref_logp[index],
+            beta=a.beta,
+            epsilon_low=a.epsilon,
+            epsilon_high=a.epsilon_high,
+            loss_type=a.loss_type,
+            importance_sampling_level=a.importance_sampling_level,
+            kl_estimator=a.kl_estimator,
+            max_completion_length=self.config.rollout.max_completion_length,
+            num_sequences=batch.num_sequences,
+            num_tokens=batch.num_tokens,
+            objective=a.objective,
+            sapo_temperature_pos=a.sapo_temperature_pos,
+            sapo_temperature_neg=a.sapo_temperature_neg,
+            entropy_mask=None
+            if selected is None
+            else selected[start * g : stop * g, : mask.shape[1]],
+        )
+
+    def optimizer_step(self, max_norm: float) -> float:
+        """Clip the gradient norm and step, or skip a non-finite update; returns the norm."""
+        p, c = self.parts, self.counters
+        params = [q for q in p.policy.parameters() if q.requires_grad]
+        limit = max_norm if max_norm > 0 else float("inf")
+        grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, limit)))
+        if not np.isfinite(grad_norm):
+            c.skipped_updates += 1
+            c.nonfinite_in_a_row += 1
+            p.optimizer.zero_grad(set_to_none=False)
+            print(
+                f"groupwise: step {c.step + 1}: non-finite loss or gradient (grad norm "
+                f"{grad_norm}); update skipped ({c.nonfinite_in_a_row} in a row)",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            c.nonfinite_in_a_row = 0
+            p.optimizer.step()
+        p.scheduler.step()
+        return grad_norm
+
+    # ------------------------------------------------------------------ sync
+    def sync(self) -> None:
+        """The rollout engine takes the policy's new weights."""
+        self.parts.engine.sync_weights()
+
+    # ------------------------------------------------------------------ metrics
+    def rollout_metrics(self, rollout: Rollout) -> tuple[int, dict[str, float]]:
+        """Tokens of the global batch (prompt + completion), lengths, entropy, turns."""
+        mask, policy = rollout.completion_mask, rollout.policy_mask
+        entropy = rollout.entropy if rollout.entropy is not None else torch.zeros_like(mask)
+        sums = torch.tensor(
+            [
+                float(mask.sum()),
+                float(rollout.prompts.attention_mask.sum() * rollout.group_size),
+                float((entropy * policy).sum()),
+                float(policy.sum()),
+            ],
+            dtype=torch.float64,
+        )
+        tokens, prompt_tokens, entropy_sum, policy_tokens = all_reduce_sum(sums).tolist()
+        lengths = all_gather_cat(rollout.completion_lengths)
+        out = completion_metrics(lengths, all_gather_cat(rollout.truncated))
+        if rollout.entropy is not None:
+            out["entropy"] = entropy_sum / max(policy_tokens, 1.0)
+        if rollout.metrics:  # the engine's own (tool calls, environment time): rank means
+            out.update(all_reduce_floats(rollout.metrics, {}))
+        if rollout.loss_mask is not None:  # an episode: tokens the environment inserted
+            rows = float(all_gather_cat(rollout.truncated).numel())
+            out["tokens/policy_mean"] = policy_tokens / rows
+            out["tokens/environment_mean"] = (tokens - policy_tokens) / rows
+            out["turns/mean"] = float(all_gather_cat(rollout.num_turns).float().mean())
+        return int(tokens + prompt_tokens), out
