@@ -327,3 +327,20 @@ def test_rewards_see_which_completions_were_cut_off(tmp_path: Path) -> None:
     # cut off = no EOS within the limit
     eos = set(trainer.parts.engine.eos_token_ids)  # type: ignore[attr-defined]
     assert truncated == [not any(t in eos for t in row) for row in ids]
+
+
+def test_a_task_without_correctness_is_scored_by_the_rewards_on_a_copy(tmp_path: Path) -> None:
+    """Held-out rows with no correctness check are scored by the training rewards (as TRL scores
+    eval_dataset), on the trainer's copy of the task: the caller's Task is not changed."""
+    from groupwise import Task
+    from tests.tests_helpers import varied_reward
+
+    rows = [{"prompt": f"Say {i}."} for i in range(8)]
+    task = Task("mine", train=rows, eval=rows[:2])
+    config = load_config(overrides=tiny_overrides(tmp_path, max_steps=1))
+    trainer = GRPOTrainer(config, reward_funcs=[varied_reward], task=task)
+    assert task.correctness is None and task.eval_metric == "accuracy"
+    assert trainer.task is not task and trainer.task.eval_metric == "reward"
+    assert trainer.task.correctness is not None
+    scores = trainer.task.correctness(["p"], ["abcd"])
+    assert scores == varied_reward(["p"], ["abcd"])

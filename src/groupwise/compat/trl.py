@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from groupwise.config import Config, ConfigError, config_from_dict, config_to_dict
-from groupwise.data import Row, Task, build_task
-from groupwise.rewards.base import AnyRewardFunc, RewardRunner, check_task_functions, trl_reward
+from groupwise.data import Row, Task
+from groupwise.data.tasks import task_from_config
+from groupwise.rewards.base import AnyRewardFunc, trl_reward
 
 _C = TypeVar("_C", bound=type)
 
@@ -451,40 +452,6 @@ def trl_arguments(
             )
         return TRLSetup(config, reward_funcs, task)
     return from_trl(trl.pop("model", config), reward_funcs, task=task, **trl)
-
-
-def task_from_config(config: Config) -> Task:
-    """The task ``config.data`` names."""
-    d = config.data
-    return build_task(
-        d.task, train_size=d.train_size, eval_size=d.eval_size, seed=d.seed, params=d.params
-    )
-
-
-def bind_rewards(runner: RewardRunner, trainer: Any) -> RewardRunner:
-    """Check the reward and correctness functions against ``trainer.task``'s columns (before
-    anything is built) and let ``trainer_state.global_step`` follow ``trainer.counters``."""
-    config = trainer.config
-    adds_columns = config.rollout.engine != "local"
-    check_task_functions(runner.funcs, trainer.task, engine_adds_columns=adds_columns)
-    runner.state.bind(trainer.counters, config.training.max_steps)
-    task = trainer.task
-    if task.correctness is None and task.eval:  # TRL scores eval_dataset with the rewards
-        task.correctness, task.eval_metric = reward_score(runner), "reward"
-    return runner
-
-
-def reward_score(runner: RewardRunner) -> Any:
-    """A correctness function that is the weighted reward sum: held-out rows without a
-    correctness check are scored by the training rewards (TRL's ``eval_dataset`` metric)."""
-
-    def held_out_reward(
-        prompts: Sequence[Any], completions: Sequence[str], **columns: Any
-    ) -> list[float]:
-        result: list[float] = runner(prompts, completions, **columns).total.tolist()
-        return result
-
-    return held_out_reward
 
 
 def from_trl(

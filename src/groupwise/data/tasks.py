@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from groupwise.config import Config
 from groupwise.registry import Registry, UnknownNameError
 from groupwise.rewards.base import RewardFunc
 
@@ -67,3 +68,11 @@ def build_task(
         return TASKS.get(name)(train_size=train_size, eval_size=eval_size, seed=seed, **params)
     except TypeError as exc:
         raise ValueError(f"data.params: bad parameters for task {name!r}: {exc}") from exc
+
+
+def task_from_config(config: Config) -> Task:
+    """The task ``config.data`` names, built with its sizes, seed and parameters."""
+    d = config.data
+    return build_task(
+        d.task, train_size=d.train_size, eval_size=d.eval_size, seed=d.seed, params=d.params
+    )

@@ -6,6 +6,7 @@ training samples from; ``groupwise eval`` wraps a loaded model in the local engi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,8 @@ import torch
 from torch import nn
 
 from groupwise.config import Config
-from groupwise.data import Row
-from groupwise.rewards.base import RewardFunc, accepts_keyword
+from groupwise.data import Row, Task
+from groupwise.rewards.base import RewardFunc, RewardRunner, accepts_keyword
 from groupwise.rollout import (
     Rollout,
     RolloutEngine,
@@ -239,3 +240,24 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
         cells = [f"{values[m]:.1%}" if m in values else "-" for m in metrics]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def reward_score(runner: RewardRunner) -> RewardFunc:
+    """A correctness function that is the weighted reward sum: held-out rows without a
+    correctness check are scored by the training rewards (TRL's ``eval_dataset`` metric)."""
+
+    def held_out_reward(
+        prompts: Sequence[Any], completions: Sequence[str], **columns: Any
+    ) -> list[float]:
+        result: list[float] = runner(prompts, completions, **columns).total.tolist()
+        return result
+
+    return held_out_reward
+
+
+def scored_task(task: Task, runner: RewardRunner) -> Task:
+    """``task`` itself when it has a correctness check (or no held-out rows), else a copy whose
+    held-out score is the reward sum (:func:`reward_score`); the caller's task is not changed."""
+    if task.correctness is not None or not task.eval:
+        return task
+    return dataclasses.replace(task, correctness=reward_score(runner), eval_metric="reward")

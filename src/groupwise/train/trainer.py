@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from groupwise.compat.trl import bind_rewards, task_from_config, trl_arguments
+from groupwise.compat.trl import trl_arguments
 from groupwise.config import Config, ConfigError, config_to_dict, resume_conflicts
 from groupwise.data import Row, Task
 from groupwise.data.sampler import PromptSampler
+from groupwise.data.tasks import task_from_config
 from groupwise.distributed import (
     all_gather_objects,
     barrier,
@@ -44,10 +45,16 @@ from groupwise.distributed import (
     rank_slice,
     world_size,
 )
-from groupwise.eval.evaluate import EvalResult, evaluate_accuracy
+from groupwise.eval.evaluate import EvalResult, evaluate_accuracy, scored_task
 from groupwise.models import ReferencePolicy
 from groupwise.models.precision import run_precision
-from groupwise.rewards.base import AnyRewardFunc, RewardRunner, resolve_reward, rewards_from_config
+from groupwise.rewards.base import (
+    AnyRewardFunc,
+    RewardRunner,
+    check_task_functions,
+    resolve_reward,
+    rewards_from_config,
+)
 from groupwise.run.checkpoint import (
     CHECKPOINTS,
     Counters,
@@ -79,7 +86,8 @@ class GRPOTrainer:
     ``reward_funcs`` (callables or names) replace the config's and task's rewards; ``task``
     passes a program's own rows; ``callbacks`` are ``cb(trainer, metrics)`` functions run after
     each step or TRL ``TrainerCallback`` objects (:mod:`groupwise.train.callbacks`).
-    TRL's ``GRPOTrainer(model=..., args=GRPOConfig(...), ...)`` works too (``trl_compat``).
+    TRL's ``GRPOTrainer(model=..., args=GRPOConfig(...), ...)`` works too: its arguments are
+    translated by :func:`groupwise.compat.trl.trl_arguments`.
     """
 
     def __init__(
@@ -101,9 +109,8 @@ class GRPOTrainer:
         self.out_dir = Path(t.output_dir)
         self.task = setup.task or task_from_config(config)
         self.counters = Counters()
-        self.rewards = bind_rewards(
-            self._build_rewards(setup.reward_funcs), self
-        )  # checks signatures
+        self.rewards = self._build_rewards(setup.reward_funcs)
+        self.task = scored_task(self.task, self.rewards)  # a copy when rewards score held-out
         self.sampler = PromptSampler(self.task.train, seed=t.seed)
         self.precision = run_precision(config, self.device)
         self.parts = build_parts(config, self.precision, self.device, setup.base_model)
@@ -167,7 +174,14 @@ class GRPOTrainer:
                 max_completion_length=self.config.rollout.max_completion_length,
                 defaults=self.task.reward_funcs,
             )
-        return RewardRunner(funcs, r.weights, concurrent=r.concurrent, timeout=r.timeout_s)
+        runner = RewardRunner(funcs, r.weights, concurrent=r.concurrent, timeout=r.timeout_s)
+        # the reward and correctness functions against the task's columns, before anything is built
+        adds_columns = self.config.rollout.engine != "local"
+        check_task_functions(runner.funcs, self.task, engine_adds_columns=adds_columns)
+        runner.state.bind(
+            self.counters, self.config.training.max_steps
+        )  # trainer_state.global_step
+        return runner
 
     # ------------------------------------------------------------------ steps and evaluation
     def next_rows(self) -> list[Row]:
