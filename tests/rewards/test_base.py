@@ -138,9 +138,8 @@ def test_answer_match_can_require_a_finished_completion() -> None:
 def test_builtin_rewards_are_registered_where_defined_and_documented() -> None:
     """Each built-in joins a registry with a decorator in its own module, a module the manifest
     lists under ``rewards.funcs``; the package docstring lists them all."""
-    from groupwise.builtins import BUILTIN_MODULES
-
     import groupwise.rewards as rewards_package
+    from groupwise.builtins import BUILTIN_MODULES
     from groupwise.rewards import BUILTIN_REWARDS, REWARD_FACTORIES, REWARDS
 
     documented = rewards_package.__doc__.split("Built-ins:")[1].replace("\n", " ").strip(" .")

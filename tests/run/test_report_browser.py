@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.run.test_report import PNG_MAGIC, _completion, make_run
 
 from groupwise.run.report import write_report
+from tests.run.test_report import PNG_MAGIC, _completion, make_run
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "report_screenshot.py"
 
