@@ -7,6 +7,7 @@ and nothing can hurt the shared machine even if containment failed.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import socket
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-import groupwise.sandbox as sandbox_mod
 from groupwise.sandbox import (
     ExecResult,
     Sandbox,
@@ -26,6 +26,9 @@ from groupwise.sandbox import (
     run_tests,
     run_tests_detailed,
 )
+from groupwise.sandbox import box as box_mod
+from groupwise.sandbox import limits as limits_mod
+from groupwise.sandbox import programs as programs_package
 
 LIMITS = SandboxLimits(
     cpu_seconds=2,
@@ -105,8 +108,35 @@ def test_filesystem_is_minimal(sandbox: Sandbox) -> None:
     result = sandbox.run_python(code)
     assert result.returncode == 0, result.stderr
     top, visible = result.stdout.splitlines()
-    assert set(eval(top)) <= {"bin", "dev", "lib", "lib64", "proc", "root", "tmp", "usr"}
+    allowed = {"bin", "dev", "groupwise", "lib", "lib64", "proc", "root", "tmp", "usr"}
+    assert set(eval(top)) <= allowed
     assert visible == "[]"
+
+
+def test_programs_are_read_only_copies(sandbox: Sandbox) -> None:
+    """The bootstrap and its codec are in the sandbox byte for byte, and stay as they are."""
+    code = (
+        "import hashlib, os\n"
+        "for name in sorted(os.listdir('/groupwise')):\n"
+        "    p = '/groupwise/' + name\n"
+        "    print(name, hashlib.sha256(open(p, 'rb').read()).hexdigest())\n"
+        "    for change in (lambda: open(p, 'a'), lambda: os.chmod(p, 0o666),\n"
+        "                   lambda: os.unlink(p), lambda: os.rename(p, '/tmp/x'),\n"
+        "                   lambda: open('/groupwise/new.py', 'w')):\n"
+        "        try:\n"
+        "            change()\n"
+        "            print('changed', p)\n"
+        "        except OSError:\n"
+        "            pass\n"
+    )
+    result = sandbox.run_python(code)
+    assert result.returncode == 0, result.stderr
+    programs = Path(programs_package.__file__).parent
+    expected = [
+        f"{name} {hashlib.sha256((programs / name).read_bytes()).hexdigest()}"
+        for name in ("bootstrap.py", "plain_data.py")
+    ]
+    assert result.stdout.splitlines() == expected
 
 
 # --------------------------------------------------------------------------- hostile programs
@@ -415,7 +445,7 @@ def test_unavailable_sandbox_raises_with_hint() -> None:
 @pytest.fixture
 def fresh_unsafe_warning(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Reset the warn-once flag so the unsafe-mode warning is observable."""
-    monkeypatch.setattr(sandbox_mod, "_UNSAFE_WARNED", False)
+    monkeypatch.setattr(box_mod, "_UNSAFE_WARNED", False)
     yield
 
 
@@ -569,10 +599,10 @@ def _run_bpf(program: bytes, arch: int, nr: int) -> int:
 
 @pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
 def test_seccomp_filter_denies_exactly_its_syscalls(machine: str) -> None:
-    program = sandbox_mod.seccomp_filter(machine)
+    program = limits_mod.seccomp_filter(machine)
     assert program is not None
-    arch = sandbox_mod._AUDIT_ARCH[machine]
-    denied = set(sandbox_mod._DENIED_SYSCALLS[machine])
+    arch = limits_mod.AUDIT_ARCH[machine]
+    denied = set(limits_mod.DENIED_SYSCALLS[machine])
     eperm = 0x00050000 | errno.EPERM
     for nr in range(0, 460):
         want = eperm if nr in denied else 0x7FFF0000
@@ -580,7 +610,7 @@ def test_seccomp_filter_denies_exactly_its_syscalls(machine: str) -> None:
     if machine == "x86_64":  # the x32 ABI's numbers are refused outright
         assert _run_bpf(program, arch, 0x40000000 + 39) == eperm
     assert _run_bpf(program, 0x40000003, 319) == 0x7FFF0000  # another ABI: not ours to judge
-    assert sandbox_mod.seccomp_filter("sparc") is None
+    assert limits_mod.seccomp_filter("sparc") is None
 
 
 def test_memfd_and_keyrings_are_refused(sandbox: Sandbox) -> None:

@@ -3,12 +3,13 @@
 The verdict is computed outside the untrusted process. The solution runs in the sandbox as a
 *server*: it executes the setup and the code, then answers calls ``name(*args, **kwargs)`` that
 arrive on a socket, one JSON line each, with a JSON line holding the result as plain data
-(:mod:`groupwise.sandbox.programs.plain_data`) or the name of the exception it raised. This judge is a separate,
-trusted process (``python -I -S``, standard library only): it runs the setup and each test in
-its own namespace, where every top-level name of the solution is a :class:`RemoteFunction`
-that forwards its call. A test passes when its code runs here without an exception, with the
-builtins' own ``==`` on values this process built. The judge writes ``"<i>:P"`` or ``"<i>:F"``
-per test to its stdout, which only the trainer reads.
+(the sibling module ``plain_data``) or the name of the exception it raised (``bootstrap.py``).
+This judge is a separate, trusted process (``python -I -S -B judge.py``, outside the sandbox,
+standard library only): it runs the setup and each test in its own namespace, where every
+top-level name of the solution is a :class:`RemoteFunction` that forwards its call. A test
+passes when its code runs here without an exception, with the builtins' own ``==`` on values
+this process built. The judge writes ``"<i>:P"`` or ``"<i>:F:<why>"`` per test to its stdout,
+which only the trainer reads.
 
 So a program that fails the tests has nothing to forge: the judge's frames, memory, stdout and
 the tests themselves are in another process it cannot see (another pid namespace and uid); its
@@ -30,7 +31,13 @@ import sys
 import time
 from typing import Any
 
-from groupwise.sandbox.programs.plain_data import decode, encode
+if __package__:  # imported as groupwise.sandbox.programs.judge
+    from .plain_data import decode, encode
+else:  # run as a program: python -I puts no directory of ours on sys.path; the codec is beside
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from plain_data import decode, encode  # type: ignore[no-redef]  # the same functions
+
+    del sys.path[0]
 
 MAX_LINE = 1 << 20
 """Longest answer accepted from the solution, in bytes."""
@@ -166,7 +173,7 @@ def _why(exc: BaseException) -> str:
 
 
 def main() -> None:
-    """``python -I -S -c <source> FD SECONDS``: the job as JSON on stdin, verdicts on stdout."""
+    """``python -I -S -B judge.py FD SECONDS``: the job as JSON on stdin, verdicts on stdout."""
     sock = socket.socket(fileno=int(sys.argv[1]))
     deadline = time.monotonic() + float(sys.argv[2])
     job = json.loads(sys.stdin.read())
@@ -177,3 +184,7 @@ def main() -> None:
         os.write(out, line.encode("utf-8", "replace") + b"\n")
 
     judge(Channel(sock, deadline), job, report)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,8 +9,9 @@ JSON-ready data, tagging what JSON cannot say (``{"t": [...]}`` a tuple, ``{"s":
 fresh builtins from it and rejects anything else. So whatever the untrusted side sends, the
 trusted side compares values it constructed itself, with the builtins' own ``==``.
 
-This module uses the standard library only: its source is also run inside the sandbox and in
-the judge process (``python -I -S``), see :mod:`groupwise.sandbox.programs.judge`.
+Standard library only: both sides of the boundary import this file as it is, as the sibling
+module of the program they run, ``bootstrap.py`` inside the sandbox and ``judge.py`` in the
+trusted judge process (``python -I -S``).
 """
 
 import base64
