@@ -70,7 +70,7 @@ def test_the_readme_agent_example_runs(tmp_path: Path) -> None:
     code = re.search(r"```python\n(.*?)```", section, re.S)
     assert code is not None
     source = code.group(1)
-    assert len(source.strip().splitlines()) <= 30  # the bound for the example
+    assert len(source.strip().splitlines()) <= 30  # the example stays under 30 lines
     source = source.replace(
         '"max_steps=20"]',
         f'"max_steps=1", "model.name=tiny-random", "output_dir={tmp_path}/run", '

@@ -86,9 +86,9 @@ class RolloutConfig:
     min_new_tokens: int = 0
     """Forbid EOS before this many new tokens (benchmarks set it to fix the length)."""
     rank_invariant_sampling: bool = True
-    """Sample by inverse CDF from uniforms drawn for the global batch: N processes sample as one (always on when N > 1); the same distribution as torch.multinomial, other draws, and 1.5x faster rollouts on CPU (B1: generate 3.2 -> 2.1 s)."""
+    """Sample by inverse CDF from uniforms drawn for the global batch: N processes sample as one (always on when N > 1); the same distribution as torch.multinomial, other draws, and faster rollouts on CPU (no exponential drawn per vocabulary entry; docs/log.md)."""
     compile: bool = False
-    """torch.compile the decode steps over a static KV cache (~25% faster decoding on CPU; ~40 s to compile per batch shape)."""
+    """torch.compile the decode steps over a static KV cache (faster decoding on CPU, after a compile per batch shape; docs/log.md)."""
     engine: str = "local"
     """Rollout engine (groupwise.rollout.ENGINES): local (decode in-process) or replay (recorded completions); register your own with @ENGINES.register."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -176,7 +176,7 @@ class TrainingConfig:
     param_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Weights' dtype; bfloat16 = pure bf16 training with Kahan-compensated AdamW (less memory, no rollout copy); auto = bfloat16 where bf16 compute was picked on a CPU in one process (full fine-tuning), else float32."""
     bf16_rounding: Literal["kahan_sr_v", "kahan", "stochastic"] = "kahan_sr_v"
-    """Pure bf16 AdamW: kahan_sr_v (Kahan-summed weights, bf16 second moment rounded stochastically: 6 bytes/parameter), kahan (float32 second moment: 8) or stochastic (stochastically rounded weights too: 4; learned the default run worse, docs/measurements.md)."""
+    """Pure bf16 AdamW: kahan_sr_v (Kahan-summed weights, bf16 second moment rounded stochastically: 6 bytes/parameter), kahan (float32 second moment: 8) or stochastic (stochastically rounded weights too: 4; learned the default run worse, docs/log.md)."""
     skip_zero_advantage_groups: bool = True
     """Leave groups whose advantages are all 0 out of the backward pass (exact when beta=0; single process only)."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
@@ -186,7 +186,7 @@ class TrainingConfig:
     fused_kernels: bool | Literal["auto"] = "auto"
     """Train through groupwise.kernels.fused: RMSNorm, SwiGLU MLP, attention softmax saving bf16 inputs (less activation memory under pure bf16); auto = on under pure bf16 weights on CPU."""
     max_tokens_per_microbatch: int = 512
-    """Split each micro-batch further, by whole groups, so one forward/backward holds at most about this many tokens (each group's prompt once plus its G completions at the batch's width): the same update with less activation memory; 512 vs none: B1 2.1 vs 3.1 GB at 1.15x the update time (benchmarks/README.md); 0 = no limit."""
+    """Split each micro-batch further, by whole groups, so one forward/backward holds at most about this many tokens (each group's prompt once plus its G completions at the batch's width): the same update with less activation memory, for a somewhat slower update (docs/log.md); 0 = no limit."""
     logprob_chunk_size: int = 1024
     """Tokens per chunk when computing log-probs from hidden states."""
     num_threads: int = 0

@@ -7,15 +7,14 @@ start-up, and ``mallopt`` caps the threshold at 32 MB):
 - ``glibc.malloc.mmap_threshold`` (1 GiB): by default every allocation above the (dynamic,
   at most 32 MB) threshold is a fresh ``mmap`` that ``munmap`` returns on free, so each step's
   ``[tokens x vocab]`` logits chunks and ``[vocab x hidden]`` gradients page-fault all their
-  memory in again (writing a fresh 57 MB tensor 18-19 ms, a warm one 0.9-1.0 ms:
+  memory in again (a fresh tensor is many times slower to write than a warm one:
   ``benchmarks/micro_levers.py``). From the heap they are reused warm.
 - ``glibc.malloc.trim_threshold`` (4 GiB): setting the first disables glibc's dynamic
   thresholds, which would leave the trim threshold at 128 KB and hand the heap's top back to
   the kernel (and fault it in again) after every step.
 
-Measured (benchmarks/README.md): B1 ~12.2 vs ~14.0 s per step at the same peak RSS; the default
-run 546 vs 648 s, but its peak RSS rose from ~5.8 to 7.6 GB (freed memory stays in the heap,
-fragmented by the varying shapes), which is why it is opt-in. Non-glibc platforms are left alone.
+Steps get faster, but the default run's peak RSS rises (freed memory stays in the heap,
+fragmented by the varying shapes; figures in docs/log.md), which is why it is opt-in. Non-glibc platforms are left alone.
 """
 
 from __future__ import annotations

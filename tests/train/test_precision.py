@@ -41,7 +41,7 @@ class FakeProbe:
 @pytest.mark.parametrize(
     ("fp32", "bf16", "expected"),
     [
-        (40.0, 0.9, False),  # emulated bf16 (AVX2 EPYC, issue 15)
+        (40.0, 0.9, False),  # emulated bf16 (an AVX2-only AMD EPYC)
         (200.0, 800.0, True),  # native AVX512-BF16
         (100.0, 100.0 * BF16_MIN_SPEEDUP, True),  # exactly at the threshold
         (100.0, 100.0 * BF16_MIN_SPEEDUP - 1.0, False),  # faster, but not enough

@@ -10,10 +10,9 @@ expanded to ``[B, H, L, D]`` at every layer and every decoded token.
 
 Long sequences go to torch's fused ``scaled_dot_product_attention`` with ``enable_gqa=True``
 instead (also no KV copies): eager attention keeps ``[B, H, q, L]`` probabilities for the
-backward pass, which grows with the square of the length. Measured for 30 layers, 8 rows,
-47 prompt + Lc completion tokens, bf16, forward + backward (benchmarks/README.md): at Lc = 48 the
-grouped kernel is ~3x faster (0.07-0.10 vs 0.27 s) at +0.14 vs +0.05 GB; at Lc = 256 +1.43 vs
-+0.20 GB; at Lc = 512 13.7 vs 5.2 s and +4.03 vs +0.44 GB. ``SDPA_MIN_LENGTH`` is the switch.
+backward pass, which grows with the square of the length: the grouped kernel is the faster one
+for short completions, SDPA the faster and far leaner one for long ones (measured in
+benchmarks/README.md, docs/log.md). ``SDPA_MIN_LENGTH`` is the switch.
 """
 
 from __future__ import annotations

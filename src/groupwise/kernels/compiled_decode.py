@@ -10,8 +10,8 @@ rounded up to ``CAPACITY_MULTIPLE`` so prompts of nearby lengths reuse one compi
 that finish early keep decoding (their tokens are discarded) instead of being dropped from the
 batch, which would change the shape.
 
-Measured (benchmarks/README.md): 32 rows, 47-token prompt, SmolLM2-135M bf16: 55 vs 70-82 ms
-per decode step; the first step of each new shape compiles for ~40 s. The prefill stays eager.
+The first step of each new shape compiles (tens of seconds); measured against eager decoding
+in benchmarks/README.md and docs/log.md. The prefill stays eager.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Run op by op under autograd, transformers' modules save what each small op needs for its
 backward pass: RMSNorm a float32 copy of its input and its bf16 normalised output, the SwiGLU
 MLP the gate projection, SiLU(gate), the up projection and their product, attention float32
-probabilities next to the bf16 ones its value matmul keeps. For one B1 micro-batch (8 rows x 48
-completion tokens after a shared 47-token prompt, SmolLM2-135M, bf16) that is 383 MB of saved
-activations, 186 MB of it these copies (measured with saved-tensor hooks; benchmarks/README.md).
+probabilities next to the bf16 ones its value matmul keeps. For a SmolLM2-135M micro-batch in
+bf16 these copies are a large share of the saved activations (measured with saved-tensor hooks;
+benchmarks/README.md, docs/log.md).
 
 The functions here run the forward with the very ops transformers runs (same dtypes, so the
 outputs are bitwise equal) and keep only the bf16 inputs; the backward recomputes the cheap

@@ -137,7 +137,7 @@ def resolve_model_path(name_or_path: str) -> Path | None:
 
 
 def smollm2_tokenizer_dir() -> Path:
-    """The SmolLM2 tokenizer alone, read from the GGUF file once and cached (~6 s, then 0.2 s)."""
+    """The SmolLM2 tokenizer alone, read from the GGUF file once and cached (the first read takes a while)."""
     gguf = smollm2_gguf_path()
     out = _gguf_cache_dir(gguf).with_name(_gguf_cache_dir(gguf).name + "-tokenizer")
     if not (out / "tokenizer_config.json").exists():

@@ -2,9 +2,9 @@
 
 bf16 autocast (with float32 master weights and a bf16 rollout copy) is only a speed lever where
 the hardware multiplies bf16 natively: CUDA GPUs from Ampere on, and CPUs with AVX512-BF16 or
-AMX. Elsewhere torch emulates it: on a 2-core AMD EPYC with AVX2 only, a bf16 matmul ran at
-0.9 GFLOP/s against 35-54 GFLOP/s in float32, and the default run went from ~6 s to ~70 s per
-step. So on CPU the choice is measured, not assumed:
+AMX. Elsewhere torch emulates it, far slower than float32 (docs/log.md has an AVX2-only CPU
+where bf16 made the default run's steps many times longer). So on CPU the choice is measured,
+not assumed:
 
     probe:    r32 = GFLOP/s of a [64, 576] x [576, 1536] float32 matmul (SmolLM2-135M's MLP)
               r16 = the same in bfloat16
@@ -18,8 +18,8 @@ On CUDA the choice is ``torch.cuda.is_bf16_supported()``; on other devices float
 ``training.bf16=true/false`` always wins, and ``training.param_dtype=bfloat16`` (pure bf16
 weights) implies bf16 compute. :func:`resolve_param_dtype` then resolves
 ``training.param_dtype=auto``: pure bf16 weights where bf16 compute was picked on a CPU in one
-process, float32 master weights otherwise (the default run, two seeds each with and without
-pure bf16 on an AVX512-BF16 CPU: 83.3% vs 83.8% held-out on average, 12-18% less wall time).
+process, float32 master weights otherwise (the default run with and without pure bf16 on an
+AVX512-BF16 CPU learned as well in less wall time; docs/log.md).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import torch
 
 BF16_MIN_SPEEDUP = 1.5
 """bf16 is picked on CPU when its matmul is at least this much faster than float32's: below it
-the casts autocast adds and the bf16 rollout copy's rounding buy too little (on an AVX512-BF16
-CPU the matmul ratio was 2.7-4.3x, see the README's Hardware section)."""
+the casts autocast adds and the bf16 rollout copy's rounding buy too little (CPUs with native
+bf16 clear it by far; docs/log.md)."""
 
 PROBE_SHAPE = (64, 576, 1536)
 """[rows, in, out] of the probe matmul: SmolLM2-135M's up-projection on 64 tokens."""

@@ -38,8 +38,8 @@ def answer_match(
     the trainer; evaluation passes none) scores 0, since the last number of a cut-off text need
     not be its answer. Seen in a real run: the policy learned to follow the answer with chatter
     that the 16-token limit cut off before another number ("44 + 45 equals 89, which is the sum
-    of"); at evaluation's 32 tokens the chatter named other numbers, and held-out accuracy fell
-    from 74.0% to 46.5% (float32, seed 1); requiring a finished completion: 82.5%.
+    of"); at evaluation's 32 tokens the chatter named other numbers, and held-out accuracy fell;
+    requiring a finished completion fixed it (docs/log.md).
     """
     cut = list(truncated) if truncated is not None else [False] * len(completions)
     rewards = []

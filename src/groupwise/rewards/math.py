@@ -68,8 +68,8 @@ def math_verify(
     unparseable completion gives 0.0.
 
     Why the last number: math-verify evaluates a plain expression, so a policy that merely
-    restates the question ("86 - 23 =") would be scored as answering 63. We saw exactly that
-    reward hack in a real run (reward 0.06 -> 0.75 while held-out accuracy fell 30% -> 5%).
+    restates the question ("86 - 23 =") would be scored as answering 63. A real run learned
+    exactly that reward hack: its reward rose while held-out accuracy fell (docs/log.md).
     """
     rewards: list[float | None] = []
     for completion, expected in zip(completions, answer, strict=True):

@@ -61,8 +61,8 @@ def generate(
     inverse-CDF sampling from uniforms drawn for the global batch (see the module docstring).
     ``gather_last``: take the prompts' last hidden state as a contiguous copy before the LM head.
     HF slices ``hidden[:, -1:]`` (a strided view), and torch's CPU bf16 linear on that view
-    computes every position's logits (measured: 3.5 GB and 3.8 s for 64 prompts x 47 tokens,
-    vs 0.02 s on a copy). Evaluation sets it; training keeps the slice because the copy's
+    computes every position's logits (gigabytes and seconds for an evaluation batch; figures in
+    docs/log.md). Evaluation sets it; training keeps the slice because the copy's
     small-batch matmul rounds differently with the batch size, which would break the
     bitwise equality of N ranks with one process (tests/train/test_distributed.py).
     ``compile_decode``: decode through ``torch.compile`` over a static KV cache
@@ -147,8 +147,7 @@ def _prefill(
         **cache_kwargs(model, cache),
         use_cache=True,
         # an index tensor, not the int 1: HF slices hidden[:, -1:] (a strided view) for an int,
-        # and torch's CPU bf16 linear on that view computes every position's logits (measured:
-        # 3.5 GB and 3.8 s for 64 prompts x 47 tokens, vs 0.02 s on a contiguous copy)
+        # and torch's CPU bf16 linear on that view computes every position's logits
         logits_to_keep=torch.tensor([prompts.input_ids.shape[1] - 1], device=device)
         if gather_last
         else 1,

@@ -544,7 +544,7 @@ class EpisodeEngine(ServesWeights):
             turn_index=turn.to(device),
         )
         columns = {"env_reward": [end_reward(ep.env) for ep in episodes]}
-        # Rollout.columns: extra per-row reward columns (see the lead's integration notes)
+        # Rollout.columns: per-row values the reward functions receive as columns (env_reward)
         rollout.columns = columns
         return rollout
 

@@ -54,9 +54,8 @@ def sample_with_entropy(
 
     Without top-k/top-p the entropy comes from the probabilities the draw uses,
     ``H = sum_v entr(p_v)`` with ``entr(p) = -p log p`` (0 at p = 0): two passes over the
-    vocabulary instead of a second softmax and a log-softmax (sample + entropy for 32 x 49152 on
-    this CPU, side by side: 4.8-4.9 vs 6.0-7.1 ms per token in ``benchmarks/micro_levers.py``;
-    10.4-10.7 vs 20.2-21.5 ms in a fresh process, where the extra tensors also page-fault).
+    vocabulary instead of a second softmax and a log-softmax (faster, and fewer temporaries to
+    page-fault: ``benchmarks/micro_levers.py``, docs/log.md).
     None when ``entropy`` is false or ``temperature`` is 0.
     """
     if temperature <= 0:
@@ -100,8 +99,8 @@ def inverse_cdf_sample(probs: Tensor, uniform: Tensor) -> Tensor:
     ``probs`` ``[R, V]`` (unnormalised is fine), ``uniform`` ``[R]`` in [0, 1). Searched in two
     levels: the cumulative sums of blocks of ``CDF_BLOCK`` entries locate the block, then the
     cumulative sum inside that one block locates the token. A full ``cumsum`` over the
-    vocabulary is a sequential scan; the block sums are one vectorised reduction (32 x 49152 on
-    this CPU: 0.78 ms vs 0.11 ms, benchmarks/README.md). May return a zero-probability token
+    vocabulary is a sequential scan; the block sums are one vectorised reduction (measured side
+    by side in docs/log.md). May return a zero-probability token
     when rounding leaves the target past a block's last positive entry; callers check.
     """
     rows, vocab = probs.shape

@@ -1,7 +1,8 @@
 """Built-in arithmetic task: "What is a + b? Reply with only the number."
 
-With a, b in 10..99 (the default), SmolLM2-135M-Instruct answers about 19.5% of held-out
-problems correctly with greedy decoding: weak but not hopeless, so GRPO has signal to use.
+With a, b in 10..99 (the default), untrained SmolLM2-135M-Instruct answers some held-out
+problems correctly with greedy decoding (figures in docs/log.md): weak but not hopeless, so GRPO
+has signal to use.
 Every (a, b) pair is enumerated, shuffled with the task seed and split, so the held-out problems
 never appear in training.
 """

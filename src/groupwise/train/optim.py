@@ -20,9 +20,8 @@ Choices:
   for a noisier trajectory.
 - ``training.bf16_rounding=kahan_sr_v`` (the default): :class:`CompensatedAdamW` with the second
   moment in bf16, rounded stochastically. The weights keep Kahan's exact accumulation (in the
-  default run, stochastically rounded *weights* learned worse: 77.5%/80.5% against 83.5%/83.5%
-  for two seeds, docs/measurements.md); ``v`` only scales the step, and its unbiased rounding
-  keeps the decay. 6 bytes per parameter.
+  default run, stochastically rounded *weights* learned worse, docs/log.md); ``v`` only scales
+  the step, and its unbiased rounding keeps the decay. 6 bytes per parameter.
 """
 
 from __future__ import annotations
@@ -78,9 +77,8 @@ def build_optimizer(
 class _Bf16AdamW(torch.optim.Optimizer):
     """What the bf16 AdamW variants share: AdamW's hyper-parameters, validated, and the size of
     the float32 slices their arithmetic runs over (temporaries stay small next to the weights:
-    2^18 elements keep a slice's ~5 float32 temporaries near the L2 caches; the 135M-parameter
-    stochastic-rounding step took 0.28 s against 0.33-0.40 s with 2^20, 0.45-0.62 s with 2^16;
-    benchmarks/README.md)."""
+    2^18 elements keep a slice's ~5 float32 temporaries near the L2 caches, the fastest of the
+    sizes tried; docs/log.md)."""
 
     def __init__(
         self,
@@ -253,7 +251,7 @@ class StochasticRoundingAdamW(_Bf16AdamW):
     drawn), low 16 bits for ``v``, the next 16 for the weight. Every element's noise is uniform
     and fresh at every step, so every rounding is unbiased; elements at the same offset of
     different slices share a pool word (their noises are dependent, not independent). Drawing a
-    word per element instead cost 0.4 of the 0.65 s this step took for 135M parameters. The
+    word per element instead cost most of the step's time (docs/log.md). The
     generator is seeded with ``(seed, k)`` (``k`` the step count of the first parameter with a
     gradient), so a resumed run draws the same noise as an uninterrupted one.
     """

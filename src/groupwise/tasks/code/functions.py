@@ -62,10 +62,10 @@ fails most tests. ``demos`` (default 1) worked exchanges on problems of no famil
 the question: they show the expected reply (one short code block).
 
 Difficulty (``examples/code.yaml``: seed 1234, 150 held out, ``max_new_tokens`` 96): greedy
-SmolLM2-135M-Instruct passes 24.7% of the held-out problems (``groupwise eval
-smollm2-135m-instruct examples/code.yaml``); the affine, square and whole-list families are
-mostly solved, the counting ones are often right when sampled (temperature 0.7) but not
-greedily, and several string families (``repeat_text``, ``upper_first``...) are near 0.
+SmolLM2-135M-Instruct fails most of the held-out problems untrained (``groupwise eval
+smollm2-135m-instruct examples/code.yaml``; docs/log.md); the affine, square and whole-list
+families are mostly solved, the counting ones are often right when sampled (temperature 0.7)
+but not greedily, and several string families (``repeat_text``, ``upper_first``...) are near 0.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Task ``reasoning_gym`` (``data.params: {name: chain_sum, config: {min_terms: 2}}
 items with reasoning-gym's per-item seeds (item ``i`` of a dataset with seed ``s`` uses seed
 ``s + i``): held-out items use seeds ``S .. S + eval_size - 1`` and train items the next
 ``train_size`` seeds, with ``S = data.seed * 1_000_003``, so no item seed is shared; train
-questions that still coincide with a held-out one are dropped. Generation is up front (most
-generators take well under 1 ms per item; countdown about 12 ms). Each row has
+questions that still coincide with a held-out one are dropped. Generation is up front (cheap for
+the generators tried; docs/log.md). Each row has
 the question as a conversational ``prompt`` (after an optional system prompt) and the entry as
 JSON-serialisable columns: ``question``, ``answer``, ``metadata``, ``rg_dataset``, ``rg_config``.
 
