@@ -467,7 +467,8 @@ def summarize(
 def result_figures(summary: dict[str, Any]) -> dict[str, Any]:
     """The figures the docs' tables show, from :func:`summarize`'s dict: ``rows`` (one per
     comparison: s/step, peak RSS GB and the ratios) and ``phases`` (one per row: each phase's
-    median seconds and its FLOP floor in seconds; None where a run had no phase split)."""
+    median seconds, its FLOP floor in seconds and measured / floor; None where a run had no
+    phase split)."""
     rows, phases = [], []
     for workload, entry in summary.items():
         stats = entry["rows"]
@@ -496,6 +497,7 @@ def result_figures(summary: dict[str, Any]) -> dict[str, Any]:
             for k in (*PHASES, "step"):
                 row[k] = measured.get(k)
                 row[f"{k}_floor"] = stat["flop_floor"]["floor_s"][k]
+                row[f"{k}_ratio"] = stat["flop_floor"]["measured_over_floor"].get(k)
             phases.append(row)
     return {"rows": rows, "phases": phases}
 
