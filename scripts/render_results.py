@@ -341,11 +341,10 @@ TABLES: tuple[Table, ...] = (
             Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
             Column(
                 "s/step",
-                lambda r: f"{r['s_per_step']:.2f}" + (" *" if r.get("note") else ""),
+                lambda r: f"{r['s_per_step']:.2f}" + (f" ({r['note']})" if r.get("note") else ""),
             ),
             Column("generate / update, s", lambda r: f"{r['generate_s']} / {r['update_s']}"),
         ),
-        "`*`: see the row's note in the result file (unit tests during two steps; compile time).",
     ),
     Table(
         "memory-levers-default-run",
