@@ -1,9 +1,9 @@
 """groupwise's levers on workload B1, one at a time: median seconds per step, phases, peak RSS.
 
-B1 as in trl_vs_groupwise.py (SmolLM2-135M-Instruct, 4 prompts x 8 completions, exactly 48 new
+B1 as in benchmarks/harness.py (SmolLM2-135M-Instruct, 4 prompts x 8 completions, exactly 48 new
 tokens, beta 0.04, mu 1, lr 1e-5, full fine-tuning; or B1-LoRA). Each variant is groupwise's CLI
 on that workload with a few overrides on top, run as its own subprocess (peak RSS is the
-child's own, os.wait4); variants alternate within each round so drift hits all alike. The
+child's process tree, harness.run_measured); variants alternate within each round so drift hits all alike. The
 first --warmup steps of each run are dropped; medians are over the remaining steps of all rounds.
 
 Variants (cumulative, each adds one lever to the one above):
@@ -27,9 +27,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
-import trl_vs_groupwise as tvg
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "fp32-masters-one-batch": (
@@ -56,44 +57,48 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", default="B1", choices=tvg.WORKLOADS)
+    parser.add_argument("--workload", default="B1", choices=harness.WORKLOADS)
     parser.add_argument("--steps", type=int, default=4, help="steps per run (warm-up included)")
     parser.add_argument("--warmup", type=int, default=1, help="steps dropped from each run")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
-    parser.add_argument("--out", type=Path, default=tvg.ROOT / "runs" / "bench-levers" / "r.json")
+    parser.add_argument(
+        "--out", type=Path, default=harness.ROOT / "runs" / "bench-levers" / "r.json"
+    )
+    harness.add_result_argument(parser, "b1_levers")
     args = parser.parse_args()
     names = [v for v in args.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r}; valid: {', '.join(VARIANTS)}")
-    model_dir = tvg.resolve_model_dir()
+    model_dir = harness.resolve_model_dir()
     work = args.out.parent / "work"
-    runs: dict[str, list[tvg.Run]] = {n: [] for n in names}
+    runs: dict[str, list[harness.Run]] = {n: [] for n in names}
     for round_ in range(args.rounds):
         order = names if round_ % 2 == 0 else names[::-1]
         for name in order:
-            run = tvg.run_groupwise(
+            run = harness.run_groupwise(
                 args.workload,
-                args.steps,
-                round_,
-                work / name,
-                model_dir,
-                dict(os.environ),
+                name,
                 VARIANTS[name],
+                steps=args.steps,
+                round_=round_,
+                out_dir=work / f"{name}-r{round_}",
+                model_dir=model_dir,
+                env=dict(os.environ),
             )
             runs[name].append(run)
             times = ", ".join(f"{t:.1f}" for t in run.step_times)
             print(f"{name} round {round_}: steps [{times}] s, peak RSS "
-                  f"{run.peak_rss_kb * 1024 / tvg.GB:.2f} GB", flush=True)  # fmt: skip
+                  f"{run.peak_rss_gb:.2f} GB", flush=True)  # fmt: skip
     print(f"\n{args.workload}, {args.steps} steps per run, first {args.warmup} dropped\n")
     print("| variant | median s/step | generate | ref_logp | update | peak RSS GB |")
     print("| --- | --- | --- | --- | --- | --- |")
-    summary = {}
+    summary: dict[str, Any] = {}
     for name in names:
-        median, _ = tvg.median_after_warmup(runs[name], args.warmup)
-        phases = tvg.phase_split(runs[name], args.warmup)
-        rss = max(r.peak_rss_kb for r in runs[name]) * 1024 / tvg.GB
+        median, _ = harness.median_after_warmup(runs[name], args.warmup)
+        phases = harness.phase_split(runs[name], args.warmup)
+        rss = max(r.peak_rss_gb for r in runs[name])
         summary[name] = {"median_s": median, "phases": phases, "peak_rss_gb": rss}
         print(
             f"| {name} | {median:.2f} | {phases['generate']:.2f} | {phases['ref_logp']:.2f} | "
@@ -102,6 +107,16 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     detail = {n: [vars(r) for r in rs] for n, rs in runs.items()}
     args.out.write_text(json.dumps({"summary": summary, "runs": detail}, indent=1))
+    rows = [
+        {
+            "variant": n,
+            "median_s": v["median_s"],
+            **(v["phases"] or {}),
+            "peak_rss_gb": v["peak_rss_gb"],
+        }
+        for n, v in summary.items()
+    ]
+    harness.write_result(args.result, {"workload": args.workload, "rows": rows})
 
 
 if __name__ == "__main__":

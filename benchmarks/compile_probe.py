@@ -13,14 +13,15 @@ Usage (from the repository root, with the groupwise venv):
 
 from __future__ import annotations
 
+import argparse
+import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import trl_vs_groupwise as tvg
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
 
 from groupwise.data import build_task
 from groupwise.models import load_base_model
@@ -31,12 +32,14 @@ MODES = ("none", "mlp", "layer")
 
 
 def main() -> None:
-    mode = sys.argv[1] if len(sys.argv) > 1 else "none"
-    if mode not in MODES:
-        raise SystemExit(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", default="none", choices=MODES)
+    harness.add_result_argument(parser, "-")
+    args = parser.parse_args()
+    mode = args.mode
     cpu = torch.device("cpu")
     model, tok = load_base_model(
-        str(tvg.resolve_model_dir()), seed=0, device=cpu, dtype=torch.bfloat16
+        str(harness.resolve_model_dir()), seed=0, device=cpu, dtype=torch.bfloat16
     )
     task = build_task("arithmetic", train_size=64, eval_size=8, seed=0, params={})
     prompts = tokenize_prompts(tok, [task.train[0]["prompt"]], cpu)
@@ -60,16 +63,26 @@ def main() -> None:
             layer.compile()
     model.train()
 
-    def run() -> float:
-        start = time.perf_counter()
+    def run() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logp, _ = completion_logp(model, rollout, compute_entropy=False)
         logp.sum().backward()
-        return time.perf_counter() - start
 
-    print(f"{mode}: first call (with compilation) {run():.1f} s", flush=True)
-    times = [run() for _ in range(4)]
+    timings = harness.Timings()
+    timings.call("first", run)
+    print(f"{mode}: first call (with compilation) {timings.median('first'):.1f} s", flush=True)
+    for _ in range(4):
+        timings.call("step", run)
+    times = timings.samples["step"]
     print(f"{mode}: forward+backward per micro-batch {[round(t, 3) for t in times]} s")
+    harness.write_result(
+        args.result,
+        {
+            "mode": mode,
+            "first_call_s": timings.median("first"),
+            "median_s": statistics.median(times),
+        },
+    )
 
 
 if __name__ == "__main__":

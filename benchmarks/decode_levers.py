@@ -1,14 +1,16 @@
 """Decode-step time of the rollout model for each attention kernel x KV-cache choice.
 
 Measured side by side in one process, alternating, so machine noise hits every variant alike.
-Usage: python benchmarks/decode_levers.py [--rows 64] [--steps 16] [--repeats 3]
+Usage: python benchmarks/decode_levers.py [--rows 64] [--steps 16] [--repeats 3] [--result NAME]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
@@ -16,6 +18,9 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from groupwise.kernels import PreallocatedCache, register_grouped_attention
 from groupwise.kernels.kv_cache import num_cache_layers
 from groupwise.models import resolve_model_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
 
 
 def decode_ms(model: torch.nn.Module, cache_kind: str, rows: int, prompt: int, steps: int) -> float:
@@ -41,11 +46,12 @@ def decode_ms(model: torch.nn.Module, cache_kind: str, rows: int, prompt: int, s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--prompt", type=int, default=47)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    harness.add_result_argument(parser, "decode_levers")
     args = parser.parse_args()
     torch.set_num_threads(2)
     grouped = register_grouped_attention()
@@ -63,9 +69,12 @@ def main() -> None:
     print(f"bf16 SmolLM2-135M, {args.rows} rows, prompt {args.prompt}, {args.steps} tokens")
     print("| attention | KV cache | ms / decode step | speed-up vs sdpa+dynamic |")
     print("| --- | --- | --- | --- |")
+    rows = []
     for (attn, cache), values in results.items():
         ms = statistics.median(values)
         print(f"| {attn} | {cache} | {ms:.1f} | {base / ms:.2f}x |")
+        rows.append({"attention": attn, "cache": cache, "ms": ms, "speedup": base / ms})
+    harness.write_result(args.result, {"rows_decoded": args.rows, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -36,11 +35,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flop_floor import load_matmul_params
+import harness
 
 from groupwise.data import build_task
 from groupwise.models import load_base_model, resolve_model_path
-from groupwise.models.precision import ISA_ENV, cpu_description, matmul_gflops
 from groupwise.rollout import Rollout, generate, tokenize_prompts
 from groupwise.rollout.records import eos_token_ids
 
@@ -92,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    harness.add_result_argument(parser, "fp32_generate_levers")
     args = parser.parse_args()
     variants = args.variants.split(",")
     torch.set_num_threads(os.cpu_count() or 1)
@@ -106,28 +105,28 @@ def main() -> None:
         start = time.perf_counter()
         rollout(model, "compiled", batch, eos, pad)
         compile_s = time.perf_counter() - start
-    times: dict[str, list[float]] = {v: [] for v in variants}
+    timings = harness.Timings()
     last: dict[str, Rollout] = {}
     for _ in range(args.repeats):
         for v in variants:
-            start = time.perf_counter()
-            last[v] = rollout(models[v], v, batch, eos, pad)
-            times[v].append(time.perf_counter() - start)
-    rate = matmul_gflops(torch.float32, seconds=0.3, shape=(64, 576, 1536))
+            with timings.time(v):
+                last[v] = rollout(models[v], v, batch, eos, pad)
+    rate = harness.matmul_gflops("fp32", (64, 576, 1536), seconds=0.3)
     tokens = int(batch.attention_mask.sum()) + PROMPTS * G * LENGTH
     model_dir = resolve_model_path("smollm2-135m-instruct")
     assert model_dir is not None
-    floor = 2 * load_matmul_params(model_dir).total * tokens / (rate * 1e9)
-    isa = " ".join(f"{k}={os.environ[k]}" for k in ISA_ENV if k in os.environ) or "none"
-    print(f"CPU: {cpu_description()}; torch capability {torch.backends.cpu.get_cpu_capability()}")
+    floor = 2 * harness.load_matmul_params(model_dir).total * tokens / (rate * 1e9)
+    isa = " ".join(f"{k}={os.environ[k]}" for k in harness.ISA_ENV if k in os.environ) or "none"
+    print(f"CPU: {harness.cpu_line()}; torch capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"ISA limits: {isa}; float32 matmul [64,576]x[576,1536]: {rate:.0f} GFLOP/s")
     print(f"rollout: {PROMPTS} prompts x {G} completions x {LENGTH} tokens, {tokens} tokens")
     print(f"FLOP floor at that rate: {floor:.2f} s (compile: {compile_s:.0f} s, excluded)")
-    base = statistics.median(times[variants[0]])
+    medians = timings.medians()
+    base = medians[variants[0]]
     print("| variant | s / rollout | vs first | floor / measured |")
     print("| --- | --- | --- | --- |")
     for v in variants:
-        s = statistics.median(times[v])
+        s = medians[v]
         print(f"| {v} | {s:.2f} | {base / s:.2f}x | {floor / s:.0%} |")
     if "int8" in variants:
         r = last["int8"]
@@ -139,6 +138,25 @@ def main() -> None:
             f"{diff[mask].abs().mean():.4f}, ratio pi_fp32/pi_int8 in "
             f"[{ratio.min():.3f}, {ratio.max():.3f}], mean {ratio.mean():.4f}"
         )
+    rows = [
+        {
+            "variant": v,
+            "s": medians[v],
+            "vs_first": base / medians[v],
+            "floor_share": floor / medians[v],
+        }
+        for v in variants
+    ]
+    harness.write_result(
+        args.result,
+        {
+            "fp32_gflops": rate,
+            "tokens": tokens,
+            "floor_s": floor,
+            "compile_s": compile_s,
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -54,10 +54,10 @@ from groupwise.models import (
 from groupwise.rollout import PromptBatch, generate, tokenize_prompts
 from groupwise.rollout.records import eos_token_ids
 
-sys.path.insert(0, str(Path(__file__).parent))
-import trl_vs_groupwise as tvg
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
 
-ROOT = tvg.ROOT
+ROOT = harness.ROOT
 VARIANTS = ("groupwise", "hf")
 
 
@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "runs" / "bench-generation" / "results.json"
     )
+    harness.add_result_argument(parser, "generation_throughput")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -262,7 +263,7 @@ def main() -> None:
         "new_tokens_per_call": tokens,
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "git": tvg.git_state(),
+        "git": harness.git_state(),
         "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
         "times_s": times,
         "median_s": medians,
@@ -273,6 +274,18 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1))
     print(f"\nraw results: {args.out}")
+    harness.write_result(
+        args.result,
+        {
+            "model": args.model,
+            "batch": f"{args.prompts} x {g} x {length}",
+            "rows": [
+                {"path": v, "median_s": medians[v], "tokens_per_s": tokens / medians[v]}
+                for v in VARIANTS
+            ],
+            "speedup": medians["hf"] / medians["groupwise"],
+        },
+    )
 
 
 def _transformers_version() -> str:

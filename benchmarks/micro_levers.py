@@ -1,4 +1,4 @@
-"""Micro-benchmarks behind three of issue 4's levers, each variant side by side in one process.
+"""Micro-benchmarks behind three levers of the trainer, each variant side by side in one process.
 
 - optimizer: one AdamW step over 135M bf16 parameters, Kahan-compensated
   (``CompensatedAdamW``) vs stochastic rounding (``StochasticRoundingAdamW``);
@@ -9,14 +9,15 @@
   vs writing a warm one.
 
 Usage (from the repository root, with the groupwise venv):
-  .venv/bin/python benchmarks/micro_levers.py [--repeats 3]
+  .venv/bin/python benchmarks/micro_levers.py [--repeats 3] [--result NAME]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -24,14 +25,13 @@ from groupwise.core.logprobs import entropy_from_logits
 from groupwise.rollout import sample_with_entropy
 from groupwise.train.optim import CompensatedAdamW, StochasticRoundingAdamW
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
+
 
 def timed(fn: Callable[[], object], calls: int) -> float:
     """Seconds per call (after one warm-up call)."""
-    fn()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
+    return harness.seconds_per_call(fn, calls, warmup=1)
 
 
 def optimizer_step(kind: str) -> Callable[[], object]:
@@ -51,6 +51,7 @@ def optimizer_step(kind: str) -> Callable[[], object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    harness.add_result_argument(parser, "micro_levers")
     args = parser.parse_args()
     logits = torch.randn(32, 49152).bfloat16()  # [R, V]
     uniform = torch.rand(32)
@@ -64,21 +65,31 @@ def main() -> None:
 
     warm = torch.zeros(28_311_552, dtype=torch.bfloat16)  # [49152 x 576]
     other = torch.ones_like(warm)
+    timings = harness.Timings()
     for r in range(args.repeats):
         for kind in ("kahan", "stochastic"):
             step = optimizer_step(kind)
-            print(f"round {r} optimizer {kind}: {timed(step, 2):.3f} s per step", flush=True)
+            timings.add(f"optimizer_{kind}_s", timed(step, 2))
+            print(
+                f"round {r} optimizer {kind}: {timings.samples[f'optimizer_{kind}_s'][-1]:.3f} s per step",
+                flush=True,
+            )
             del step
-        print(f"round {r} sampling before: {timed(before, 50) * 1e3:.2f} ms per token")
-        print(f"round {r} sampling now:    {timed(now, 50) * 1e3:.2f} ms per token")
-        fresh = timed(lambda: torch.empty(28_311_552, dtype=torch.bfloat16).fill_(1.0), 10)
-        print(f"round {r} fill a fresh 57 MB tensor: {fresh * 1e3:.1f} ms")
-        print(
-            f"round {r} fill a warm 57 MB tensor:  {timed(lambda: warm.fill_(1.0), 10) * 1e3:.1f} ms"
-        )
-        print(
-            f"round {r} add into a warm one:       {timed(lambda: warm.add_(other), 10) * 1e3:.1f} ms"
-        )
+        timings.add("sampling_before_ms", timed(before, 50) * 1e3)
+        timings.add("sampling_now_ms", timed(now, 50) * 1e3)
+        fresh = lambda: torch.empty(28_311_552, dtype=torch.bfloat16).fill_(1.0)  # noqa: E731
+        timings.add("fill_fresh_ms", timed(fresh, 10) * 1e3)
+        timings.add("fill_warm_ms", timed(lambda: warm.fill_(1.0), 10) * 1e3)
+        timings.add("add_warm_ms", timed(lambda: warm.add_(other), 10) * 1e3)
+        for name in (
+            "sampling_before_ms",
+            "sampling_now_ms",
+            "fill_fresh_ms",
+            "fill_warm_ms",
+            "add_warm_ms",
+        ):
+            print(f"round {r} {name}: {timings.samples[name][-1]:.2f}")
+    harness.write_result(args.result, {"median": timings.medians(), "samples": timings.samples})
 
 
 if __name__ == "__main__":

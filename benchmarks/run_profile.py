@@ -12,13 +12,14 @@ alone would take at a matmul rate measured now on this machine (or given with ``
     evaluation (summary: wall minus the steps): 2 N E (T_p + answer tokens), counted as the
               remainder, not split by the metrics
 
-with N the matmul parameters (benchmarks/flop_floor.py), P prompts of T_p tokens per step (T_p
+with N the matmul parameters (benchmarks/harness.py, matmul_params), P prompts of T_p tokens per step (T_p
 from ``num_tokens``), G completions each. Attention, sampling, the optimizer step and Python
 overhead are not in the floor, so measured / floor >= 1 and its size says how far a phase is
 from the matmuls alone. Precision: the run's own (``summary.json`` precision; float32 when
 absent), and the rate is measured in it.
 
 Usage: python benchmarks/run_profile.py RUN_DIR [--gflops 180] [--prompts 8] [--group 8]
+    [--result NAME]
 """
 
 from __future__ import annotations
@@ -28,28 +29,25 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flop_floor import load_matmul_params
+import harness
 
 from groupwise.models import resolve_model_path
-from groupwise.models.precision import cpu_description, matmul_gflops
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--gflops", type=float, default=0.0, help="matmul rate (0 = measure)")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=8)
+    harness.add_result_argument(parser, "-")
     args = parser.parse_args()
     steps = [json.loads(x) for x in (args.run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((args.run_dir / "summary.json").read_text())
     bf16 = bool(summary.get("precision", {}).get("bf16", False))
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    rate = args.gflops or matmul_gflops(dtype, seconds=0.5, shape=(512, 576, 1536))
-    n = load_matmul_params(resolve_model_path(summary["model"])).total
+    rate = args.gflops or harness.matmul_gflops("bf16" if bf16 else "fp32", (512, 576, 1536), 0.5)
+    n = harness.load_matmul_params(resolve_model_path(summary["model"])).total
     p, g = args.prompts, args.group
     flops = {"generate": 0.0, "update": 0.0}
     seconds = {"generate": 0.0, "update": 0.0, "other": 0.0}
@@ -66,7 +64,7 @@ def main() -> None:
         seconds["other"] += m["step_time"] - m["time/generate"] - m["time/update"]
     wall = float(summary["wall_time_s"])
     rest = wall - sum(m["step_time"] for m in steps)
-    print(f"run {args.run_dir}: {len(steps)} steps, wall {wall:.0f} s, CPU {cpu_description()}")
+    print(f"run {args.run_dir}: {len(steps)} steps, wall {wall:.0f} s, CPU {harness.cpu_line()}")
     print(f"precision {'bf16' if bf16 else 'float32'}; matmul rate {rate:.0f} GFLOP/s; N = {n:,}")
     print("| phase | measured s | FLOP floor s | measured / floor |")
     print("| --- | --- | --- | --- |")
@@ -75,6 +73,19 @@ def main() -> None:
         print(f"| {phase} | {seconds[phase]:.0f} | {floor:.0f} | {seconds[phase] / floor:.2f}x |")
     print(f"| score, sync, bookkeeping | {seconds['other']:.0f} | - | - |")
     print(f"| evaluations, load, save, report | {rest:.0f} | - | - |")
+    floors = {k: flops[k] / (rate * 1e9) for k in flops}
+    harness.write_result(
+        args.result,
+        {
+            "run": str(args.run_dir),
+            "precision": "bf16" if bf16 else "fp32",
+            "gflops": rate,
+            "wall_s": wall,
+            **{f"{k}_s": seconds[k] for k in ("generate", "update")},
+            **{f"{k}_floor_s": floors[k] for k in ("generate", "update")},
+            "rest_s": rest,
+        },
+    )
 
 
 if __name__ == "__main__":

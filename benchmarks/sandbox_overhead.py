@@ -7,6 +7,7 @@ shown as a breakdown.  Then it runs a batch of small programs through ``Sandbox.
 with several worker counts and prints executions per second.
 
 Usage: python benchmarks/sandbox_overhead.py [--runs 30] [--jobs 40] [--workers 1,2,4]
+    [--result NAME]
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from groupwise.sandbox import Sandbox, run_tests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
 
 SOLUTION = "def add(a, b):\n    return a + b\n"
 TESTS = [f"assert add({i}, {i + 1}) == {2 * i + 1}" for i in range(10)]
@@ -31,7 +37,7 @@ def _time_ms(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def overhead(sandbox: Sandbox, unsafe: Sandbox, runs: int) -> None:
+def overhead(sandbox: Sandbox, unsafe: Sandbox, runs: int) -> dict[str, float]:
     """Print median wall ms of plain, unsafe-mode and sandboxed ``pass``, alternating."""
     python = sandbox.python
     plain = lambda: subprocess.run([python, "-c", "pass"], check=True)  # noqa: E731
@@ -57,12 +63,14 @@ def overhead(sandbox: Sandbox, unsafe: Sandbox, runs: int) -> None:
     print(f"  overhead sandbox - plain:          {med['sandbox'] - med['plain']:7.1f} ms")
     print(f"  run_tests, {len(TESTS)} asserts:             {med['tests']:7.1f} ms")
     print(f"  ratio run_tests / plain:           {med['tests'] / med['plain']:7.2f} x")
+    return med
 
 
-def throughput(sandbox: Sandbox, jobs: int, workers: list[int]) -> None:
+def throughput(sandbox: Sandbox, jobs: int, workers: list[int]) -> dict[str, float]:
     """Print executions per second of ``jobs`` small programs for each worker count."""
     codes = [f"print(sum(range({1000 + i})))" for i in range(jobs)]
     print(f"throughput of run_many over {jobs} small programs:")
+    rates = {}
     for n in workers:
         start = time.perf_counter()
         results = sandbox.run_many(codes, max_workers=n)
@@ -71,6 +79,8 @@ def throughput(sandbox: Sandbox, jobs: int, workers: list[int]) -> None:
         print(
             f"  {n:2d} workers: {jobs / elapsed:7.1f} exec/s ({elapsed * 1000 / jobs:6.1f} ms each)"
         )
+        rates[str(n)] = jobs / elapsed
+    return rates
 
 
 def main() -> None:
@@ -79,13 +89,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30, help="runs per variant (alternated)")
     parser.add_argument("--jobs", type=int, default=40, help="programs for the throughput test")
     parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
+    harness.add_result_argument(parser, "sandbox_overhead")
     args = parser.parse_args()
     sandbox = Sandbox()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         unsafe = Sandbox(unsafe=True)
-    overhead(sandbox, unsafe, args.runs)
-    throughput(sandbox, args.jobs, [int(w) for w in args.workers.split(",")])
+    median_ms = overhead(sandbox, unsafe, args.runs)
+    rates = throughput(sandbox, args.jobs, [int(w) for w in args.workers.split(",")])
+    harness.write_result(args.result, {"median_ms": median_ms, "exec_per_s": rates})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """How groupwise's step cost grows with completion length L and group size G (workload B1).
 
-B1 as in trl_vs_groupwise.py: SmolLM2-135M-Instruct, full fine-tuning, beta 0.04 (reference
+B1 as in benchmarks/harness.py: SmolLM2-135M-Instruct, full fine-tuning, beta 0.04 (reference
 model on), mu 1, lr 1e-5 constant, pure bf16 weights, 4 prompts per step in micro-batches of one
 group, exactly L new tokens per completion (rollout.max_completion_length =
 rollout.min_new_tokens = L). Two series share the point (L=48, G=8), which runs once:
@@ -9,11 +9,11 @@ rollout.min_new_tokens = L). Two series share the point (L=48, G=8), which runs 
 - group size: G in --groups (4, 8, 16) at L = --group-length (48), 4 x G completions per step
   (training.per_device_train_batch_size = G, gradient_accumulation_steps = 4).
 
-Every point is one subprocess of groupwise's CLI (the command of trl_vs_groupwise.py with the
-point's overrides appended; later key=value overrides win). Recorded per point: the median
+Every point is one subprocess of groupwise's CLI (harness.groupwise_command with the point's
+overrides appended; later key=value overrides win). Recorded per point: the median
 ``step_time`` after the first --warmup steps, the medians of ``time/generate``,
-``time/ref_logp`` and ``time/update`` (and "other" = step minus those three), the child's own peak
-RSS (os.wait4, GB = 10^9 bytes), and tokens per step (completion tokens P G L, and prompt +
+``time/ref_logp`` and ``time/update`` (and "other" = step minus those three), the peak RSS of the
+child's process tree (harness.run_measured, GB = 10^9 bytes), and tokens per step (completion tokens P G L, and prompt +
 completion tokens from ``num_tokens``). Peak RSS is set against the size a float32
 ``[completion tokens x vocab]`` logits tensor would have (P G L V 4 bytes; V from the model
 config, 49152 for SmolLM2): if the update materialised such a tensor, memory would grow with it.
@@ -44,13 +44,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
-import trl_vs_groupwise as tvg
-
-ROOT = tvg.ROOT
-GB = tvg.GB
-PROMPTS = 4
-PHASES = ("generate", "ref_logp", "update")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
+from harness import GB, PHASES, PROMPTS, ROOT
 
 
 @dataclass
@@ -76,10 +72,10 @@ class Point:
 
 
 def point_overrides(length: int, group: int, prompts: int) -> tuple[str, ...]:
-    """The overrides that turn trl_vs_groupwise's B1 command into the (L, G) point."""
+    """The overrides that turn the harness's B1 command into the (L, G) point."""
     return (
         f"rollout.num_generations={group}",
-        # micro-batches of one group, as in trl_vs_groupwise's B1 command
+        # micro-batches of one group
         f"training.per_device_train_batch_size={group}",
         f"training.gradient_accumulation_steps={prompts}",
         f"rollout.max_completion_length={length}",
@@ -99,11 +95,10 @@ def run_point(
     """Run groupwise's CLI for one point and read its metrics.jsonl."""
     out_dir = work / f"L{length}-G{group}"
     overrides = (*point_overrides(length, group, PROMPTS), *extra)
-    command = tvg.groupwise_command("B1", steps, out_dir, model_dir, overrides)
+    command = harness.groupwise_command("B1", steps, out_dir, model_dir, overrides)
     log = out_dir.with_suffix(".log")
-    rss, wall = tvg.run_measured(command, env, log)
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "step_time" in r]
+    measured = harness.run_measured(command, env, log)
+    rows = harness.groupwise_metrics(out_dir)
     return Point(
         length=length,
         group=group,
@@ -115,8 +110,8 @@ def run_point(
         completion_lengths=[
             (float(r["completions/min_length"]), float(r["completions/max_length"])) for r in rows
         ],
-        peak_rss_kb=rss,
-        wall_s=wall,
+        peak_rss_kb=measured.peak_rss_kb,
+        wall_s=measured.wall_s,
         log=str(log),
     )
 
@@ -273,6 +268,7 @@ def main() -> None:
     parser.add_argument(
         "--plot", type=Path, default=ROOT / "runs" / "bench-scaling" / "scaling.png"
     )
+    harness.add_result_argument(parser, "scaling")
     args = parser.parse_args()
     if args.steps <= args.warmup:
         parser.error("--steps must be larger than --warmup")
@@ -284,7 +280,7 @@ def main() -> None:
     if names:  # the last override wins in groupwise's CLI; model_dir is then unused
         model_name, model_dir = names[-1], Path(names[-1])
     else:
-        model_dir = tvg.resolve_model_dir()
+        model_dir = harness.resolve_model_dir()
         model_name = str(model_dir)
     vocab = vocab_size(model_name)
 
@@ -324,18 +320,14 @@ def main() -> None:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "model": model_name,
         "vocab_size": vocab,
-        "git": tvg.git_state(),
+        "git": harness.git_state(),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
         },
-        "versions": json.loads(
-            subprocess.run(
-                [sys.executable, "-c", tvg._VERSIONS], check=True, capture_output=True, text=True
-            ).stdout
-        ),
+        "versions": harness.versions(),
         "summary": rows,
         "table": text,
         "runs": [asdict(p) for p in runs],
@@ -343,6 +335,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1))
     print(f"\nraw results: {args.out}\nplot: {args.plot}")
+    harness.write_result(args.result, {"model": model_name, "rows": rows})
 
 
 if __name__ == "__main__":

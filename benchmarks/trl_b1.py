@@ -45,6 +45,7 @@ import itertools
 import json
 import random
 import re
+import sys
 import tempfile
 import time
 from importlib.metadata import version
@@ -55,9 +56,12 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-# Same prompt text as groupwise.tasks.arithmetic (kept in sync by hand: this file cannot import
-# groupwise, it runs in TRL's environment).
-TEMPLATE = "What is {a} + {b}? Reply with only the number."
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # standard library only: importable in TRL's environment
+
+# The prompt text of groupwise.tasks.arithmetic (this file cannot import groupwise: it runs in
+# TRL's environment); the harness holds it beside the rest of the workload.
+TEMPLATE = harness.B1_PROMPT
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
@@ -177,7 +181,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True, help="local HF model directory")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps to run")
-    parser.add_argument("--lora", action="store_true", help="LoRA r=16, alpha=32, all-linear")
+    parser.add_argument(
+        "--lora",
+        action="store_true",
+        help=f"LoRA r={harness.LORA_R}, alpha={harness.LORA_ALPHA}, all-linear",
+    )
     parser.add_argument("--out", required=True, help="JSON file for the per-step times")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -195,7 +203,7 @@ def main() -> None:
 
     from trl import GRPOConfig, GRPOTrainer
 
-    prompts, group, length = 4, 8, 48
+    prompts, group, length = harness.PROMPTS, harness.GROUP, harness.LENGTH
     run_dir = tempfile.mkdtemp(prefix="trl-b1-")
     config = GRPOConfig(
         output_dir=run_dir,
@@ -225,8 +233,8 @@ def main() -> None:
         from peft import LoraConfig
 
         peft_config = LoraConfig(
-            r=16,
-            lora_alpha=32,
+            r=harness.LORA_R,
+            lora_alpha=harness.LORA_ALPHA,
             lora_dropout=0.0,
             target_modules="all-linear",
             task_type="CAUSAL_LM",

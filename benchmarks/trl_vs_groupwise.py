@@ -5,7 +5,7 @@ completions in one optimizer update per step, exactly 48 new tokens each (EOS su
 sides), beta = 0.04 (reference model on), mu = 1, lr 1e-5 constant, seed 0, full fine-tuning.
 B1-LoRA: the same with LoRA r=16, alpha=32 on all linear layers.
 
-No hand-picked settings (issue 15). Each side runs as a user gets it, plus only the workload:
+No hand-picked settings. Each side runs as a user gets it, plus only the workload:
 - groupwise: ``groupwise train`` with its defaults and only the workload's keys (model, batch of
   32 completions in one update, lengths, beta, lr, mu, seed, output dir, the LoRA keys for
   B1-LoRA) and the keys that stop it doing work TRL does not do here (eval, saving, the HTML
@@ -24,7 +24,7 @@ Rows (each labelled with the precision each side actually used):
   bf16. Where both defaults already run in fp32 (e.g. an AVX2-only CPU) the default rows are the
   matched rows: the table says so and nothing runs twice.
 - "levers" (--levers, off by default): groupwise with the lever set of earlier passes, against
-  TRL's default row. Since 2026-11-29 (fourth session) inverse-CDF sampling, the reference mapped
+  TRL's default row. Since 2026-11-29 inverse-CDF sampling, the reference mapped
   from disk, the fused kernels and micro-batches of one B1 group (the 512-token budget) are
   defaults; what the set adds beyond them is NON-DEFAULT: stochastically rounded weights
   (``training.bf16_rounding=stochastic``; it learned the default run worse), ``rollout.compile``,
@@ -40,13 +40,13 @@ machine hits both sides alike. Per-step time: groupwise's ``step_time`` from met
 TRL's on_step_begin -> on_step_end from a TrainerCallback. Both cover generation, rewards,
 reference log-probs, forward/backward and the optimizer step, not logging or model loading. The
 first --warmup steps of every run are dropped; the median is over the remaining steps of all
-rounds. Peak RSS is each child's own ru_maxrss (os.wait4), the maximum over rounds, in GB
-(10^9 bytes).
+rounds. Peak RSS is each child's process tree's (benchmarks/harness.py, run_measured), the
+maximum over rounds, in GB (10^9 bytes).
 
 Phases: groupwise's from its ``time/*`` metrics, TRL's from trl_b1.py's method wrappers
 (generate, ref_logp, update = the step after the inputs are prepared); "other" is the step minus
 the three (rewards, advantages, sync, bookkeeping). Each phase is set against the machine's FLOP
-floor (benchmarks/flop_floor.py: the weight matmuls' FLOPs at matmul rates measured here in the
+floor (benchmarks/harness.py: the weight matmuls' FLOPs at matmul rates measured here in the
 precision the row used, the best of a measurement before and one after the runs): the table
 gives floor seconds and measured / floor, so 1.0x would be the matmuls at the measured rate and
 nothing else (the JSON also has floor / measured, the fraction of the floor reached).
@@ -70,27 +70,33 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flop_floor import StepShape, floor_seconds, load_matmul_params, step_flops
-
-ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("B1", "B1-LoRA")
-PROMPTS, GROUP, LENGTH = 4, 8, 48
-LORA_R, LORA_ALPHA = 16, 32
-GB = 1e9
-PHASES = ("generate", "ref_logp", "update")
-TRAIN_SHAPE = (512, 576, 1536)
-DECODE_SHAPE = (32, 576, 1536)
-RATE_SECONDS = 0.3
+import harness
+from harness import (
+    GB,
+    GROUP,
+    LENGTH,
+    LORA_R,
+    PHASES,
+    PROMPTS,
+    RATE_SECONDS,
+    ROOT,
+    WORKLOADS,
+    Run,
+    StepShape,
+    floor_seconds,
+    load_matmul_params,
+    median_after_warmup,
+    phase_split,
+    step_flops,
+)
 
 
 @dataclass(frozen=True)
@@ -120,42 +126,6 @@ class Pair:
     trl: str
 
 
-@dataclass
-class Run:
-    """One trainer subprocess: its per-step times, phases and peak memory."""
-
-    workload: str
-    trainer: str
-    arm: str
-    round: int
-    command: list[str]
-    step_times: list[float]
-    phases: dict[str, list[float]] = field(default_factory=dict)
-    prompt_tokens: list[float] = field(default_factory=list)
-    """Mean real tokens per prompt, per step."""
-    completion_lengths: list[tuple[float, float]] = field(default_factory=list)
-    precision: str = ""
-    """bf16 or fp32, as the run reported it."""
-    peak_rss_kb: int = 0
-    wall_s: float = 0.0
-    log: str = ""
-
-
-def run_measured(command: list[str], env: dict[str, str], log: Path) -> tuple[int, float]:
-    """Run ``command`` to completion; return its own peak RSS (kB) and wall seconds."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped by wait4
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"exit {proc.returncode}: {shlex.join(command)}\n{tail}")
-    return int(usage.ru_maxrss), wall
-
-
 LEVERS = (
     # micro-batches of one group, 4 accumulated into the one update
     "training.per_device_train_batch_size=8",
@@ -171,51 +141,6 @@ LEVERS = (
 )
 """The lever set of earlier passes (--levers; part of it default now); B1-LoRA adds LORA_LEVERS."""
 LORA_LEVERS = ("model.lora_merge_in_place=true",)
-
-
-def groupwise_command(
-    workload: str, steps: int, out_dir: Path, model_dir: Path, overrides: tuple[str, ...] = ()
-) -> list[str]:
-    """``groupwise train`` with the workload's keys only, then ``overrides`` (later keys win)."""
-    keys = {
-        # the workload
-        "model.name": str(model_dir),
-        "training.output_dir": str(out_dir),
-        "training.overwrite_output_dir": "true",
-        "training.max_steps": str(steps),
-        "training.seed": "0",
-        "rollout.num_generations": str(GROUP),
-        "training.per_device_train_batch_size": str(PROMPTS * GROUP),  # 32 completions...
-        "training.gradient_accumulation_steps": "1",  # ...in one optimizer update
-        "rollout.max_completion_length": str(LENGTH),
-        "rollout.min_new_tokens": str(LENGTH),
-        "algorithm.beta": "0.04",
-        "algorithm.num_iterations": "1",
-        "training.learning_rate": "1e-5",
-        "training.lr_scheduler_type": "constant",
-        # no work that TRL does not do in trl_b1.py (it logs every step, saves and evaluates
-        # nothing, shows no progress bar)
-        "training.logging_steps": "1",
-        "training.log_completions": "false",
-        "training.save_final": "false",
-        "training.save_steps": "0",
-        "training.report": "false",
-        "training.progress": "false",
-        "eval.before": "false",
-        "eval.after": "false",
-        "eval.every_steps": "0",
-    }
-    if workload == "B1-LoRA":
-        keys.update(
-            {
-                "model.lora": "true",
-                "model.lora_r": str(LORA_R),
-                "model.lora_alpha": str(LORA_ALPHA),
-                "model.lora_target_modules": "all-linear",
-            }
-        )
-    args = [f"{k}={v}" for k, v in keys.items()]
-    return [sys.executable, "-m", "groupwise", "train", *args, *overrides]
 
 
 def arms_for(
@@ -294,44 +219,21 @@ def run_groupwise(
     model_dir: Path,
     env: dict[str, str],
 ) -> Run:
-    out_dir = work / f"{workload}-{arm.key}-r{round_}"
-    command = groupwise_command(workload, steps, out_dir, model_dir, arm.overrides)
-    log = out_dir.with_suffix(".log")
+    """One groupwise row: the harness's B1 command with the arm's overrides and environment
+    (``GROUPWISE_MALLOC`` removed unless the arm sets it; the caller's value wins then)."""
     child_env = {k: v for k, v in env.items() if k != "GROUPWISE_MALLOC"}
     child_env.update(dict(arm.env))
     if "GROUPWISE_MALLOC" in env and arm.env:  # the caller's choice wins for the lever set
         child_env["GROUPWISE_MALLOC"] = env["GROUPWISE_MALLOC"]
-    rss, wall = run_measured(command, child_env, log)
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "step_time" in r]
-    names = ("generate", "score", "old_logp", "ref_logp", "update", "sync")
-    phases = {n: [float(r.get(f"time/{n}", 0.0)) for r in rows] for n in names}
-    lengths = [
-        (float(r["completions/min_length"]), float(r["completions/max_length"])) for r in rows
-    ]
-    # num_tokens is cumulative: each step adds its completion tokens + G x its prompts' tokens
-    prompt_tokens, seen = [], 0.0
-    for r in rows:
-        added, seen = float(r["num_tokens"]) - seen, float(r["num_tokens"])
-        completion = float(r["completions/mean_length"]) * PROMPTS * GROUP
-        prompt_tokens.append((added - completion) / GROUP / PROMPTS)
-    summary = json.loads((out_dir / "summary.json").read_text())
-    precision = "bf16" if summary["precision"]["bf16"] else "fp32"
-    step_times = [float(r["step_time"]) for r in rows]
-    return Run(
+    return harness.run_groupwise(
         workload,
-        "groupwise",
         arm.key,
-        round_,
-        command,
-        step_times,
-        phases,
-        prompt_tokens,
-        lengths,
-        precision,
-        rss,
-        wall,
-        str(log),
+        arm.overrides,
+        steps=steps,
+        round_=round_,
+        out_dir=work / f"{workload}-{arm.key}-r{round_}",
+        model_dir=model_dir,
+        env=child_env,
     )
 
 
@@ -361,7 +263,7 @@ def run_trl(
         "TRANSFORMERS_OFFLINE": "1",
     }
     log = out.with_suffix(".log")
-    rss, wall = run_measured(command, trl_env, log)
+    measured = harness.run_measured(command, trl_env, log)
     result = json.loads(out.read_text())
     lengths = [
         (float(r["completions/min_length"]), float(r["completions/max_length"]))
@@ -384,8 +286,8 @@ def run_trl(
         prompt_tokens,
         lengths,
         result.get("precision", "bf16"),
-        rss,
-        wall,
+        measured.peak_rss_kb,
+        measured.wall_s,
         str(log),
     )
 
@@ -395,64 +297,6 @@ def ensure_trl_env(venv: Path) -> Path:
     env = {**os.environ, "TRL_VENV": str(venv)}
     subprocess.run(["bash", str(ROOT / "benchmarks" / "trl_env.sh")], check=True, env=env)
     return venv / "bin" / "python"
-
-
-def resolve_model_dir() -> Path:
-    """The cached HF directory of SmolLM2-135M-Instruct (converted from the GGUF wheel once).
-
-    Resolved in a subprocess so this driver never imports torch or holds the model.
-    """
-    code = (
-        "from groupwise.models import resolve_model_path;"
-        "print(resolve_model_path('smollm2-135m-instruct'))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
-_MACHINE = f"""
-import json, os, torch
-from groupwise.models.precision import ISA_ENV, cpu_description, matmul_gflops, resolve_precision
-choice = resolve_precision("auto", torch.device("cpu"))
-rates = {{}}
-for name, shape in (("train", {TRAIN_SHAPE!r}), ("decode", {DECODE_SHAPE!r})):
-    rates[name] = {{
-        "shape": list(shape),
-        "fp32": matmul_gflops(torch.float32, {RATE_SECONDS}, shape),
-        "bf16": matmul_gflops(torch.bfloat16, {RATE_SECONDS}, shape),
-    }}
-print(json.dumps({{
-    "cpu": cpu_description(),
-    "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
-    "isa_env": {{k: os.environ[k] for k in ISA_ENV if k in os.environ}},
-    "torch": torch.__version__,
-    "threads": torch.get_num_threads(),
-    "precision": choice.as_dict(),
-    "matmul_gflops": rates,
-}}))
-"""
-
-
-def machine_facts() -> dict[str, Any]:
-    """CPU, torch's CPU capability, ISA env vars, the bf16=auto choice and matmul rates.
-
-    Measured in a subprocess of this venv (torch stays out of the driver)."""
-    out = subprocess.run(
-        [sys.executable, "-c", _MACHINE], check=True, capture_output=True, text=True, cwd=ROOT
-    )
-    facts: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return facts
-
-
-def best_rates(*measured: dict[str, Any]) -> dict[str, Any]:
-    """Per shape and dtype, the highest of several ``matmul_gflops`` measurements (a floor
-    should not be lowered by a moment of contention)."""
-    best: dict[str, Any] = {}
-    for rates in measured:
-        for name, r in rates.items():
-            row = best.setdefault(name, {"shape": r["shape"], "fp32": 0.0, "bf16": 0.0})
-            row["fp32"], row["bf16"] = max(row["fp32"], r["fp32"]), max(row["bf16"], r["bf16"])
-    return best
 
 
 def machine_header(facts: dict[str, Any], trl_setting: str, trl_bf16: bool) -> str:
@@ -478,40 +322,6 @@ def machine_header(facts: dict[str, Any], trl_setting: str, trl_bf16: bool) -> s
             f"training-like {rate('train')}; decode-like {rate('decode')}",
         ]
     )
-
-
-def git_state() -> dict[str, Any]:
-    """The commit measured and the files that differed from it (a dirty tree is worth knowing)."""
-
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.rstrip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": git("status", "--porcelain").splitlines()}
-
-
-def median_after_warmup(runs: list[Run], warmup: int) -> tuple[float, int]:
-    """Median step time over every run's steps after the first ``warmup``; and how many."""
-    times = [t for run in runs for t in run.step_times[warmup:]]
-    if not times:
-        raise ValueError(f"no steps left after dropping {warmup} warm-up steps")
-    return statistics.median(times), len(times)
-
-
-def phase_split(runs: list[Run], warmup: int) -> dict[str, float] | None:
-    """Median seconds of generate, ref_logp, update and the rest of the step (None: no split)."""
-    per: dict[str, list[float]] = {"generate": [], "ref_logp": [], "update": [], "other": []}
-    for run in runs:
-        if not all(run.phases.get(k) for k in PHASES):
-            return None
-        for i, total in enumerate(run.step_times):
-            if i < warmup:
-                continue
-            main = {k: run.phases[k][i] for k in PHASES}
-            for k, v in main.items():
-                per[k].append(v)
-            per["other"].append(total - sum(main.values()))
-    return {k: statistics.median(v) for k, v in per.items()}
 
 
 def floor_for(
@@ -649,9 +459,47 @@ def summarize(
     text += (
         "\n\nPhases, median seconds per step (FLOP floor seconds, measured / floor); the floor "
         "is the weight matmuls at this machine's measured rate in the row's precision "
-        "(benchmarks/flop_floor.py):\n\n" + "\n".join(phase_rows)
+        "(benchmarks/harness.py):\n\n" + "\n".join(phase_rows)
     )
     return text, summary
+
+
+def result_figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """The figures the docs' tables show, from :func:`summarize`'s dict: ``rows`` (one per
+    comparison: s/step, peak RSS GB and the ratios) and ``phases`` (one per row: each phase's
+    median seconds, its FLOP floor in seconds and measured / floor; None where a run had no
+    phase split)."""
+    rows, phases = [], []
+    for workload, entry in summary.items():
+        stats = entry["rows"]
+        for pair in entry["comparisons"]:
+            g, t = stats[pair["groupwise"]], stats[pair["trl"]]
+            rows.append(
+                {
+                    "workload": workload,
+                    "comparison": pair["name"],
+                    "groupwise_precision": g["precision"],
+                    "trl_precision": t["precision"],
+                    "groupwise_s": g["median_s_per_step"],
+                    "trl_s": t["median_s_per_step"],
+                    "speedup": pair["speedup_trl_over_groupwise"],
+                    "groupwise_gb": g["peak_rss_gb"],
+                    "trl_gb": t["peak_rss_gb"],
+                    "memory": pair["memory_groupwise_over_trl"],
+                }
+            )
+        for stat in stats.values():
+            measured = {**(stat["phases_median_s"] or {}), "step": stat["median_s_per_step"]}
+            row: dict[str, Any] = {
+                "row": f"{workload} {stat['trainer']} ({stat['precision']})",
+                "settings": stat["settings"],
+            }
+            for k in (*PHASES, "step"):
+                row[k] = measured.get(k)
+                row[f"{k}_floor"] = stat["flop_floor"]["floor_s"][k]
+                row[f"{k}_ratio"] = stat["flop_floor"]["measured_over_floor"].get(k)
+            phases.append(row)
+    return {"rows": rows, "phases": phases}
 
 
 def _phase_row(
@@ -705,6 +553,7 @@ def main() -> None:
         default="",
         help="extra key=value overrides for every groupwise row, space-separated",
     )
+    harness.add_result_argument(parser, "trl_vs_groupwise")
     parser.add_argument(
         "--trl-no-gradient-checkpointing",
         action="store_true",
@@ -720,8 +569,8 @@ def main() -> None:
 
     load_before = os.getloadavg()  # before this script's own subprocesses add to it
     trl_python = ensure_trl_env(args.trl_venv)
-    model_dir = resolve_model_dir()
-    facts = machine_facts()
+    model_dir = harness.resolve_model_dir()
+    facts = harness.machine_facts()
     groupwise_bf16 = bool(facts["precision"]["bf16"])
     trl_bf16 = groupwise_bf16 if args.trl_precision == "auto" else args.trl_precision == "bf16"
     print(machine_header(facts, args.trl_precision, trl_bf16), flush=True)
@@ -772,9 +621,9 @@ def main() -> None:
 
     # the rates again after the runs; the floor uses the best of both measurements
     rates_start = facts["matmul_gflops"]
-    rates_end = machine_facts()["matmul_gflops"]
+    rates_end = harness.machine_facts()["matmul_gflops"]
     facts["matmul_gflops_start"], facts["matmul_gflops_end"] = rates_start, rates_end
-    facts["matmul_gflops"] = best_rates(rates_start, rates_end)
+    facts["matmul_gflops"] = harness.best_rates(rates_start, rates_end)
     facts["rates_note"] = ", best of before and after the runs"
     header = machine_header(facts, args.trl_precision, trl_bf16)
     table, summary = summarize(runs, plan, args.warmup, model_dir, facts)
@@ -787,16 +636,8 @@ def main() -> None:
         print(f"WARNING: completions not all {LENGTH} tokens: {warning}")
     for warning in precision_warnings:
         print(f"WARNING: precision: {warning}")
-    versions = json.loads(
-        subprocess.run(
-            [str(trl_python), "-c", _VERSIONS], check=True, capture_output=True, text=True
-        ).stdout
-    )
-    groupwise_versions = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", _VERSIONS], check=True, capture_output=True, text=True
-        ).stdout
-    )
+    versions = harness.versions(str(trl_python))
+    groupwise_versions = harness.versions()
     if versions.get("torch") != groupwise_versions.get("torch"):
         print(
             f"WARNING: torch differs between the venvs (TRL {versions.get('torch')}, groupwise "
@@ -805,7 +646,7 @@ def main() -> None:
     record = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "model_dir": str(model_dir),
-        "git": git_state(),
+        "git": harness.git_state(),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -828,20 +669,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1))
     print(f"\nraw results: {args.out}")
-
-
-_VERSIONS = """
-import json
-from importlib.metadata import PackageNotFoundError, version
-names = ("trl", "transformers", "peft", "torch", "accelerate", "datasets", "groupwise")
-found = {}
-for name in names:
-    try:
-        found[name] = version(name)
-    except PackageNotFoundError:
-        pass
-print(json.dumps(found))
-"""
+    harness.write_result(args.result, result_figures(summary))
 
 
 if __name__ == "__main__":

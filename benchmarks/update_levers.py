@@ -5,14 +5,16 @@ Levers: bf16 autocast vs float32; attention kernel (sdpa, eager, grouped); share
 full float32 log-softmax). Variants alternate over several repeats; medians are printed.
 ``--fp32-only``: every variant in float32 (the levers on a CPU without native bf16).
 Usage: python benchmarks/update_levers.py [--prompts 8] [--group 8] [--length 16] [--repeats 3]
-    [--fp32-only]
+    [--fp32-only] [--result NAME]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -20,6 +22,9 @@ from groupwise.kernels import register_grouped_attention
 from groupwise.models import load_base_model
 from groupwise.rollout import PromptBatch, _finish, tokenize_prompts
 from groupwise.train.forward import autocast_context, completion_logp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
 
 
 def make_rollout(tokenizer: object, prompts: int, group: int, length: int) -> object:
@@ -49,12 +54,13 @@ def timed(model: torch.nn.Module, rollout: object, amp: bool, shared: bool) -> f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--length", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fp32-only", action="store_true", help="every variant in float32")
+    harness.add_result_argument(parser, "update_levers")
     args = parser.parse_args()
     torch.set_num_threads(2)
     grouped = register_grouped_attention()
@@ -83,10 +89,21 @@ def main() -> None:
     print(f"SmolLM2-135M forward+backward, {rows} completions x {args.length} tokens")
     print("| precision | attention | path | seconds | speed-up vs first row |")
     print("| --- | --- | --- | --- | --- |")
+    table = []
     for (precision, attn, shared), values in results.items():
         sec = statistics.median(values)
         path = "shared prefix + chunked head" if shared else "full rows + full log-softmax"
         print(f"| {precision} | {attn} | {path} | {sec:.2f} | {base / sec:.2f}x |")
+        table.append(
+            {
+                "precision": precision,
+                "attention": attn,
+                "path": path,
+                "s": sec,
+                "speedup": base / sec,
+            }
+        )
+    harness.write_result(args.result, {"completions": rows, "length": args.length, "rows": table})
 
 
 if __name__ == "__main__":

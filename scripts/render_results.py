@@ -1,0 +1,567 @@
+"""Render the docs' tables of measured figures from benchmarks/results/*.json.
+
+    python scripts/render_results.py          # rewrite every generated table in the docs
+    python scripts/render_results.py --check  # exit 1, naming each table that differs
+
+A generated table sits in a doc between two markers, and everything between them is rewritten:
+
+    <!-- results:TABLE_NAME -->
+    ...
+    <!-- /results:TABLE_NAME -->
+
+:data:`TABLES` is the one place that says which result files feed a table, which columns it has
+and how each cell is formatted. Under every table a caption line names each result file with its
+CPU, commit and date (and says when a figure was transcribed from older docs rather than written
+by a benchmark script). Result files come from ``write_result`` in benchmarks/harness.py (or
+were transcribed once from the docs, ``"transcribed": true``, with their source). To change a
+figure, change or add a result file and run this script; tests/test_results.py fails when a doc
+and the result files disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ("README.md", "docs/guide.md", "benchmarks/README.md")
+"""The docs that hold generated tables, relative to the repository root."""
+BLOCK = re.compile(
+    r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S
+)
+Row = dict[str, Any]
+"""One table row: a result's figures (or one entry of a list in them) plus ``_result``, the
+whole result record."""
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    cell: Callable[[Row], str]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Rows of a table from one result file."""
+
+    result: str
+    """The file's name without ``.json``."""
+    rows: str | None = None
+    """The key in ``figures`` holding a list of rows; None: the figures are one row."""
+    where: Callable[[Row], bool] | None = None
+    """Keep only the rows this accepts."""
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    sources: tuple[Source, ...]
+    columns: tuple[Column, ...]
+    note: str = ""
+    """Added to the caption line, e.g. what a mark in the cells means."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Cell formats
+
+
+def num(key: str, spec: str = ".2f", suffix: str = "") -> Callable[[Row], str]:
+    """The row's ``key`` formatted with ``spec`` plus ``suffix``; '-' when absent or None."""
+
+    def cell(row: Row) -> str:
+        value = row.get(key)
+        return "-" if value is None else f"{value:{spec}}{suffix}"
+
+    return cell
+
+
+def text(key: str) -> Callable[[Row], str]:
+    return lambda row: str(row.get(key, "-"))
+
+
+def cpu_name(cpu: dict[str, Any]) -> str:
+    """'AMD EPYC (family 26), AVX512-BF16', '..., limited to AVX2', 'AMD EPYC, AVX2 only'."""
+    name = cpu["model"] + (f" (family {cpu['family']})" if cpu.get("family") is not None else "")
+    flags = set(cpu.get("flags", []))
+    if cpu.get("isa_env"):
+        kind = "limited to AVX2"
+    elif "amx_bf16" in flags:
+        kind = "AMX-BF16"
+    elif "avx512_bf16" in flags:
+        kind = "AVX512-BF16, no AMX"
+    else:
+        kind = "AVX2 only" if "avx2" in flags else "no AVX2"
+    return f"{name}, {kind}"
+
+
+def cpu_label(row: Row) -> str:
+    return cpu_name(row["_result"]["cpu"])
+
+
+def seeds_cell(row: Row) -> str:
+    """'83.5% (seed 0), 79.5% (seed 1)', or what the result says instead of a finished run."""
+    seeds = row.get("seeds") or []
+    if not seeds:
+        minutes = row.get("estimated_wall_min")
+        return "not run to the end" + (f" (~{minutes} min est.)" if minutes else "")
+    return ", ".join(f"{s['accuracy']:.1f}% (seed {s['seed']})" for s in seeds)
+
+
+def walls_cell(row: Row) -> str:
+    """Wall seconds per seed, ' *' where another job shared the machine."""
+    walls = [
+        f"{s['wall_s']:.0f} s" + (" *" if s.get("shared_machine") else "") for s in row["seeds"]
+    ]
+    return ", ".join(walls) or "-"
+
+
+def peaks_cell(row: Row) -> str:
+    peaks = [s["peak_rss_gb"] for s in row.get("seeds", []) if "peak_rss_gb" in s]
+    return " / ".join(f"{p:.2f}" for p in peaks) + " GB" if peaks else "-"
+
+
+def step_cell(row: Row) -> str:
+    if row.get("s_per_step") is not None:
+        return f"{row['s_per_step']:.1f}"
+    low, high = row.get("s_per_step_range") or (None, None)
+    return "-" if low is None else f"{low:g}-{high:g}"
+
+
+def seed_accuracy(index: int) -> Callable[[Row], str]:
+    def cell(row: Row) -> str:
+        seeds = row["seeds"]
+        if index >= len(seeds):
+            return "-"
+        s = seeds[index]
+        return (
+            f"{s['accuracy']:.1f}% ({s['wall_s']:.0f} s{' *' if s.get('shared_machine') else ''})"
+        )
+
+    return cell
+
+
+def example_cell(row: Row) -> str:
+    """'greedy accuracy 0.0% -> 100.0% / 100.0%' plus what else the example recorded."""
+    unit = row["unit"]
+
+    def value(v: float) -> str:
+        return f"{v:.1f}{unit}" if unit == "%" and isinstance(v, float) else f"{v}{unit}"
+
+    after = " / ".join(value(v) for v in row["after"])
+    cell = f"{row['metric']} {value(row['before'])} -> {after}"
+    if "at_step_25" in row:
+        cell += f" ({' / '.join(value(v) for v in row['at_step_25'])} at step 25)"
+    if "on_topic_before" in row:
+        on_topic = " / ".join(f"{v:.2f}" for v in row["on_topic_after"])
+        cell += f"; on-topic share {row['on_topic_before']:.2f} -> {on_topic}"
+    if "greedy_before" in row:
+        cell += f"; greedy held-out {row['greedy_before']}% -> {row['greedy_after']}%"
+    return cell
+
+
+def ratio_cell(measured: str) -> Callable[[Row], str]:
+    """'2.15 (0.74, 2.89x)': measured seconds (floor seconds, measured / floor)."""
+
+    def cell(row: Row) -> str:
+        m, floor, ratio = (
+            row.get(measured),
+            row.get(f"{measured}_floor"),
+            row.get(f"{measured}_ratio"),
+        )
+        if m is None:
+            return "-"
+        if floor is None:
+            return f"{m:.2f}"
+        return (
+            f"{m:.2f} ({floor:.2f}, {ratio:.2f}x)"
+            if ratio is not None
+            else f"{m:.2f} ({floor:.2f})"
+        )
+
+    return cell
+
+
+def profile_cell(phase: str) -> Callable[[Row], str]:
+    def cell(row: Row) -> str:
+        m, f, r = row[f"{phase}_s"], row[f"{phase}_floor_s"], row[f"{phase}_ratio"]
+        return f"{m:.0f} / {f:.0f} s ({r:.2f}x)"
+
+    return cell
+
+
+def accuracy_cell(row: Row) -> str:
+    note = f" ({row['accuracy_note']})" if row.get("accuracy_note") else ""
+    return f"{row['accuracy']:.1f}%{note}"
+
+
+def wall_cell(row: Row) -> str:
+    return f"{row['wall_s']:.0f} s" + (" *" if row.get("shared_machine") else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# The tables
+
+SHARED = "`*`: another job shared the machine during part of that run."
+DEFAULT_RUNS = (
+    "default-run-epyc-bf16",
+    "default-run-epyc-avx2",
+    "default-run-epyc-avx2-only-reported",
+    "default-run-epyc-bf16-earlier-defaults",
+    "default-run-epyc-bf16-baseline",
+    "default-run-epyc-avx2-earlier-defaults",
+    "default-run-xeon-seed0",
+    "default-run-xeon-seed1",
+    "default-run-xeon-2026-11-24",
+)
+CURRENT_DEFAULT_RUNS = DEFAULT_RUNS[:3]
+"""The default run with today's defaults, per CPU kind (the README shows only these)."""
+TRL_COLUMNS = (
+    Column("workload", text("workload")),
+    Column("comparison", text("comparison")),
+    Column("groupwise s/step", num("groupwise_s")),
+    Column("TRL s/step", num("trl_s")),
+    Column("speed-up", num("speedup", ".2f", "x")),
+    Column("groupwise GB", num("groupwise_gb")),
+    Column("TRL GB", num("trl_gb")),
+    Column("memory", num("memory", ".2f", "x")),
+)
+PHASE_COLUMNS = (
+    Column("row", text("row")),
+    Column("generate", ratio_cell("generate")),
+    Column("ref_logp", ratio_cell("ref_logp")),
+    Column("update", ratio_cell("update")),
+    Column("step", ratio_cell("step")),
+)
+SCALING_COLUMNS = (
+    Column("L", text("length")),
+    Column("G", text("group")),
+    Column(
+        "tokens/step (completion / all)",
+        lambda r: f"{r['completion_tokens_per_step']} / {r['tokens_per_step']:.0f}",
+    ),
+    Column("median s/step", num("median_s_per_step")),
+    Column("generate", num("generate")),
+    Column("ref_logp", num("ref_logp")),
+    Column("update", num("update")),
+    Column("s per 1k completion tokens", num("s_per_1k_completion_tokens", ".1f")),
+    Column(
+        "peak RSS GB",
+        lambda r: (
+            f"{r['peak_rss_gb']:.2f}" + (f" ({r['peak_note']})" if r.get("peak_note") else "")
+        ),
+    ),
+    Column("f32 logits GB", num("f32_logits_gb")),
+)
+
+
+def _defaults(row: Row) -> bool:
+    return str(row["comparison"]).startswith("defaults")
+
+
+DEFAULT_RUN_COLUMNS = (
+    Column("CPU (`lscpu`)", cpu_label),
+    Column("picked", text("picked")),
+    Column("s/step", step_cell),
+    Column("held-out accuracy after", seeds_cell),
+    Column("wall", lambda r: walls_cell(r) if r.get("seeds") else "-"),
+    Column("peak RSS", peaks_cell),
+)
+
+TABLES: tuple[Table, ...] = (
+    Table(
+        "default-run-current",
+        tuple(Source(name) for name in CURRENT_DEFAULT_RUNS),
+        DEFAULT_RUN_COLUMNS,
+        SHARED,
+    ),
+    Table(
+        "default-run-per-cpu",
+        tuple(Source(name) for name in DEFAULT_RUNS),
+        (
+            Column("CPU (`lscpu`)", cpu_label),
+            Column("defaults", text("defaults")),
+            Column("picked", text("picked")),
+            Column("s/step", step_cell),
+            Column("held-out accuracy after", seeds_cell),
+            Column("wall", lambda r: walls_cell(r) if r.get("seeds") else "-"),
+            Column("peak RSS", peaks_cell),
+        ),
+        SHARED,
+    ),
+    Table(
+        "default-run-now",
+        (Source("default-run-epyc-bf16"),),
+        (
+            Column("CPU (`lscpu`)", cpu_label),
+            Column("picked", text("picked")),
+            Column("before", num("accuracy_before", ".1f", "%")),
+            Column("seed 0 after (wall)", seed_accuracy(0)),
+            Column("seed 1 after (wall)", seed_accuracy(1)),
+            Column("peak RSS", peaks_cell),
+        ),
+        SHARED,
+    ),
+    Table(
+        "default-run-eval",
+        (Source("default-run-eval-xeon", "rows"),),
+        (
+            Column("model", text("model")),
+            Column("accuracy (greedy)", num("greedy", ".1f", "%")),
+            Column("pass@8", num("pass_at_8", ".1f", "%")),
+            Column("pass@1 (sampled)", num("pass_at_1", ".1f", "%")),
+            Column("maj@8", num("maj_at_8", ".1f", "%")),
+        ),
+    ),
+    Table(
+        "examples",
+        tuple(
+            Source(f"example-{name}-epyc") for name in ("calculator", "code", "dialogue", "guess")
+        ),
+        (
+            Column("example", lambda r: f"`{r['example']}` ({r['what']})"),
+            Column("held-out before -> after (seeds 0 / 1)", example_cell),
+            Column("wall", lambda r: ", ".join(f"{w} s" for w in r["wall_s"])),
+        ),
+    ),
+    Table(
+        "trl-defaults",
+        (
+            Source("trl-epyc-bf16", "rows", lambda r: r["workload"] == "B1" and _defaults(r)),
+            Source("trl-epyc-bf16-lora-in-place", "rows"),
+        ),
+        TRL_COLUMNS,
+    ),
+    Table("trl-epyc-bf16", (Source("trl-epyc-bf16", "rows"),), TRL_COLUMNS),
+    Table("trl-epyc-bf16-phases", (Source("trl-epyc-bf16", "phases"),), PHASE_COLUMNS),
+    Table("trl-lora-in-place", (Source("trl-epyc-bf16-lora-in-place", "rows"),), TRL_COLUMNS),
+    Table(
+        "trl-lora-in-place-phases",
+        (Source("trl-epyc-bf16-lora-in-place", "phases"),),
+        PHASE_COLUMNS,
+    ),
+    Table("trl-epyc-avx2", (Source("trl-epyc-avx2", "rows"),), TRL_COLUMNS),
+    Table("trl-epyc-avx2-phases", (Source("trl-epyc-avx2", "phases"),), PHASE_COLUMNS),
+    Table(
+        "memory-levers-b1",
+        (Source("memory-levers-b1-epyc", "rows"),),
+        (
+            Column("row", text("row")),
+            Column("overrides", text("overrides")),
+            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
+            Column(
+                "s/step",
+                lambda r: f"{r['s_per_step']:.2f}" + (f" ({r['note']})" if r.get("note") else ""),
+            ),
+            Column("generate / update, s", lambda r: f"{r['generate_s']} / {r['update_s']}"),
+        ),
+    ),
+    Table(
+        "memory-levers-default-run",
+        (Source("memory-levers-default-run-epyc", "rows"),),
+        (
+            Column("configuration", text("configuration")),
+            Column("seed 0 (wall)", seed_accuracy(0)),
+            Column("seed 1 (wall)", seed_accuracy(1)),
+            Column("mean", num("mean", ".1f", "%")),
+            Column("peak RSS (s0, s1)", peaks_cell),
+        ),
+        SHARED,
+    ),
+    Table(
+        "fp32-rollout-levers",
+        (Source("fp32-rollout-levers-epyc-avx2", "rows"),),
+        (
+            Column("variant", text("variant")),
+            Column("s / rollout", num("s")),
+            Column("vs multinomial", num("vs_first", ".2f", "x")),
+            Column("floor / measured", num("floor_share", ".0%")),
+        ),
+    ),
+    Table(
+        "update-levers-fp32",
+        (Source("update-levers-fp32-epyc-avx2", "rows"),),
+        (
+            Column("precision", text("precision")),
+            Column("attention", text("attention")),
+            Column("path", text("path")),
+            Column("seconds", num("s")),
+        ),
+    ),
+    Table(
+        "run-profile",
+        (
+            Source("run-profile-epyc-avx2", "rows"),
+            Source("run-profile-epyc-avx2-memory-levers", "rows"),
+        ),
+        (
+            Column("run (float32)", text("run")),
+            Column("held-out", accuracy_cell),
+            Column("wall", wall_cell),
+            Column("generate: measured / floor", profile_cell("generate")),
+            Column("update: measured / floor", profile_cell("update")),
+            Column("evals, load, save", num("rest_s", ".0f", " s")),
+        ),
+        SHARED,
+    ),
+    Table(
+        "update-levers",
+        (Source("update-levers-xeon", "rows"),),
+        (
+            Column("precision", text("precision")),
+            Column("attention", text("attention")),
+            Column("path", text("path")),
+            Column("seconds", num("s")),
+            Column("speed-up vs first row", num("speedup", ".2f", "x")),
+        ),
+    ),
+    Table(
+        "decode-levers",
+        (Source("decode-levers-xeon", "rows"),),
+        (
+            Column("attention", text("attention")),
+            Column("KV cache", text("cache")),
+            Column("ms / decode step", num("ms", ".1f")),
+            Column("speed-up vs sdpa+dynamic", num("speedup", ".2f", "x")),
+        ),
+    ),
+    Table(
+        "sandbox-overhead",
+        (Source("sandbox-overhead-epyc", "rows"),),
+        (
+            Column("", text("what")),
+            Column("before (commit c5919e3)", text("before")),
+            Column("after", text("after")),
+        ),
+    ),
+    Table(
+        "generation-throughput",
+        (Source("generation-throughput-xeon", "rows"),),
+        (
+            Column("path", text("path")),
+            Column("median s", num("median_s")),
+            Column("new tokens/s", num("tokens_per_s", ".0f")),
+            Column("speed-up", num("speedup", ".2f", "x")),
+        ),
+    ),
+    Table("scaling-grid", (Source("scaling-xeon-grid", "rows"),), SCALING_COLUMNS),
+    Table("scaling-sdpa", (Source("scaling-xeon-sdpa", "rows"),), SCALING_COLUMNS),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering and checking
+
+
+def load_results(results_dir: Path = RESULTS) -> dict[str, dict[str, Any]]:
+    """Every ``*.json`` in ``results_dir`` by its name."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))}
+
+
+def _rows(source: Source, results: dict[str, dict[str, Any]]) -> list[Row]:
+    if source.result not in results:
+        raise KeyError(f"no result file benchmarks/results/{source.result}.json")
+    record = results[source.result]
+    figures = record["figures"]
+    rows = [figures] if source.rows is None else figures[source.rows]
+    rows = [{**row, "_result": record} for row in rows]
+    return [r for r in rows if source.where is None or source.where(r)]
+
+
+def cpu_text(cpu: dict[str, Any]) -> str:
+    """'AMD EPYC family 26 (avx2 fma avx512f avx512_bf16; ONEDNN_MAX_CPU_ISA=AVX2 ...)'."""
+    name = cpu["model"]
+    if cpu.get("family") is not None:
+        name += f" family {cpu['family']}"
+    if cpu.get("model_number") is not None:
+        name += f" model {cpu['model_number']}"
+    limits = " ".join(f"{k}={v}" for k, v in cpu.get("isa_env", {}).items())
+    return f"{name} ({' '.join(cpu.get('flags', []))}{'; ' + limits if limits else ''})"
+
+
+def caption(names: Iterable[str], results: dict[str, dict[str, Any]], note: str = "") -> str:
+    """One line naming each result file with its commit and date, grouped by CPU."""
+    by_cpu: dict[str, list[str]] = {}
+    origins = set()
+    for name in dict.fromkeys(names):
+        r = results[name]
+        commit = f"commit {str(r['commit'])[:7]}"
+        if r.get("commit_kind") == "recorded":
+            commit = f"recorded at {commit}"
+        by_cpu.setdefault(cpu_text(r["cpu"]), []).append(f"`{name}` ({commit}, {r['date']})")
+        origins.add("transcribed from earlier docs" if r["transcribed"] else "measured")
+    groups = "; ".join(f"on {cpu}: {', '.join(items)}" for cpu, items in by_cpu.items())
+    line = f"Source: benchmarks/results/, {' and '.join(sorted(origins))}; {groups}."
+    return f"<sub>{line}{' ' + note if note else ''}</sub>"
+
+
+def render(table: Table, results: dict[str, dict[str, Any]]) -> str:
+    """The Markdown of ``table`` (header, rows, caption line), ending with a newline."""
+    rows = [row for source in table.sources for row in _rows(source, results)]
+    lines = [
+        "| " + " | ".join(c.header for c in table.columns) + " |",
+        "| " + " | ".join("---" for _ in table.columns) + " |",
+    ]
+    lines += ["| " + " | ".join(c.cell(row) for c in table.columns) + " |" for row in rows]
+    lines += ["", caption((s.result for s in table.sources), results, table.note)]
+    return "\n".join(lines) + "\n"
+
+
+def rewrite(text: str, rendered: dict[str, str]) -> tuple[str, list[str]]:
+    """``text`` with every generated block replaced; and the names of the blocks that changed.
+
+    Raises KeyError for a block naming a table that :data:`TABLES` does not define."""
+    changed: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group("name")
+        if name not in rendered:
+            raise KeyError(f"no table {name!r} in scripts/render_results.py TABLES")
+        body = "\n" + rendered[name] + "\n"
+        if match.group("body") != body:
+            changed.append(name)
+        return match.group(1) + body + match.group(4)
+
+    return BLOCK.sub(replace, text), changed
+
+
+def render_all(results: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {table.name: render(table, results) for table in TABLES}
+
+
+def check(docs: dict[str, str], results: dict[str, dict[str, Any]]) -> list[str]:
+    """'doc: table' for every generated block in ``docs`` (name -> text) that differs."""
+    rendered = render_all(results)
+    return [f"{doc}: {name}" for doc, text in docs.items() for name in rewrite(text, rendered)[1]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a table differs")
+    args = parser.parse_args(argv)
+    results = load_results()
+    rendered = render_all(results)
+    stale = []
+    for doc in DOCS:
+        path = ROOT / doc
+        new, changed = rewrite(path.read_text(), rendered)
+        stale += [f"{doc}: {name}" for name in changed]
+        if changed and not args.check:
+            path.write_text(new)
+    if args.check and stale:
+        print("generated tables differ from benchmarks/results (run scripts/render_results.py):")
+        print("\n".join(f"  {s}" for s in stale))
+        return 1
+    for s in stale:
+        print(f"rewrote {s}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
