@@ -105,3 +105,9 @@ def test_the_readme_trl_example_runs_two_steps(tmp_path: Path) -> None:
     exec(compile(source, "README-trl-example", "exec"), {"__name__": "readme_trl"})
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
+
+
+def test_the_readme_stays_short() -> None:
+    """The README keeps the current figures and a line or two per feature (detail goes to docs/)."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) < 230, f"README.md has {len(lines)} lines; move detail to docs/guide.md"
