@@ -270,7 +270,11 @@ def test_a_planted_cycle_is_caught(planted: Path) -> None:
     """core.maths -> train.loop only under TYPE_CHECKING, train.loop -> core.maths at the top:
     a cycle between modules that the interpreter never meets."""
     graph = module_graph(planted)
-    assert graph["groupwise.core.maths"] == {"groupwise.train", "groupwise.train.loop", "groupwise.config"}
+    assert graph["groupwise.core.maths"] == {
+        "groupwise.train",
+        "groupwise.train.loop",
+        "groupwise.config",
+    }
     assert graph["groupwise.extra"] == {"groupwise.core"}
     assert cycles(graph) == [["groupwise.core.maths", "groupwise.train.loop"]]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
