@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from groupwise.rewards.dialogue import make_tiny_reward_model
+from groupwise.rewards.reward_model import make_tiny_reward_model
 
 
 def main() -> None:

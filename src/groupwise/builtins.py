@@ -6,10 +6,40 @@ it. Framework modules never import the built-in content themselves (so there is 
 between a registry's module and the packs that register into it), and a new built-in task pack,
 reward, environment or rollout engine is added by writing its module and listing it here.
 
+A task pack (:mod:`groupwise.tasks`) registers into several registries at once: its task, its
+rewards, its environment. So the rewards, the tasks and the environments share one list,
+:data:`CONTENT_MODULES`: whichever of the three is looked up first imports all of it, in this
+order, and each registry lists its names in the same order whatever was looked up first. The
+first four are the reward modules :mod:`groupwise.rewards` imports with the package, in the
+order it imports them.
+
 Listed by module path (strings, imported on demand): nothing here is imported with the package.
 """
 
 from __future__ import annotations
+
+CONTENT_MODULES: tuple[str, ...] = (
+    "groupwise.rewards.answer",
+    "groupwise.rewards.reward_model",
+    "groupwise.rewards.text",
+    "groupwise.rewards.math",
+    "groupwise.rewards.environment",
+    "groupwise.rewards.code",
+    "groupwise.tasks.arithmetic",
+    "groupwise.data.files",
+    "groupwise.tasks.code.benchmarks",
+    "groupwise.tasks.dialogue",
+    "groupwise.tasks.code.functions",
+    "groupwise.tasks.reasoning_gym.rewards",
+    "groupwise.rewards.tools",
+    "groupwise.tasks.toolbox",
+    "groupwise.tasks.calculator",
+    "groupwise.tasks.guess",
+    "groupwise.tasks.multiply",
+    "groupwise.tasks.reasoning_gym.data",
+)
+"""Generic rewards, the file task and the task packs, in registration order: rewards
+answer_match .. tool_used, tasks arithmetic .. reasoning_gym, environments counter .. guess."""
 
 BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
     "rollout.engine": (
@@ -17,29 +47,8 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "groupwise.rollout.local",
         "groupwise.rollout.replay",
     ),
-    "rewards.funcs": (
-        "groupwise.rewards.answer",
-        "groupwise.rewards.code",
-        "groupwise.rewards.dialogue",
-        "groupwise.rewards.environment",
-        "groupwise.rewards.math",
-        "groupwise.tasks.reasoning_gym.rewards",
-        "groupwise.rewards.tools",
-    ),
-    "data.task": (
-        "groupwise.tasks.arithmetic",
-        "groupwise.tasks.code.benchmarks",
-        "groupwise.tasks.dialogue.data",
-        "groupwise.data.files",
-        "groupwise.tasks.code.functions",
-        "groupwise.tasks.guess.data",
-        "groupwise.tasks.multiply",
-        "groupwise.tasks.reasoning_gym.data",
-    ),
-    "rollout.engine_kwargs.environment": (
-        "groupwise.tasks.toolbox",
-        "groupwise.tasks.calculator.env",
-        "groupwise.tasks.guess.env",
-    ),
+    "rewards.funcs": CONTENT_MODULES,
+    "data.task": CONTENT_MODULES,
+    "rollout.engine_kwargs.environment": CONTENT_MODULES,
 }
 """Registry key -> the modules whose import registers its built-in entries."""

@@ -151,7 +151,7 @@ def test_the_reward_scores_what_training_scored(trained: tuple[Path, dict[str, A
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from groupwise.recipes.reward_model import pair_rewards
-    from groupwise.rewards.dialogue import reward_model
+    from groupwise.rewards.reward_model import reward_model
 
     out, _ = trained
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()

@@ -12,7 +12,7 @@ from groupwise.data import build_task
 from groupwise.envs import ENVIRONMENTS
 from groupwise.envs.base import as_env_step
 from groupwise.rewards.tools import final_answer_match, tool_used
-from groupwise.tasks.calculator.env import CalculatorError, calculator, evaluate
+from groupwise.tasks.calculator import CalculatorError, calculator, evaluate
 from groupwise.tasks.multiply import tool_call_text
 from tests.tests_helpers import tiny_overrides
 

@@ -12,7 +12,7 @@ from groupwise import GRPOTrainer, load_config
 from groupwise.data.tasks import build_task
 from groupwise.envs import ENVIRONMENTS
 from groupwise.rewards.environment import env_solved
-from groupwise.tasks.guess.env import GuessEnvironment, parse_guess
+from groupwise.tasks.guess import GuessEnvironment, parse_guess
 from tests.tests_helpers import tiny_overrides
 
 

@@ -3,7 +3,7 @@
 Each row of the pairs file is ``{"prompt": text or [{role, content}, ...], "chosen": reply,
 "rejected": reply}``. The text scored is the whole conversation, prompt then reply as the
 assistant's turn, rendered exactly as the ``reward_model`` reward renders it
-(:func:`groupwise.rewards.dialogue.render_conversation`: the tokenizer's chat template, the
+(:func:`groupwise.rewards.reward_model.render_conversation`: the tokenizer's chat template, the
 conversation's last ``max_length`` tokens). The model is an ``AutoModelForSequenceClassification``
 with one label (a scalar head, newly initialised) on top of a base causal LM, so the saved
 directory is what ``rewards.kwargs.reward_model.path`` expects.
@@ -43,7 +43,7 @@ from groupwise.models import (
     resolve_model_path,
     tiny_random_model,
 )
-from groupwise.rewards.dialogue import encode_conversations, render_conversation
+from groupwise.rewards.reward_model import encode_conversations, render_conversation
 from groupwise.run.checkpoint import DiskFullError, is_disk_full, replace_dir
 
 METADATA_FILE = "reward_model.json"

@@ -34,8 +34,14 @@ from groupwise.rewards.base import (
     rewards_from_config,
     trl_reward,
 )
-from groupwise.rewards.dialogue import length_penalty, repetition_penalty, reward_model
+
+# The import order is the registration order, the order names are listed in (the manifest,
+# groupwise.builtins, lists these modules first, in this order).
+# isort: off
+from groupwise.rewards.reward_model import reward_model
+from groupwise.rewards.text import length_penalty, repetition_penalty
 from groupwise.rewards.math import math_verify, overlong_penalty, think_answer_format
+# isort: on
 
 __all__ = [
     "BUILTIN_REWARDS",

@@ -1,7 +1,7 @@
 """Built-in task ``multiply``: products of two 2-3 digit numbers, with a ``calculator`` tool.
 
 "What is 347 * 86?" is beyond what SmolLM2-135M-Instruct computes in its head; with the
-``calculator`` environment (:mod:`groupwise.tasks.calculator.env`, ``rollout.engine=episodes``) it
+``calculator`` environment (:mod:`groupwise.tasks.calculator`, ``rollout.engine=episodes``) it
 can call the tool and copy the result. With ``tools: true`` (default) the prompt says how, in the
 exact text protocol, with a worked call on other numbers (``TOOL_HINT``); ``tools: false`` asks
 the bare question (the no-tool baseline, e.g. ``groupwise eval`` with the local engine).
