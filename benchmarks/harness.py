@@ -182,8 +182,9 @@ def matmul_gflops(dtype: str, shape: tuple[int, int, int], seconds: float = RATE
 
 _MACHINE = f"""
 import json, os, torch
-from groupwise.models.precision import ISA_ENV, cpu_description, matmul_gflops, resolve_precision
-choice = resolve_precision("auto", torch.device("cpu"))
+from groupwise.models.plan import decide_bf16
+from groupwise.models.precision import ISA_ENV, cpu_description, matmul_gflops
+choice = decide_bf16("auto", torch.device("cpu"))
 rates = {{}}
 for name, shape in (("train", {TRAIN_SHAPE!r}), ("decode", {DECODE_SHAPE!r})):
     rates[name] = {{

@@ -13,6 +13,7 @@ import torch
 from groupwise import GRPOTrainer, load_config
 from groupwise.eval.evaluate import evaluate_accuracy
 from groupwise.models import tiny_random_model
+from groupwise.models.plan import decide_rollout_weights
 from groupwise.rollout import (
     ENGINES,
     EngineContext,
@@ -24,7 +25,7 @@ from groupwise.rollout import (
     tokenize_prompts,
 )
 from groupwise.rollout.replay import ReplayEngine
-from groupwise.rollout.weights import WEIGHT_STRATEGIES, choose_strategy
+from groupwise.rollout.weights import WEIGHT_STRATEGIES
 from tests.tests_helpers import tiny_overrides
 
 
@@ -70,20 +71,20 @@ def test_evaluation_goes_through_the_engine(tokenizer: Any) -> None:
 
 
 def test_weight_strategies_cover_the_settings() -> None:
-    bf16, fp32 = torch.bfloat16, torch.float32
-    cases = {
-        ("shared", False, bf16, bf16, True, False),
-        ("copy", False, fp32, bf16, True, False),
-        ("copy", False, fp32, fp32, True, False),
-        ("copy", True, fp32, bf16, True, False),
-        ("adapters", True, bf16, bf16, False, False),
-        ("merge_in_place", True, bf16, bf16, True, True),
+    bf16, fp32 = "bfloat16", "float32"
+    cases = {  # (strategy, lora, param_dtype, bf16 compute, rollout copy, merge in place)
+        ("shared", False, bf16, True, True, False),
+        ("copy", False, fp32, True, True, False),
+        ("copy", False, fp32, False, True, False),
+        ("copy", True, fp32, True, True, False),
+        ("adapters", True, bf16, True, False, False),
+        ("merge_in_place", True, bf16, True, True, True),
     }
-    for want, lora, param, rollout, copy, in_place in cases:
-        got = choose_strategy(
+    for want, lora, param, compute, copy, in_place in cases:
+        got = decide_rollout_weights(
             lora=lora,
             param_dtype=param,
-            rollout_dtype=rollout,
+            bf16=compute,
             lora_rollout_copy=copy,
             merge_in_place=in_place,
         )

@@ -1,4 +1,4 @@
-"""What ``auto`` resolves to for the memory levers (groupwise.train.build.resolve_memory_levers)."""
+"""What ``auto`` resolves to for the memory levers (the run plan, groupwise.models.plan)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,19 @@ import pytest
 import torch
 
 from groupwise.config import ConfigError, load_config
-from groupwise.models.precision import PrecisionChoice
-from groupwise.train.build import resolve_memory_levers
+from groupwise.models.plan import RunPlan, check_plan, resolve_plan
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-PURE_BF16 = PrecisionChoice(bf16=True, setting="auto", reason="", param_dtype="bfloat16")
-FP32 = PrecisionChoice(bf16=False, setting="auto", reason="", param_dtype="float32")
-MIXED = PrecisionChoice(bf16=True, setting="auto", reason="", param_dtype="float32")
+# (training.bf16, training.param_dtype): the precision a plan is resolved with
+PURE_BF16 = ("true", "bfloat16")
+FP32 = ("false", "float32")
+MIXED = ("true", "float32")
+
+
+def _plan(precision: tuple[str, str], device: torch.device, *overrides: str) -> RunPlan:
+    bf16, param_dtype = precision
+    extra = [f"training.bf16={bf16}", f"training.param_dtype={param_dtype}", *overrides]
+    return resolve_plan(load_config(overrides=extra), device)
 
 
 @pytest.mark.parametrize(
@@ -26,21 +32,23 @@ MIXED = PrecisionChoice(bf16=True, setting="auto", reason="", param_dtype="float
     ],
 )
 def test_auto_picks_by_device_and_weights(
-    precision: PrecisionChoice, device: torch.device, want: tuple[bool, bool]
+    precision: tuple[str, str], device: torch.device, want: tuple[bool, bool]
 ) -> None:
-    config = load_config(overrides=["algorithm.beta=0.04"])
-    levers = resolve_memory_levers(config, precision, device)
-    assert (levers.reference_on_disk, levers.fused_kernels) == want
-    assert not levers.merge_in_place  # no LoRA
-    lora = load_config(overrides=["model.lora=true"])
-    in_place = precision.bf16 and device.type == "cpu"  # LoRA on a bf16 CPU merges in place
-    assert resolve_memory_levers(lora, precision, device).merge_in_place is in_place
+    plan = _plan(precision, device, "algorithm.beta=0.04")
+    assert (plan.reference_on_disk, plan.fused_kernels) == want
+    assert not plan.merge_in_place  # no LoRA
+    # LoRA (training.param_dtype=auto) on a bf16 CPU merges in place
+    lora = load_config(overrides=["model.lora=true", f"training.bf16={precision[0]}"])
+    in_place = precision[0] == "true" and device.type == "cpu"
+    assert resolve_plan(lora, device).merge_in_place is in_place
 
 
 def test_explicit_settings_win_and_a_cpu_only_one_off_cpu_is_refused() -> None:
-    off = load_config(overrides=["model.reference_on_disk=false", "training.fused_kernels=false"])
-    assert resolve_memory_levers(off, PURE_BF16, CPU) == (False, False, False)
-    on = load_config(overrides=["model.reference_on_disk=true", "training.fused_kernels=true"])
-    assert resolve_memory_levers(on, FP32, CPU) == (True, True, False)
+    off = ("model.reference_on_disk=false", "training.fused_kernels=false")
+    plan = _plan(PURE_BF16, CPU, *off)
+    assert (plan.reference_on_disk, plan.fused_kernels, plan.merge_in_place) == (False,) * 3
+    on = ("model.reference_on_disk=true", "training.fused_kernels=true")
+    plan = _plan(FP32, CPU, *on)
+    assert (plan.reference_on_disk, plan.fused_kernels, plan.merge_in_place) == (True, True, False)
     with pytest.raises(ConfigError, match="model.reference_on_disk=true"):
-        resolve_memory_levers(on, PURE_BF16, CUDA)
+        check_plan(_plan(PURE_BF16, CUDA, *on))

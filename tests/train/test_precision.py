@@ -12,15 +12,13 @@ import yaml
 
 from groupwise import GRPOTrainer, load_config
 from groupwise.config import ConfigError
-from groupwise.models.precision import (
-    BF16_MIN_SPEEDUP,
-    PrecisionChoice,
-    machine_key,
-    matmul_gflops,
-    resolve_merge_in_place,
-    resolve_param_dtype,
-    resolve_precision,
+from groupwise.models.plan import (
+    PLAN_FILE,
+    decide_bf16,
+    decide_merge_in_place,
+    decide_param_dtype,
 )
+from groupwise.models.precision import BF16_MIN_SPEEDUP, machine_key, matmul_gflops
 from tests.tests_helpers import tiny_overrides, varied_reward
 
 CPU = torch.device("cpu")
@@ -51,7 +49,7 @@ def test_auto_follows_the_probe_on_cpu(
     tmp_path: Path, fp32: float, bf16: float, expected: bool
 ) -> None:
     probe = FakeProbe(fp32, bf16)
-    choice = resolve_precision("auto", CPU, probe=probe, cache_file=tmp_path / "p.json")
+    choice = decide_bf16("auto", CPU, probe=probe, cache_file=tmp_path / "p.json")
     assert choice.bf16 is expected
     assert choice.setting == "auto"
     assert choice.probe == {"float32_gflops": fp32, "bfloat16_gflops": bf16}
@@ -62,7 +60,7 @@ def test_auto_follows_the_probe_on_cpu(
 @pytest.mark.parametrize("setting", [True, False])
 def test_an_explicit_setting_wins_without_probing(tmp_path: Path, setting: bool) -> None:
     probe = FakeProbe(40.0, 0.9 if setting else 900.0)  # the probe would say the opposite
-    choice = resolve_precision(setting, CPU, probe=probe, cache_file=tmp_path / "p.json")
+    choice = decide_bf16(setting, CPU, probe=probe, cache_file=tmp_path / "p.json")
     assert choice.bf16 is setting and probe.calls == 0
     assert "set explicitly" in choice.reason
 
@@ -70,15 +68,15 @@ def test_an_explicit_setting_wins_without_probing(tmp_path: Path, setting: bool)
 def test_the_probe_is_cached_per_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "precision.json"
     probe = FakeProbe(40.0, 0.9)
-    first = resolve_precision("auto", CPU, probe=probe, cache_file=cache)
-    second = resolve_precision("auto", CPU, probe=probe, cache_file=cache)
+    first = decide_bf16("auto", CPU, probe=probe, cache_file=cache)
+    second = decide_bf16("auto", CPU, probe=probe, cache_file=cache)
     assert probe.calls == 2  # the second call read the cache
     assert second.bf16 == first.bf16 and "cached probe" in second.reason
     assert json.loads(cache.read_text()) == {machine_key(): first.probe}
     # limiting the ISA is another machine as far as matmul speed goes: probe again
     current = os.environ.get("ONEDNN_MAX_CPU_ISA")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SSE41" if current == "AVX2" else "AVX2")
-    resolve_precision("auto", CPU, probe=probe, cache_file=cache)
+    decide_bf16("auto", CPU, probe=probe, cache_file=cache)
     assert probe.calls == 4 and len(json.loads(cache.read_text())) == 2
 
 
@@ -86,57 +84,53 @@ def test_a_corrupt_cache_is_probed_again(tmp_path: Path) -> None:
     cache = tmp_path / "precision.json"
     cache.write_text(json.dumps({machine_key(): {"float32_gflops": "fast"}}))
     probe = FakeProbe(200.0, 800.0)
-    assert resolve_precision("auto", CPU, probe=probe, cache_file=cache).bf16
+    assert decide_bf16("auto", CPU, probe=probe, cache_file=cache).bf16
     assert probe.calls == 2
 
 
 def test_pure_bf16_weights_and_other_devices(tmp_path: Path) -> None:
     probe = FakeProbe(40.0, 0.9)
     cache = tmp_path / "p.json"
-    pure = resolve_precision("auto", CPU, param_dtype="bfloat16", probe=probe, cache_file=cache)
+    pure = decide_bf16("auto", CPU, param_dtype="bfloat16", probe=probe, cache_file=cache)
     assert pure.bf16 and probe.calls == 0
-    other = resolve_precision("auto", torch.device("meta"), probe=probe, cache_file=cache)
+    other = decide_bf16("auto", torch.device("meta"), probe=probe, cache_file=cache)
     assert not other.bf16 and probe.calls == 0
     with pytest.raises(ValueError, match="true, false, auto"):
-        resolve_precision("sometimes", CPU, probe=probe, cache_file=cache)
+        decide_bf16("sometimes", CPU, probe=probe, cache_file=cache)
 
 
 def test_the_real_probe_measures_a_positive_rate() -> None:
     assert matmul_gflops(torch.float32, seconds=0.01, shape=(8, 16, 16)) > 0
 
 
-BF16 = PrecisionChoice(True, "auto", "probe")
-
-
 @pytest.mark.parametrize(
-    ("choice", "device", "kwargs", "expected", "why"),
+    ("bf16", "device", "kwargs", "expected", "why"),
     [
-        (BF16, CPU, {}, "bfloat16", "pure bf16 training"),
-        (PrecisionChoice(False, "auto", "probe"), CPU, {}, "float32", "float32 compute"),
-        (BF16, torch.device("cuda"), {}, "float32", "float32 masters on cuda"),
-        (BF16, CPU, {"world_size": 2}, "float32", "single-process only"),
-        (BF16, CPU, {"lora": True}, "float32", "LoRA keeps float32 adapters"),
-        (BF16, CPU, {"lora": True, "merge_in_place": True}, "bfloat16", "pure bf16"),
+        (True, CPU, {}, "bfloat16", "pure bf16 training"),
+        (False, CPU, {}, "float32", "float32 compute"),
+        (True, torch.device("cuda"), {}, "float32", "float32 masters on cuda"),
+        (True, CPU, {"world_size": 2}, "float32", "single-process only"),
+        (True, CPU, {"lora": True}, "float32", "LoRA keeps float32 adapters"),
+        (True, CPU, {"lora": True, "merge_in_place": True}, "bfloat16", "pure bf16"),
     ],
 )
 def test_param_dtype_auto(
-    choice: PrecisionChoice,
+    bf16: bool,
     device: torch.device,
     kwargs: dict[str, object],
     expected: str,
     why: str,
 ) -> None:
-    resolved = resolve_param_dtype("auto", choice, device, **kwargs)  # type: ignore[arg-type]
-    assert resolved.param_dtype == expected and why in resolved.param_reason
-    assert resolved.bf16 == choice.bf16  # the compute choice is kept
+    dtype, reason = decide_param_dtype("auto", bf16, device, **kwargs)  # type: ignore[arg-type]
+    assert dtype == expected and why in reason
 
 
 @pytest.mark.parametrize("setting", ["float32", "bfloat16"])
 def test_an_explicit_param_dtype_wins(setting: str) -> None:
-    resolved = resolve_param_dtype(setting, BF16, torch.device("cuda"), lora=True, world_size=4)
-    assert resolved.param_dtype == setting
+    dtype, _ = decide_param_dtype(setting, True, torch.device("cuda"), lora=True, world_size=4)
+    assert dtype == setting
     with pytest.raises(ValueError, match="auto, float32, bfloat16"):
-        resolve_param_dtype("float16", BF16, CPU)
+        decide_param_dtype("float16", True, CPU)
 
 
 def _cache_rates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bf16_rate: float) -> dict:
@@ -148,16 +142,32 @@ def _cache_rates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bf16_rate: flo
     return rates
 
 
-def test_resuming_on_a_cpu_that_picks_other_weights_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_resume_keeps_the_plan_it_started_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """On a CPU whose probe now picks float32, a resumed bf16 run keeps its plan.json (and says
+    what this machine would choose); without plan.json it resolves afresh and is refused."""
     _cache_rates(tmp_path, monkeypatch, 900.0)  # a bf16 CPU: pure bf16 weights
     overrides = tiny_overrides(tmp_path, max_steps=1, save_steps=1, param_dtype="auto")
     GRPOTrainer(load_config(overrides=overrides), reward_funcs=[varied_reward]).train()
+    saved = json.loads((tmp_path / "run" / PLAN_FILE).read_text())
+    assert saved["bf16"] is True and saved["param_dtype"] == "bfloat16"
     _cache_rates(tmp_path, monkeypatch, 0.9)  # now float32 weights
+    capsys.readouterr()
     more = load_config(overrides=[*overrides, "max_steps=2", "resume=auto"])
+    trainer = GRPOTrainer(more, reward_funcs=[varied_reward])
+    err = capsys.readouterr().err
+    assert "training.bf16: true -> false" in err
+    assert "training.param_dtype: bfloat16 -> float32" in err
+    assert trainer.plan.as_dict() == saved
+    assert {p.dtype for p in trainer.policy.parameters()} == {torch.bfloat16}
+    assert trainer.train()["precision"]["param_dtype"] == "bfloat16"
+    assert json.loads((tmp_path / "run" / PLAN_FILE).read_text()) == saved
+    # a run saved before plan.json existed resolves afresh, and the checkpoint refuses it
+    (tmp_path / "run" / PLAN_FILE).unlink()
+    again = load_config(overrides=[*overrides, "max_steps=3", "resume=auto"])
     with pytest.raises(ConfigError, match="set training.param_dtype=bfloat16"):
-        GRPOTrainer(more, reward_funcs=[varied_reward]).train()
+        GRPOTrainer(again, reward_funcs=[varied_reward]).train()
 
 
 @pytest.mark.parametrize(("bf16_rate", "expected"), [(0.9, False), (900.0, True)])
@@ -200,11 +210,10 @@ def test_the_run_says_what_it_picked(
 def test_merge_in_place_auto(
     bf16: bool, device: str, param_setting: str, world: int, rollout_copy: bool, want: bool
 ) -> None:
-    choice = PrecisionChoice(bf16=bf16, setting="auto", reason="")
-    got = resolve_merge_in_place(
+    got = decide_merge_in_place(
         "auto",
-        choice,
-        torch.device(device),
+        bf16=bf16,
+        device=torch.device(device),
         lora=True,
         rollout_copy=rollout_copy,
         param_setting=param_setting,
@@ -212,16 +221,24 @@ def test_merge_in_place_auto(
     )
     assert got is want
     if want:  # and param_dtype=auto then picks bf16 weights for the LoRA run
-        assert (
-            resolve_param_dtype(
-                "auto", choice, torch.device(device), lora=True, merge_in_place=True
-            ).param_dtype
-            == "bfloat16"
+        dtype, _ = decide_param_dtype(
+            "auto", bf16, torch.device(device), lora=True, merge_in_place=True
         )
-    explicit = resolve_merge_in_place(
-        False, choice, torch.device(device), lora=True, rollout_copy=True, param_setting="auto"
+        assert dtype == "bfloat16"
+    explicit = decide_merge_in_place(
+        False,
+        bf16=bf16,
+        device=torch.device(device),
+        lora=True,
+        rollout_copy=True,
+        param_setting="auto",
     )
     assert explicit is False  # an explicit setting wins
-    assert not resolve_merge_in_place(
-        "auto", choice, torch.device(device), lora=False, rollout_copy=True, param_setting="auto"
+    assert not decide_merge_in_place(
+        "auto",
+        bf16=bf16,
+        device=torch.device(device),
+        lora=False,
+        rollout_copy=True,
+        param_setting="auto",
     )

@@ -176,23 +176,21 @@ def evaluate_model(name: str, config: Config, *, k: int) -> dict[str, float]:
     """Greedy accuracy (and pass@k / maj@k when ``k > 1``) of a model on the config's task."""
     from groupwise.data import build_task
     from groupwise.models import load_base_model, pick_device
-    from groupwise.models.precision import resolve_precision
+    from groupwise.models.plan import resolve_plan
 
     device = pick_device(config.training.device)
     d, e = config.data, config.eval
     task = build_task(d.task, train_size=1, eval_size=d.eval_size, seed=d.seed, params=d.params)
     if task.correctness is None:
         raise ValueError(f"data.task: task {task.name!r} has no correctness check to evaluate")
+    plan = resolve_plan(config, device)  # one process; its precision and attention kernel
     model, tokenizer = load_base_model(
         name,
         seed=config.training.seed,
         device=device,
-        attn_implementation=config.model.attn_implementation,
+        attn_implementation=plan.attn_implementation,
     )
-    choice = resolve_precision(
-        config.training.bf16, device, param_dtype=config.training.param_dtype
-    )
-    model = model.to(torch.bfloat16 if choice.bf16 else torch.float32).eval()
+    model = model.to(plan.rollout_dtype).eval()
     engine = local_engine(model, tokenizer)
     greedy = evaluate_accuracy(
         engine,

@@ -2,7 +2,8 @@
 
 - :mod:`~groupwise.models.loading`: presets, local directories and GGUF files, the tokenizer,
   the device, LoRA, the reference policy (in memory or mapped from disk).
-- :mod:`~groupwise.models.precision`: what to compute in on this device (``training.bf16=auto``).
+- :mod:`~groupwise.models.precision`: the CPU's matmul probe behind ``training.bf16=auto``.
+- :mod:`~groupwise.models.plan`: the run plan, every ``auto`` setting of a run resolved once.
 """
 
 from groupwise.models.loading import (

@@ -56,6 +56,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def default_attn_implementation(device: torch.device) -> str:
+    """What ``attn_implementation='auto'`` is on ``device``: groupwise's grouped-query
+    attention on CPU (for GRPO's short sequences it beat SDPA and eager here: see
+    benchmarks/README.md), SDPA elsewhere. A run reads it from its plan
+    (:func:`groupwise.models.plan.decide_attn_implementation`)."""
+    return "grouped" if device.type == "cpu" else "sdpa"
+
+
 def cache_dir() -> Path:
     """Where converted models are cached (``$GROUPWISE_CACHE`` or ``~/.cache/groupwise``)."""
     root = os.environ.get("GROUPWISE_CACHE") or os.path.join(
@@ -216,8 +224,8 @@ def load_base_model(
 ) -> tuple[nn.Module, Any]:
     """Load the model (weights in ``dtype``) and its tokenizer, by preset, directory or GGUF file.
 
-    ``attn_implementation='auto'`` picks groupwise's grouped-query attention on CPU (for GRPO's
-    short sequences it beat SDPA and eager here: see benchmarks/README.md) and SDPA on GPUs.
+    ``attn_implementation='auto'``: :func:`default_attn_implementation` (a run passes the name
+    its plan resolved).
     """
     path = resolve_model_path(name_or_path)
     if path is None:
@@ -251,7 +259,7 @@ def prepare_base_model(
         model = model.to(dtype)
     model.config.use_cache = False  # type: ignore[union-attr]
     if attn_implementation == "auto":
-        attn_implementation = "grouped" if device.type == "cpu" else "sdpa"
+        attn_implementation = default_attn_implementation(device)
     if attn_implementation == "grouped":
         from groupwise.kernels import register_grouped_attention
 

@@ -14,12 +14,10 @@ The probe takes well under a second and its result is cached per machine in
 ``cache_dir()/precision.json``, keyed by the CPU's model and ISA flags, the torch version, the
 thread count and the ISA-limiting environment variables (``ONEDNN_MAX_CPU_ISA``,
 ``ATEN_CPU_CAPABILITY``, ``MKL_ENABLE_INSTRUCTIONS``), so a changed machine is probed again.
-On CUDA the choice is ``torch.cuda.is_bf16_supported()``; on other devices float32. An explicit
-``training.bf16=true/false`` always wins, and ``training.param_dtype=bfloat16`` (pure bf16
-weights) implies bf16 compute. :func:`resolve_param_dtype` then resolves
-``training.param_dtype=auto``: pure bf16 weights where bf16 compute was picked on a CPU in one
-process, float32 master weights otherwise (the default run with and without pure bf16 on an
-AVX512-BF16 CPU learned as well in less wall time; docs/log.md).
+The rules that read the measurement (and everything else ``auto`` in a run) are in
+:mod:`groupwise.models.plan`: :func:`~groupwise.models.plan.decide_bf16` and
+:func:`~groupwise.models.plan.decide_param_dtype` (pure bf16 weights where bf16 compute was
+picked on a CPU in one process).
 """
 
 from __future__ import annotations
@@ -30,9 +28,9 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -53,7 +51,8 @@ Probe = Callable[[torch.dtype], float]
 
 @dataclass(frozen=True)
 class PrecisionChoice:
-    """What ``training.bf16`` resolved to on this device, and why."""
+    """What ``training.bf16`` and ``training.param_dtype`` resolved to, and why: the precision
+    part of the run plan (:attr:`groupwise.models.plan.RunPlan.precision`)."""
 
     bf16: bool
     """bf16 autocast for the policy's forward/backward and a bf16 rollout copy."""
@@ -64,7 +63,7 @@ class PrecisionChoice:
     probe: dict[str, float] | None = None
     """The measured rates (``float32_gflops``, ``bfloat16_gflops``) when a probe decided."""
     param_dtype: str = "float32"
-    """The weights' dtype, ``training.param_dtype`` resolved (:func:`resolve_param_dtype`)."""
+    """The weights' dtype, ``training.param_dtype`` resolved."""
     param_reason: str = ""
     """Why that weight dtype."""
 
@@ -113,144 +112,30 @@ def cpu_description() -> str:
     )
 
 
-def resolve_precision(
-    setting: bool | str,
-    device: torch.device,
-    *,
-    param_dtype: str = "float32",
-    probe: Probe | None = None,
-    cache_file: Path | None = None,
-) -> PrecisionChoice:
-    """Resolve ``training.bf16`` (``True``, ``False`` or ``"auto"``) for ``device``.
-
-    ``probe`` measures a dtype's matmul rate (default :func:`matmul_gflops`); ``cache_file``
-    keeps probe results per machine (default ``cache_dir()/precision.json``; tests inject both).
-    """
-    if setting is True or setting is False:
-        word = "true" if setting else "false"
-        return PrecisionChoice(setting, word, f"training.bf16={word} was set explicitly")
-    if setting != "auto":
-        raise ValueError(f"training.bf16: {setting!r} is not one of: true, false, auto")
-    if param_dtype == "bfloat16":
-        return PrecisionChoice(True, "auto", "training.param_dtype=bfloat16 computes in bf16")
-    if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-        why = "this GPU supports bf16" if ok else "this GPU has no bf16 support"
-        return PrecisionChoice(ok, "auto", why)
-    if device.type != "cpu":
-        return PrecisionChoice(False, "auto", f"float32 on {device.type} (no bf16 probe there)")
-    return _probe_cpu(probe or matmul_gflops, cache_file or _default_cache_file())
-
-
-def resolve_param_dtype(
-    setting: str,
-    choice: PrecisionChoice,
-    device: torch.device,
-    *,
-    lora: bool = False,
-    merge_in_place: bool = False,
-    world_size: int = 1,
-) -> PrecisionChoice:
-    """``choice`` with ``training.param_dtype`` (``auto``, ``float32``, ``bfloat16``) resolved.
-
-    auto = bfloat16 weights (pure bf16 training: Kahan-compensated AdamW, no rollout copy) where
-    all of these hold, float32 master weights otherwise:
-
-    - bf16 compute was picked (natively fast bf16);
-    - the device is a CPU (on GPUs float32 masters under autocast are the norm and memory is
-      less tight);
-    - one process (pure bf16 training is single-process for now);
-    - full fine-tuning, or LoRA decoding with the adapters merged in place (which needs the base
-      weights in the rollout dtype); other LoRA runs keep float32 adapters.
-    """
-    if setting in ("float32", "bfloat16"):
-        return replace(choice, param_dtype=setting, param_reason=f"training.param_dtype={setting}")
-    if setting != "auto":
-        raise ValueError(
-            f"training.param_dtype: {setting!r} is not one of: auto, float32, bfloat16"
-        )
-    blockers = [
-        (not choice.bf16, "float32 compute"),
-        (device.type != "cpu", f"float32 masters on {device.type}"),
-        (world_size > 1, "pure bf16 is single-process only"),
-        (lora and not merge_in_place, "LoRA keeps float32 adapters"),
-    ]
-    why = next((reason for blocked, reason in blockers if blocked), None)
-    if why is not None:
-        return replace(choice, param_dtype="float32", param_reason=f"auto -> float32 ({why})")
-    reason = "auto -> bfloat16 (native bf16 on this CPU, one process: pure bf16 training)"
-    return replace(choice, param_dtype="bfloat16", param_reason=reason)
-
-
-def resolve_merge_in_place(
-    setting: bool | str,
-    choice: PrecisionChoice,
-    device: torch.device,
-    *,
-    lora: bool,
-    rollout_copy: bool,
-    param_setting: str,
-    world_size: int = 1,
-) -> bool:
-    """``model.lora_merge_in_place`` with ``auto`` resolved: on for LoRA with a rollout copy on a
-    CPU that computes in bf16, in one process, unless ``training.param_dtype=float32`` keeps the
-    base in float32 (merging in place decodes with the base weights, so they must be bf16). It
-    is exact: the run equals the merged-copy run completion for completion (tests/train/test_trainer.py).
-    """
-    if setting != "auto":
-        return bool(setting)
-    return (
-        lora
-        and rollout_copy
-        and choice.bf16
-        and device.type == "cpu"
-        and world_size == 1
-        and param_setting in ("auto", "bfloat16")
-    )
-
-
-def run_merge_in_place(config: Any, choice: PrecisionChoice, device: torch.device) -> bool:
-    """:func:`resolve_merge_in_place` for a run's config (false without LoRA): the one place
-    both the precision choice and the model build read it from."""
-    from groupwise.distributed import world_size
-
-    m = config.model
-    return m.lora and resolve_merge_in_place(
-        m.lora_merge_in_place,
-        choice,
-        device,
-        lora=m.lora,
-        rollout_copy=m.lora_rollout_copy,
-        param_setting=config.training.param_dtype,
-        world_size=world_size(),
-    )
-
-
-def _probe_cpu(probe: Probe, cache_file: Path) -> PrecisionChoice:
+def measure_cpu(
+    probe: Probe | None = None, cache_file: Path | None = None
+) -> tuple[dict[str, float], str]:
+    """This CPU's matmul rates ``{"float32_gflops": r32, "bfloat16_gflops": r16}`` and where
+    they came from ('probe' or 'cached probe'): read from ``cache_file`` (default
+    ``cache_dir()/precision.json``) under :func:`machine_key`, else measured with ``probe``
+    (default :func:`matmul_gflops`) and cached."""
+    cache_file = cache_file or _default_cache_file()
     key = machine_key()
     cache = _read_cache(cache_file)
-    rates = cache.get(key)
-    source = "cached probe"
-    if not _valid_rates(rates):
-        rates = {
-            "float32_gflops": round(probe(torch.float32), 2),
-            "bfloat16_gflops": round(probe(torch.bfloat16), 2),
-        }
-        source = "probe"
-        cache[key] = rates
-        _write_cache(cache_file, cache)
-    assert rates is not None
-    r32, r16 = rates["float32_gflops"], rates["bfloat16_gflops"]
-    bf16 = r16 >= BF16_MIN_SPEEDUP * r32
-    verdict = "bf16 is faster" if bf16 else "bf16 is not natively fast here"
-    reason = (
-        f"{source} on {cpu_description()}: bf16 matmul {r16:.1f} vs float32 {r32:.1f} "
-        f"GFLOP/s ({r16 / max(r32, 1e-9):.2f}x; bf16 needs >= {BF16_MIN_SPEEDUP}x): {verdict}"
-    )
-    return PrecisionChoice(bf16, "auto", reason, dict(rates))
+    cached = cache.get(key)
+    if _valid_rates(cached):
+        return dict(cached), "cached probe"
+    measure = probe or matmul_gflops
+    rates = {
+        "float32_gflops": round(measure(torch.float32), 2),
+        "bfloat16_gflops": round(measure(torch.bfloat16), 2),
+    }
+    cache[key] = rates
+    _write_cache(cache_file, cache)
+    return dict(rates), "probe"
 
 
-def _valid_rates(rates: Any) -> bool:
+def _valid_rates(rates: Any) -> TypeGuard[dict[str, float]]:
     return isinstance(rates, dict) and all(
         isinstance(rates.get(k), (int, float)) and rates[k] > 0
         for k in ("float32_gflops", "bfloat16_gflops")
@@ -301,29 +186,3 @@ def _cpu_model_and_flags() -> tuple[str, set[str]]:
 def _cpu_identity() -> str:
     model, flags = _cpu_model_and_flags()
     return f"{platform.machine()} {model} {' '.join(sorted(flags))}"
-
-
-def run_precision(config: Any, device: torch.device) -> PrecisionChoice:
-    """``training.bf16`` and ``training.param_dtype`` of a run on ``device``, printed (rank 0
-    decides and tells the others: a probe per rank would differ)."""
-    from groupwise.distributed import broadcast_object, is_main, world_size
-
-    t, m = config.training, config.model
-    choice = None
-    if is_main():
-        choice = resolve_precision(t.bf16, device, param_dtype=t.param_dtype)
-        merge = run_merge_in_place(config, choice, device)
-        choice = resolve_param_dtype(
-            t.param_dtype,
-            choice,
-            device,
-            lora=m.lora,
-            merge_in_place=merge,
-            world_size=world_size(),
-        )
-        compute = "bf16" if choice.bf16 else "float32"
-        print(f"precision: {compute} compute ({choice.reason})", flush=True)
-        print(f"precision: {choice.param_dtype} weights ({choice.param_reason})", flush=True)
-    shared = broadcast_object(choice)
-    assert shared is not None
-    return shared

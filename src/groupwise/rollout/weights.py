@@ -14,7 +14,9 @@ InPlaceMerge       LoRA, ``lora_merge_in_place=true``            ``active``: ada
                                                                  restored bitwise afterwards
 =================  ===========================================  ==================================
 
-The trainer builds one with :func:`build_rollout_weights` and hands it to the engine; an engine
+A run's plan names the strategy (``RunPlan.rollout_weights``, decided by
+:func:`groupwise.models.plan.decide_rollout_weights`); the trainer builds it with
+:func:`build_rollout_weights` and hands it to the engine; an engine
 that decodes elsewhere (a server, another library) can ignore it and read the policy instead.
 """
 
@@ -36,6 +38,7 @@ from groupwise.models import (
     merge_lora_in_place,
     sync_rollout_model,
 )
+from groupwise.models.plan import ROLLOUT_WEIGHTS
 
 
 class RolloutWeights(Protocol):
@@ -142,25 +145,9 @@ class ServesWeights:
             self._depth -= 1
 
 
-WEIGHT_STRATEGIES = ("shared", "copy", "adapters", "merge_in_place")
-
-
-def choose_strategy(
-    *,
-    lora: bool,
-    param_dtype: torch.dtype,
-    rollout_dtype: torch.dtype,
-    lora_rollout_copy: bool,
-    merge_in_place: bool,
-) -> str:
-    """The strategy for these settings (one of ``WEIGHT_STRATEGIES``)."""
-    if lora and merge_in_place:
-        return "merge_in_place"
-    if lora and not lora_rollout_copy:
-        return "adapters"
-    if not lora and param_dtype == rollout_dtype == torch.bfloat16:
-        return "shared"
-    return "copy"
+WEIGHT_STRATEGIES = ROLLOUT_WEIGHTS
+"""The strategies by name; which one a run uses is its plan's ``rollout_weights``
+(:func:`groupwise.models.plan.decide_rollout_weights`)."""
 
 
 def build_rollout_weights(

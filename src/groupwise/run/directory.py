@@ -1,6 +1,7 @@
 """The run directory: start fresh or resume, checkpoints, and the state a resume restores.
 
-``RUN_DIR`` holds ``config.yaml`` (with what ``auto`` settings resolved to), ``metrics.jsonl``,
+``RUN_DIR`` holds ``config.yaml`` (with what ``auto`` settings resolved to), ``plan.json`` (the
+run plan: every ``auto`` setting resolved, read back on resume), ``metrics.jsonl``,
 ``completions.jsonl``, ``eval_samples.jsonl``, ``checkpoints/step-XXXXXXXX`` (see :mod:`groupwise.run.checkpoint`),
 ``final/``, ``summary.json`` and the report. Rank 0 decides and writes; every rank loads the
 same checkpoint (a shared file system on several nodes).
@@ -32,14 +33,16 @@ import yaml
 from groupwise.config import Config, ConfigError, config_to_dict
 from groupwise.data.sampler import PromptSampler
 from groupwise.distributed import barrier, broadcast_object, is_main, world_size
+from groupwise.models.plan import PLAN_FILE, RunPlan
 from groupwise.models.precision import PrecisionChoice
 from groupwise.run.checkpoint import (
     CHECKPOINTS,
     Counters,
     checkpoint_problem,
+    latest_checkpoint,
     latest_valid_checkpoint,
 )
-from groupwise.run.io import truncate_jsonl
+from groupwise.run.io import truncate_jsonl, write_json_atomic
 
 LOGS = ("metrics.jsonl", "completions.jsonl", "eval_samples.jsonl")
 LOCK_FILE = ".lock"
@@ -179,9 +182,12 @@ def _in_use_message(lock: Path, holder: dict[str, Any]) -> str:
 class RunDirectory:
     """``training.output_dir``: find what to resume from, and start (or continue) the logs."""
 
-    def __init__(self, config: Config, precision: PrecisionChoice) -> None:
+    def __init__(
+        self, config: Config, precision: PrecisionChoice, plan: RunPlan | None = None
+    ) -> None:
         self.config = config
         self.precision = precision
+        self.plan = plan
         self.path = Path(config.training.output_dir)
         self.lock = RunLock(self.path)
 
@@ -220,12 +226,14 @@ class RunDirectory:
 
     def start(self, step: int) -> None:
         """Drop log lines after ``step`` (the resumed checkpoint's, or all) and write
-        ``config.yaml`` headed by the precision choice."""
+        ``config.yaml`` headed by the precision choice, and ``plan.json``."""
         if is_main():
             for log in LOGS:
                 truncate_jsonl(self.path / log, step)
             text = self.precision_comment() + yaml.safe_dump(config_to_dict(self.config))
             (self.path / "config.yaml").write_text(text)
+            if self.plan is not None:
+                write_json_atomic(self.path / PLAN_FILE, self.plan.as_dict())
         barrier()
 
     def precision_comment(self) -> str:
@@ -285,6 +293,22 @@ class RunDirectory:
                 flush=True,
             )
         return found
+
+
+def resumed_plan_file(config: Config) -> Path | None:
+    """The ``plan.json`` of the run this one continues: ``output_dir``'s when ``resume=auto``
+    finds a checkpoint there, the run directory holding ``resume=<checkpoint>``; None for a
+    fresh start or a run saved without one (its ``auto`` settings are then resolved afresh).
+    Read before the run directory is locked: it only looks, :meth:`RunDirectory.find_checkpoint`
+    decides."""
+    t = config.training
+    if t.resume == "auto":
+        run_dir = Path(t.output_dir)
+        found = run_dir if latest_checkpoint(run_dir) is not None else None
+    else:
+        found = Path(t.resume).parent.parent if t.resume else None
+    plan = found / PLAN_FILE if found is not None else None
+    return plan if plan is not None and plan.is_file() else None
 
 
 @dataclass

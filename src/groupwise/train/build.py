@@ -4,13 +4,13 @@ data-parallel wrapper, optimizer and schedule (see ``groupwise.models`` for the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from groupwise.config import Config, ConfigError, check_merge_in_place_dtype
-from groupwise.distributed import is_main, world_size, wrap_policy
+from groupwise.config import Config
+from groupwise.distributed import wrap_policy
 from groupwise.kernels.fused import install_fused_kernels
 from groupwise.models import (
     LoraSettings,
@@ -21,10 +21,10 @@ from groupwise.models import (
     load_base_model,
     prepare_base_model,
 )
-from groupwise.models.precision import PrecisionChoice, run_merge_in_place
+from groupwise.models.plan import RunPlan
 from groupwise.rollout import EngineContext, Rollout, RolloutEngine, build_engine, used_width
 from groupwise.rollout.records import eos_token_ids
-from groupwise.rollout.weights import RolloutWeights, build_rollout_weights, choose_strategy
+from groupwise.rollout.weights import RolloutWeights, build_rollout_weights
 from groupwise.train.batch import StepBatch
 from groupwise.train.forward import autocast_context, completion_logp
 from groupwise.train.optim import build_optimizer, build_scheduler
@@ -121,36 +121,22 @@ class TrainingParts:
 
 def build_parts(
     config: Config,
-    precision: PrecisionChoice,
+    plan: RunPlan,
     device: torch.device,
     base_model: tuple[nn.Module, Any] | None = None,
 ) -> TrainingParts:
-    """Load the policy and build everything around it, in the order the weights need.
+    """Load the policy and build everything around it, in the order the weights need, as the
+    run's ``plan`` says (its ``auto`` settings resolved: :func:`groupwise.models.plan.run_plan`).
 
     ``base_model``: an already built ``(model, tokenizer)`` to train instead of loading
     ``model.name`` (TRL's ``GRPOTrainer(model=<PreTrainedModel>)``); it is trained in place.
     """
     m, t, a = config.model, config.training, config.algorithm
-    dtype = getattr(torch, precision.param_dtype)
-    if dtype == torch.bfloat16 and world_size() > 1:
-        raise ConfigError(
-            "training.param_dtype=bfloat16 is single-process only for now (its multi-process "
-            "equivalence is not tested); use training.param_dtype=float32 under torchrun"
-        )
-    levers = resolve_memory_levers(config, precision, device)
-    base, tokenizer = _base_model(config, dtype, device, base_model)
-    if levers.fused_kernels:
+    dtype = getattr(torch, plan.param_dtype)
+    base, tokenizer = _base_model(config, plan, dtype, device, base_model)
+    if plan.fused_kernels:
         install_fused_kernels(base)  # before any copy: copies keep the routing
-    low = torch.bfloat16 if precision.bf16 else torch.float32
-    if levers.merge_in_place:
-        check_merge_in_place_dtype(precision.param_dtype, precision.bf16)
-    strategy = choose_strategy(
-        lora=m.lora,
-        param_dtype=dtype,
-        rollout_dtype=low,
-        lora_rollout_copy=m.lora_rollout_copy,
-        merge_in_place=levers.merge_in_place,
-    )
+    low = plan.rollout_dtype
     lora = LoraSettings(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
 
     def make_policy(model: nn.Module) -> nn.Module:
@@ -159,9 +145,13 @@ def build_parts(
         return apply_lora(model, lora, dtype == torch.bfloat16) if m.lora else model
 
     policy, weights = build_rollout_weights(
-        base, make_policy, strategy=strategy, rollout_dtype=low, snapshot_dir=cache_dir() / "mapped"
+        base,
+        make_policy,
+        strategy=plan.rollout_weights,
+        rollout_dtype=low,
+        snapshot_dir=cache_dir() / "mapped",
     )
-    on_disk = cache_dir() / "mapped" if levers.reference_on_disk else None
+    on_disk = cache_dir() / "mapped" if plan.reference_on_disk else None
     reference = ReferencePolicy(policy, low, on_disk) if a.beta > 0 else None
     eos_ids = eos_token_ids(tokenizer, policy)
     # under fsdp this shards the policy's parameters in place: the optimizer comes after
@@ -172,7 +162,7 @@ def build_parts(
     return TrainingParts(
         config=config,
         device=device,
-        amp_dtype=torch.bfloat16 if precision.bf16 else None,
+        amp_dtype=torch.bfloat16 if plan.bf16 else None,
         policy=policy,
         tokenizer=tokenizer,
         weights=weights,
@@ -186,12 +176,13 @@ def build_parts(
 
 def _base_model(
     config: Config,
+    plan: RunPlan,
     dtype: torch.dtype,
     device: torch.device,
     built: tuple[nn.Module, Any] | None,
 ) -> tuple[nn.Module, Any]:
     """The built ``(model, tokenizer)`` made ready, else ``model.name`` loaded."""
-    attn = config.model.attn_implementation
+    attn = plan.attn_implementation
     if built is not None:
         return prepare_base_model(*built, device=device, attn_implementation=attn, dtype=dtype)
     seed = config.training.seed
@@ -215,45 +206,3 @@ def _optimizer(
     total_updates = t.max_steps * config.algorithm.num_iterations
     scheduler = build_scheduler(optimizer, t.lr_scheduler_type, t.warmup_steps, total_updates)
     return optimizer, scheduler
-
-
-class MemoryLevers(NamedTuple):
-    """The memory levers of a run, ``auto`` resolved (:func:`resolve_memory_levers`)."""
-
-    reference_on_disk: bool
-    fused_kernels: bool
-    merge_in_place: bool
-
-
-def resolve_memory_levers(
-    config: Config, precision: PrecisionChoice, device: torch.device
-) -> MemoryLevers:
-    """``model.reference_on_disk``, ``training.fused_kernels`` and (under LoRA)
-    ``model.lora_merge_in_place`` with ``auto`` resolved: the reference is mapped from disk on
-    CPU (where it is exact and its pages can leave RSS), the fused kernels run under pure bf16
-    weights on CPU (where their bf16 saved inputs were measured to save memory), the adapters
-    merge in place as :func:`~groupwise.models.precision.resolve_merge_in_place` says. An explicit
-    ``true`` of a CPU-only lever off CPU is an error. Printed on rank 0."""
-    m, t = config.model, config.training
-    merge = run_merge_in_place(config, precision, device)
-    _check_cpu_only(merge, "model.lora_merge_in_place", device)
-    _check_cpu_only(m.reference_on_disk is True, "model.reference_on_disk", device)
-    on_cpu = device.type == "cpu"
-    on_disk = on_cpu if m.reference_on_disk == "auto" else bool(m.reference_on_disk)
-    pure_bf16 = precision.param_dtype == "bfloat16"
-    fused = on_cpu and pure_bf16 if t.fused_kernels == "auto" else bool(t.fused_kernels)
-    if is_main() and not m.lora and config.algorithm.beta > 0:
-        print(f"memory: reference {'mapped from disk' if on_disk else 'in RAM'}", flush=True)
-    if is_main() and fused:
-        print("memory: fused RMSNorm / SwiGLU / softmax kernels (training.fused_kernels)")
-    if is_main() and merge:
-        print("memory: LoRA adapters merged into the base weights for decoding, no merged copy")
-    return MemoryLevers(on_disk, fused, merge)
-
-
-def _check_cpu_only(enabled: bool, key: str, device: torch.device) -> None:
-    if enabled and device.type != "cpu":
-        raise ConfigError(
-            f"{key}=true keeps its weights in CPU memory; the model runs on {device}: "
-            "set it to false"
-        )

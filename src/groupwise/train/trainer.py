@@ -47,7 +47,7 @@ from groupwise.distributed import (
 )
 from groupwise.eval.evaluate import EvalResult, evaluate_accuracy, scored_task
 from groupwise.models import ReferencePolicy
-from groupwise.models.precision import run_precision
+from groupwise.models.plan import run_plan
 from groupwise.rewards.base import (
     AnyRewardFunc,
     RewardRunner,
@@ -64,7 +64,7 @@ from groupwise.run.checkpoint import (
     save_checkpoint,
     save_pretrained_atomic,
 )
-from groupwise.run.directory import ResumableState, RunDirectory
+from groupwise.run.directory import ResumableState, RunDirectory, resumed_plan_file
 from groupwise.run.io import write_json_atomic
 from groupwise.run.logger import RunLogger
 from groupwise.train.build import build_parts
@@ -112,8 +112,10 @@ class GRPOTrainer:
         self.rewards = self._build_rewards(setup.reward_funcs)
         self.task = scored_task(self.task, self.rewards)  # a copy when rewards score held-out
         self.sampler = PromptSampler(self.task.train, seed=t.seed)
-        self.precision = run_precision(config, self.device)
-        self.parts = build_parts(config, self.precision, self.device, setup.base_model)
+        # every auto setting, resolved once (on resume: as the run started, from its plan.json)
+        self.plan = run_plan(config, self.device, world_size(), resumed_plan_file(config))
+        self.precision = self.plan.precision
+        self.parts = build_parts(config, self.plan, self.device, setup.base_model)
         self.grpo_step = GRPOStep(config, self.parts, self.rewards, self.counters)
         self.run_state: dict[str, Any] = {}  # eval_before, train_time_s: kept across resumes
         self.resumable = ResumableState(
@@ -125,7 +127,7 @@ class GRPOTrainer:
             self.grpo_step.generator,
             self.precision,
         )
-        self.run_dir = RunDirectory(config, self.precision)
+        self.run_dir = RunDirectory(config, self.precision, self.plan)
         self.callbacks = Callbacks(callbacks, args=trl.get("args"))
         self.last_checkpoint: Path | None = None
         self.last_completions: list[dict[str, Any]] = []
