@@ -441,7 +441,7 @@ def trl_arguments(
 ) -> TRLSetup:
     """``GRPOTrainer``'s arguments as groupwise's (config, reward_funcs, task and a built model
     if any): as given when ``config`` is a ``Config``, else TRL's call translated by
-    :func:`from_trl` (``config`` is then TRL's first positional argument, the model)."""
+    :func:`translate_trl_call` (``config`` is then TRL's first positional argument, the model)."""
     if isinstance(config, Config):
         if trl:
             raise TypeError(
@@ -450,7 +450,7 @@ def trl_arguments(
                 "task and callbacks"
             )
         return TRLSetup(config, reward_funcs, task)
-    return from_trl(trl.pop("model", config), reward_funcs, task=task, **trl)
+    return translate_trl_call(trl.pop("model", config), reward_funcs, task=task, **trl)
 
 
 def task_from_config(config: Config) -> Task:
@@ -487,7 +487,7 @@ def reward_score(runner: RewardRunner) -> Any:
     return held_out_reward
 
 
-def from_trl(
+def translate_trl_call(
     model: Any,
     reward_funcs: Any,
     *,
