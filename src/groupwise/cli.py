@@ -22,7 +22,7 @@ import yaml
 from groupwise.config import ConfigError, config_to_dict, load_config, reference_markdown
 from groupwise.recipes.reward_model import RewardModelArgs, reward_model_main
 from groupwise.rewards.base import RewardError
-from groupwise.run.checkpoint import DiskFullError
+from groupwise.run.io import DiskFullError
 from groupwise.run.tracking import TrackerUnavailableError
 from groupwise.train.guards import NonFiniteUpdatesError, TrainingInterrupted
 

@@ -107,10 +107,10 @@ def test_maj_at_k_errors() -> None:
         maj_at_k([], [], 1)
 
 
-def test_extract_answer_for_maj_at_k() -> None:
-    from groupwise.eval.evaluate import extract_answer
+def test_voted_answer_for_maj_at_k() -> None:
+    from groupwise.eval.evaluate import voted_answer
 
-    assert extract_answer("23 + 45 = 68", "68") == "68.0"
-    assert extract_answer("no number", "68") is None
-    assert extract_answer("I think\nParis\n", "Paris") == "Paris"
-    assert extract_answer("", "Paris") is None
+    assert voted_answer("23 + 45 = 68", "68") == "68.0"
+    assert voted_answer("no number", "68") is None
+    assert voted_answer("I think\nParis\n", "Paris") == "Paris"
+    assert voted_answer("", "Paris") is None

@@ -402,7 +402,8 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
     capsys: pytest.CaptureFixture[str],
     fill_disk: Any,
 ) -> None:
-    from groupwise.run.checkpoint import DiskFullError, checkpoint_problem
+    from groupwise.run.checkpoint import checkpoint_problem
+    from groupwise.run.io import DiskFullError
 
     trainer = _trainer(tmp_path, max_steps=4, save_steps=2)
     fill_disk(monkeypatch, trainer)
@@ -435,14 +436,14 @@ def test_a_failed_write_on_a_nearly_full_disk_counts_as_a_full_disk(
     """torch.save reports a full disk only as "unexpected pos": the free space tells."""
     import shutil
 
-    from groupwise.run import checkpoint
+    from groupwise.run import io
 
     bare = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
-    assert not checkpoint.is_disk_full(bare, tmp_path)
-    assert checkpoint.is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"), tmp_path)
+    assert not io.is_disk_full(bare, tmp_path)
+    assert io.is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"), tmp_path)
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage._replace(free=4096))
-    assert checkpoint.is_disk_full(bare, tmp_path)
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    assert io.is_disk_full(bare, tmp_path)
 
 
 def test_resume_skips_a_damaged_newest_checkpoint(

@@ -8,13 +8,18 @@ import math
 import pytest
 
 from groupwise.run.live import LiveView, headline, pick_samples
+from groupwise.run.records import CompletionRecord, Prompt
 
 
-def _records() -> list[dict[str, object]]:
+def _record(prompt: Prompt, completion: str, reward: float, advantage: float) -> CompletionRecord:
+    return CompletionRecord(1, prompt, completion, {}, reward, advantage, truncated=False)
+
+
+def _records() -> list[CompletionRecord]:
     return [
-        {"prompt": "What is 2+2?", "completion": "4", "reward": 1.0, "advantage": 0.87},
-        {"prompt": "What is 2+2?", "completion": "five [bold]", "reward": 0.0, "advantage": -0.87},
-        {"prompt": "What is 3+3?", "completion": "6 maybe", "reward": 0.5, "advantage": 0.0},
+        _record("What is 2+2?", "4", 1.0, 0.87),
+        _record("What is 2+2?", "five [bold]", 0.0, -0.87),
+        _record("What is 3+3?", "6 maybe", 0.5, 0.0),
     ]
 
 
@@ -45,8 +50,8 @@ def test_headline_formats_each_number_and_marks_missing_ones() -> None:
 
 def test_pick_samples_alternates_best_and_worst() -> None:
     records = _records()
-    assert [r["completion"] for r in pick_samples(records, 2)] == ["4", "five [bold]"]
-    assert [r["completion"] for r in pick_samples(records, 3)] == ["4", "five [bold]", "6 maybe"]
+    assert [r.completion for r in pick_samples(records, 2)] == ["4", "five [bold]"]
+    assert [r.completion for r in pick_samples(records, 3)] == ["4", "five [bold]", "6 maybe"]
     assert len(pick_samples(records, 10)) == 3
     assert pick_samples(records, 0) == [] and pick_samples([], 2) == []
 
@@ -98,7 +103,7 @@ def test_conversational_prompts_show_the_last_user_turn() -> None:
     out = io.StringIO()
     view = LiveView(1, stream=out, log_completions_steps=1, num_completions=1)
     prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
-    view.update(1, METRICS, [{"prompt": prompt, "completion": "Hello", "reward": 1.0}])
+    view.update(1, METRICS, [_record(prompt, "Hello", 1.0, 0.0)])
     assert "prompt: Hi there" in out.getvalue()
     assert "Be brief" not in out.getvalue()
 
@@ -142,20 +147,19 @@ def test_rich_view_shows_the_hacking_warning() -> None:
 
 
 def test_an_episode_shows_as_turns_with_roles() -> None:
-    from groupwise.run.live import completion_text
-
-    record = {
-        "completion": "2+2 4",
-        "turns": [
-            {"role": "assistant", "content": "<tool_call>2+2</tool_call>"},
-            {"role": "environment", "content": "4"},
-            {"role": "assistant", "content": "The answer is 4."},
-        ],
-    }
-    text = completion_text(record)
-    assert text.splitlines() == [
+    record = _record("2+2?", "2+2 4", 1.0, 0.0)
+    record.turns = [
+        {"role": "assistant", "content": "<tool_call>2+2</tool_call>"},
+        {"role": "environment", "content": "4"},
+        {"role": "assistant", "content": "The answer is 4."},
+    ]
+    assert record.transcript().splitlines() == [
         "[assistant] <tool_call>2+2</tool_call>",
         "[environment] 4",
         "[assistant] The answer is 4.",
     ]
-    assert completion_text({"completion": "plain"}) == "plain"
+    assert _record("2+2?", "plain", 1.0, 0.0).transcript() == "plain"
+    out = io.StringIO()
+    view = LiveView(1, stream=out, log_completions_steps=1, num_completions=1)
+    view.update(1, METRICS, [record])
+    assert "completion: [assistant] <tool_call>2+2</tool_call>" in out.getvalue()

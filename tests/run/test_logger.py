@@ -59,7 +59,7 @@ def test_each_evaluation_appends_its_answers(
 
     first, last, rows = before_and_after(_load_run(tmp_path))
     assert (first, last) == ("before", "after")
-    assert [(p, a and a["completion"], b and b["completion"]) for p, a, b in rows] == [
+    assert [(p, a and a.completion, b and b.completion) for p, a, b in rows] == [
         (PROMPTS[0], "meh", "great"),
         (PROMPTS[1], "bad", "nice"),
     ]

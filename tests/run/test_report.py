@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from groupwise.run.records import CompletionRecord
 from groupwise.run.report import (
     accuracy_points,
     best_and_worst,
@@ -218,12 +219,13 @@ def test_ema_debiased_and_skips_nan() -> None:
 
 
 def test_best_and_worst_selection() -> None:
-    records = [{"reward": r, "i": i} for i, r in enumerate([0.1, 0.9, None, 0.5, 0.0, 0.7, 0.3])]
+    rewards = [0.1, 0.9, math.nan, 0.5, 0.0, 0.7, 0.3]
+    records = [CompletionRecord.from_json(_completion(1, str(i), r)) for i, r in enumerate(rewards)]
     best, worst = best_and_worst(records, 2)
-    assert [r["i"] for r in best] == [1, 5]
-    assert [r["i"] for r in worst] == [4, 0]
+    assert [r.completion for r in best] == ["1", "5"]
+    assert [r.completion for r in worst] == ["4", "0"]
     few_best, few_worst = best_and_worst(records[:3], 2)
-    assert [r["i"] for r in few_best] == [1, 0] and few_worst == []
+    assert [r.completion for r in few_best] == ["1", "0"] and few_worst == []
 
 
 def test_prompt_text() -> None:
@@ -303,7 +305,7 @@ def test_held_out_answers_before_and_after_side_by_side(tmp_path: Path) -> None:
     records += [_eval_sample("after", i, f"after-{i}", 0.875) for i in range(10)]
     records += [_eval_sample("before", i, f"before-{i}", 0.125) for i in range(10)]
     records[-10]["completion"] = EVIL  # before, prompt 0
-    records.append({"label": "after", "index": 1, "completion": "rewritten by a resume"})
+    records.append(_eval_sample("after", 1, "rewritten by a resume", 0.875))
     _write_jsonl(run / "eval_samples.jsonl", records)
     with open(run / "eval_samples.jsonl", "a", encoding="utf-8") as handle:
         handle.write('{"label": "after", "ind')  # a half-written line
@@ -331,3 +333,19 @@ def test_held_out_answers_missing_or_one_sided(tmp_path: Path) -> None:
     page = write_report(run).read_text(encoding="utf-8")
     assert "<th>prompt</th><th>before</th><th>—</th>" in page
     assert "only-before" in page and "<td class='muted'>—</td>" in page
+
+
+def test_a_torn_last_line_is_skipped_and_a_damaged_record_named(tmp_path: Path) -> None:
+    from groupwise.run.records import RecordError
+
+    run = make_run(tmp_path, steps=2)
+    path = run / "completions.jsonl"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"step": 3, "prompt": "2+')  # a running trainer's line, half written
+    data = load_run(run)
+    assert {r.step for r in data.last_completions} == {2}
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[1] = lines[1].replace('"advantage"', '"advantages"')
+    path.write_text("".join(lines), encoding="utf-8")
+    with pytest.raises(RecordError, match=r"completions\.jsonl:2: .* lacks the key 'advantage'"):
+        load_run(run)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from groupwise.run.records import CompletionRecord
 from groupwise.run.tracking import (
     TensorBoardTracker,
     Tracker,
@@ -24,24 +25,24 @@ HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 needs_tensorboard = pytest.mark.skipif(not HAS_TENSORBOARD, reason="tensorboard not installed")
 
 RECORDS = [
-    {
-        "step": 1,
-        "prompt": [{"role": "user", "content": "What is 2+2?"}],
-        "completion": "<answer>4</answer>\n| not a table |",
-        "rewards": {"correct": 1.0, "format": None},
-        "reward": 1.0,
-        "advantage": 0.5,
-        "truncated": False,
-    },
-    {
-        "step": 1,
-        "prompt": "2+2=",
-        "completion": "",
-        "rewards": {},
-        "reward": 0.0,
-        "advantage": -0.5,
-        "truncated": True,
-    },
+    CompletionRecord(
+        step=1,
+        prompt=[{"role": "user", "content": "What is 2+2?"}],
+        completion="<answer>4</answer>\n| not a table |",
+        rewards={"correct": 1.0, "format": None},
+        reward=1.0,
+        advantage=0.5,
+        truncated=False,
+    ),
+    CompletionRecord(
+        step=1,
+        prompt="2+2=",
+        completion="",
+        rewards={},
+        reward=0.0,
+        advantage=-0.5,
+        truncated=True,
+    ),
 ]
 
 

@@ -442,7 +442,7 @@ def trl_arguments(
 ) -> TRLSetup:
     """``GRPOTrainer``'s arguments as groupwise's (config, reward_funcs, task and a built model
     if any): as given when ``config`` is a ``Config``, else TRL's call translated by
-    :func:`from_trl` (``config`` is then TRL's first positional argument, the model)."""
+    :func:`translate_trl_call` (``config`` is then TRL's first positional argument, the model)."""
     if isinstance(config, Config):
         if trl:
             raise TypeError(
@@ -451,10 +451,10 @@ def trl_arguments(
                 "task and callbacks"
             )
         return TRLSetup(config, reward_funcs, task)
-    return from_trl(trl.pop("model", config), reward_funcs, task=task, **trl)
+    return translate_trl_call(trl.pop("model", config), reward_funcs, task=task, **trl)
 
 
-def from_trl(
+def translate_trl_call(
     model: Any,
     reward_funcs: Any,
     *,

@@ -98,9 +98,11 @@ class SampledResult:
     """Share of prompts whose majority answer is the reference (None without an answer column)."""
 
 
-def extract_answer(text: str, reference: str) -> str | None:
-    """The answer written in a completion: the last number when the reference is a number,
-    else the last non-empty line."""
+def voted_answer(text: str, reference: str) -> str | None:
+    """The answer a completion votes for in maj@k: when the reference is a number, the last
+    number in the text as ``repr(float)`` (so ``68`` and ``68.0`` are one vote), else the last
+    non-empty line; None when there is none. (The answer a reasoning-gym verifier scores is
+    :func:`groupwise.tasks.reasoning_gym.rewards.extract_answer`.)"""
     from groupwise.rewards.answer import last_number
 
     try:
@@ -151,11 +153,11 @@ def evaluate_sampled(
             counts.append(sum(1 for s in group if (s or 0.0) >= 1.0))
             if "answer" in row:
                 ref = str(row["answer"])
-                answers.append([extract_answer(t, ref) for t in texts[i * k : (i + 1) * k]])
+                answers.append([voted_answer(t, ref) for t in texts[i * k : (i + 1) * k]])
     maj = None
     if len(answers) == len(rows) and rows:
         refs = [str(r["answer"]) for r in rows]
-        maj = maj_at_k(answers, [extract_answer(r, r) or r for r in refs], k)
+        maj = maj_at_k(answers, [voted_answer(r, r) or r for r in refs], k)
     return SampledResult(
         k=k,
         pass_at_k=mean_pass_at_k(counts, k, k),

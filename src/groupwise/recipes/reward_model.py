@@ -22,9 +22,7 @@ import argparse
 import copy
 import json
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +42,7 @@ from groupwise.models import (
     tiny_random_model,
 )
 from groupwise.rewards.reward_model import encode_conversations, render_conversation
-from groupwise.run.checkpoint import DiskFullError, is_disk_full, replace_dir
+from groupwise.run.io import atomic_directory
 
 METADATA_FILE = "reward_model.json"
 """Written into the output directory: the metrics and the arguments of the run."""
@@ -288,23 +286,15 @@ def save_reward_model(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no per-shard progress bar in the command's output
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
+
+    def disk_full() -> str:
+        return f"no space left on device while writing the reward model to {target}"
+
+    with atomic_directory(target, disk_full) as tmp:
         model.save_pretrained(str(tmp))  # type: ignore[operator]
         tokenizer.save_pretrained(str(tmp))
         text = json.dumps(metadata, indent=2) + "\n"
         (tmp / METADATA_FILE).write_text(text, encoding="utf-8")
-        replace_dir(tmp, target)
-    except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if is_disk_full(exc, target.parent):
-            raise DiskFullError(
-                f"no space left on device while writing the reward model to {target}"
-            ) from exc
-        raise
     return target
 
 

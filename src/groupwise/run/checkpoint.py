@@ -8,21 +8,19 @@ run needs to take exactly the steps the uninterrupted run would have taken. A st
 rollout and its mu updates inside one call, so no rollout is ever buffered across a checkpoint.
 
 A write that fails (a full disk, a quota) removes its temporary directory and raises; a full disk
-raises :class:`DiskFullError` naming the path and the checkpoint that stays the resume point.
+raises :class:`groupwise.run.io.DiskFullError` naming the path and the checkpoint that stays the
+resume point (the directories are written by :func:`groupwise.run.io.atomic_directory`).
 Resuming with ``resume=auto`` takes the newest checkpoint whose files are all there and readable
 (:func:`latest_valid_checkpoint`), passing over damaged newer ones and saying why.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import re
 import shutil
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from torch import nn
 
 from groupwise.distributed import is_sharded, load_full_model_state
 from groupwise.models import is_peft
+from groupwise.run.io import atomic_directory
 
 
 def _quiet_saves() -> None:
@@ -39,66 +38,6 @@ def _quiet_saves() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-
-class DiskFullError(OSError):
-    """No space left on the device (or no quota) while writing a checkpoint or model; the
-    message names the path and what is left intact. ``errno`` is ``ENOSPC``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.ENOSPC, message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-_FULL_MESSAGES = ("no space left on device", "disk quota exceeded", "os error 28", "os error 122")
-_NEARLY_FULL = 64 * 2**20
-"""Free bytes under which a failed write is put down to a full disk: some writers report one
-with a bare error (``torch.save``: "unexpected pos"; safetensors: "I/O error ... os error 28")."""
-
-
-def is_disk_full(exc: BaseException, where: Path | None = None) -> bool:
-    """Whether ``exc`` (or an exception it was raised from) says the disk or quota is full, or,
-    failing that, whether the file system holding ``where`` has (almost) no free space."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(text in str(cause).lower() for text in _FULL_MESSAGES):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    try:
-        return where is not None and shutil.disk_usage(where).free < _NEARLY_FULL
-    except OSError:
-        return False
-
-
-@contextmanager
-def _removed_on_failure(tmp: Path, disk_full: Callable[[], str]) -> Iterator[None]:
-    """Remove the temporary directory ``tmp`` if the block fails; a full disk becomes a
-    :class:`DiskFullError` with the message ``disk_full()`` (asked after the removal)."""
-    try:
-        yield
-    except Exception as exc:
-        full = is_disk_full(exc, tmp.parent)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if full:
-            raise DiskFullError(disk_full()) from exc
-        raise
-
-
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished directory ``tmp`` to ``target`` (replacing an older one)."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_pretrained_atomic(
@@ -114,10 +53,6 @@ def save_pretrained_atomic(
     ``model_state``: the full weights to write instead of the policy's own (FSDP-sharded).
     """
     target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     _quiet_saves()
     kept = "the model that was there is intact" if target.exists() else "nothing was replaced"
 
@@ -128,7 +63,7 @@ def save_pretrained_atomic(
             "with training.resume=auto)"
         )
 
-    with _removed_on_failure(tmp, disk_full):
+    with atomic_directory(target, disk_full) as tmp:
         if is_peft(policy):
             policy.save_pretrained(str(tmp / "adapter"))  # type: ignore[operator]
             merged = _merged_copy(policy)
@@ -136,7 +71,6 @@ def save_pretrained_atomic(
         else:
             policy.save_pretrained(str(tmp), state_dict=model_state)  # type: ignore[operator]
         tokenizer.save_pretrained(str(tmp))
-        replace_dir(tmp, target)
     return target
 
 
@@ -158,27 +92,6 @@ INFO_FILE = "checkpoint.json"
 STATE_FILE = "trainer_state.pt"
 """Optimizer, scheduler, RNG states, data position and counters (``torch.save``)."""
 _NAME = re.compile(r"^step-(\d{8})$")
-
-
-def fsync_tree(root: Path) -> None:
-    """Flush every file under ``root``, then the directories, to disk."""
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory entry (a rename inside it) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -309,8 +222,6 @@ def save_checkpoint(
     for stale in root.glob(".step-*.tmp-*"):  # left by a process killed while saving
         shutil.rmtree(stale, ignore_errors=True)
     target = root / f"step-{step:08d}"
-    tmp = root / f".{target.name}.tmp-{os.getpid()}"
-    tmp.mkdir()
     _quiet_saves()
 
     def disk_full() -> str:
@@ -325,7 +236,8 @@ def save_checkpoint(
             "free space and resume with training.resume=auto"
         )
 
-    with _removed_on_failure(tmp, disk_full):
+    # flushed to disk before the rename; the same step saved again: the old one goes only after
+    with atomic_directory(target, disk_full, durable=True) as tmp:
         if is_peft(policy):
             policy.save_pretrained(str(tmp / "adapter"))  # type: ignore[operator]
         else:
@@ -334,9 +246,6 @@ def save_checkpoint(
         torch.save(state, tmp / STATE_FILE)
         info = {"step": step, "config": config}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
-        fsync_tree(tmp)
-        replace_dir(tmp, target)  # the same step saved again: the old one goes only after
-    fsync_dir(root)
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

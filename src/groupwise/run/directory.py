@@ -42,7 +42,7 @@ from groupwise.run.checkpoint import (
     latest_checkpoint,
     latest_valid_checkpoint,
 )
-from groupwise.run.io import truncate_jsonl, write_json_atomic
+from groupwise.run.io import truncate_jsonl, write_json_atomic, write_text_atomic
 
 LOGS = ("metrics.jsonl", "completions.jsonl", "eval_samples.jsonl")
 LOCK_FILE = ".lock"
@@ -231,7 +231,7 @@ class RunDirectory:
             for log in LOGS:
                 truncate_jsonl(self.path / log, step)
             text = self.precision_comment() + yaml.safe_dump(config_to_dict(self.config))
-            (self.path / "config.yaml").write_text(text)
+            write_text_atomic(self.path / "config.yaml", text)
             if self.plan is not None:
                 write_json_atomic(self.path / PLAN_FILE, self.plan.as_dict())
         barrier()

@@ -34,10 +34,9 @@ from rich.table import Table
 from rich.text import Text
 
 from groupwise.run.hacking import flagged
+from groupwise.run.records import CompletionRecord
 
 __all__ = ["LiveView", "hacking_line", "headline", "pick_samples"]
-
-Record = Mapping[str, Any]
 
 
 def headline(metrics: Mapping[str, float], eval_accuracy: float | None) -> list[tuple[str, str]]:
@@ -70,12 +69,12 @@ def hacking_line(metrics: Mapping[str, float]) -> str | None:
     return f"possible reward hacking: {parts}; read this step's completions"
 
 
-def pick_samples(records: Sequence[Record], n: int) -> list[Record]:
+def pick_samples(records: Sequence[CompletionRecord], n: int) -> list[CompletionRecord]:
     """Up to ``n`` completions of a step: the best first, then the worst, alternating."""
     if n <= 0 or not records:
         return []
-    ranked = sorted(records, key=lambda r: float(r.get("reward", 0.0)), reverse=True)
-    picked: list[Record] = []
+    ranked = sorted(records, key=lambda r: r.reward, reverse=True)
+    picked: list[CompletionRecord] = []
     lo, hi = 0, len(ranked) - 1
     while len(picked) < min(n, len(ranked)):
         if len(picked) % 2 == 0:
@@ -92,14 +91,6 @@ def _prompt_text(prompt: Any) -> str:
     if isinstance(prompt, list) and prompt and isinstance(prompt[-1], Mapping):
         return str(prompt[-1].get("content", ""))
     return str(prompt)
-
-
-def completion_text(record: Record) -> str:
-    """A record's completion; an episode's as its turns, one ``[role] text`` line each."""
-    turns = record.get("turns")
-    if isinstance(turns, list) and turns:
-        return "\n".join(f"[{t.get('role', '?')}] {t.get('content', '')}" for t in turns)
-    return str(record.get("completion", ""))
 
 
 def _clip(text: str, limit: int) -> str:
@@ -141,7 +132,7 @@ class LiveView:
         self.eval_accuracy: float | None = None
         self._start = time.perf_counter()
         self._initial = initial
-        self._samples: list[Record] = []
+        self._samples: list[CompletionRecord] = []
         self._samples_step = 0
         self._pairs: list[tuple[str, str]] = []
         self._warning: str | None = None
@@ -168,7 +159,10 @@ class LiveView:
         self.eval_accuracy = accuracy
 
     def update(
-        self, step: int, metrics: Mapping[str, float], completions: Sequence[Record] = ()
+        self,
+        step: int,
+        metrics: Mapping[str, float],
+        completions: Sequence[CompletionRecord] = (),
     ) -> None:
         """Show step ``step`` (1-based): its metrics, and completions when one is due."""
         if not self.enabled:
@@ -217,23 +211,23 @@ class LiveView:
             parts.append(self._sample_panel(record))
         return Group(*parts)
 
-    def _sample_panel(self, record: Record) -> Panel:
+    def _sample_panel(self, record: CompletionRecord) -> Panel:
         body = Text()
         body.append("prompt: ", style="dim")
-        body.append(_clip(_prompt_text(record.get("prompt", "")), 200) + "\n")
-        body.append(_clip(completion_text(record), 400))
+        body.append(_clip(_prompt_text(record.prompt), 200) + "\n")
+        body.append(_clip(record.transcript(), 400))
         title = Text(
-            f"step {self._samples_step}  reward {float(record.get('reward', math.nan)):.3f}  "
-            f"advantage {float(record.get('advantage', math.nan)):+.2f}"
+            f"step {self._samples_step}  reward {float(record.reward):.3f}  "
+            f"advantage {float(record.advantage):+.2f}"
         )
         return Panel(body, title=title, title_align="left", border_style="cyan")
 
     @staticmethod
-    def _plain_sample(record: Record) -> str:
-        prompt = _clip(_prompt_text(record.get("prompt", "")), 200).replace("\n", " ")
-        completion = _clip(completion_text(record), 400)
+    def _plain_sample(record: CompletionRecord) -> str:
+        prompt = _clip(_prompt_text(record.prompt), 200).replace("\n", " ")
+        completion = _clip(record.transcript(), 400)
         return (
-            f"  -- reward {float(record.get('reward', math.nan)):.3f}  "
-            f"advantage {float(record.get('advantage', math.nan)):+.2f}\n"
+            f"  -- reward {float(record.reward):.3f}  "
+            f"advantage {float(record.advantage):+.2f}\n"
             f"  prompt: {prompt}\n  completion: {completion}"
         )

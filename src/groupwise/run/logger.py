@@ -1,12 +1,11 @@
 """Where a run's records go, in one place: ``metrics.jsonl``, ``completions.jsonl`` (appended
 and flushed to disk per step), ``eval_samples.jsonl`` (every held-out answer of every
 evaluation), the trackers of ``training.report_to``, the live view and the console. Only rank 0
-writes; the other ranks' calls do nothing."""
+writes; the other ranks' calls do nothing. The two record files hold the lines of
+:mod:`groupwise.run.records`, appended by :func:`groupwise.run.io.append_jsonl`."""
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,15 +16,11 @@ from groupwise.distributed import is_main
 from groupwise.run.hacking import HackingMonitor
 from groupwise.run.io import append_jsonl
 from groupwise.run.live import LiveView
+from groupwise.run.records import COMPLETIONS, EVAL_SAMPLES, CompletionRecord, EvalSample
 from groupwise.run.tracking import Tracker, build_trackers, close_trackers, completions_markdown
 
 if TYPE_CHECKING:
     from groupwise.eval.evaluate import EvalResult
-
-EVAL_SAMPLES = "eval_samples.jsonl"
-"""Held-out answers, one line each: ``label`` ("before", "step N", "after"), ``step`` (steps
-taken when evaluated), ``index`` (the
-row's position in the held-out set), ``prompt``, ``completion``, ``score``."""
 
 
 class RunLogger:
@@ -55,7 +50,9 @@ class RunLogger:
         if eval_accuracy is not None:
             self.view.set_eval_accuracy(eval_accuracy)
 
-    def log_step(self, step: int, metrics: dict[str, float], records: list[dict[str, Any]]) -> None:
+    def log_step(
+        self, step: int, metrics: dict[str, float], records: list[CompletionRecord]
+    ) -> None:
         """A finished step: its completions, its metrics when due, the view."""
         t = self.config.training
         metrics.update(self.hacking.update(metrics))
@@ -115,12 +112,11 @@ class RunLogger:
         self.close_view()
         close_trackers(self.trackers)
 
-    def _write_completions(self, step: int, records: Sequence[dict[str, Any]]) -> None:
+    def _write_completions(self, step: int, records: Sequence[CompletionRecord]) -> None:
+        """Append the step's records to ``completions.jsonl`` and fsync it; a value that is not
+        JSON (in a prompt) raises ``TypeError`` before anything is written."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "completions.jsonl", "a", encoding="utf-8") as handle:
-            handle.write("".join(json.dumps(r) + "\n" for r in records))
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_jsonl(self.out_dir / COMPLETIONS, *(r.to_json() for r in records), default=None)
         for tracker in self.trackers:
             tracker.log_text("completions", completions_markdown(records), step)
 
@@ -133,14 +129,11 @@ class RunLogger:
                 f"evaluation {label!r}: {len(prompts)} prompts, {len(result.completions)} "
                 f"completions and {len(result.scores)} scores do not line up"
             )
-        records = [
-            {"label": label, "step": at_step, "index": i, "prompt": p, "completion": c, "score": s}
+        samples = [
+            EvalSample(label=label, step=at_step, index=i, prompt=p, completion=c, score=s)
             for i, (p, c, s) in enumerate(
                 zip(prompts, result.completions, result.scores, strict=True)
             )
         ]
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / EVAL_SAMPLES, "a", encoding="utf-8") as handle:
-            handle.write("".join(json.dumps(r) + "\n" for r in records))
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_jsonl(self.out_dir / EVAL_SAMPLES, *(s.to_json() for s in samples), default=None)

@@ -14,7 +14,11 @@ logged step, the held-out answers before and after training side by side (from
 ``eval_samples.jsonl``: the first :data:`MAX_EVAL_SAMPLES` held-out prompts, each with its
 greedy answer and correctness score at the first and at the last evaluation), and the run's
 config. A plot whose metrics the run did not log is left out; every file is written atomically
-(temporary file, then rename).
+(:func:`groupwise.run.io.write_bytes_atomic`).
+
+The JSON-lines files are read by :func:`groupwise.run.io.read_jsonl` (a torn or still growing
+last line is skipped, a damaged line elsewhere raises naming it) and the record files through
+:mod:`groupwise.run.records` (a line that is not such a record raises naming its file and line).
 """
 
 from __future__ import annotations
@@ -25,9 +29,7 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,14 @@ from matplotlib.ticker import PercentFormatter
 
 from groupwise.run.hacking import PREFIX as HACKING_PREFIX
 from groupwise.run.hacking import threshold
-from groupwise.run.live import completion_text
+from groupwise.run.io import read_jsonl, write_bytes_atomic
+from groupwise.run.records import (
+    COMPLETIONS,
+    EVAL_SAMPLES,
+    CompletionRecord,
+    EvalSample,
+    read_records,
+)
 from groupwise.run.tracking import prompt_text
 
 REPORT_NAME = "report.html"
@@ -48,8 +57,6 @@ MAX_TEXT_CHARS = 3000
 """Longer prompts and completions are cut to this many characters in the report."""
 MAX_FLAGGED_STEPS = 20
 """The reward-hacking table lists at most this many flagged steps per signal."""
-EVAL_SAMPLES_NAME = "eval_samples.jsonl"
-"""Held-out answers written by ``groupwise.run.logger.RunLogger.log_eval``."""
 MAX_EVAL_SAMPLES = 8
 """The before/after table shows the first this many held-out prompts."""
 
@@ -66,11 +73,11 @@ class RunData:
     """summary.json (empty while the run is still going or if it crashed)."""
     config_text: str | None = None
     """config.yaml, verbatim."""
-    first_completions: list[dict[str, Any]] = field(default_factory=list)
+    first_completions: list[CompletionRecord] = field(default_factory=list)
     """completions.jsonl records of the first logged step."""
-    last_completions: list[dict[str, Any]] = field(default_factory=list)
+    last_completions: list[CompletionRecord] = field(default_factory=list)
     """completions.jsonl records of the last logged step."""
-    evaluations: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    evaluations: dict[str, dict[int, EvalSample]] = field(default_factory=dict)
     """eval_samples.jsonl: label ("before", "step N", "after") -> held-out index -> record,
     labels in order of first appearance (a label written again, as by a resumed run, keeps
     its last records)."""
@@ -99,29 +106,13 @@ def _number(value: Any, *, default: float) -> float:
     return float(value)
 
 
-def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """JSON objects of a JSONL file; blank, partial (a live run) or non-object lines are skipped."""
-    if not path.is_file():
-        return
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                yield record
-
-
-def _first_and_last_step(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _first_and_last_step(path: Path) -> tuple[list[CompletionRecord], list[CompletionRecord]]:
     """Completions of the lowest and the highest step, in one streaming pass over the file."""
-    first: list[dict[str, Any]] = []
-    last: list[dict[str, Any]] = []
+    first: list[CompletionRecord] = []
+    last: list[CompletionRecord] = []
     first_step = last_step = math.nan
-    for record in _iter_jsonl(path):
-        step = _number(record.get("step"), default=0.0)
+    for record in read_records(path, CompletionRecord):
+        step = record.step
         if not first or step < first_step:
             first, first_step = [record], step
         elif step == first_step:
@@ -133,14 +124,11 @@ def _first_and_last_step(path: Path) -> tuple[list[dict[str, Any]], list[dict[st
     return first, last
 
 
-def _evaluations(path: Path) -> dict[str, dict[int, dict[str, Any]]]:
+def _evaluations(path: Path) -> dict[str, dict[int, EvalSample]]:
     """eval_samples.jsonl grouped by label, then by held-out index (see ``RunData``)."""
-    grouped: dict[str, dict[int, dict[str, Any]]] = {}
-    for record in _iter_jsonl(path):
-        label, index = record.get("label"), record.get("index")
-        if not isinstance(label, str) or isinstance(index, bool) or not isinstance(index, int):
-            continue
-        grouped.setdefault(label, {})[index] = record
+    grouped: dict[str, dict[int, EvalSample]] = {}
+    for sample in read_records(path, EvalSample):
+        grouped.setdefault(sample.label, {})[sample.index] = sample
     return grouped
 
 
@@ -152,17 +140,15 @@ def load_run(run_dir: Path) -> RunData:
         raise FileNotFoundError(
             f"{run_dir} has no metrics.jsonl or summary.json: not a groupwise run directory"
         )
-    data = RunData(run_dir=run_dir, metrics=list(_iter_jsonl(metrics_path)))
+    data = RunData(run_dir=run_dir, metrics=[m for _, m in read_jsonl(metrics_path)])
     if summary_path.is_file():
         loaded = json.loads(summary_path.read_text(encoding="utf-8"))
         data.summary = loaded if isinstance(loaded, dict) else {}
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
         data.config_text = config_path.read_text(encoding="utf-8")
-    data.first_completions, data.last_completions = _first_and_last_step(
-        run_dir / "completions.jsonl"
-    )
-    data.evaluations = _evaluations(run_dir / EVAL_SAMPLES_NAME)
+    data.first_completions, data.last_completions = _first_and_last_step(run_dir / COMPLETIONS)
+    data.evaluations = _evaluations(run_dir / EVAL_SAMPLES)
     return data
 
 
@@ -456,13 +442,13 @@ def _clip_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
     return f"{text[:limit]}… [{len(text) - limit} more characters]"
 
 
-def _reward_key(record: dict[str, Any]) -> float:
-    return _number(record.get("reward"), default=math.nan)
+def _reward_key(record: CompletionRecord) -> float:
+    return _number(record.reward, default=math.nan)
 
 
 def best_and_worst(
-    records: Sequence[dict[str, Any]], count: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    records: Sequence[CompletionRecord], count: int
+) -> tuple[list[CompletionRecord], list[CompletionRecord]]:
     """The ``count`` highest-reward completions and the ``count`` lowest of the others.
 
     The lists never share a record: with few records "worst" is short or empty. Records
@@ -481,27 +467,24 @@ def _fmt_value(value: Any) -> str:
     return f"{number:.3g}" if math.isfinite(number) else "—"
 
 
-def _completions_table(records: Sequence[dict[str, Any]]) -> str:
+def _completions_table(records: Sequence[CompletionRecord]) -> str:
     """An HTML table of completions: reward, advantage, per-function rewards, text."""
     rows = []
     for r in records:
-        per_func = r.get("rewards")
-        if not isinstance(per_func, dict):
-            per_func = {}
-        funcs = "<br>".join(f"{_esc(k)}: {_fmt_value(v)}" for k, v in per_func.items())
-        flag = " <span class='muted'>(truncated)</span>" if r.get("truncated") else ""
+        funcs = "<br>".join(f"{_esc(k)}: {_fmt_value(v)}" for k, v in r.rewards.items())
+        flag = " <span class='muted'>(truncated)</span>" if r.truncated else ""
         rows.append(
-            f"<tr><td class='num'>{_fmt_value(r.get('reward'))}</td>"
-            f"<td class='num'>{_fmt_value(r.get('advantage'))}</td><td>{funcs}</td>"
-            f"<td><pre>{_esc(_clip_text(prompt_text(r.get('prompt'))))}</pre></td>"
-            f"<td><pre>{_esc(_clip_text(completion_text(r)))}</pre>{flag}</td></tr>"
+            f"<tr><td class='num'>{_fmt_value(r.reward)}</td>"
+            f"<td class='num'>{_fmt_value(r.advantage)}</td><td>{funcs}</td>"
+            f"<td><pre>{_esc(_clip_text(prompt_text(r.prompt)))}</pre></td>"
+            f"<td><pre>{_esc(_clip_text(r.transcript()))}</pre>{flag}</td></tr>"
         )
     head = "<tr><th>reward</th><th>advantage</th><th>rewards</th><th>prompt</th><th>completion</th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _step_block(label: str, records: Sequence[dict[str, Any]], count: int) -> str:
-    step = records[0].get("step", "?")
+def _step_block(label: str, records: Sequence[CompletionRecord], count: int) -> str:
+    step = records[0].step
     best, worst = best_and_worst(records, count)
     parts = [f"<h3>{_esc(label)} (step {_esc(step)}, {len(records)} completions)</h3>"]
     parts.append(f"<h4>Best</h4>{_completions_table(best)}")
@@ -516,15 +499,15 @@ def _completions_html(data: RunData, count: int) -> str:
         note = "No completions.jsonl in this run (training.log_completions = false?)."
         return f'{head}<p class="muted">{_esc(note)}</p></section>'
     blocks = [_step_block("Start", data.first_completions, count)]
-    first_step = data.first_completions[0].get("step")
-    if data.last_completions and data.last_completions[0].get("step") != first_step:
+    first_step = data.first_completions[0].step
+    if data.last_completions and data.last_completions[0].step != first_step:
         blocks.append(_step_block("End", data.last_completions, count))
     return f"{head}{''.join(blocks)}</section>"
 
 
 def before_and_after(
     data: RunData,
-) -> tuple[str | None, str | None, list[tuple[Any, dict[str, Any] | None, dict[str, Any] | None]]]:
+) -> tuple[str | None, str | None, list[tuple[Any, EvalSample | None, EvalSample | None]]]:
     """(first label, last label, rows): the first and the last evaluation in eval_samples.jsonl
     ("before" and "after" when the run did both) and, for the first :data:`MAX_EVAL_SAMPLES`
     held-out indices, (prompt, first record, last record); a record is None where that
@@ -542,15 +525,16 @@ def before_and_after(
     rows = []
     for index in indices:
         a, b = early.get(index), late.get(index)
-        rows.append(((a or b or {}).get("prompt"), a, b))
+        shown = a if a is not None else b
+        rows.append((None if shown is None else shown.prompt, a, b))
     return first, last, rows
 
 
-def _answer_cell(record: dict[str, Any] | None) -> str:
+def _answer_cell(record: EvalSample | None) -> str:
     if record is None:
         return "<td class='muted'>—</td>"
-    text = _esc(_clip_text(str(record.get("completion", ""))))
-    score = _fmt_value(record.get("score"))
+    text = _esc(_clip_text(record.completion))
+    score = _fmt_value(record.score)
     return f"<td><pre>{text}</pre><span class='muted'>score {score}</span></td>"
 
 
@@ -558,7 +542,7 @@ def _eval_samples_html(data: RunData) -> str:
     head = '<section id="eval-samples"><h2>Held-out answers, before and after</h2>'
     first, last, rows = before_and_after(data)
     if first is None:
-        note = f"No {EVAL_SAMPLES_NAME} in this run (no held-out evaluation, or an older run)."
+        note = f"No {EVAL_SAMPLES} in this run (no held-out evaluation, or an older run)."
         return f'{head}<p class="muted">{_esc(note)}</p></section>'
     intro = (
         f"Greedy answers to the first {len(rows)} held-out prompts with their correctness "
@@ -649,21 +633,6 @@ def render_html(data: RunData, plots: Sequence[tuple[str, str, bytes]], count: i
 
 
 # ---------------------------------------------------------------------------- writing
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it and rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(run_dir: Path, *, smoothing: float | None = 0.8, examples: int = 3) -> Path:
     """Write ``run_dir/plots/*.png`` and ``run_dir/report.html``; returns the HTML's path.
 
@@ -676,9 +645,9 @@ def write_report(run_dir: Path, *, smoothing: float | None = 0.8, examples: int 
     plots_dir = run_dir / PLOTS_DIR
     plots_dir.mkdir(exist_ok=True)
     for name, _, png in plots:
-        write_atomic(plots_dir / f"{name}.png", png)
+        write_bytes_atomic(plots_dir / f"{name}.png", png)
     out = run_dir / REPORT_NAME
-    write_atomic(out, render_html(data, plots, examples).encode("utf-8"))
+    write_bytes_atomic(out, render_html(data, plots, examples).encode("utf-8"))
     return out
 
 
@@ -701,6 +670,5 @@ __all__ = [
     "prompt_text",
     "render_html",
     "report_main",
-    "write_atomic",
     "write_report",
 ]

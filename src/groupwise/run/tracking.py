@@ -24,6 +24,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from groupwise.run.records import CompletionRecord
+
 TRACKERS: dict[str, str] = {"tensorboard": "tensorboard", "wandb": "wandb"}
 """Known ``training.report_to`` names and the pip package each needs."""
 
@@ -208,25 +210,23 @@ def _indented(text: str) -> str:
     return "\n".join("    " + line for line in (text or " ").splitlines() or [" "])
 
 
-def completions_markdown(records: Sequence[Mapping[str, Any]], limit: int = 8) -> str:
-    """The first ``limit`` completion records (completions.jsonl format) as markdown.
+def completions_markdown(records: Sequence[CompletionRecord], limit: int = 8) -> str:
+    """The first ``limit`` completion records as markdown.
 
     The first records of a step are the first group(s), so the text shows the within-group
     spread of rewards that GRPO learns from.
     """
     parts: list[str] = []
     for i, record in enumerate(records[:limit]):
-        reward, advantage = record.get("reward"), record.get("advantage")
-        head = f"**#{i}** reward {_fmt(reward)}, advantage {_fmt(advantage)}"
-        funcs = record.get("rewards")
-        if isinstance(funcs, Mapping) and funcs:
-            head += " (" + ", ".join(f"{k} {_fmt(v)}" for k, v in funcs.items()) + ")"
-        if record.get("truncated"):
+        head = f"**#{i}** reward {_fmt(record.reward)}, advantage {_fmt(record.advantage)}"
+        if record.rewards:
+            head += " (" + ", ".join(f"{k} {_fmt(v)}" for k, v in record.rewards.items()) + ")"
+        if record.truncated:
             head += ", truncated"
-        prompt = prompt_text(record.get("prompt"))
+        prompt = prompt_text(record.prompt)
         parts.append(
             f"{head}\n\nprompt:\n\n{_indented(prompt)}\n\n"
-            f"completion:\n\n{_indented(str(record.get('completion', '')))}"
+            f"completion:\n\n{_indented(record.completion)}"
         )
     return "\n\n---\n\n".join(parts)
 

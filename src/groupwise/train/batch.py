@@ -1,5 +1,5 @@
 """The records one step passes between its phases: the update batch, its micro-batches, and
-the completion records the run logs."""
+the completion records the run logs (:class:`groupwise.run.records.CompletionRecord`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from groupwise.data import Row
 from groupwise.distributed import all_reduce_floats
 from groupwise.rewards.base import RewardResult
 from groupwise.rollout import Rollout, select_groups
+from groupwise.run.records import CompletionRecord
 
 
 @dataclass
@@ -79,26 +80,26 @@ def grad_sync(module: nn.Module, enabled: bool) -> AbstractContextManager[Any]:
 
 def completion_records(
     step: int, rows: list[Row], scored: Scored, rollout: Rollout, decode: Any = None
-) -> list[dict[str, Any]]:
-    """One record per completion: step, prompt, completion, rewards, advantage, truncated; an
-    episode's record also holds its ``turns`` (``decode``: token ids -> text)."""
+) -> list[CompletionRecord]:
+    """One record per completion (see :class:`CompletionRecord`); an episode's record also
+    holds its ``turns`` (``decode``: token ids -> text)."""
     g = rollout.group_size
     per_func, total = scored.rewards.per_func, scored.rewards.total
     records = [
-        {
-            "step": step,
-            "prompt": rows[i // g]["prompt"],
-            "completion": text,
-            "rewards": {k: _finite_or_none(float(v[i])) for k, v in per_func.items()},
-            "reward": float(total[i]),
-            "advantage": float(scored.advantages[i]),
-            "truncated": bool(rollout.truncated[i]),
-        }
+        CompletionRecord(
+            step=step,
+            prompt=rows[i // g]["prompt"],
+            completion=text,
+            rewards={k: _finite_or_none(float(v[i])) for k, v in per_func.items()},
+            reward=float(total[i]),
+            advantage=float(scored.advantages[i]),
+            truncated=bool(rollout.truncated[i]),
+        )
         for i, text in enumerate(scored.texts)
     ]
     if rollout.turn_index is not None and decode is not None:
         for i, record in enumerate(records):
-            record["turns"] = conversation(rollout, i, decode)
+            record.turns = conversation(rollout, i, decode)
     return records
 
 

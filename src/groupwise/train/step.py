@@ -26,7 +26,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -56,6 +55,7 @@ from groupwise.rollout import (
 from groupwise.rollout.records import row_columns
 from groupwise.run.checkpoint import Counters
 from groupwise.run.hacking import hacking_metrics
+from groupwise.run.records import CompletionRecord
 from groupwise.train.batch import (
     Scored,
     StepBatch,
@@ -79,7 +79,7 @@ class StepResult:
     """What one step hands to the run: its metrics and the global batch's completions."""
 
     metrics: dict[str, float]
-    records: list[dict[str, Any]]
+    records: list[CompletionRecord]
 
 
 class GRPOStep:

@@ -67,6 +67,7 @@ from groupwise.run.checkpoint import (
 from groupwise.run.directory import ResumableState, RunDirectory, resumed_plan_file
 from groupwise.run.io import write_json_atomic
 from groupwise.run.logger import RunLogger
+from groupwise.run.records import CompletionRecord
 from groupwise.train.build import build_parts
 from groupwise.train.callbacks import Callbacks, StepCallback
 from groupwise.train.guards import NonFiniteUpdatesError, StopSignals, TrainingInterrupted
@@ -130,7 +131,7 @@ class GRPOTrainer:
         self.run_dir = RunDirectory(config, self.precision, self.plan)
         self.callbacks = Callbacks(callbacks, args=trl.get("args"))
         self.last_checkpoint: Path | None = None
-        self.last_completions: list[dict[str, Any]] = []
+        self.last_completions: list[CompletionRecord] = []
         self.logger: RunLogger | None = None
 
     # ------------------------------------------------------------------ the parts
