@@ -47,6 +47,11 @@ class Rollout:
     turn_index: Tensor | None = None  # [B, Lc] the turn of each token (multi-turn episodes)
     columns: dict[str, list[Any]] | None = None  # per-row values an engine adds for rewards
     metrics: dict[str, float] | None = None  # an engine's statistics of this batch (logged)
+    behaviour_logp: Tensor | None = None
+    """[B, Lc] float32: the log-probability under the *sampling* engine of each sampled token,
+    ``log_softmax(logits / T)`` over the full vocabulary before any top-p/top-k truncation (as
+    the trainer computes ``logp``); 0 where ``completion_mask`` is 0. ``None``: the engine samples
+    from the trainer's own weights and reports none (no mismatch to correct)."""
 
     @property
     def completion_lengths(self) -> Tensor:
