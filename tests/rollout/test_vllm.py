@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from groupwise.cli import main
-from groupwise.models import tiny_random_model
+from groupwise.models import LoraSettings, apply_lora, tiny_random_model
 from groupwise.rollout import (
     ENGINES,
     EngineContext,
@@ -25,7 +25,7 @@ from groupwise.rollout import (
 )
 from groupwise.rollout.records import eos_token_ids
 from groupwise.rollout.vllm import VllmEngine
-from groupwise.rollout.weights import SharedWeights
+from groupwise.rollout.weights import SharedWeights, build_rollout_weights
 from tests.rollout.vllm_stub import VllmStub, planned_completion
 from tests.tests_helpers import tiny_overrides
 
@@ -176,6 +176,60 @@ def test_sync_dtype_casts_what_is_sent(tiny: Any, stub: VllmStub) -> None:
     _engine(tiny, base_url=stub.url, weight_sync=LOOPBACK, sync_dtype="bfloat16").sync_weights()
     assert {m["dtype"] for m in stub.state.announced} == {"torch.bfloat16"}
     assert {str(t.dtype) for _, t in stub.state.received} == {"torch.bfloat16"}
+
+
+@pytest.mark.parametrize("strategy", ["copy", "merge_in_place"])
+def test_lora_sends_the_merged_weights_under_plain_names(
+    tmp_path: Path, stub: VllmStub, strategy: str
+) -> None:
+    base, tokenizer = tiny_random_model(seed=2)
+    plain = {n: p.detach().clone() for n, p in base.named_parameters()}
+    settings = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj"])
+    policy, weights = build_rollout_weights(
+        base,
+        lambda m: apply_lora(m, settings),
+        strategy=strategy,
+        rollout_dtype=torch.float32,
+        snapshot_dir=tmp_path,
+    )
+    with torch.no_grad():  # a non-zero adapter: merged q_proj = W + B A * alpha / r
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.01)
+    ctx = EngineContext(
+        policy,
+        weights,
+        tokenizer,
+        eos_token_ids(tokenizer, base),
+        options={"base_url": stub.url, "weight_sync": LOOPBACK},
+    )
+    ENGINES.get("vllm")(ctx).sync_weights()
+    received = dict(stub.state.received)
+    assert list(received) == list(plain)  # the plain model's names, no adapters
+    q = "model.layers.0.self_attn.q_proj.weight"
+    module: Any = policy.get_submodule("base_model.model." + q.removesuffix(".weight"))
+    delta = module.get_delta_weight("default")
+    assert torch.allclose(received[q], plain[q] + delta)
+    assert not torch.equal(received[q], plain[q])
+    for name, p in base.named_parameters():  # the in-place merge was undone
+        if "lora_" not in name:
+            assert torch.equal(p.detach(), plain[name.replace("base_layer.", "")]), name
+
+
+def test_lora_decoding_through_unmerged_adapters_is_refused(tmp_path: Path, stub: VllmStub) -> None:
+    base, tokenizer = tiny_random_model(seed=2)
+    settings = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj"])
+    policy, weights = build_rollout_weights(
+        base,
+        lambda m: apply_lora(m, settings),
+        strategy="adapters",
+        rollout_dtype=torch.float32,
+        snapshot_dir=tmp_path,
+    )
+    options = {"base_url": stub.url, "weight_sync": LOOPBACK}
+    ctx = EngineContext(policy, weights, tokenizer, [0], options=options)
+    with pytest.raises(ValueError, match="model.lora_rollout_copy=true"):
+        ENGINES.get("vllm")(ctx).sync_weights()
 
 
 def test_nccl_transport_on_cpu_fails_before_the_server_waits(tiny: Any, stub: VllmStub) -> None:
