@@ -176,7 +176,7 @@ def sampling_fields(
     return params
 
 
-def trl_payload(prompts: list[list[int]], params: dict[str, Any], logprobs: bool) -> dict:
+def trl_payload(prompts: list[list[int]], params: dict[str, Any], logprobs: bool) -> dict[str, Any]:
     """The body of ``trl vllm-serve``'s ``POST /generate/``."""
     extra = {k: params[k] for k in ("min_tokens", "stop_token_ids", "seed") if k in params}
     return {
@@ -195,7 +195,7 @@ def trl_payload(prompts: list[list[int]], params: dict[str, Any], logprobs: bool
 
 def openai_payload(
     prompts: list[list[int]], params: dict[str, Any], logprobs: bool, model: str | None
-) -> dict:
+) -> dict[str, Any]:
     """The body of vLLM's ``POST /v1/completions`` (token-id prompts, token-id answers)."""
     body: dict[str, Any] = {
         "prompt": prompts,
@@ -281,7 +281,7 @@ def completions_to_rollout(
         raise ValueError(f"vLLM returned {len(completions)} completions, expected {rows}")
     eos = set(int(i) for i in eos_ids)
     cut = [_through_eos(c.token_ids, eos) for c in completions]
-    width = max(1, *(len(ids) for ids in cut))
+    width = max([1, *(len(ids) for ids in cut)])
     device = prompts.input_ids.device
     ids = torch.full((rows, width), pad_id, dtype=torch.long)
     mask = torch.zeros((rows, width), dtype=torch.long)
