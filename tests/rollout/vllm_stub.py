@@ -7,8 +7,8 @@ A threaded HTTP server on 127.0.0.1 answering ``trl vllm-serve``'s endpoints (``
 fixed arithmetic of the prompt's ids, the sample's index and the position (see
 :func:`planned_completion`), so a test can say what each row must be. Every request is
 recorded; so are the weight updates: ``/update_named_param/`` announces ``(name, dtype,
-shape)`` and :func:`loopback_transport` (``weight_sync: tests.rollout.vllm_stub:loopback_transport``)
-delivers the tensor, standing in for the NCCL broadcast.
+shape)`` and :func:`loopback_transport` delivers the tensor, standing in for the NCCL broadcast
+(``weight_sync: tests.rollout.vllm_stub:loopback_transport``).
 """
 
 from __future__ import annotations
