@@ -188,3 +188,30 @@ def test_unknown_engine_lists_the_valid_ones(tmp_path: Path) -> None:
     ) as err:
         GRPOTrainer(load_config(overrides=overrides))
     assert set(str(err.value).split("valid: ")[1].split(", ")) >= {"local", "replay", "episodes"}
+
+
+def test_taking_groups_keeps_every_per_token_field() -> None:
+    """A sub-rollout of some groups carries the rows' per-token fields, behaviour_logp included
+    (mismatch correction reads it after groups are selected)."""
+    import torch
+
+    from groupwise.rollout import PromptBatch, Rollout, take_groups
+
+    g, lc = 2, 3
+    ids = torch.arange(4 * lc).reshape(4, lc)
+    mask = torch.ones(4, lc, dtype=torch.long)
+    rollout = Rollout(
+        prompts=PromptBatch(
+            torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.long)
+        ),
+        completion_ids=ids,
+        completion_mask=mask,
+        truncated=torch.zeros(4, dtype=torch.bool),
+        group_size=g,
+        entropy=ids.float() / 10,
+        behaviour_logp=-ids.float(),
+    )
+    kept = take_groups(rollout, torch.tensor([1]))
+    assert torch.equal(kept.completion_ids, ids[2:])
+    assert kept.behaviour_logp is not None and torch.equal(kept.behaviour_logp, -ids[2:].float())
+    assert kept.entropy is not None and torch.equal(kept.entropy, ids[2:].float() / 10)
