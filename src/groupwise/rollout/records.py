@@ -128,6 +128,7 @@ def take_groups(rollout: Rollout, groups: Tensor) -> Rollout:
         entropy=_rows(rollout.entropy, rows, width),
         loss_mask=_rows(rollout.loss_mask, rows, width),
         turn_index=_rows(rollout.turn_index, rows, width),
+        behaviour_logp=_rows(rollout.behaviour_logp, rows, width),
         columns=None
         if rollout.columns is None
         else {k: [v[i] for i in rows.tolist()] for k, v in rollout.columns.items()},
