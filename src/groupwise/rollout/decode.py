@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from groupwise.kernels.kv_cache import cache_kwargs
 from groupwise.rollout.records import PromptBatch, Rollout, used_width
-from groupwise.rollout.sampling import sample_token
+from groupwise.rollout.sampling import Sample, sample_token
 
 
 def _positions(attention_mask: Tensor) -> Tensor:
@@ -99,7 +99,7 @@ def generate(
     for step in range(max_completion_length):
         if step < min_new_tokens:
             logits[:, eos] = float("-inf")
-        nxt, h, lp = sample_token(
+        drawn = sample_token(
             logits,
             temperature=temperature,
             top_p=top_p,
@@ -107,12 +107,9 @@ def generate(
             generator=generator,
             uniform=None if uniforms is None else uniforms[step, active],
             logp=token_logp is not None,
-        )  # [R], [R] or None, [R] or None
-        tokens[active, step] = nxt
-        if h is not None:
-            entropy[active, step] = h
-        if token_logp is not None and lp is not None:
-            token_logp[active, step] = lp
+        )
+        nxt = tokens[active, step] = drawn.token  # [R]
+        _record(drawn, entropy, token_logp, active, step)
         done[active] |= torch.isin(nxt, eos)
         if bool(done.all()) or step == max_completion_length - 1:
             break
@@ -137,6 +134,21 @@ def generate(
         logits = out.logits[:, -1]  # [R, V]
         next_pos = next_pos + 1
     rollout = _finish(prompts, tokens, eos, pad_token_id, group_size)
+    return _with_sampling_records(rollout, entropy, token_logp)
+
+
+def _record(
+    drawn: Sample, entropy: Tensor, token_logp: Tensor | None, active: Tensor, step: int
+) -> None:
+    """Store a decode step's entropies and log-probs ``[R]`` at column ``step`` of ``active``."""
+    if drawn.entropy is not None:
+        entropy[active, step] = drawn.entropy
+    if token_logp is not None and drawn.logp is not None:
+        token_logp[active, step] = drawn.logp
+
+
+def _with_sampling_records(rollout: Rollout, entropy: Tensor, token_logp: Tensor | None) -> Rollout:
+    """``rollout`` with its ``entropy`` and ``behaviour_logp`` (0 past each completion's end)."""
     width = rollout.completion_ids.shape[1]
     rollout.entropy = entropy[:, :width] * rollout.completion_mask
     if token_logp is not None:
