@@ -11,6 +11,7 @@ from groupwise.config import AlgorithmConfig, ConfigError, load_config
 from groupwise.core import (
     ADVANTAGE_SCALINGS,
     AGGREGATIONS,
+    CORRECTIONS,
     IMPORTANCE_RATIOS,
     KL_ESTIMATORS,
     OBJECTIVES,
@@ -24,6 +25,7 @@ REGISTRY_OF_FIELD: dict[str, Registry[typing.Any]] = {
     "scale_rewards": ADVANTAGE_SCALINGS,
     "importance_sampling_level": IMPORTANCE_RATIOS,
     "objective": OBJECTIVES,
+    "vllm_importance_sampling_mode": CORRECTIONS,
 }
 
 
@@ -73,3 +75,32 @@ def test_new_fields_load_and_validate() -> None:
             load_config(overrides=[f"top_entropy_quantile={bad}"])
     with pytest.raises(ConfigError, match="algorithm.sapo_temperature_pos and _neg must be > 0"):
         load_config(overrides=["sapo_temperature_neg=0"])
+
+
+def test_correction_keys_load_and_validate() -> None:
+    a = AlgorithmConfig()
+    assert a.vllm_importance_sampling_correction == "auto"  # off unless the engine reports
+    assert (a.vllm_importance_sampling_clip_min, a.vllm_importance_sampling_clip_max) == (None, 3.0)
+    config = load_config(
+        overrides=[
+            "vllm_importance_sampling_correction=true",
+            "vllm_importance_sampling_mode=token_mask",
+            "vllm_importance_sampling_clip_min=0.5",
+            "vllm_importance_sampling_clip_max=null",
+        ]
+    )
+    c = config.algorithm
+    assert c.vllm_importance_sampling_correction is True
+    assert c.vllm_importance_sampling_mode == "token_mask"
+    assert (c.vllm_importance_sampling_clip_min, c.vllm_importance_sampling_clip_max) == (0.5, None)
+    with pytest.raises(ConfigError, match="clip_min \\(3.0\\) must be less than"):
+        load_config(overrides=["vllm_importance_sampling_clip_min=3"])
+    with pytest.raises(ConfigError, match="token_truncate needs"):
+        load_config(
+            overrides=[
+                "vllm_importance_sampling_mode=token_truncate",
+                "vllm_importance_sampling_clip_max=null",
+            ]
+        )
+    with pytest.raises(ConfigError, match="vllm_importance_sampling_mode: 'tis' is not one of"):
+        load_config(overrides=["vllm_importance_sampling_mode=tis"])

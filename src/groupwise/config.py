@@ -125,6 +125,16 @@ class AlgorithmConfig:
     """mu, policy updates per rollout against the old policy's log-probs."""
     mask_truncated_completions: bool = False
     """Exclude completions that hit max_completion_length from the loss (DAPO)."""
+    vllm_importance_sampling_correction: bool | Literal["auto"] = "auto"
+    """Correct for the mismatch between the rollout engine and the trainer: the policy term of each loss token is weighted by exp(old_logp - behaviour_logp), the trainer's over the engine's log-prob of the sampled token (TRL's name); auto = when the engine reports its log-probs (inference engines); true also asks the local engine for them."""
+    vllm_importance_sampling_mode: Literal[
+        "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"
+    ] = "sequence_mask"
+    """Correction weights per token or per sequence (the product of the token ratios), truncated to [clip_min, clip_max] or zero outside them (mask)."""
+    vllm_importance_sampling_clip_max: float | None = 3.0
+    """Upper bound C_max of the correction weights (TRL's vllm_importance_sampling_cap); None = none."""
+    vllm_importance_sampling_clip_min: float | None = None
+    """Lower bound C_min of the correction weights (mask modes drop the tokens or sequences below it, as IcePop); None = none."""
 
 
 @dataclass
@@ -496,9 +506,31 @@ def _validate_ranges(config: Config) -> None:
         raise ConfigError("algorithm.sapo_temperature_pos and _neg must be > 0")
     if t.learning_rate <= 0:
         raise ConfigError(f"training.learning_rate must be > 0, got {t.learning_rate}")
+    _validate_correction_bounds(a)
     if not config.rewards.timeout_s >= 0:
         raise ConfigError(
             f"rewards.timeout_s must be >= 0 (0 = no limit), got {config.rewards.timeout_s}"
+        )
+
+
+def _validate_correction_bounds(a: AlgorithmConfig) -> None:
+    """``vllm_importance_sampling_clip_min < clip_max``; a truncate mode needs one of them."""
+    lo, hi = a.vllm_importance_sampling_clip_min, a.vllm_importance_sampling_clip_max
+    key = "algorithm.vllm_importance_sampling_clip"
+    if (lo is not None and lo < 0) or (hi is not None and hi <= 0):
+        raise ConfigError(f"{key}_min must be >= 0 and {key}_max > 0, got {lo} and {hi}")
+    if lo is not None and hi is not None and lo >= hi:
+        raise ConfigError(f"{key}_min ({lo}) must be less than {key}_max ({hi})")
+    truncate = a.vllm_importance_sampling_mode.endswith("truncate")
+    if (
+        truncate
+        and a.vllm_importance_sampling_correction is not False
+        and lo is None
+        and hi is None
+    ):
+        raise ConfigError(
+            f"algorithm.vllm_importance_sampling_mode={a.vllm_importance_sampling_mode} needs "
+            f"{key}_min or {key}_max (a truncation without bounds is no truncation)"
         )
 
 

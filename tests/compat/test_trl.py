@@ -57,6 +57,8 @@ SAMPLE = {
     "top_entropy_quantile": 0.2,
     "sapo_temperature_pos": 0.9,
     "sapo_temperature_neg": 1.2,
+    "vllm_importance_sampling_correction": False,
+    "vllm_importance_sampling_mode": "token_mask",
     "reward_weights": [1.0, 0.5],
 }
 
@@ -106,6 +108,21 @@ def test_only_the_fields_set_override_even_at_trl_defaults() -> None:
         ({"eval_strategy": "steps", "eval_steps": 4}, {"eval.every_steps": 4}),
         ({"eval_strategy": "no"}, {"eval.before": False, "eval.after": False}),
         ({"max_steps": 3, "warmup_ratio": 0.5, "num_iterations": 2}, {"training.warmup_steps": 3}),
+        (
+            {"vllm_importance_sampling_clip_min": 0.5, "vllm_importance_sampling_clip_max": None},
+            {
+                "algorithm.vllm_importance_sampling_clip_min": 0.5,
+                "algorithm.vllm_importance_sampling_clip_max": None,  # None: no upper bound
+            },
+        ),
+        (
+            {"vllm_importance_sampling_cap": 2.0},
+            {"algorithm.vllm_importance_sampling_clip_max": 2.0},
+        ),
+        (
+            {"vllm_importance_sampling_correction": True},
+            {"algorithm.vllm_importance_sampling_correction": True},
+        ),
     ],
 )
 def test_converted_fields(kwargs: dict[str, Any], expected: dict[str, Any]) -> None:

@@ -70,6 +70,8 @@ DIRECT: dict[str, str] = {
     "top_entropy_quantile": "algorithm.top_entropy_quantile",
     "sapo_temperature_pos": "algorithm.sapo_temperature_pos",
     "sapo_temperature_neg": "algorithm.sapo_temperature_neg",
+    "vllm_importance_sampling_correction": "algorithm.vllm_importance_sampling_correction",
+    "vllm_importance_sampling_mode": "algorithm.vllm_importance_sampling_mode",
     "reward_weights": "rewards.weights",
 }
 """TRL field -> the groupwise key it sets unchanged (None values are skipped)."""
@@ -231,6 +233,18 @@ class GRPOConfig:
     """SAPO gate temperature, positive advantages."""
     sapo_temperature_neg: float = 1.05
     """SAPO gate temperature, non-positive advantages."""
+    vllm_importance_sampling_correction: bool = True
+    """Weight the loss by the trainer's over the rollout engine's probability of each sampled
+    token; groupwise's default (auto) corrects when the engine reports its log-probs, true also
+    asks the local engine for them."""
+    vllm_importance_sampling_mode: str = "sequence_mask"
+    """token_truncate, token_mask, sequence_truncate or sequence_mask."""
+    vllm_importance_sampling_clip_max: float | None = 3.0
+    """Upper bound of the correction weights (None = none)."""
+    vllm_importance_sampling_clip_min: float | None = None
+    """Lower bound of the correction weights (None = none)."""
+    vllm_importance_sampling_cap: float | None = None
+    """TRL's older name of vllm_importance_sampling_clip_max (used when not None)."""
     reward_weights: list[float] | None = None
     """One weight per reward function (rewards.weights)."""
     fp16: bool = False
@@ -343,6 +357,12 @@ def _special_overrides(values: dict[str, Any]) -> dict[str, Any]:
         out.update(_loss_type(values["loss_type"], values.get("epsilon_high")))
     elif values.get("epsilon_high") is not None:
         out["algorithm.epsilon_high"] = values["epsilon_high"]
+    for bound in ("clip_min", "clip_max"):  # None is a value here (no bound)
+        if f"vllm_importance_sampling_{bound}" in values:
+            key = f"algorithm.vllm_importance_sampling_{bound}"
+            out[key] = values[f"vllm_importance_sampling_{bound}"]
+    if values.get("vllm_importance_sampling_cap") is not None:
+        out["algorithm.vllm_importance_sampling_clip_max"] = values["vllm_importance_sampling_cap"]
     if values.get("save_total_limit", 0) is None:
         out["training.save_total_limit"] = 0
     elif "save_total_limit" in values:

@@ -20,17 +20,27 @@ Algorithm choices (defaults in parentheses):
 - Aggregation: ``"dapo"`` token mean (default), ``"grpo"`` per-sequence mean then mean over
   sequences, ``"dr_grpo"`` sum divided by ``num_sequences * max_completion_length``. Global
   normalisers can be passed so that micro-batch losses sum to the full-batch loss.
+- Engine-mismatch correction (off unless the rollout engine reports its own log-probs):
+  importance weights ``exp(old_logp - behaviour_logp)`` per token or per sequence, truncated
+  or masked to ``[C_min, C_max]`` (TRL's ``vllm_importance_sampling_*``), scale the policy term.
 - Log-probs are computed through the LM head in row chunks with a custom autograd function, so
   no ``[tokens, vocab]`` float32 tensor is kept for backward.
 
 Each named choice is an entry of a :class:`~groupwise.registry.Registry` keyed by its config
 name: :data:`ADVANTAGE_SCALINGS` (``algorithm.scale_rewards``), :data:`KL_ESTIMATORS`
 (``algorithm.kl_estimator``), :data:`OBJECTIVES` (``algorithm.objective``),
-:data:`IMPORTANCE_RATIOS` (``algorithm.importance_sampling_level``) and :data:`AGGREGATIONS`
-(``algorithm.loss_type``). Registering a function there makes it selectable by name.
+:data:`IMPORTANCE_RATIOS` (``algorithm.importance_sampling_level``), :data:`AGGREGATIONS`
+(``algorithm.loss_type``) and :data:`CORRECTIONS` (``algorithm.vllm_importance_sampling_mode``). Registering a function there makes it selectable by name.
 """
 
 from groupwise.core.advantages import ADVANTAGE_SCALINGS, SCALE_REWARDS, group_advantages
+from groupwise.core.correction import (
+    CORRECTIONS,
+    CorrectionBounds,
+    ImportanceCorrection,
+    correction_metrics,
+    importance_correction,
+)
 from groupwise.core.kl import KL_ESTIMATORS, kl_penalty
 from groupwise.core.logprobs import chunked_token_logp, entropy_from_logits, naive_token_logp
 from groupwise.core.loss import (
@@ -53,20 +63,25 @@ from groupwise.core.objectives import (
 __all__ = [
     "ADVANTAGE_SCALINGS",
     "AGGREGATIONS",
+    "CORRECTIONS",
     "IMPORTANCE_RATIOS",
     "IMPORTANCE_SAMPLING_LEVELS",
     "KL_ESTIMATORS",
     "LOSS_TYPES",
     "OBJECTIVES",
     "SCALE_REWARDS",
+    "CorrectionBounds",
+    "ImportanceCorrection",
     "Normalisers",
     "ObjectiveParams",
     "aggregate_loss",
     "chunked_token_logp",
     "clipped_surrogate",
+    "correction_metrics",
     "entropy_from_logits",
     "entropy_mask",
     "group_advantages",
+    "importance_correction",
     "importance_ratio",
     "kl_penalty",
     "naive_token_logp",

@@ -207,20 +207,23 @@ def policy_loss(
     sapo_temperature_pos: float = 1.0,
     sapo_temperature_neg: float = 1.05,
     entropy_mask: Tensor | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO-family policy loss and detached statistics.
 
     Per token, with ``ratio`` from :func:`importance_ratio` and ``A_i`` = ``advantages`` ``[B]``::
 
-        L_it = E_it * J_it + beta * KL_it       # KL_it = kl_penalty(logp, ref_logp), if beta != 0
+        L_it = W_it * E_it * J_it + beta * KL_it    # KL_it = kl_penalty(logp, ref_logp), if beta != 0
         J_it = -min(ratio_it A_i, clip(ratio_it, 1 - eps_low, 1 + eps_high) A_i)   # "clip"
 
     where ``J`` is the ``objective`` (a name in :data:`~groupwise.core.objectives.OBJECTIVES`:
     ``"clip"``, ``"cispo"`` or ``"sapo"``, with ``sapo_temperature_pos`` / ``_neg``) and ``E``
     the optional ``entropy_mask`` ``[B, T]`` (e.g. from
     :func:`~groupwise.core.objectives.entropy_mask`; 1 everywhere when ``None``), which
-    selects the tokens that get the policy gradient but not the KL term, as in TRL. ``L`` is
-    then reduced by :func:`aggregate_loss` (``loss_type``, normalisers), whose normalisers
+    selects the tokens that get the policy gradient but not the KL term, as in TRL. ``W`` is
+    the optional ``token_weights`` ``[B, T]`` (used detached; 1 everywhere when ``None``): the
+    engine-mismatch importance weights of :func:`~groupwise.core.correction.importance_correction`,
+    which also scale the policy term only, as in TRL. ``L`` is then reduced by :func:`aggregate_loss` (``loss_type``, normalisers), whose normalisers
     count every real token whether the entropy mask selects it or not. With a single update
     per rollout (``old_logp = logp.detach()``) the ratio is 1 but ``d L_it / d logp_it = -A_i``
     for every objective.
@@ -243,6 +246,8 @@ def policy_loss(
         )
     if entropy_mask is not None:
         _check_2d("entropy_mask", entropy_mask, logp)
+    if token_weights is not None:
+        _check_2d("token_weights", token_weights, logp)
     eps_high = epsilon_low if epsilon_high is None else epsilon_high
     params = ObjectiveParams(epsilon_low, eps_high, sapo_temperature_pos, sapo_temperature_neg)
 
@@ -250,6 +255,8 @@ def policy_loss(
     per_token_loss = objective_fn(ratio, advantages, logp, params)  # [B, T]
     if entropy_mask is not None:
         per_token_loss = per_token_loss * entropy_mask.to(per_token_loss.dtype)  # [B, T]
+    if token_weights is not None:
+        per_token_loss = per_token_loss * token_weights.detach().to(per_token_loss.dtype)
     stats: dict[str, Tensor] = {}
     if ref_logp is not None:
         _check_2d("ref_logp", ref_logp, logp)

@@ -12,7 +12,9 @@ Choices:
   after it are padding. A completion that reaches ``max_completion_length`` without EOS is
   *truncated*, flagged for ``mask_truncated_completions`` and ``completions/clipped_ratio``.
 - The entropy of the (tempered) sampling distribution is recorded at every sampled token: the
-  ``entropy`` metric costs no extra forward pass and covers every completion.
+  ``entropy`` metric costs no extra forward pass and covers every completion. Asked to
+  (``behaviour_logp``), the log-probability of each sampled token is recorded too
+  (``Rollout.behaviour_logp``, for mismatch correction); the draws are the same either way.
 - Rows that have finished are dropped from the decode batch as soon as enough of them are done,
   so a few long completions do not keep the whole batch busy.
 """
@@ -27,7 +29,7 @@ from torch import Tensor, nn
 
 from groupwise.kernels.kv_cache import cache_kwargs
 from groupwise.rollout.records import PromptBatch, Rollout, used_width
-from groupwise.rollout.sampling import sample_with_entropy
+from groupwise.rollout.sampling import Sample, sample_token
 
 
 def _positions(attention_mask: Tensor) -> Tensor:
@@ -53,6 +55,7 @@ def generate(
     gather_last: bool = False,
     compile_decode: bool = False,
     uniforms: Tensor | None = None,
+    behaviour_logp: bool = False,
 ) -> Rollout:
     """Sample ``group_size`` completions per prompt with one prefill per prompt.
 
@@ -69,6 +72,9 @@ def generate(
     (``groupwise.kernels.compiled_decode``; finished rows stay in the batch).
     ``uniforms`` ([L, rows] in [0, 1)): this batch's draws, given (inverse-CDF sampling; the
     ``episodes`` engine passes each turn's slice of its own table).
+    ``behaviour_logp``: record ``log_softmax(logits / T)`` of each sampled token (float32,
+    ``Rollout.behaviour_logp``; under ``min_new_tokens`` that of the distribution without EOS,
+    the one actually sampled; ``None`` when greedy).
     """
     device = prompts.input_ids.device
     num_rows = prompts.input_ids.shape[0] * group_size
@@ -83,6 +89,7 @@ def generate(
     eos = torch.tensor(list(eos_token_ids), device=device)
     tokens = torch.full((num_rows, max_completion_length), pad_token_id, device=device)
     entropy = torch.zeros((num_rows, max_completion_length), device=device)
+    token_logp = torch.zeros_like(entropy) if behaviour_logp and temperature > 0 else None
     done = torch.zeros(num_rows, dtype=torch.bool, device=device)
     active = torch.arange(num_rows, device=device)  # rows still in the decode batch
     if uniforms is None and total_rows is not None and temperature > 0:
@@ -92,17 +99,17 @@ def generate(
     for step in range(max_completion_length):
         if step < min_new_tokens:
             logits[:, eos] = float("-inf")
-        nxt, h = sample_with_entropy(
+        drawn = sample_token(
             logits,
             temperature=temperature,
             top_p=top_p,
             top_k=top_k,
             generator=generator,
             uniform=None if uniforms is None else uniforms[step, active],
-        )  # [R], [R] or None
-        tokens[active, step] = nxt
-        if h is not None:
-            entropy[active, step] = h
+            logp=token_logp is not None,
+        )
+        nxt = tokens[active, step] = drawn.token  # [R]
+        _record(drawn, entropy, token_logp, active, step)
         done[active] |= torch.isin(nxt, eos)
         if bool(done.all()) or step == max_completion_length - 1:
             break
@@ -127,7 +134,25 @@ def generate(
         logits = out.logits[:, -1]  # [R, V]
         next_pos = next_pos + 1
     rollout = _finish(prompts, tokens, eos, pad_token_id, group_size)
-    rollout.entropy = entropy[:, : rollout.completion_ids.shape[1]] * rollout.completion_mask
+    return _with_sampling_records(rollout, entropy, token_logp)
+
+
+def _record(
+    drawn: Sample, entropy: Tensor, token_logp: Tensor | None, active: Tensor, step: int
+) -> None:
+    """Store a decode step's entropies and log-probs ``[R]`` at column ``step`` of ``active``."""
+    if drawn.entropy is not None:
+        entropy[active, step] = drawn.entropy
+    if token_logp is not None and drawn.logp is not None:
+        token_logp[active, step] = drawn.logp
+
+
+def _with_sampling_records(rollout: Rollout, entropy: Tensor, token_logp: Tensor | None) -> Rollout:
+    """``rollout`` with its ``entropy`` and ``behaviour_logp`` (0 past each completion's end)."""
+    width = rollout.completion_ids.shape[1]
+    rollout.entropy = entropy[:, :width] * rollout.completion_mask
+    if token_logp is not None:
+        rollout.behaviour_logp = token_logp[:, :width] * rollout.completion_mask
     return rollout
 
 

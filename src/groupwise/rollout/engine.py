@@ -81,6 +81,9 @@ class RolloutRequest:
     """A held-out pass (engines may pick kernels that favour small batches)."""
     rows: Sequence[Mapping[str, Any]] | None = None
     """The dataset rows of the prompts (environments start from them)."""
+    behaviour_logp: bool = False
+    """Report ``Rollout.behaviour_logp`` (mismatch correction asks; engines that always report
+    it may ignore this, engines that cannot leave it ``None``)."""
 
 
 class RolloutEngine(Protocol):

@@ -28,7 +28,8 @@ class LocalEngine(ServesWeights):
         self.compile_decode = compile_decode
 
     def generate(self, prompts: PromptBatch, request: RolloutRequest) -> Rollout:
-        """See :meth:`RolloutEngine.generate`; evaluation gathers the prompts' last state."""
+        """See :meth:`RolloutEngine.generate`; evaluation gathers the prompts' last state;
+        ``request.behaviour_logp`` records the sampled tokens' log-probs (the draws unchanged)."""
         model, sampling = self.weights.model, request.sampling
         model.eval()  # it may be the policy itself (pure bf16 training)
         with self.serving():
@@ -48,6 +49,7 @@ class LocalEngine(ServesWeights):
                 total_rows=request.total_rows,
                 gather_last=request.evaluation,
                 compile_decode=self.compile_decode and not request.evaluation,
+                behaviour_logp=request.behaviour_logp,
             )
 
 

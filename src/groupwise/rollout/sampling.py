@@ -7,6 +7,8 @@ that decode slices sample what one process would).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,6 +42,18 @@ def sample_next(
     )[0]
 
 
+class Sample(NamedTuple):
+    """One drawn token per row and what the sampler saw of its distribution."""
+
+    token: Tensor
+    """``[R]`` the drawn tokens."""
+    entropy: Tensor | None
+    """``[R]`` entropy of ``softmax(logits / T)`` (None if not asked or greedy)."""
+    logp: Tensor | None
+    """``[R]`` ``log_softmax(logits / T)`` of the drawn token over the full vocabulary, before
+    top-k/top-p (None if not asked or greedy)."""
+
+
 def sample_with_entropy(
     logits: Tensor,
     *,
@@ -50,17 +64,49 @@ def sample_with_entropy(
     uniform: Tensor | None = None,
     entropy: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
-    """:func:`sample_next`, and the entropy ``[R]`` of ``softmax(logits / temperature)``.
+    """:func:`sample_next`, and the entropy ``[R]`` of ``softmax(logits / temperature)``
+    (see :func:`sample_token`)."""
+    drawn = sample_token(
+        logits,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        generator=generator,
+        uniform=uniform,
+        entropy=entropy,
+    )
+    return drawn.token, drawn.entropy
+
+
+def sample_token(
+    logits: Tensor,
+    *,
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+    uniform: Tensor | None = None,
+    entropy: bool = True,
+    logp: bool = False,
+) -> Sample:
+    """:func:`sample_next`, with the entropy ``[R]`` of ``softmax(logits / temperature)`` and,
+    when ``logp``, the log-probability of the drawn token (``Rollout.behaviour_logp``)::
+
+        logp_r = s_r[token_r] - logsumexp_v s_rv,   s = logits / temperature
+
+    over the full vocabulary, as the trainer computes ``logp`` (top-k/top-p only decide which
+    tokens can be drawn). Neither changes the draw.
 
     Without top-k/top-p the entropy comes from the probabilities the draw uses,
     ``H = sum_v entr(p_v)`` with ``entr(p) = -p log p`` (0 at p = 0): two passes over the
     vocabulary instead of a second softmax and a log-softmax (faster, and fewer temporaries to
     page-fault: ``benchmarks/micro_levers.py``, docs/log.md).
-    None when ``entropy`` is false or ``temperature`` is 0.
+    Entropy and log-prob are None when not asked or when ``temperature`` is 0.
     """
     if temperature <= 0:
-        return logits.argmax(dim=-1), None  # [R]
+        return Sample(logits.argmax(dim=-1), None, None)  # [R]
     scores = logits.float() / temperature  # [R, V]
+    full = scores
     h = None
     if entropy and (top_k > 0 or top_p < 1.0):  # the unfiltered distribution's entropy
         h = entropy_from_logits(scores)  # [R]
@@ -79,12 +125,19 @@ def sample_with_entropy(
         h = torch.special.entr(probs).sum(dim=-1)  # [R]
     if uniform is None:  # torch.multinomial draws an exponential per vocabulary entry: ~1/3
         # of decode time on CPU for 32 x 49152 (profiled); the inverse CDF below is the fast path
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1), h  # [R]
-    picked = inverse_cdf_sample(probs, uniform)  # [R]
-    ok = probs.gather(-1, picked[:, None]).squeeze(-1) > 0  # rounding at the very top end
-    if bool(ok.all()):
-        return picked, h
-    return torch.where(ok, picked, probs.argmax(dim=-1)), h
+        picked = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [R]
+    else:
+        picked = inverse_cdf_sample(probs, uniform)  # [R]
+        ok = probs.gather(-1, picked[:, None]).squeeze(-1) > 0  # rounding at the very top end
+        if not bool(ok.all()):
+            picked = torch.where(ok, picked, probs.argmax(dim=-1))
+    return Sample(picked, h, _token_logp(full, picked) if logp else None)
+
+
+def _token_logp(scores: Tensor, token: Tensor) -> Tensor:
+    """``log_softmax(scores)[r, token_r]``, ``[R]``, without a ``[R, V]`` log-softmax."""
+    picked = scores.gather(-1, token[:, None]).squeeze(-1)  # [R]
+    return picked - torch.logsumexp(scores, dim=-1)  # [R]
 
 
 CDF_BLOCK = 256

@@ -1,5 +1,6 @@
-"""The records one step passes between its phases: the update batch, its micro-batches, and
-the completion records the run logs (:class:`groupwise.run.records.CompletionRecord`)."""
+"""The records one step passes between its phases: the update batch, its micro-batches, the
+engine-mismatch correction of the update, and the completion records the run logs
+(:class:`groupwise.run.records.CompletionRecord`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
+from groupwise.config import AlgorithmConfig, ConfigError
+from groupwise.core.correction import (
+    TOTAL_OPS,
+    CorrectionBounds,
+    correction_metrics,
+    empty_totals,
+    importance_correction,
+    merge_totals,
+)
 from groupwise.data import Row
 from groupwise.distributed import all_reduce_floats
 from groupwise.rewards.base import RewardResult
@@ -44,10 +54,63 @@ class StepBatch:
     old_logp: list[Tensor | None]  # per micro-batch [b, lc]
     ref_logp: list[Tensor | None]  # per micro-batch [b, lc]
     entropy_mask: Tensor | None = None  # [b, Lc] top_entropy_quantile's tokens (None = all)
+    correction: MismatchCorrection | None = None  # engine-mismatch weights (None = off)
 
     def sub(self, start: int, stop: int) -> Rollout:
         """The sub-rollout of groups ``start:stop`` (a micro-batch)."""
         return select_groups(self.rollout, start, stop)
+
+
+@dataclass
+class MismatchCorrection:
+    """The engine-mismatch correction of one update (``algorithm.vllm_importance_sampling_*``):
+    per micro-batch the weights of :func:`~groupwise.core.correction.importance_correction`,
+    computed once (on the first update, from the old log-probs, which stay fixed), and the
+    totals of their statistics."""
+
+    mode: str
+    bounds: CorrectionBounds
+    weights: list[Tensor | None]  # per micro-batch [b, lc]
+    totals: dict[str, float]
+
+    def weights_for(self, index: int, sub: Rollout, old_logp: Tensor, mask: Tensor) -> Tensor:
+        """Micro-batch ``index``'s weights ``[b, lc]`` (``sub`` its rollout, ``mask`` its loss
+        tokens, ``old_logp`` the trainer's log-probs under the sampling-time weights)."""
+        cached = self.weights[index]
+        if cached is not None:
+            return cached
+        assert sub.behaviour_logp is not None  # checked by mismatch_correction
+        behaviour = sub.behaviour_logp[:, : old_logp.shape[1]].to(old_logp.device)
+        result = importance_correction(old_logp, behaviour, mask, self.mode, self.bounds)
+        self.weights[index] = result.weights
+        self.totals = merge_totals(self.totals, result.totals())
+        return result.weights
+
+    def metrics(self) -> dict[str, float]:
+        """TRL's ``sampling/...`` metrics over every rank's loss tokens."""
+        return correction_metrics(all_reduce_floats(self.totals, TOTAL_OPS))
+
+
+def mismatch_correction(
+    a: AlgorithmConfig, rollout: Rollout, engine: str, num_micro: int
+) -> MismatchCorrection | None:
+    """The step's correction, or None: ``vllm_importance_sampling_correction`` false, or auto
+    and the engine reported no ``behaviour_logp``; true without them is an error."""
+    setting = a.vllm_importance_sampling_correction
+    if setting is False or (setting == "auto" and rollout.behaviour_logp is None):
+        return None
+    if rollout.behaviour_logp is None:
+        raise ConfigError(
+            "algorithm.vllm_importance_sampling_correction=true needs the sampling log-probs, and "
+            f"the rollout engine {engine!r} reports none; use an engine that does (local does) "
+            "or set it to auto"
+        )
+    bounds = CorrectionBounds(
+        a.vllm_importance_sampling_clip_min, a.vllm_importance_sampling_clip_max
+    )
+    return MismatchCorrection(
+        a.vllm_importance_sampling_mode, bounds, [None] * num_micro, empty_totals()
+    )
 
 
 def groups_per_microbatch(rollout: Rollout, cap: int, max_tokens: int) -> int:

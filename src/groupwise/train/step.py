@@ -9,7 +9,9 @@ Algorithm (DeepSeekMath, arXiv 2402.03300, Alg. 1, with the variants of groupwis
     old_logp <- log pi_theta_old(o)   only if mu > 1                (old_logp)
     ref_logp <- log pi_ref(o)         only if beta > 0              (ref_logp)
     repeat mu times:                                                (update)
-        loss <- clipped surrogate + beta * KL, aggregated by loss_type,
+        w    <- engine-mismatch weights from old_logp and the engine's log-probs
+                (only when correcting; core/correction; 1 otherwise)
+        loss <- w * clipped surrogate + beta * KL, aggregated by loss_type,
                 accumulated over micro-batches with global normalisers
         clip grad norm, AdamW step, schedule step
     rollout weights <- pi_theta                                     (sync)
@@ -63,6 +65,7 @@ from groupwise.train.batch import (
     grad_sync,
     groups_per_microbatch,
     micro_ranges,
+    mismatch_correction,
 )
 from groupwise.train.build import TrainingParts
 from groupwise.train.forward import autocast_context
@@ -144,6 +147,7 @@ class GRPOStep:
             row_offset=rank() * local_rows,
             total_rows=local_rows * world_size() if invariant else None,
             rows=rows,
+            behaviour_logp=self.config.algorithm.vllm_importance_sampling_correction is True,
         )
         return p.engine.generate(prompts, request)
 
@@ -222,6 +226,9 @@ class GRPOStep:
             entropy_mask=None
             if selected is None
             else selected[rows, : kept.completion_ids.shape[1]],
+            correction=mismatch_correction(
+                self.config.algorithm, rollout, self.config.rollout.engine, len(micro)
+            ),
         )
 
     def select_tokens(self, rollout: Rollout, loss_mask: Tensor) -> Tensor | None:
@@ -284,6 +291,8 @@ class GRPOStep:
         ops = {"loss": "sum", "clip_ratio/low_min": "min", "clip_ratio/high_max": "max"}
         out = all_reduce_floats(acc.summary(), ops)  # loss: each rank holds a share of it
         out["skipped_updates"] = float(self.counters.skipped_updates)
+        if batch.correction is not None:
+            out.update(batch.correction.metrics())
         return out
 
     def loss(self, batch: StepBatch, index: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -295,9 +304,11 @@ class GRPOStep:
         with autocast_context(self.parts.device, self.parts.amp_dtype):
             logp, _ = self.parts.policy_logp(sub)
         old_logp, selected = batch.old_logp[index], batch.entropy_mask
+        old_logp = old_logp if old_logp is not None else logp.detach()  # mu = 1: the same weights
+        c = batch.correction
         return policy_loss(
             logp,
-            old_logp if old_logp is not None else logp.detach(),
+            old_logp,
             batch.advantages[start * g : stop * g],
             mask,
             ref_logp=batch.ref_logp[index],
@@ -316,6 +327,7 @@ class GRPOStep:
             entropy_mask=None
             if selected is None
             else selected[start * g : stop * g, : mask.shape[1]],
+            token_weights=None if c is None else c.weights_for(index, sub, old_logp, mask),
         )
 
     def optimizer_step(self, max_norm: float) -> float:
