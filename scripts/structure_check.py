@@ -11,7 +11,8 @@ working tree's ``src/``, and checks, per configuration, that
   ``step_time`` removed; floats compared with ``==``, NaN equal to NaN),
 - ``completions.jsonl`` (every prompt, completion, reward and advantage) is exactly equal,
 - ``config.yaml`` and ``summary.json`` are equal once the run directory's path is replaced by
-  ``<run>`` (``summary.json`` without its wall-clock times and the precision probe's rates), and
+  ``<run>`` (``summary.json`` without its wall-clock times and the precision probe's rates;
+  ``config.yaml`` without keys only the working tree has: new settings at their defaults), and
 - every tensor of the final weights (``final/**/*.safetensors``) is equal (``torch.equal``).
 
 It prints the first difference of each configuration and exits 1 on any difference (2 when a
@@ -272,9 +273,23 @@ def run_files(run: Path) -> dict[str, Any]:
     return out
 
 
+def _without_new_keys(base: Any, work: Any) -> Any:
+    """``work`` without the mapping keys ``base`` lacks (at any depth)."""
+    if isinstance(base, dict) and isinstance(work, dict):
+        return {k: _without_new_keys(base[k], v) for k, v in work.items() if k in base}
+    return work
+
+
 def compare_files(base: Path, work: Path) -> str | None:
-    """The first difference in ``config.yaml``, ``summary.json`` or ``completions.jsonl``."""
+    """The first difference in ``config.yaml``, ``summary.json`` or ``completions.jsonl``.
+
+    A ``config.yaml`` key only the working tree has is a new setting at its default: it is left
+    out (what it changes, if anything, shows in the metrics, completions and weights); a key
+    the working tree lost or a changed value is a difference.
+    """
     a, b = run_files(base), run_files(work)
+    if a["config.yaml"] is not None and b["config.yaml"] is not None:
+        b["config.yaml"] = _without_new_keys(a["config.yaml"], b["config.yaml"])
     for name in a:
         if a[name] is None or b[name] is None:
             if a[name] is not b[name]:

@@ -191,3 +191,18 @@ def test_a_bf16_case_checks_its_own_dtype(tmp_path: Path) -> None:
     assert sc.compare_runs(base, work, weights_dtype="bfloat16") is None
     diff = sc.compare_runs(base, work)
     assert diff is not None and "not float32" in diff
+
+
+def test_a_new_config_key_is_allowed_but_a_changed_or_lost_one_is_not(tmp_path: Path) -> None:
+    base, work = _pair(tmp_path)
+    _with_files(base, "42", seconds=1.0)
+    _with_files(work, "42", seconds=1.0)
+    (base / "config.yaml").write_text("algorithm:\n  beta: 0.0\n")
+    (work / "config.yaml").write_text("algorithm:\n  beta: 0.0\n  new_setting: 3\n")
+    assert sc.compare_runs(base, work, files=True) is None
+    (work / "config.yaml").write_text("algorithm:\n  beta: 0.1\n  new_setting: 3\n")
+    assert sc.compare_runs(base, work, files=True) == (
+        "config.yaml: algorithm.beta base 0.0 != work 0.1"
+    )
+    (work / "config.yaml").write_text("algorithm:\n  new_setting: 3\n")
+    assert sc.compare_runs(base, work, files=True) == "config.yaml: algorithm.'beta' only in base"
