@@ -2,8 +2,8 @@
 
 ``rollout.engine=agent`` with ``rollout.engine_kwargs``:
 
-- ``agent`` (required): ``"module:function"`` (or a callable) called as
-  ``agent(client, row, episode)`` for every episode: ``client`` an ``openai.OpenAI`` client
+- ``agent`` (required): ``"module:function"``, ``"path/to/file.py:function"`` or a callable,
+  called as ``agent(client, row, episode)`` for every episode: ``client`` an ``openai.OpenAI`` client
   whose ``base_url`` names the episode (``client: base_url`` passes that URL as a string
   instead), ``row`` the dataset row, ``episode`` a dict with ``episode_id``, ``group_id``,
   ``index``, ``base_url``, ``server_url`` (the shared ``.../v1``), ``extra_body`` (the
@@ -38,9 +38,12 @@ temperature, top-p, top-k; greedy in evaluation), whatever temperature the agent
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -66,17 +69,21 @@ _OPTIONS = (
 
 
 def load_agent(spec: str | AgentFn) -> AgentFn:
-    """The agent function: a callable, or a ``module:function`` import path."""
+    """The agent function: a callable, a ``module:function`` import path or a
+    ``path/to/file.py:function`` (a file path is taken from the working directory)."""
     if callable(spec):
         return spec
-    module_name, _, attr = str(spec).partition(":")
-    if not attr:
+    module_name, _, attr = str(spec).rpartition(":")
+    if not module_name:
         raise ValueError(
-            f"rollout.engine_kwargs.agent: {spec!r} is not an import path 'module:function'"
+            f"rollout.engine_kwargs.agent: {spec!r} is not 'module:function' or 'file.py:function'"
         )
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
+        if module_name.endswith(".py"):
+            module = _module_from_file(Path(module_name))
+        else:
+            module = importlib.import_module(module_name)
+    except (ImportError, OSError) as exc:
         raise ValueError(
             f"rollout.engine_kwargs.agent: cannot import {module_name!r}: {exc}"
         ) from exc
@@ -84,6 +91,15 @@ def load_agent(spec: str | AgentFn) -> AgentFn:
     if not callable(func):
         raise ValueError(f"rollout.engine_kwargs.agent: {spec!r} is not a callable")
     return func
+
+
+def _module_from_file(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"groupwise_agent_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class AgentEngine(ServesWeights):

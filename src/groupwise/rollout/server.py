@@ -28,7 +28,7 @@ messages are tokenized and appended, in the chat template's framing for their ro
 after an assistant turn's EOS, up to the next generation prompt; a turn that ended without EOS
 is first closed with an inserted EOS), then the assistant turn is generated: the assistant's
 own tokens are never re-tokenized. Tool results (role ``tool``) are wrapped in
-``<tool_response>...</tool_response>`` where the template does not do it itself.
+``<tool_response>...</tool_response>`` where neither the template nor the text does it.
 
 Replies: ``choices[0].message`` with ``content`` and, when the request has ``tools``, the
 ``<tool_call>{...}</tool_call>`` blocks of the text (:func:`groupwise.envs.tools.parse_tool_calls`)
@@ -277,8 +277,8 @@ class ChatBackend:
         model.eval()
         if ep.runner is None:
             device = next(model.parameters()).device
-            ids = torch.tensor([ep.prompt_ids + ep.record.tokens], device=device)
-            ep.runner = KVRunner(model, PromptBatch(ids, torch.ones_like(ids)), 1)
+            context = torch.tensor([ep.prompt_ids + ep.record.tokens], device=device)
+            ep.runner = KVRunner(model, PromptBatch(context, torch.ones_like(context)), 1)
         else:
             ep.runner.advance([True], [inserted])
         budget = s.sampling.max_tokens - len(ep.record.tokens)
@@ -346,7 +346,8 @@ class ChatBackend:
             msg: dict[str, Any] = {"role": m["role"], "content": _text(m.get("content"))}
             if m.get("tool_calls"):
                 msg["tool_calls"] = m["tool_calls"]
-            if m["role"] == "tool" and not self._template_wraps_tool():
+            wrapped = "<tool_response>" in msg["content"]
+            if m["role"] == "tool" and not wrapped and not self._template_wraps_tool():
                 msg["content"] = f"<tool_response>{msg['content']}</tool_response>"
             out.append(msg)
         return out
