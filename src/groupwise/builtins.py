@@ -47,6 +47,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "groupwise.rollout.local",
         "groupwise.rollout.replay",
         "groupwise.rollout.vllm",
+        "groupwise.rollout.agent",
     ),
     "rewards.funcs": CONTENT_MODULES,
     "data.task": CONTENT_MODULES,
