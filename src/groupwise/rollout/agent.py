@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from groupwise.rollout.engine import ENGINES, EngineContext, RolloutEngine, RolloutRequest
-from groupwise.rollout.episodes import _left_pad
+from groupwise.rollout.episodes import left_pad
 from groupwise.rollout.records import PromptBatch, Rollout
 from groupwise.rollout.server import ChatBackend, EpisodeSettings, PolicyServer, ServedEpisode
 from groupwise.rollout.weights import RolloutWeights, ServesWeights
@@ -319,7 +319,7 @@ def agent_rollout(
         logp[i, :n] = torch.tensor(lp)
     device = prompts.input_ids.device
     return Rollout(
-        prompts=_left_pad(heads, pad, device),
+        prompts=left_pad(heads, pad, device),
         completion_ids=ids.to(device),
         completion_mask=mask.to(device),
         truncated=torch.tensor([ep.truncated for ep in episodes], device=device),

@@ -305,7 +305,7 @@ class ReprefillRunner:
     ) -> list[TurnOutput]:
         """One turn of every active row (see :meth:`KVRunner.decode`)."""
         seqs = [self.prompt_ids[r] + self.episodes[r].tokens for r in self.rows]
-        batch = _left_pad(seqs, sampler.pad, self.device)
+        batch = left_pad(seqs, sampler.pad, self.device)
         out = generate(
             self.model,
             batch,
@@ -339,7 +339,7 @@ def _turn_outputs(
     return out
 
 
-def _left_pad(seqs: Sequence[Sequence[int]], pad: int, device: torch.device) -> PromptBatch:
+def left_pad(seqs: Sequence[Sequence[int]], pad: int, device: torch.device) -> PromptBatch:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
