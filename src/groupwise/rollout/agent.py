@@ -48,7 +48,13 @@ from typing import Any
 
 import torch
 
-from groupwise.rollout.engine import ENGINES, EngineContext, RolloutEngine, RolloutRequest
+from groupwise.rollout.engine import (
+    ENGINES,
+    EngineContext,
+    RolloutEngine,
+    RolloutRequest,
+    engine_options,
+)
 from groupwise.rollout.episodes import left_pad
 from groupwise.rollout.records import PromptBatch, Rollout
 from groupwise.rollout.server import ChatBackend, EpisodeSettings, PolicyServer, ServedEpisode
@@ -334,12 +340,5 @@ def agent_rollout(
 @ENGINES.register("agent")
 def build_agent_engine(ctx: EngineContext) -> RolloutEngine:
     """The user's agent against the policy server, on ``ctx.weights``."""
-    options = dict(ctx.options or {})
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown or "agent" not in options:
-        raise ValueError(
-            "rollout.engine_kwargs for the agent engine: "
-            + (f"unknown keys {unknown}; " if unknown else "'agent' is required; ")
-            + f"valid: {', '.join(_OPTIONS)}"
-        )
+    options = engine_options(ctx, "agent", _OPTIONS, required="agent")
     return AgentEngine(ctx.weights, ctx.tokenizer, ctx.eos_token_ids, **options)

@@ -123,6 +123,21 @@ class EngineContext:
 EngineFactory = Callable[[EngineContext], RolloutEngine]
 
 
+def engine_options(
+    ctx: EngineContext, engine: str, valid: Sequence[str], required: str | None = None
+) -> dict[str, Any]:
+    """``rollout.engine_kwargs`` of ``ctx`` for ``engine``; an unknown key, or a missing
+    ``required`` one, is an error naming the key and listing the valid ones."""
+    options = dict(ctx.options or {})
+    unknown = sorted(set(options) - set(valid))
+    if unknown or (required is not None and required not in options):
+        problem = f"unknown keys {unknown}" if unknown else f"{required!r} is required"
+        raise ValueError(
+            f"rollout.engine_kwargs for the {engine} engine: {problem}; valid: {', '.join(valid)}"
+        )
+    return options
+
+
 ENGINES: Registry[EngineFactory] = Registry("rollout.engine", builtin=True)
 """Rollout engines by name (``rollout.engine``)."""
 

@@ -61,7 +61,13 @@ from groupwise.envs import ENVIRONMENTS, Environment, Tool, as_env_step, end_rew
 from groupwise.envs.tools import tools_instructions
 from groupwise.kernels.kv_cache import cache_kwargs
 from groupwise.rollout.decode import _prefill, generate
-from groupwise.rollout.engine import ENGINES, EngineContext, RolloutEngine, RolloutRequest
+from groupwise.rollout.engine import (
+    ENGINES,
+    EngineContext,
+    RolloutEngine,
+    RolloutRequest,
+    engine_options,
+)
 from groupwise.rollout.records import PromptBatch, Rollout, tokenize_prompts
 from groupwise.rollout.sampling import sample_with_entropy
 from groupwise.rollout.weights import RolloutWeights, ServesWeights
@@ -565,12 +571,5 @@ def episode_metrics(episodes: Sequence[Episode], env_seconds: float) -> dict[str
 @ENGINES.register("episodes")
 def build_episode_engine(ctx: EngineContext) -> RolloutEngine:
     """Multi-turn episodes on ``ctx.weights`` against ``engine_kwargs.environment``."""
-    options = dict(ctx.options or {})
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown or "environment" not in options:
-        raise ValueError(
-            "rollout.engine_kwargs for the episodes engine: "
-            + (f"unknown keys {unknown}; " if unknown else "'environment' is required; ")
-            + f"valid: {', '.join(_OPTIONS)}"
-        )
+    options = engine_options(ctx, "episodes", _OPTIONS, required="environment")
     return EpisodeEngine(ctx.weights, ctx.tokenizer, ctx.eos_token_ids, **options)
