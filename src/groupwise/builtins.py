@@ -46,6 +46,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "groupwise.rollout.episodes",
         "groupwise.rollout.local",
         "groupwise.rollout.replay",
+        "groupwise.rollout.llamacpp",
     ),
     "rewards.funcs": CONTENT_MODULES,
     "data.task": CONTENT_MODULES,

@@ -207,7 +207,7 @@ def _add_hparams(writer: Any, config: Any, dtype: torch.dtype) -> None:
 def detect_pre_tokenizer(tokenizer: Any) -> str:
     """llama.cpp's name for the tokenizer's pre-tokenization (``tokenizer.ggml.pre``), read
     from its structure: byte-level with single digits split off (SmolLM's) = ``smollm``; plain
-    byte-level with GPT-2's regex = ``gpt2``; otherwise ``default`` (pass the name yourself)."""
+    byte-level with GPT-2's regex = ``gpt-2``; otherwise ``default`` (pass the name yourself)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return "default"
@@ -217,7 +217,7 @@ def detect_pre_tokenizer(tokenizer: Any) -> str:
     if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits"):
         return "smollm"
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     return "default"
 
 
