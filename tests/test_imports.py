@@ -43,6 +43,7 @@ OPTIONAL_MODULES = {
     "tensorboard": "tensorboard",
     "wandb": "wandb",
     "vadersentiment": "vaderSentiment",
+    "llama-cpp-python": "llama_cpp",
 }
 """Distribution of each optional extra (pyproject) -> the module it installs."""
 HEAVY_LAZY_MODULES = ("peft", "gguf")

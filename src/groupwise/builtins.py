@@ -48,6 +48,7 @@ BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
         "groupwise.rollout.replay",
         "groupwise.rollout.vllm",
         "groupwise.rollout.agent",
+        "groupwise.rollout.llamacpp",
     ),
     "rewards.funcs": CONTENT_MODULES,
     "data.task": CONTENT_MODULES,

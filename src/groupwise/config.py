@@ -90,9 +90,9 @@ class RolloutConfig:
     compile: bool = False
     """torch.compile the decode steps over a static KV cache (faster decoding on CPU, after a compile per batch shape; docs/log.md)."""
     engine: str = "local"
-    """Rollout engine (groupwise.rollout.ENGINES): local (decode in-process) or replay (recorded completions); register your own with @ENGINES.register."""
+    """Rollout engine (groupwise.rollout.ENGINES): local (decode in-process), episodes (multi-turn with an environment), llamacpp (llama.cpp on a GGUF copy of the policy), vllm (a vLLM server), agent (your agent against an OpenAI-compatible endpoint of the policy) or replay (recorded completions); register your own with @ENGINES.register."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Engine-specific settings (replay: completions, a list of strings, or file, a completions.jsonl)."""
+    """Engine-specific settings; unknown keys are refused with the valid ones listed (e.g. episodes: environment, max_turns; llamacpp: dtype, threads; vllm: base_url; agent: agent; replay: completions or file)."""
 
 
 @dataclass
