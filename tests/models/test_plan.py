@@ -190,13 +190,18 @@ def test_a_resume_uses_the_saved_plan_and_names_what_differs(
 def test_nothing_else_resolves_an_auto_setting() -> None:
     """Only the plan compares a setting with 'auto', besides these: config validation of
     explicit values, the device (resolved before the plan, which records it), the attention
-    kernel of ``load_base_model`` called outside a run, and ``training.resume``."""
+    kernel of ``load_base_model`` called outside a run, ``training.resume``, the mismatch
+    correction's ``auto`` (on when a batch carries the engine's log-probs: a property of the
+    data, not of the machine) and the llama.cpp engine's file dtype (that of the rollout
+    weights the plan chose)."""
     allowed = {
         ("config.py", "'auto' not in (t.bf16, t.param_dtype)"),
         ("distributed.py", "device_name == 'auto'"),
         ("models/loading.py", "name == 'auto'"),
         ("models/loading.py", "attn_implementation == 'auto'"),
         ("run/directory.py", "t.resume == 'auto'"),
+        ("train/batch.py", "setting == 'auto'"),
+        ("rollout/llamacpp.py", "dtype == 'auto'"),
     }
     found, callers = set(), set()
     removed = {"choose_strategy", "resolve_memory_levers", "run_merge_in_place", "run_precision"}
