@@ -14,7 +14,10 @@ Variants (cumulative, each adds one lever to the one above):
   trl_vs_groupwise default);
 - gradient-checkpointing: recompute decoder activations in the backward pass (instead of
   no-lora-rollout-copy, which applies to B1-LoRA only: decode through the unmerged adapters
-  instead of a merged bf16 copy of the model).
+  instead of a merged bf16 copy of the model);
+- llamacpp (beside pure-bf16, not on top of the others): ``rollout.engine=llamacpp``, llama.cpp
+  decoding a bf16 GGUF copy of the policy, rewritten after every update (needs
+  ``scripts/setup.sh --llamacpp``).
 
 Usage (from the repository root, with the groupwise venv):
   .venv/bin/python benchmarks/b1_levers.py [--workload B1] [--steps 4] [--warmup 1] [--rounds 1]
@@ -51,6 +54,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "gradient-checkpointing": (
         "training.param_dtype=bfloat16",
         "training.gradient_checkpointing=true",
+    ),
+    "llamacpp": (  # not cumulative: pure-bf16 with llama.cpp generating on a bf16 GGUF copy
+        "training.param_dtype=bfloat16",
+        "rollout.engine=llamacpp",
     ),
 }
 

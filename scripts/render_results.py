@@ -349,6 +349,21 @@ TABLES: tuple[Table, ...] = (
     Table("trl-epyc-avx2", (Source("trl-epyc-avx2", "rows"),), TRL_COLUMNS),
     Table("trl-epyc-avx2-phases", (Source("trl-epyc-avx2", "phases"),), PHASE_COLUMNS),
     Table(
+        "engines-b1",
+        (Source("engines-b1-xeon", "rows"),),
+        (
+            Column(
+                "engine (variant)", lambda r: {"pure-bf16": "local"}.get(r["variant"], r["variant"])
+            ),
+            Column("median s/step", num("median_s")),
+            Column("generate", num("generate")),
+            Column("ref_logp", num("ref_logp")),
+            Column("update", num("update")),
+            Column("other (sync, scoring)", num("other")),
+            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
+        ),
+    ),
+    Table(
         "memory-levers-b1",
         (Source("memory-levers-b1-epyc", "rows"),),
         (

@@ -3,7 +3,7 @@
 # run them with: .venv/bin/python -m pytest -m slow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --llamacpp  # the llama.cpp engine too (built once, the wheel cached)
 # shellcheck disable=SC1091
 . .venv/bin/activate
 ruff check src tests benchmarks scripts
