@@ -126,7 +126,7 @@ class AlgorithmConfig:
     mask_truncated_completions: bool = False
     """Exclude completions that hit max_completion_length from the loss (DAPO)."""
     vllm_importance_sampling_correction: bool | Literal["auto"] = "auto"
-    """Correct for the mismatch between the rollout engine and the trainer: the policy term of each loss token is weighted by exp(old_logp - behaviour_logp), the trainer's over the engine's log-prob of the sampled token (TRL's name); auto = when the engine reports its log-probs (inference engines); true also asks the local engine for them."""
+    """Correct for the mismatch between the rollout engine and the trainer: the policy term of each loss token is weighted by exp(old_logp - behaviour_logp), the trainer's over the engine's log-prob of the sampled token (TRL's name); auto = when the engine reports its log-probs (inference engines); true also asks the local engine for them; false = not applied, but measured (the sampling/... metrics) when the engine reports them."""
     vllm_importance_sampling_mode: Literal[
         "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"
     ] = "sequence_mask"

@@ -111,13 +111,26 @@ def test_masking_every_token_leaves_the_policy_unchanged(
         assert torch.equal(p, before[name]), name
 
 
-def test_switched_off_or_without_engine_log_probs_nothing_is_logged(
+def test_switched_off_the_mismatch_is_measured_and_not_applied(
     tmp_path: Path, shifted: type[ShiftedEngine]
 ) -> None:
-    shifted.offset = 0.5
+    shifted.offset = 0.5  # with the correction on every weight would be e^0.5
     off = {"algorithm.vllm_importance_sampling_correction": False}
-    metrics = _trainer(tmp_path / "off", **_mode("token_truncate", **off)).step()
-    assert not [k for k in metrics if k.startswith("sampling/")]
+    trainer = _trainer(tmp_path / "off", **_mode("token_truncate", **off))
+    metrics = trainer.step()
+    assert metrics["sampling/sampling_logp_difference/mean"] == pytest.approx(0.5, abs=1e-5)
+    # not applied: the same update as the local engine without any correction
+    shifted.offset = 0.0
+    plain = _trainer(tmp_path / "plain", **{"algorithm.vllm_importance_sampling_correction": False})
+    plain_metrics = plain.step()
+    assert metrics["loss"] == plain_metrics["loss"]
+    for (name, p), q in zip(
+        trainer.policy.named_parameters(), plain.policy.parameters(), strict=True
+    ):
+        assert torch.equal(p, q), name
+
+
+def test_without_engine_log_probs_nothing_is_logged(tmp_path: Path) -> None:
     default = _trainer(tmp_path / "default")  # local engine, auto: it reports no log-probs
     rollout = default.grpo_step.generate(default.next_rows())
     assert rollout.behaviour_logp is None

@@ -72,19 +72,25 @@ class MismatchCorrection:
     bounds: CorrectionBounds
     weights: list[Tensor | None]  # per micro-batch [b, lc]
     totals: dict[str, float]
+    apply: bool = True
+    """False: measure only (the correction is off but the engine reported its log-probs): the
+    metrics are recorded and the loss gets no weights."""
 
-    def weights_for(self, index: int, sub: Rollout, old_logp: Tensor, mask: Tensor) -> Tensor:
+    def weights_for(
+        self, index: int, sub: Rollout, old_logp: Tensor, mask: Tensor
+    ) -> Tensor | None:
         """Micro-batch ``index``'s weights ``[b, lc]`` (``sub`` its rollout, ``mask`` its loss
-        tokens, ``old_logp`` the trainer's log-probs under the sampling-time weights)."""
+        tokens, ``old_logp`` the trainer's log-probs under the sampling-time weights); None when
+        only measuring."""
         cached = self.weights[index]
         if cached is not None:
-            return cached
+            return cached if self.apply else None
         assert sub.behaviour_logp is not None  # checked by mismatch_correction
         behaviour = sub.behaviour_logp[:, : old_logp.shape[1]].to(old_logp.device)
         result = importance_correction(old_logp, behaviour, mask, self.mode, self.bounds)
         self.weights[index] = result.weights
         self.totals = merge_totals(self.totals, result.totals())
-        return result.weights
+        return result.weights if self.apply else None
 
     def metrics(self) -> dict[str, float]:
         """TRL's ``sampling/...`` metrics over every rank's loss tokens."""
@@ -94,10 +100,11 @@ class MismatchCorrection:
 def mismatch_correction(
     a: AlgorithmConfig, rollout: Rollout, engine: str, num_micro: int
 ) -> MismatchCorrection | None:
-    """The step's correction, or None: ``vllm_importance_sampling_correction`` false, or auto
-    and the engine reported no ``behaviour_logp``; true without them is an error."""
+    """The step's correction, or None when the engine reported no ``behaviour_logp`` and
+    ``vllm_importance_sampling_correction`` is auto or false (true without them is an error).
+    With the setting false and the log-probs reported, the mismatch is measured, not applied."""
     setting = a.vllm_importance_sampling_correction
-    if setting is False or (setting == "auto" and rollout.behaviour_logp is None):
+    if setting is not True and rollout.behaviour_logp is None:
         return None
     if rollout.behaviour_logp is None:
         raise ConfigError(
@@ -109,7 +116,11 @@ def mismatch_correction(
         a.vllm_importance_sampling_clip_min, a.vllm_importance_sampling_clip_max
     )
     return MismatchCorrection(
-        a.vllm_importance_sampling_mode, bounds, [None] * num_micro, empty_totals()
+        a.vllm_importance_sampling_mode,
+        bounds,
+        [None] * num_micro,
+        empty_totals(),
+        apply=setting is not False,
     )
 
 
