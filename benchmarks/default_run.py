@@ -1,0 +1,150 @@
+"""The default run (``groupwise train``, 100 steps) under several settings, side by side.
+
+Each variant is the default run plus a few config overrides (``VARIANTS``); every seed runs
+every variant, one after the other in the order given (seed-major, so a slow spell of a shared
+machine hits the variants alike). Per run it records the held-out greedy accuracy before and
+after (and at the intermediate evaluations), the wall time of the whole process, the peak RSS of
+its process tree (a rollout engine's own process counted), the median seconds per step and per
+phase, and the mean of the engine-mismatch metrics (``sampling/...``) over the steps.
+
+    python benchmarks/default_run.py --variants local,llamacpp,llamacpp-nocorr --seeds 0,1 \\
+        --result default-run-engines-xeon
+
+The result file is rewritten after every run, so an interrupted benchmark keeps what it
+measured; ``--reuse`` reads back runs whose directory already has a ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (
+    GB,
+    ROOT,
+    add_result_argument,
+    command_line,
+    groupwise_metrics,
+    run_measured,
+    write_result,
+)
+
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "local": ("rollout.engine=local",),
+    "llamacpp": (
+        "rollout.engine=llamacpp",
+        "algorithm.vllm_importance_sampling_correction=auto",
+    ),
+    "llamacpp-nocorr": (
+        "rollout.engine=llamacpp",
+        "algorithm.vllm_importance_sampling_correction=false",
+    ),
+    "local-async": ("rollout.engine=local", "rollout.max_staleness=1"),
+    "llamacpp-async": ("rollout.engine=llamacpp", "rollout.max_staleness=1"),
+}
+"""Overrides of the default run, by variant name."""
+
+PHASES = ("generate", "score", "prepare", "old_logp", "ref_logp", "update", "sync")
+SAMPLING = (
+    "sampling/sampling_logp_difference/mean",
+    "sampling/sampling_logp_difference/max",
+    "sampling/importance_sampling_ratio/min",
+    "sampling/importance_sampling_ratio/mean",
+    "sampling/importance_sampling_ratio/max",
+    "sampling/masked_share",
+    "sampling/staleness",
+)
+
+
+def run_dir(base: Path, variant: str, seed: int) -> Path:
+    return base / f"{variant}-seed{seed}"
+
+
+def command(variant: str, seed: int, out: Path) -> list[str]:
+    """``groupwise train`` with the variant's overrides, the seed and the run directory."""
+    keys = [
+        f"training.seed={seed}",
+        f"training.output_dir={out}",
+        "training.overwrite_output_dir=true",
+        "training.progress=false",
+    ]
+    return [sys.executable, "-m", "groupwise", "train", *keys, *VARIANTS[variant]]
+
+
+def read_run(out: Path) -> dict[str, Any]:
+    """The figures of one finished run directory."""
+    summary = json.loads((out / "summary.json").read_text())
+    rows = groupwise_metrics(out)
+    evals = [
+        {"step": int(r["step"]), "accuracy": float(r["eval_accuracy"])}
+        for r in rows
+        if "eval_accuracy" in r
+    ]
+    phases = {p: statistics.median(float(r.get(f"time/{p}", 0.0)) for r in rows) for p in PHASES}
+    sampling = {
+        k: statistics.fmean(float(r[k]) for r in rows if k in r)
+        for k in SAMPLING
+        if any(k in r for r in rows)
+    }
+    return {
+        "accuracy_before": summary.get("eval_before"),
+        "accuracy_after": summary.get("eval_after"),
+        "evals": evals,
+        "steps": summary.get("steps"),
+        "train_time_s": summary.get("train_time_s"),
+        "median_step_s": statistics.median(float(r["step_time"]) for r in rows),
+        "phases_median_s": phases,
+        "sampling_mean": sampling,
+    }
+
+
+def measure(variant: str, seed: int, out: Path, *, reuse: bool) -> dict[str, float]:
+    """Run the variant (unless ``reuse`` finds it finished): wall seconds and peak RSS (GB)
+    of the process tree, also kept beside the run as ``<run>.measured.json``."""
+    kept = out.with_suffix(".measured.json")
+    if reuse and (out / "summary.json").exists() and kept.exists():
+        figures: dict[str, float] = json.loads(kept.read_text())
+        return figures
+    measured = run_measured(command(variant, seed, out), dict(os.environ), out.with_suffix(".log"))
+    figures = {"wall_s": measured.wall_s, "peak_rss_gb": measured.peak_rss_kb * 1024 / GB}
+    kept.write_text(json.dumps(figures))
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="local,llamacpp,llamacpp-nocorr")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--base", default="runs/bench-default", help="where the runs go")
+    parser.add_argument("--reuse", action="store_true", help="read back finished runs")
+    add_result_argument(parser, "-")
+    args = parser.parse_args(argv)
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    base = (ROOT / args.base).resolve()
+    runs: list[dict[str, Any]] = []
+    for seed in seeds:
+        for variant in variants:
+            out = run_dir(base, variant, seed)
+            record: dict[str, Any] = {"variant": variant, "seed": seed}
+            record["overrides"] = list(VARIANTS[variant])
+            record.update(measure(variant, seed, out, reuse=args.reuse))
+            record.update(read_run(out))
+            runs.append(record)
+            print(json.dumps(record), flush=True)
+            figures = {"workload": "default run", "runs": runs}
+            write_result(args.result, figures, command=command_line())
+
+
+if __name__ == "__main__":
+    main()
