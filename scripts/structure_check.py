@@ -280,16 +280,34 @@ def _without_new_keys(base: Any, work: Any) -> Any:
     return work
 
 
+NEW_AUTO_DEFAULTS = {("rollout", "engine"): "local"}
+"""Settings whose default became ``auto`` after the baseline, with the value the run plan
+resolves it to for every baseline configuration: a working-tree ``auto`` there is compared as
+that value (what the plan picked shows in the metrics, completions and weights)."""
+
+
+def _with_planned_defaults(base: Any, work: Any) -> Any:
+    """``work``'s config with each :data:`NEW_AUTO_DEFAULTS` key that is ``auto`` in ``work``
+    and the planned value in ``base`` replaced by that value."""
+    for (section, key), planned in NEW_AUTO_DEFAULTS.items():
+        here, there = work.get(section, {}), base.get(section, {})
+        if here.get(key) == "auto" and there.get(key) == planned:
+            work = {**work, section: {**here, key: planned}}
+    return work
+
+
 def compare_files(base: Path, work: Path) -> str | None:
     """The first difference in ``config.yaml``, ``summary.json`` or ``completions.jsonl``.
 
     A ``config.yaml`` key only the working tree has is a new setting at its default: it is left
-    out (what it changes, if anything, shows in the metrics, completions and weights); a key
-    the working tree lost or a changed value is a difference.
+    out (what it changes, if anything, shows in the metrics, completions and weights); so is a
+    default turned ``auto`` that the plan resolves to the baseline's value
+    (:data:`NEW_AUTO_DEFAULTS`); a key the working tree lost or a changed value is a difference.
     """
     a, b = run_files(base), run_files(work)
     if a["config.yaml"] is not None and b["config.yaml"] is not None:
         b["config.yaml"] = _without_new_keys(a["config.yaml"], b["config.yaml"])
+        b["config.yaml"] = _with_planned_defaults(a["config.yaml"], b["config.yaml"])
     for name in a:
         if a[name] is None or b[name] is None:
             if a[name] is not b[name]:

@@ -206,3 +206,16 @@ def test_a_new_config_key_is_allowed_but_a_changed_or_lost_one_is_not(tmp_path: 
     )
     (work / "config.yaml").write_text("algorithm:\n  new_setting: 3\n")
     assert sc.compare_runs(base, work, files=True) == "config.yaml: algorithm.'beta' only in base"
+
+
+def test_a_default_turned_auto_compares_as_what_the_plan_picks(tmp_path: Path) -> None:
+    base, work = _pair(tmp_path)
+    _with_files(base, "42", seconds=1.0)
+    _with_files(work, "42", seconds=1.0)
+    (base / "config.yaml").write_text("rollout:\n  engine: local\n")
+    (work / "config.yaml").write_text("rollout:\n  engine: auto\n")
+    assert sc.compare_runs(base, work, files=True) is None
+    (base / "config.yaml").write_text("rollout:\n  engine: episodes\n")
+    assert sc.compare_runs(base, work, files=True) == (
+        "config.yaml: rollout.engine base 'episodes' != work 'auto'"
+    )

@@ -19,6 +19,7 @@ from groupwise.models.plan import (
     decide_attn_implementation,
     decide_fused_kernels,
     decide_reference_on_disk,
+    decide_rollout_engine,
     decide_rollout_weights,
     load_plan,
     plan_lines,
@@ -60,6 +61,39 @@ def test_attention_rule() -> None:
     assert decide_attn_implementation("auto", CPU) == "grouped"
     assert decide_attn_implementation("auto", CUDA) == "sdpa"
     assert decide_attn_implementation("eager", CPU) == "eager"
+
+
+def test_rollout_engine_rule() -> None:
+    engine, why = decide_rollout_engine("auto", CPU, bf16=True)
+    assert engine == "local" and "measured faster than llamacpp" in why
+    engine, why = decide_rollout_engine("auto", CPU, bf16=False)
+    assert engine == "local" and "not been measured" in why
+    engine, why = decide_rollout_engine("auto", CUDA, bf16=True)
+    assert engine == "local" and "rollout.engine=vllm" in why
+    assert decide_rollout_engine("llamacpp", CPU, bf16=True) == (
+        "llamacpp",
+        "rollout.engine=llamacpp",
+    )
+
+
+def test_the_default_config_plans_the_engine_and_a_named_one_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _rates(monkeypatch, 200.0, 800.0)
+    assert load_config().rollout.engine == "auto"
+    assert resolve_plan(load_config(), CPU).rollout_engine == "local"
+    named = load_config(overrides=["rollout.engine=replay"])
+    assert resolve_plan(named, CPU).rollout_engine == "replay"
+
+
+def test_a_plan_saved_before_the_engine_was_planned_reads_as_local(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _rates(monkeypatch, 200.0, 800.0)
+    data = resolve_plan(load_config(), CPU).as_dict()
+    del data["rollout_engine"], data["rollout_engine_reason"]
+    (tmp_path / PLAN_FILE).write_text(json.dumps(data))
+    assert load_plan(tmp_path / PLAN_FILE).rollout_engine == "local"
 
 
 @pytest.mark.parametrize(
@@ -200,7 +234,6 @@ def test_nothing_else_resolves_an_auto_setting() -> None:
         ("models/loading.py", "name == 'auto'"),
         ("models/loading.py", "attn_implementation == 'auto'"),
         ("run/directory.py", "t.resume == 'auto'"),
-        ("train/batch.py", "setting == 'auto'"),
         ("rollout/llamacpp.py", "dtype == 'auto'"),
     }
     found, callers = set(), set()

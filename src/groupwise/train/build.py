@@ -75,6 +75,8 @@ class TrainingParts:
     train_module: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    engine_name: str = "local"
+    """The rollout engine's name (``rollout.engine`` as the run plan resolved it)."""
 
     @property
     def temperature(self) -> float:
@@ -166,11 +168,12 @@ def build_parts(
         policy=policy,
         tokenizer=tokenizer,
         weights=weights,
-        engine=build_engine(r.engine, context),
+        engine=build_engine(plan.rollout_engine, context),
         reference=reference,
         train_module=train_module,
         optimizer=optimizer,
         scheduler=scheduler,
+        engine_name=plan.rollout_engine,
     )
 
 

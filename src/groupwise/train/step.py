@@ -227,7 +227,7 @@ class GRPOStep:
             if selected is None
             else selected[rows, : kept.completion_ids.shape[1]],
             correction=mismatch_correction(
-                self.config.algorithm, rollout, self.config.rollout.engine, len(micro)
+                self.config.algorithm, rollout, self.parts.engine_name, len(micro)
             ),
         )
 
@@ -240,7 +240,7 @@ class GRPOStep:
         if rollout.entropy is None:
             raise ConfigError(
                 "algorithm.top_entropy_quantile < 1 needs per-token entropies, and the rollout "
-                f"engine {self.config.rollout.engine!r} returns none; set it to 1"
+                f"engine {self.parts.engine_name!r} returns none; set it to 1"
             )
         if world_size() > 1:
             raise ConfigError(

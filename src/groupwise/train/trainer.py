@@ -179,7 +179,7 @@ class GRPOTrainer:
             )
         runner = RewardRunner(funcs, r.weights, concurrent=r.concurrent, timeout=r.timeout_s)
         # the reward and correctness functions against the task's columns, before anything is built
-        adds_columns = self.config.rollout.engine != "local"
+        adds_columns = self.config.rollout.engine not in ("local", "auto")  # auto: local
         check_task_functions(runner.funcs, self.task, engine_adds_columns=adds_columns)
         runner.state.bind(
             self.counters, self.config.training.max_steps
