@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+import groupwise.rollout.vllm as vllm_engine
 from groupwise.cli import main
 from groupwise.models import LoraSettings, apply_lora, tiny_random_model
 from groupwise.rollout import (
@@ -238,6 +240,51 @@ def test_nccl_transport_on_cpu_fails_before_the_server_waits(tiny: Any, stub: Vl
         engine.sync_weights()
     assert stub.bodies("/init_communicator/") == []  # nothing half-started on the server
     assert stub.state.announced == []
+
+
+def test_nccl_transport_joins_vllms_group_as_the_last_rank_and_broadcasts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Against stand-ins of vLLM's StatelessProcessGroup and PyNcclCommunicator (vLLM itself
+    needs a GPU): the group is created as TRL's server expects, each tensor is broadcast from
+    the client's rank and followed by a barrier."""
+    calls: list[tuple[str, Any]] = []
+
+    class Group:
+        @staticmethod
+        def create(**kwargs: Any) -> Group:
+            calls.append(("create", kwargs))
+            return Group()
+
+        def barrier(self) -> None:
+            calls.append(("barrier", None))
+
+    class Communicator:
+        def __init__(self, group: Group, device: torch.device) -> None:
+            self.group = group
+            calls.append(("communicator", device))
+
+        def broadcast(self, tensor: torch.Tensor, src: int, stream: Any) -> None:
+            calls.append(("broadcast", (tensor.shape, src)))
+
+    modules = {
+        "vllm.distributed.utils": types.SimpleNamespace(StatelessProcessGroup=Group),
+        "vllm.distributed.device_communicators.pynccl": types.SimpleNamespace(
+            PyNcclCommunicator=Communicator
+        ),
+    }
+    monkeypatch.setattr(vllm_engine.importlib, "import_module", modules.__getitem__)
+    monkeypatch.setattr(vllm_engine.torch.cuda, "current_stream", lambda: "stream")
+    spec = vllm_engine.TransportSpec("10.0.0.5", 51216, 2, 3, torch.device("cpu"))
+    transport = vllm_engine.NcclTransport(spec)
+    transport.connect()
+    transport.send(torch.zeros(4, 2))
+    assert calls == [
+        ("create", {"host": "10.0.0.5", "port": 51216, "rank": 2, "world_size": 3}),
+        ("communicator", torch.device("cpu")),
+        ("broadcast", (torch.Size([4, 2]), 2)),
+        ("barrier", None),
+    ]
 
 
 def test_unreachable_server_names_base_url(tiny: Any) -> None:

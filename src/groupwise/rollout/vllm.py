@@ -36,17 +36,20 @@ engine cannot see the server's mode: run ``T = 1`` with either, or ``processed_l
 top-p/top-k off, or set ``logprobs: false`` (no ``behaviour_logp``). Also, vLLM's
 ``min_tokens`` masks EOS before it normalises, which no mode undoes.
 
-The tensor transport of the weight update needs NCCL between this process's GPU and the
-server's (TRL's server joins a ``StatelessProcessGroup`` + ``PyNcclCommunicator``):
-:func:`nccl_weight_transport` is where that goes, and it raises naming what is missing; the
-HTTP control part around it is complete, and ``weight_sync: "module:function"`` plugs in any
-other :class:`WeightTransport` (the tests use one that hands tensors to a stub server).
+The tensor transport of the weight update is NCCL between this process's GPU and the server's
+(:class:`NcclTransport`: vLLM's ``StatelessProcessGroup`` + ``PyNcclCommunicator``, so vLLM
+must be importable beside groupwise on the GPU machine); without a CUDA device or vLLM it
+raises naming what is missing, before the server is asked to wait. ``weight_sync:
+"module:function"`` plugs in any other :class:`WeightTransport` (the tests use one that hands
+tensors to a stub server, and stand-ins of vLLM's two classes for the NCCL one). This engine
+has not been run against a real vLLM server on a GPU.
 """
 
 from __future__ import annotations
 
 import atexit
 import importlib
+import importlib.util
 import json
 import math
 import urllib.error
@@ -340,25 +343,58 @@ class WeightTransport(Protocol):
         """Leave the group."""
 
 
-def nccl_weight_transport(spec: TransportSpec) -> WeightTransport:
-    """The NCCL transport of ``trl vllm-serve``'s weight updates: not available here.
+class NcclTransport:
+    """The NCCL transport of ``trl vllm-serve``'s weight updates, through vLLM's own classes
+    (vLLM's documented pattern for an external trainer): a ``StatelessProcessGroup`` on
+    ``spec.host:spec.port`` joined as the last rank, a ``PyNcclCommunicator`` on this
+    process's CUDA device, each tensor broadcast from this rank on the current stream, then a
+    barrier so the server has loaded it before the next ``/update_named_param/``.
 
-    It needs (1) a CUDA device in this process holding the weights and (2) an NCCL
-    communicator that joins the server's group the way TRL's ``VLLMClient`` does (a
-    ``StatelessProcessGroup`` on ``spec.host:spec.port`` as rank ``spec.rank`` of
-    ``spec.world_size``, then a ``PyNcclCommunicator`` broadcasting from that rank): vLLM's
-    classes, which this package does not import. Raises before anything is posted, so the
-    server is not left waiting for a group that never forms.
+    Needs vLLM importable in the trainer's environment (on a GPU machine: ``pip install vllm``
+    beside groupwise). Not run on a GPU yet: tested against stand-ins of the two vLLM classes.
     """
+
+    def __init__(self, spec: TransportSpec) -> None:
+        self.spec = spec
+        self.communicator: Any = None
+
+    def connect(self) -> None:
+        """Join the group the server opened on ``/init_communicator/``."""
+        pynccl = importlib.import_module("vllm.distributed.device_communicators.pynccl")
+        utils = importlib.import_module("vllm.distributed.utils")
+        s = self.spec
+        group = utils.StatelessProcessGroup.create(
+            host=s.host, port=s.port, rank=s.rank, world_size=s.world_size
+        )
+        self.communicator = pynccl.PyNcclCommunicator(group, device=s.device)
+
+    def send(self, tensor: Tensor) -> None:
+        """Broadcast from this rank; wait until every rank has it."""
+        assert self.communicator is not None, "connect() first"
+        self.communicator.broadcast(tensor, src=self.spec.rank, stream=torch.cuda.current_stream())
+        self.communicator.group.barrier()
+
+    def close(self) -> None:
+        """Drop the communicator (the server closes its side on ``/close_communicator/``)."""
+        self.communicator = None
+
+
+def nccl_weight_transport(spec: TransportSpec) -> WeightTransport:
+    """:class:`NcclTransport` for ``spec``; raises before anything is posted, so the server is
+    not left waiting for a group that never forms, when this process has no CUDA device or
+    vLLM is not importable here."""
+    missing = None
     if spec.device.type != "cuda" or not torch.cuda.is_available():
         missing = "a CUDA device (the policy is on " + str(spec.device) + ")"
-    else:
-        missing = "an NCCL communicator compatible with vLLM's PyNcclCommunicator"
-    raise RuntimeError(
-        f"{KEY}.weight_sync=nccl: pushing weights to the vLLM server needs NCCL, and {missing} "
-        "is missing; groupwise implements the HTTP side only. Set weight_sync to "
-        "'module:function' returning a WeightTransport, or 'none' to keep the server's weights"
-    )
+    elif importlib.util.find_spec("vllm") is None:
+        missing = "vLLM in the trainer's environment (pip install vllm)"
+    if missing is not None:
+        raise RuntimeError(
+            f"{KEY}.weight_sync=nccl: pushing weights to the vLLM server needs NCCL, and "
+            f"{missing} is missing. Set weight_sync to 'module:function' returning a "
+            "WeightTransport, or 'none' to keep the server's weights"
+        )
+    return NcclTransport(spec)
 
 
 def load_transport(weight_sync: str) -> Callable[[TransportSpec], WeightTransport] | None:
