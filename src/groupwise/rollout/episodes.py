@@ -12,7 +12,15 @@
 - ``max_tokens_per_turn``: cap of one policy turn; a turn cut by it is closed with an inserted
   EOS (an environment token: no loss) and the episode goes on;
 - ``kv_reuse`` (default true): keep the conversation's KV cache from turn to turn (false:
-  re-prefill the whole conversation every turn; the reference the KV path is tested against).
+  re-prefill the whole conversation every turn; the reference the KV path is tested against);
+- ``backend`` (default ``torch``): who decodes the turns, one of :data:`BACKENDS`. ``torch``:
+  the rollout weights' model in this process (below). ``llamacpp``: llama.cpp on a GGUF copy
+  of the policy, one llama.cpp sequence per episode
+  (:mod:`groupwise.rollout.llamacpp_turns`; needs llama-cpp-python, as ``rollout.engine=
+  llamacpp``), with ``llamacpp_dtype`` (``auto`` | ``bf16`` | ``f32``: the file's dtype, auto
+  following the rollout weights) and ``threads`` (default ``torch.get_num_threads()``). The
+  turn loop, budgets and draws are the same for both (:mod:`groupwise.rollout.turns`); from
+  the same logits they sample the same tokens.
 
 A group is G episodes from the same row: each environment is built, then ``reset(row)``; a
 returned observation is appended to the prompt (it must be the same for the G episodes of a
@@ -35,6 +43,10 @@ all turns after the prompt, contiguous; ``loss_mask`` is 1 on the policy's token
 ``turn_index`` numbers the segments (policy turn 0, environment message 1, policy turn 2...);
 ``entropy`` is 0 on inserted tokens. The environment's end reward (``reward()``) is recorded
 per row as the ``env_reward`` column (``rollout.columns``), read by the ``env_reward`` reward.
+``behaviour_logp`` (``log_softmax(logits / T)`` of each sampled token, 0 on inserted tokens) is
+reported by the ``llamacpp`` backend always (mismatch correction then follows it under
+``auto``) and by the ``torch`` backend when the request asks (correction set to true); the
+draws are the same either way.
 
 Draws: from ``request.generator`` by ``torch.multinomial``; with ``request.total_rows`` (set by
 ``rollout.rank_invariant_sampling`` and under torchrun) a table of uniforms
