@@ -598,7 +598,9 @@ def episode_metrics(episodes: Sequence[Episode], env_seconds: float) -> dict[str
     }
 
 
-def _llamacpp_decoder(engine: EpisodeEngine, backend: str, dtype: str, threads: int | None) -> Any:
+def _llamacpp_decoder(
+    engine: EpisodeEngine, backend: str, dtype: str, threads: int | None
+) -> LlamaCppDecoder | None:
     """The llama.cpp decoder for ``backend=llamacpp`` (None for ``torch``)."""
     if backend not in BACKENDS:
         raise ValueError(
