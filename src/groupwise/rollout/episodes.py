@@ -12,7 +12,15 @@
 - ``max_tokens_per_turn``: cap of one policy turn; a turn cut by it is closed with an inserted
   EOS (an environment token: no loss) and the episode goes on;
 - ``kv_reuse`` (default true): keep the conversation's KV cache from turn to turn (false:
-  re-prefill the whole conversation every turn; the reference the KV path is tested against).
+  re-prefill the whole conversation every turn; the reference the KV path is tested against);
+- ``backend`` (default ``torch``): who decodes the turns, one of :data:`BACKENDS`. ``torch``:
+  the rollout weights' model in this process (below). ``llamacpp``: llama.cpp on a GGUF copy
+  of the policy, one llama.cpp sequence per episode
+  (:mod:`groupwise.rollout.llamacpp_turns`; needs llama-cpp-python, as ``rollout.engine=
+  llamacpp``), with ``llamacpp_dtype`` (``auto`` | ``bf16`` | ``f32``: the file's dtype, auto
+  following the rollout weights) and ``threads`` (default ``torch.get_num_threads()``). The
+  turn loop, budgets and draws are the same for both (:mod:`groupwise.rollout.turns`); from
+  the same logits they sample the same tokens.
 
 A group is G episodes from the same row: each environment is built, then ``reset(row)``; a
 returned observation is appended to the prompt (it must be the same for the G episodes of a
@@ -35,6 +43,10 @@ all turns after the prompt, contiguous; ``loss_mask`` is 1 on the policy's token
 ``turn_index`` numbers the segments (policy turn 0, environment message 1, policy turn 2...);
 ``entropy`` is 0 on inserted tokens. The environment's end reward (``reward()``) is recorded
 per row as the ``env_reward`` column (``rollout.columns``), read by the ``env_reward`` reward.
+``behaviour_logp`` (``log_softmax(logits / T)`` of each sampled token, 0 on inserted tokens) is
+reported by the ``llamacpp`` backend always (mismatch correction then follows it under
+``auto``) and by the ``torch`` backend when the request asks (correction set to true); the
+draws are the same either way.
 
 Draws: from ``request.generator`` by ``torch.multinomial``; with ``request.total_rows`` (set by
 ``rollout.rank_invariant_sampling`` and under torchrun) a table of uniforms
@@ -50,7 +62,8 @@ process.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,12 +81,13 @@ from groupwise.rollout.engine import (
     RolloutRequest,
     engine_options,
 )
+from groupwise.rollout.llamacpp import GGUFPolicy
+from groupwise.rollout.llamacpp_turns import LlamaCppDecoder
 from groupwise.rollout.records import PromptBatch, Rollout, tokenize_prompts
-from groupwise.rollout.sampling import sample_with_entropy
+from groupwise.rollout.turns import Sampler, Turn, TurnDecoder, Turns, turn_outputs
 from groupwise.rollout.weights import RolloutWeights, ServesWeights
 
 _REPLY, _MESSAGE = "\x1fREPLY\x1f", "\x1fMESSAGE\x1f"
-TurnOutput = tuple[list[int], list[float], bool]  # tokens, entropies, ended with EOS
 
 
 @dataclass
@@ -86,18 +100,26 @@ class Episode:
     policy: list[int] = field(default_factory=list)  # 1 = the policy's token
     turn: list[int] = field(default_factory=list)
     entropy: list[float] = field(default_factory=list)
+    logp: list[float] = field(default_factory=list)  # behaviour log-probs (0: environment)
     segments: int = 0
     policy_turns: int = 0
     done: bool = False
     truncated: bool = False
     step_rewards: list[float] = field(default_factory=list)
 
-    def add(self, ids: Sequence[int], policy: bool, entropy: Sequence[float] = ()) -> None:
+    def add(
+        self,
+        ids: Sequence[int],
+        policy: bool,
+        entropy: Sequence[float] = (),
+        logp: Sequence[float] = (),
+    ) -> None:
         """Append one segment (a policy turn or an environment message)."""
         self.tokens.extend(ids)
         self.policy.extend([int(policy)] * len(ids))
         self.turn.extend([self.segments] * len(ids))
         self.entropy.extend(entropy if entropy else [0.0] * len(ids))
+        self.logp.extend(logp if logp else [0.0] * len(ids))
         self.segments += 1
 
     def end(self, truncated: bool) -> None:
@@ -183,40 +205,9 @@ class ChatFormat:
         return render(messages)
 
 
-@dataclass
-class Sampler:
-    """How one turn samples (the request's sampling keys)."""
-
-    eos: Tensor
-    pad: int
-    temperature: float
-    top_p: float
-    top_k: int
-    generator: torch.Generator | None
-    table: Tensor | None = None
-    """Rank-invariant draws ``[max_turns, per_turn, total_rows]`` (None: torch.multinomial)."""
-
-    def turn_draws(self, turn: int, rows: Sequence[int]) -> Tensor | None:
-        """Turn ``turn``'s draws ``[per_turn, R]`` for the global rows ``rows``, or None."""
-        if self.table is None:
-            return None
-        return self.table[turn][:, torch.tensor(list(rows), device=self.table.device)]
-
-    def sample(self, logits: Tensor, uniform: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Next token [R] and its sampling entropy [R] (None when greedy); ``uniform`` [R]:
-        inverse-CDF draws instead of torch.multinomial."""
-        return sample_with_entropy(
-            logits,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            generator=self.generator,
-            uniform=uniform,
-        )
-
-
 class KVRunner:
-    """Decodes turns on one KV cache kept for the whole conversation (see the module doc)."""
+    """Decodes turns on one KV cache kept for the whole conversation (see the module doc):
+    the :class:`~groupwise.rollout.turns.Turns` of the ``torch`` backend."""
 
     def __init__(self, model: nn.Module, prompts: PromptBatch, group_size: int) -> None:
         self.model = model
@@ -226,13 +217,15 @@ class KVRunner:
 
     def decode(
         self, budgets: Sequence[int], sampler: Sampler, draws: Tensor | None = None
-    ) -> list[TurnOutput]:
+    ) -> list[Turn]:
         """One turn of every row in the batch, row i at most ``budgets[i]`` tokens (``draws``
-        ``[per_turn, R]``: the turn's uniforms, see :meth:`Sampler.turn_draws`)."""
+        ``[per_turn, R]``: the turn's uniforms, see :meth:`Sampler.turn_draws`); the
+        behaviour log-probs when ``sampler.logp``."""
         rows, steps = len(budgets), max(budgets)
         budget = torch.tensor(list(budgets), device=self.pos.device)
         tokens = torch.full((rows, steps), sampler.pad, device=self.pos.device)
         entropy = torch.zeros((rows, steps))
+        logp = torch.zeros((rows, steps)) if sampler.logp else None
         lengths = torch.zeros(rows, dtype=torch.long, device=self.pos.device)
         going = torch.ones(rows, dtype=torch.bool, device=self.pos.device)
         logits = self.logits
@@ -242,6 +235,8 @@ class KVRunner:
             tokens[:, step] = nxt
             if h is not None:
                 entropy[:, step] = (h * going).float().cpu()
+            if logp is not None:
+                logp[:, step] = (sampler.token_logp(logits, nxt) * going).cpu()
             real = going.clone()
             lengths += real.long()
             going &= ~torch.isin(nxt, sampler.eos) & (step + 1 < budget)
@@ -250,7 +245,7 @@ class KVRunner:
                 break
             logits = self._feed(nxt[:, None], real.long()[:, None], self.pos[:, None])[:, -1]
             self.pos = self.pos + real.long()
-        return _turn_outputs(tokens, entropy, lengths, sampler.eos)
+        return turn_outputs(tokens, entropy, lengths, sampler.eos, logp)
 
     def advance(self, keep: Sequence[bool], chunks: Sequence[Sequence[int]]) -> None:
         """Drop finished rows; prefill each kept row's environment tokens (``chunks``)."""
@@ -292,26 +287,23 @@ class KVRunner:
 
 class ReprefillRunner:
     """Decodes each turn with :func:`groupwise.rollout.decode.generate` on the whole
-    conversation so far (prompt + completion), prefilled afresh."""
+    conversation so far (prompt + completion), prefilled afresh (``kv_reuse=false``, the
+    reference :class:`KVRunner` is tested against). Behaviour log-probs only when sampling."""
 
-    def __init__(self, model: nn.Module, prompts: PromptBatch, episodes: Sequence[Episode]):
+    def __init__(self, model: nn.Module, prompts: PromptBatch, group_size: int) -> None:
         self.model = model
-        group = len(episodes) // prompts.input_ids.shape[0]
-        self.prompt_ids = [
+        self.conversations = [  # per live row: the prompt and every token since
             row[mask.bool()].tolist()
             for row, mask in zip(prompts.input_ids, prompts.attention_mask, strict=True)
-            for _ in range(group)
+            for _ in range(group_size)
         ]
-        self.episodes = list(episodes)
-        self.rows = list(range(len(episodes)))
         self.device = prompts.input_ids.device
 
     def decode(
         self, budgets: Sequence[int], sampler: Sampler, draws: Tensor | None = None
-    ) -> list[TurnOutput]:
+    ) -> list[Turn]:
         """One turn of every active row (see :meth:`KVRunner.decode`)."""
-        seqs = [self.prompt_ids[r] + self.episodes[r].tokens for r in self.rows]
-        batch = left_pad(seqs, sampler.pad, self.device)
+        batch = left_pad(self.conversations, sampler.pad, self.device)
         out = generate(
             self.model,
             batch,
@@ -324,25 +316,41 @@ class ReprefillRunner:
             top_k=sampler.top_k,
             generator=sampler.generator,
             uniforms=draws,
+            behaviour_logp=sampler.logp,
         )
         lengths = torch.minimum(out.completion_lengths, torch.tensor(list(budgets)))
         entropy = out.entropy if out.entropy is not None else torch.zeros_like(out.completion_ids)
-        return _turn_outputs(out.completion_ids, entropy.float(), lengths, sampler.eos)
+        logp = out.behaviour_logp
+        if sampler.logp and logp is None:  # greedy
+            logp = torch.zeros_like(entropy, dtype=torch.float32)
+        turns = turn_outputs(out.completion_ids, entropy.float(), lengths, sampler.eos, logp)
+        for conversation, turn in zip(self.conversations, turns, strict=True):
+            conversation.extend(turn.tokens)
+        return turns
 
     def advance(self, keep: Sequence[bool], chunks: Sequence[Sequence[int]]) -> None:
-        """Drop finished rows (the environment's tokens are in the episodes already)."""
-        self.rows = [r for r, k in zip(self.rows, keep, strict=True) if k]
+        """Drop finished rows; append each kept row's environment tokens."""
+        kept = [c for c, k in zip(self.conversations, keep, strict=True) if k]
+        for conversation, chunk in zip(kept, chunks, strict=True):
+            conversation.extend(chunk)
+        self.conversations = kept
 
 
-def _turn_outputs(
-    tokens: Tensor, entropy: Tensor, lengths: Tensor, eos: Tensor
-) -> list[TurnOutput]:
-    out: list[TurnOutput] = []
-    eos_ids = set(eos.tolist())
-    for row, ent, n in zip(tokens.tolist(), entropy.tolist(), lengths.tolist(), strict=True):
-        ids = row[:n]
-        out.append((ids, ent[:n], bool(ids) and ids[-1] in eos_ids))
-    return out
+class TorchDecoder:
+    """The ``torch`` backend: :class:`KVRunner` (``kv_reuse``) or :class:`ReprefillRunner` on
+    the rollout weights' model."""
+
+    max_rows: int | None = None
+
+    def __init__(self, model: nn.Module, kv_reuse: bool = True) -> None:
+        self.model = model
+        self.kv_reuse = kv_reuse
+
+    def start(self, prompts: PromptBatch, group_size: int, max_tokens: int) -> Turns:
+        """See :meth:`groupwise.rollout.turns.TurnDecoder.start`."""
+        if self.kv_reuse:
+            return KVRunner(self.model, prompts, group_size)
+        return ReprefillRunner(self.model, prompts, group_size)
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad: int, device: torch.device) -> PromptBatch:
@@ -362,7 +370,12 @@ _OPTIONS = (
     "max_tokens",
     "max_tokens_per_turn",
     "kv_reuse",
+    "backend",
+    "llamacpp_dtype",
+    "threads",
 )
+BACKENDS = ("torch", "llamacpp")
+"""The decode backends of the episodes engine (``rollout.engine_kwargs.backend``)."""
 
 
 class EpisodeEngine(ServesWeights):
@@ -380,6 +393,9 @@ class EpisodeEngine(ServesWeights):
         max_tokens: int | None = None,
         max_tokens_per_turn: int | None = None,
         kv_reuse: bool = True,
+        backend: str = "torch",
+        llamacpp_dtype: str = "auto",
+        threads: int | None = None,
     ) -> None:
         if max_turns < 1:
             raise ValueError("rollout.engine_kwargs.max_turns must be at least 1")
@@ -395,6 +411,23 @@ class EpisodeEngine(ServesWeights):
         self.format = ChatFormat(tokenizer, self.eos_token_ids)
         self.last_episodes: list[Episode] = []
         self.env_seconds = 0.0
+        self.llamacpp = _llamacpp_decoder(self, backend, llamacpp_dtype, threads)
+
+    def sync_weights(self) -> None:
+        """Bring the decoding weights up to the policy (the llama.cpp backend: its GGUF file)."""
+        if self.llamacpp is None:
+            super().sync_weights()
+        else:
+            self.llamacpp.sync()
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """The torch backend's weight preparation; nothing for llama.cpp (synced already)."""
+        if self.llamacpp is not None:
+            yield
+            return
+        with super().serving():
+            yield
 
     def generate(self, prompts: PromptBatch, request: RolloutRequest) -> Rollout:
         """See :meth:`RolloutEngine.generate` and the module docstring."""
@@ -418,6 +451,7 @@ class EpisodeEngine(ServesWeights):
             sampling.top_p,
             sampling.top_k,
             request.generator,
+            logp=request.behaviour_logp or self.llamacpp is not None,
         )
         budget = self.max_tokens or sampling.max_tokens
         per_turn = self.max_tokens_per_turn or budget
@@ -426,40 +460,31 @@ class EpisodeEngine(ServesWeights):
             sampler.table = torch.rand(
                 shape, generator=request.generator, device=sampler.eos.device
             )
+        decoder: TurnDecoder = self.llamacpp or TorchDecoder(model, self.kv_reuse)
         with self.serving(), torch.no_grad():
-            runner: KVRunner | ReprefillRunner = (
-                KVRunner(model, prompts, g)
-                if self.kv_reuse
-                else ReprefillRunner(model, prompts, episodes)
-            )
-            self._play(runner, episodes, sampler, budget)
+            for part, eps in _chunks(prompts, episodes, g, decoder.max_rows):
+                self._play(decoder.start(part, g, budget), eps, sampler, budget)
         self.last_episodes = episodes
-        rollout = self._rollout(prompts, episodes, g)
+        rollout = self._rollout(prompts, episodes, g, sampler.logp)
         rollout.metrics = episode_metrics(episodes, self.env_seconds)
         return rollout
 
-    def _play(
-        self,
-        runner: KVRunner | ReprefillRunner,
-        episodes: list[Episode],
-        sampler: Sampler,
-        budget: int,
-    ) -> None:
+    def _play(self, turns: Turns, episodes: list[Episode], sampler: Sampler, budget: int) -> None:
         """Turns until every episode is done: decode, then the environments answer."""
         per_turn = self.max_tokens_per_turn or budget
         active, turn = list(episodes), 0
         while active:
             budgets = [min(per_turn, budget - len(ep.tokens)) for ep in active]
             draws = sampler.turn_draws(turn, [ep.index for ep in active])
-            outputs = runner.decode(budgets, sampler, draws)
+            outputs = turns.decode(budgets, sampler, draws)
             turn += 1
             chunks: list[list[int]] = []
-            for ep, (ids, entropy, eos) in zip(active, outputs, strict=True):
-                ep.add(ids, policy=True, entropy=entropy)
+            for ep, out in zip(active, outputs, strict=True):
+                ep.add(out.tokens, policy=True, entropy=out.entropy, logp=out.logp)
                 ep.policy_turns += 1
-                chunks.append(self._respond(ep, ids, eos, budget))
+                chunks.append(self._respond(ep, out.tokens, out.eos, budget))
             keep = [not ep.done for ep in active]
-            runner.advance(keep, [c for c, k in zip(chunks, keep, strict=True) if k])
+            turns.advance(keep, [c for c, k in zip(chunks, keep, strict=True) if k])
             active = [ep for ep in active if not ep.done]
 
     def _respond(self, ep: Episode, ids: list[int], eos: bool, budget: int) -> list[int]:
@@ -524,13 +549,16 @@ class EpisodeEngine(ServesWeights):
             texts.append(self.format.prompt_text(row["prompt"], tools, group.pop()))
         return tokenize_prompts(self.tokenizer, texts, prompts.input_ids.device)
 
-    def _rollout(self, prompts: PromptBatch, episodes: Sequence[Episode], g: int) -> Rollout:
-        """One Rollout row per episode, plus the ``env_reward`` column."""
+    def _rollout(
+        self, prompts: PromptBatch, episodes: Sequence[Episode], g: int, logp: bool = False
+    ) -> Rollout:
+        """One Rollout row per episode, plus the ``env_reward`` column; ``logp``: with the
+        behaviour log-probs (0 on the environment's tokens)."""
         width = max([1, *(len(ep.tokens) for ep in episodes)])
         shape = (len(episodes), width)
         ids = torch.full(shape, self.tokenizer.pad_token_id, dtype=torch.long)
         mask, policy, turn = (torch.zeros(shape, dtype=torch.long) for _ in range(3))
-        entropy = torch.zeros(shape)
+        entropy, behaviour = torch.zeros(shape), torch.zeros(shape)
         for i, ep in enumerate(episodes):
             n = len(ep.tokens)
             ids[i, :n] = torch.tensor(ep.tokens, dtype=torch.long)
@@ -538,6 +566,7 @@ class EpisodeEngine(ServesWeights):
             policy[i, :n] = torch.tensor(ep.policy, dtype=torch.long)
             turn[i, :n] = torch.tensor(ep.turn, dtype=torch.long)
             entropy[i, :n] = torch.tensor(ep.entropy)
+            behaviour[i, :n] = torch.tensor(ep.logp)
         device = prompts.input_ids.device
         rollout = Rollout(
             prompts=prompts,
@@ -548,6 +577,7 @@ class EpisodeEngine(ServesWeights):
             entropy=entropy.to(device),
             loss_mask=policy.to(device),
             turn_index=turn.to(device),
+            behaviour_logp=behaviour.to(device) if logp else None,
         )
         columns = {"env_reward": [end_reward(ep.env) for ep in episodes]}
         # Rollout.columns: per-row values the reward functions receive as columns (env_reward)
@@ -566,6 +596,41 @@ def episode_metrics(episodes: Sequence[Episode], env_seconds: float) -> dict[str
         "tools/error_rate": errors / total if total else 0.0,
         "time/environment": env_seconds,
     }
+
+
+def _llamacpp_decoder(
+    engine: EpisodeEngine, backend: str, dtype: str, threads: int | None
+) -> LlamaCppDecoder | None:
+    """The llama.cpp decoder for ``backend=llamacpp`` (None for ``torch``)."""
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"rollout.engine_kwargs.backend={backend!r} unknown to the episodes engine; "
+            f"valid: {', '.join(BACKENDS)}"
+        )
+    if backend == "torch":
+        return None
+    if not engine.kv_reuse:
+        raise ValueError(
+            "rollout.engine_kwargs.kv_reuse=false is the torch backend's reference path; "
+            "the llamacpp backend always keeps each episode's cache"
+        )
+    owner = "rollout.engine_kwargs.backend=llamacpp"
+    policy = GGUFPolicy(engine.weights, engine.tokenizer, dtype=dtype, threads=threads, owner=owner)
+    return LlamaCppDecoder(policy)
+
+
+def _chunks(
+    prompts: PromptBatch, episodes: list[Episode], g: int, max_rows: int | None
+) -> Iterator[tuple[PromptBatch, list[Episode]]]:
+    """The batch in chunks of whole groups of at most ``max_rows`` episodes (one chunk: the
+    batch itself)."""
+    per = len(episodes) // g if max_rows is None else max(max_rows // g, 1)
+    if per * g >= len(episodes):
+        yield prompts, episodes
+        return
+    for lo in range(0, prompts.input_ids.shape[0], per):
+        part = PromptBatch(prompts.input_ids[lo : lo + per], prompts.attention_mask[lo : lo + per])
+        yield part, episodes[lo * g : (lo + per) * g]
 
 
 @ENGINES.register("episodes")

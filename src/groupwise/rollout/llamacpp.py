@@ -167,6 +167,29 @@ class LlamaRuntime:
             rows.append(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
         return torch.from_numpy(np.stack(rows))  # np.stack copies out of llama.cpp's buffer
 
+    def prefill_groups(self, prompts: Sequence[Sequence[int]], g: int) -> Tensor:
+        """Each prompt once (one ``llama_decode``) into sequence ``i * g`` of its group,
+        shared with the group's other ``g - 1`` sequences; the prompts' last logits, one row
+        per sequence ``[len(prompts) * g, V]``."""
+        tokens: list[int] = []
+        pos: list[int] = []
+        seqs: list[int] = []
+        last: list[int] = []
+        for i, p in enumerate(prompts):
+            tokens += p
+            pos += range(len(p))
+            seqs += [i * g] * len(p)
+            last.append(len(tokens) - 1)
+        outputs = [False] * len(tokens)
+        for i in last:
+            outputs[i] = True
+        self.decode(tokens, pos, seqs, outputs)
+        logits = self.logits(last)  # [P, V]
+        for i in range(len(prompts)):
+            for j in range(1, g):
+                self.share(i * g, i * g + j)
+        return logits.repeat_interleave(g, dim=0)
+
     def share(self, src: int, dst: int) -> None:
         """Sequence ``dst`` sees all of sequence ``src``'s cells."""
         self.lib.llama_memory_seq_cp(self.lib.llama_get_memory(self.ctx), src, dst, -1, -1)
@@ -191,24 +214,26 @@ class LlamaRuntime:
             self.model = None
 
 
-class LlamaCppEngine:
-    """Decodes with llama.cpp from a GGUF copy of the policy kept in step with it."""
+class GGUFPolicy:
+    """The policy's GGUF copy and the llama.cpp runtime that maps it, kept in step with the
+    policy: the file is written once (``dtype``: ``auto`` = ``bf16`` when the rollout weights
+    are bf16, else ``f32``), then :meth:`sync` overwrites its tensors in place and reloads the
+    model. ``owner`` names the setting that asked for it in error messages."""
 
     def __init__(
         self,
         weights: RolloutWeights,
         tokenizer: Any,
-        eos_token_ids: Sequence[int],
         *,
         dtype: str = "auto",
         path: str | Path | None = None,
         threads: int | None = None,
+        owner: str = "rollout.engine=llamacpp",
     ) -> None:
         _llama()  # fail early, naming the set-up step
         self.weights = weights
         self.tokenizer = tokenizer
-        self.eos_token_ids = list(eos_token_ids)
-        self.pad_token_id = int(tokenizer.pad_token_id)
+        self.owner = owner
         self.dtype = _file_dtype(weights.model) if dtype == "auto" else dtype
         if path is None:
             tmp = tempfile.mkdtemp(prefix="groupwise-llamacpp-")
@@ -218,16 +243,16 @@ class LlamaCppEngine:
         self.file: GGUFModelFile | None = None
         self.threads = threads or torch.get_num_threads()
         self.runtime: LlamaRuntime | None = None
-        self.sync_weights()
 
-    def sync_weights(self) -> None:
-        """Bring the GGUF file up to the policy (rewritten in place) and reload it."""
+    def sync(self) -> LlamaRuntime:
+        """Bring the GGUF file up to the policy (written, or rewritten in place) and (re)load
+        it; the runtime."""
         self.weights.sync()
         with self.weights.active():
             model = self.weights.model
             if is_peft(model):
                 raise ValueError(
-                    "rollout.engine=llamacpp needs merged weights under LoRA: set "
+                    f"{self.owner} needs merged weights under LoRA: set "
                     "model.lora_rollout_copy=true (the default)"
                 )
             state = model_state_dict(model)
@@ -241,6 +266,38 @@ class LlamaCppEngine:
             weakref.finalize(self, self.runtime.close)
         else:
             self.runtime.load()
+        return self.runtime
+
+
+class LlamaCppEngine:
+    """Decodes with llama.cpp from a GGUF copy of the policy kept in step with it."""
+
+    def __init__(
+        self,
+        weights: RolloutWeights,
+        tokenizer: Any,
+        eos_token_ids: Sequence[int],
+        *,
+        dtype: str = "auto",
+        path: str | Path | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.eos_token_ids = list(eos_token_ids)
+        self.pad_token_id = int(tokenizer.pad_token_id)
+        self.gguf = GGUFPolicy(weights, tokenizer, dtype=dtype, path=path, threads=threads)
+        self.dtype, self.path, self.threads = self.gguf.dtype, self.gguf.path, self.gguf.threads
+        self.sync_weights()
+
+    @property
+    def runtime(self) -> LlamaRuntime | None:
+        """The llama.cpp runtime on the GGUF file."""
+        return self.gguf.runtime
+
+    def sync_weights(self) -> None:
+        """Bring the GGUF file up to the policy (rewritten in place) and reload it."""
+        self.gguf.sync()
 
     @contextmanager
     def serving(self) -> Iterator[None]:
@@ -285,7 +342,7 @@ class LlamaCppEngine:
         rows, steps = len(prompts) * g, s.max_tokens
         prompt_tokens = sum(len(p) for p in prompts)
         rt.context(prompt_tokens + rows * steps + 1, rows, max(prompt_tokens, rows))
-        logits = self._prefill(prompts, g)  # [B, V]
+        logits = rt.prefill_groups(prompts, g)  # [B, V]
         eos = torch.tensor(self.eos_token_ids)
         tokens = torch.full((rows, steps), self.pad_token_id, dtype=torch.long)
         entropy = torch.zeros(rows, steps)
@@ -308,30 +365,6 @@ class LlamaCppEngine:
             rt.decode(nxt.tolist(), (next_pos[active] + step).tolist(), active.tolist(), [True] * n)
             logits = rt.logits(range(n))
         return tokens, entropy, logp
-
-    def _prefill(self, prompts: list[list[int]], g: int) -> Tensor:
-        """Each prompt once into its group's first sequence, shared with the group's others;
-        the prompts' last logits, one row per completion ``[B, V]``."""
-        assert self.runtime is not None
-        rt = self.runtime
-        tokens: list[int] = []
-        pos: list[int] = []
-        seqs: list[int] = []
-        last: list[int] = []
-        for i, p in enumerate(prompts):
-            tokens += p
-            pos += range(len(p))
-            seqs += [i * g] * len(p)
-            last.append(len(tokens) - 1)
-        outputs = [False] * len(tokens)
-        for i in last:
-            outputs[i] = True
-        rt.decode(tokens, pos, seqs, outputs)
-        logits = rt.logits(last)  # [P, V]
-        for i in range(len(prompts)):
-            for j in range(1, g):
-                rt.share(i * g, i * g + j)
-        return logits.repeat_interleave(g, dim=0)
 
     @staticmethod
     def _sample(

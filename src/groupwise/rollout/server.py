@@ -300,7 +300,7 @@ class ChatBackend:
             sampling.top_k,
             ep.generator,
         )
-        [(ids, entropy, eos)] = ep.runner.decode([budget], sampler)
+        [(ids, entropy, eos, _)] = ep.runner.decode([budget], sampler)
         return ids, entropy, sampler.logps[: len(ids)], eos
 
     def _response(
