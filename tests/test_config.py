@@ -118,3 +118,19 @@ def test_reference_lists_every_key() -> None:
     for section, fields in config_to_dict(Config()).items():
         for name in fields:
             assert f"`{section}.{name}`" in text
+
+
+def test_a_dotted_override_sets_one_key_of_a_mapping_field(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("rollout:\n  engine_kwargs: {environment: guess, env_kwargs: {high: 20}}\n")
+    overrides = ["rollout.engine_kwargs.backend=llamacpp", "rollout.engine_kwargs.env_kwargs.low=3"]
+    kwargs = load_config(path, overrides).rollout.engine_kwargs
+    assert kwargs == {
+        "environment": "guess",
+        "env_kwargs": {"high": 20, "low": 3},
+        "backend": "llamacpp",
+    }
+    with pytest.raises(
+        ConfigError, match=r"rollout\.engine\.x: only a mapping field .*engine_kwargs"
+    ):
+        load_config(overrides=["rollout.engine.x=1"])

@@ -440,8 +440,39 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
                 data.setdefault(section, {})[name] = value
     for text in overrides:
         section, name, value = parse_override(text)
-        data.setdefault(section, {})[name] = value
+        _set_override(data.setdefault(section, {}), section, name, value)
     return config_from_dict(data)
+
+
+def _set_override(values: dict[str, Any], section: str, name: str, value: Any) -> None:
+    """``values[name] = value``; a dotted ``name`` (``engine_kwargs.backend``) sets one key
+    inside a mapping field, keeping the mapping's other keys (from the file or defaults)."""
+    field_name, _, path = name.partition(".")
+    if not path:
+        values[name] = value
+        return
+    hints = typing.get_type_hints(_section_types()[section])
+    if field_name not in hints or typing.get_origin(hints[field_name]) is not dict:
+        mappings = [k for k, h in hints.items() if typing.get_origin(h) is dict]
+        raise ConfigError(
+            f"{section}.{name}: only a mapping field takes a dotted key ({section}: "
+            f"{', '.join(mappings) or 'none'})"
+        )
+    current = values.get(field_name)
+    if current is None:
+        default = next(
+            f for f in dataclasses.fields(_section_types()[section]) if f.name == field_name
+        )
+        current = default.default_factory() if callable(default.default_factory) else {}
+    if not isinstance(current, dict):
+        raise ConfigError(f"{section}.{field_name}: expected a mapping, got {current!r}")
+    target = values[field_name] = dict(current)
+    *parents, last = path.split(".")
+    for key in parents:
+        child = target.get(key)
+        target[key] = dict(child) if isinstance(child, dict) else {}
+        target = target[key]
+    target[last] = value
 
 
 def validate(config: Config) -> None:
