@@ -12,6 +12,8 @@ phase, and the mean of the engine-mismatch metrics (``sampling/...``) over the s
 
 The result file is rewritten after every run, so an interrupted benchmark keeps what it
 measured; ``--reuse`` reads back runs whose directory already has a ``summary.json``.
+``--jobs N --threads T`` runs N trainings at once with T threads each (torch's and llama.cpp's):
+their wall times then compare with each other, not with runs of the whole machine.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import json
 import os
 import statistics
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +71,19 @@ def run_dir(base: Path, variant: str, seed: int) -> Path:
     return base / f"{variant}-seed{seed}"
 
 
-def command(variant: str, seed: int, out: Path) -> list[str]:
-    """``groupwise train`` with the variant's overrides, the seed and the run directory."""
+def command(variant: str, seed: int, out: Path, threads: int = 0) -> list[str]:
+    """``groupwise train`` with the variant's overrides, the seed and the run directory
+    (``threads`` > 0: torch's and llama.cpp's threads)."""
     keys = [
         f"training.seed={seed}",
         f"training.output_dir={out}",
         "training.overwrite_output_dir=true",
         "training.progress=false",
     ]
+    if threads > 0:
+        keys.append(f"training.num_threads={threads}")
+        if "rollout.engine=llamacpp" in VARIANTS[variant]:
+            keys.append(f"rollout.engine_kwargs.threads={threads}")
     return [sys.executable, "-m", "groupwise", "train", *keys, *VARIANTS[variant]]
 
 
@@ -105,14 +114,17 @@ def read_run(out: Path) -> dict[str, Any]:
     }
 
 
-def measure(variant: str, seed: int, out: Path, *, reuse: bool) -> dict[str, float]:
+def measure(
+    variant: str, seed: int, out: Path, *, reuse: bool, threads: int = 0
+) -> dict[str, float]:
     """Run the variant (unless ``reuse`` finds it finished): wall seconds and peak RSS (GB)
     of the process tree, also kept beside the run as ``<run>.measured.json``."""
     kept = out.with_suffix(".measured.json")
     if reuse and (out / "summary.json").exists() and kept.exists():
         figures: dict[str, float] = json.loads(kept.read_text())
         return figures
-    measured = run_measured(command(variant, seed, out), dict(os.environ), out.with_suffix(".log"))
+    cmd = command(variant, seed, out, threads)
+    measured = run_measured(cmd, dict(os.environ), out.with_suffix(".log"))
     figures = {"wall_s": measured.wall_s, "peak_rss_gb": measured.peak_rss_kb * 1024 / GB}
     kept.write_text(json.dumps(figures))
     return figures
@@ -124,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--base", default="runs/bench-default", help="where the runs go")
     parser.add_argument("--reuse", action="store_true", help="read back finished runs")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings at once")
+    parser.add_argument("--threads", type=int, default=0, help="threads per training (0: all)")
     add_result_argument(parser, "-")
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
@@ -133,17 +147,26 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     base = (ROOT / args.base).resolve()
     runs: list[dict[str, Any]] = []
-    for seed in seeds:
-        for variant in variants:
-            out = run_dir(base, variant, seed)
-            record: dict[str, Any] = {"variant": variant, "seed": seed}
-            record["overrides"] = list(VARIANTS[variant])
-            record.update(measure(variant, seed, out, reuse=args.reuse))
-            record.update(read_run(out))
+    lock = threading.Lock()
+
+    def one(variant: str, seed: int) -> None:
+        out = run_dir(base, variant, seed)
+        record: dict[str, Any] = {"variant": variant, "seed": seed}
+        record["overrides"] = list(VARIANTS[variant])
+        record["threads"] = args.threads or None
+        record["concurrent_runs"] = args.jobs
+        record.update(measure(variant, seed, out, reuse=args.reuse, threads=args.threads))
+        record.update(read_run(out))
+        with lock:
             runs.append(record)
             print(json.dumps(record), flush=True)
             figures = {"workload": "default run", "runs": runs}
             write_result(args.result, figures, command=command_line())
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(one, v, s) for s in seeds for v in variants]
+        for future in futures:
+            future.result()
 
 
 if __name__ == "__main__":
