@@ -55,6 +55,7 @@ from groupwise.rewards.base import (
     resolve_reward,
     rewards_from_config,
 )
+from groupwise.rollout.process import RolloutEngineDied
 from groupwise.run.checkpoint import (
     CHECKPOINTS,
     Counters,
@@ -117,7 +118,7 @@ class GRPOTrainer:
         self.plan = run_plan(config, self.device, world_size(), resumed_plan_file(config))
         self.precision = self.plan.precision
         self.parts = build_parts(config, self.plan, self.device, setup.base_model)
-        self.grpo_step = GRPOStep(config, self.parts, self.rewards, self.counters)
+        self.grpo_step = GRPOStep(config, self.parts, self.rewards, self.counters, self.next_rows)
         self.run_state: dict[str, Any] = {}  # eval_before, train_time_s: kept across resumes
         self.resumable = ResumableState(
             self.counters,
@@ -188,13 +189,14 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ steps and evaluation
     def next_rows(self) -> list[Row]:
-        """This rank's prompts for the next step (every rank draws the global batch)."""
+        """This rank's prompts for a step, drawn from the sampler (every rank draws the global
+        batch); the step draws them when it needs them (a step ahead with max_staleness=1)."""
         every_row = self.sampler.next_batch(self.prompts_per_step * world_size())
         return every_row[rank_slice(len(every_row))]
 
     def step(self) -> dict[str, float]:
         """One GRPO step on the next prompts; returns its metrics (nothing is written)."""
-        result: StepResult = self.grpo_step(self.next_rows())
+        result: StepResult = self.grpo_step(self.grpo_step.next_rows())
         self.last_completions = result.records
         return result.metrics
 
@@ -251,6 +253,9 @@ class GRPOTrainer:
         try:
             with StopSignals() as stop:
                 self._train_loop(summary, stop, self.logger)
+        except RolloutEngineDied as exc:  # name the checkpoint the run resumes from
+            last = self.last_checkpoint
+            raise exc.resume_point(str(last) if last is not None else None) from None
         finally:
             self.logger.close()
         if t.save_final:
@@ -315,8 +320,13 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ checkpoints and resume
     def state_dict(self, optimizer: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Everything besides the weights that the next step depends on (see ``run_dir``)."""
-        return self.resumable.state_dict(optimizer)
+        """Everything besides the weights that the next step depends on (see ``run_dir``),
+        with the next step's rollout when it was generated ahead (``max_staleness=1``)."""
+        state = self.resumable.state_dict(optimizer)
+        ahead = self.grpo_step.rollouts.state_dict()
+        if ahead is not None:
+            state["rollout_ahead"] = ahead
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (weights are loaded separately)."""
@@ -327,6 +337,7 @@ class GRPOTrainer:
                 load_full_optimizer_state(self.policy, self.parts.optimizer, full)
 
         self.resumable.load_state_dict(state, load)
+        self.grpo_step.rollouts.load_state_dict(state.get("rollout_ahead"))
 
     def save_checkpoint(self) -> Path:
         """Write ``output_dir/checkpoints/step-<step>`` (atomic; older ones pruned).
