@@ -194,3 +194,26 @@ def test_a_dying_engine_process_stops_the_run_naming_it_and_the_run_resumes(
     resumed.train()
     assert resumed.step_count == 4
     assert [m["step"] for m in _metrics(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------------- llama.cpp
+def test_llamacpp_in_its_own_process(tmp_path: Path) -> None:
+    """The llamacpp engine in a process decodes as in-process (max_staleness=0) and runs one
+    step off (its GGUF file rewritten by the child from the shared copy after each update)."""
+    pytest.importorskip("llama_cpp", reason="the llamacpp engine needs llama-cpp-python")
+    llama = {"rollout.engine": "llamacpp"}
+    seen_here: list[list[str]] = []
+    seen_there: list[list[str]] = []
+    _trainer(tmp_path / "here", [_completions(seen_here)], max_steps=2, **llama).train()
+    there = _trainer(
+        tmp_path / "there",
+        [_completions(seen_there)],
+        max_steps=2,
+        **llama,
+        **{"rollout.engine_process": True},
+    )
+    there.train()
+    assert seen_here == seen_there
+    _trainer(tmp_path / "async", max_steps=3, **llama, **ASYNC).train()
+    rows = _metrics(tmp_path / "async" / "run")
+    assert [m["sampling/staleness"] for m in rows] == [0.0, 1.0, 1.0]

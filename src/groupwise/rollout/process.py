@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,9 +74,9 @@ class RolloutEngineDied(RuntimeError):
             f"(resume=auto) {where}"
         )
 
-    def resume_point(self, checkpoint: str | None) -> RolloutEngineDied:
+    def resume_point(self, checkpoint: str | Path | None) -> RolloutEngineDied:
         """This error, naming ``checkpoint`` as the point the run resumes from."""
-        self.checkpoint = checkpoint
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.args = (self._message(),)
         return self
 

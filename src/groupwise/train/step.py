@@ -147,9 +147,9 @@ class GRPOStep:
         with timer("sync"):
             self.sync()
         self.counters.step += 1
-        tokens, rollout_metrics = self.rollout_metrics(rollout)
+        tokens, rollout_stats = rollout_metrics(rollout)
         self.counters.num_tokens += tokens
-        metrics = {**scored.metrics, **update_metrics, **rollout_metrics}
+        metrics = {**scored.metrics, **update_metrics, **rollout_stats}
         metrics.update(self.rollouts.metrics())
         metrics.update(all_reduce_floats(timer.metrics(), {}))
         metrics.update(
@@ -393,34 +393,34 @@ class GRPOStep:
         generates ahead, if any)."""
         self.rollouts.sync()
 
-    # ------------------------------------------------------------------ metrics
-    def rollout_metrics(self, rollout: Rollout) -> tuple[int, dict[str, float]]:
-        """Tokens of the global batch (prompt + completion), lengths, entropy, turns."""
-        mask, policy = rollout.completion_mask, rollout.policy_mask
-        entropy = rollout.entropy if rollout.entropy is not None else torch.zeros_like(mask)
-        sums = torch.tensor(
-            [
-                float(mask.sum()),
-                float(rollout.prompts.attention_mask.sum() * rollout.group_size),
-                float((entropy * policy).sum()),
-                float(policy.sum()),
-            ],
-            dtype=torch.float64,
-        )
-        tokens, prompt_tokens, entropy_sum, policy_tokens = all_reduce_sum(sums).tolist()
-        lengths = all_gather_cat(rollout.completion_lengths)
-        out = completion_metrics(lengths, all_gather_cat(rollout.truncated))
-        if rollout.entropy is not None:
-            out["entropy"] = entropy_sum / max(policy_tokens, 1.0)
-        if rollout.metrics:  # the engine's own (tool calls, environment time): rank means
-            out.update(all_reduce_floats(rollout.metrics, {}))
-        if rollout.loss_mask is not None:  # an episode: tokens the environment inserted
-            rows = float(all_gather_cat(rollout.truncated).numel())
-            out["tokens/policy_mean"] = policy_tokens / rows
-            out["tokens/environment_mean"] = (tokens - policy_tokens) / rows
-            out["turns/mean"] = float(all_gather_cat(rollout.num_turns).float().mean())
-        return int(tokens + prompt_tokens), out
-
 
 def _no_draw() -> list[Row]:
     raise RuntimeError("this GRPOStep draws no rows: pass draw= (the trainer passes its sampler)")
+
+
+def rollout_metrics(rollout: Rollout) -> tuple[int, dict[str, float]]:
+    """Tokens of the global batch (prompt + completion), lengths, entropy, turns."""
+    mask, policy = rollout.completion_mask, rollout.policy_mask
+    entropy = rollout.entropy if rollout.entropy is not None else torch.zeros_like(mask)
+    sums = torch.tensor(
+        [
+            float(mask.sum()),
+            float(rollout.prompts.attention_mask.sum() * rollout.group_size),
+            float((entropy * policy).sum()),
+            float(policy.sum()),
+        ],
+        dtype=torch.float64,
+    )
+    tokens, prompt_tokens, entropy_sum, policy_tokens = all_reduce_sum(sums).tolist()
+    lengths = all_gather_cat(rollout.completion_lengths)
+    out = completion_metrics(lengths, all_gather_cat(rollout.truncated))
+    if rollout.entropy is not None:
+        out["entropy"] = entropy_sum / max(policy_tokens, 1.0)
+    if rollout.metrics:  # the engine's own (tool calls, environment time): rank means
+        out.update(all_reduce_floats(rollout.metrics, {}))
+    if rollout.loss_mask is not None:  # an episode: tokens the environment inserted
+        rows = float(all_gather_cat(rollout.truncated).numel())
+        out["tokens/policy_mean"] = policy_tokens / rows
+        out["tokens/environment_mean"] = (tokens - policy_tokens) / rows
+        out["turns/mean"] = float(all_gather_cat(rollout.num_turns).float().mean())
+    return int(tokens + prompt_tokens), out

@@ -128,6 +128,7 @@ class GRPOTrainer:
             self.sampler,
             self.grpo_step.generator,
             self.precision,
+            self.grpo_step.rollouts,
         )
         self.run_dir = RunDirectory(config, self.precision, self.plan)
         self.callbacks = Callbacks(callbacks, args=trl.get("args"))
@@ -189,8 +190,7 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ steps and evaluation
     def next_rows(self) -> list[Row]:
-        """This rank's prompts for a step, drawn from the sampler (every rank draws the global
-        batch); the step draws them when it needs them (a step ahead with max_staleness=1)."""
+        """This rank's prompts for a step (every rank draws the global batch), when needed."""
         every_row = self.sampler.next_batch(self.prompts_per_step * world_size())
         return every_row[rank_slice(len(every_row))]
 
@@ -254,8 +254,7 @@ class GRPOTrainer:
             with StopSignals() as stop:
                 self._train_loop(summary, stop, self.logger)
         except RolloutEngineDied as exc:  # name the checkpoint the run resumes from
-            last = self.last_checkpoint
-            raise exc.resume_point(str(last) if last is not None else None) from None
+            raise exc.resume_point(self.last_checkpoint) from None
         finally:
             self.logger.close()
         if t.save_final:
@@ -320,13 +319,8 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ checkpoints and resume
     def state_dict(self, optimizer: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Everything besides the weights that the next step depends on (see ``run_dir``),
-        with the next step's rollout when it was generated ahead (``max_staleness=1``)."""
-        state = self.resumable.state_dict(optimizer)
-        ahead = self.grpo_step.rollouts.state_dict()
-        if ahead is not None:
-            state["rollout_ahead"] = ahead
-        return state
+        """Everything besides the weights that the next step depends on (see ``run_dir``)."""
+        return self.resumable.state_dict(optimizer)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (weights are loaded separately)."""
@@ -337,7 +331,6 @@ class GRPOTrainer:
                 load_full_optimizer_state(self.policy, self.parts.optimizer, full)
 
         self.resumable.load_state_dict(state, load)
-        self.grpo_step.rollouts.load_state_dict(state.get("rollout_ahead"))
 
     def save_checkpoint(self) -> Path:
         """Write ``output_dir/checkpoints/step-<step>`` (atomic; older ones pruned).
