@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import signal
 import time
 import traceback
 import weakref
@@ -144,7 +145,9 @@ def _generate(engine: RolloutEngine, message: tuple[Any, ...]) -> tuple[Rollout,
 
 def serve(conn: Any, spec: EngineSpec, model: nn.Module) -> None:
     """The child's loop: build the engine, then answer each command in order until ``close``
-    or until the trainer's end of the pipe closes (the trainer exited)."""
+    or until the trainer's end of the pipe closes (the trainer exited). Ctrl-C reaches the whole
+    process group: the child ignores it, so the trainer can finish its step and checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         engine = _build_child_engine(spec, model)
         conn.send_bytes(pickle.dumps(("ok", None)))
@@ -166,7 +169,10 @@ def serve(conn: Any, spec: EngineSpec, model: nn.Module) -> None:
                 reply = ("ok", None)
         except Exception:
             reply = ("error", traceback.format_exc())
-        conn.send_bytes(pickle.dumps(reply))
+        try:
+            conn.send_bytes(pickle.dumps(reply))
+        except OSError:  # the trainer is gone
+            return
 
 
 def share_model(model: nn.Module) -> nn.Module:
