@@ -93,6 +93,12 @@ class RolloutConfig:
     """Rollout engine (groupwise.rollout.ENGINES): auto (the run plan's choice for this CPU kind or device, with its reason in plan.json: local everywhere so far), local (decode in-process), episodes (multi-turn with an environment), llamacpp (llama.cpp on a GGUF copy of the policy), vllm (a vLLM server), agent (your agent against an OpenAI-compatible endpoint of the policy) or replay (recorded completions); register your own with @ENGINES.register."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     """Engine-specific settings; unknown keys are refused with the valid ones listed (e.g. episodes: environment, max_turns; llamacpp: dtype, threads; vllm: base_url; agent: agent; replay: completions or file)."""
+    max_staleness: int = 0
+    """0 = each step's rollout is generated at its start with the current weights; 1 = one-step-off: the engine, in its own process, generates step k+1's rollout with the weights before update k while step k scores and updates (the batch is one update stale, corrected by the engine-mismatch importance weights, on under auto). Other values are not supported yet."""
+    engine_process: bool = False
+    """Run the rollout engine in its own process (spawned; the policy's weights shared with it through shared memory) even with max_staleness=0 (then it computes exactly what the engine computes in-process); max_staleness=1 implies it."""
+    engine_threads: int = 0
+    """torch threads of the engine's process; 0 = the trainer's threads with max_staleness=0, half of them (at least 1) with max_staleness=1, the trainer keeping the rest."""
 
 
 @dataclass
@@ -516,6 +522,35 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key} must be >= 0, got {value}")
     _validate_ranges(config)
     _validate_combinations(config)
+    _validate_rollout_process(config.rollout)
+
+
+def engine_in_process(r: RolloutConfig) -> bool:
+    """Whether the rollout engine runs in its own process (``rollout.engine_process``, or
+    ``rollout.max_staleness`` > 0, which needs it)."""
+    return r.engine_process or r.max_staleness > 0
+
+
+PROCESS_UNSUPPORTED_ENGINES = ("episodes", "agent", "vllm")
+"""Engines that cannot run in a process of their own yet (environments and servers)."""
+
+
+def _validate_rollout_process(r: RolloutConfig) -> None:
+    """``rollout.max_staleness`` 0 or 1; an engine that can run in a process of its own."""
+    if r.max_staleness not in (0, 1):
+        raise ConfigError(
+            f"rollout.max_staleness={r.max_staleness} is not supported yet; valid: 0 "
+            "(synchronous) or 1 (one-step-off generation)"
+        )
+    if r.engine_threads < 0:
+        raise ConfigError(f"rollout.engine_threads must be >= 0, got {r.engine_threads}")
+    if engine_in_process(r) and r.engine in PROCESS_UNSUPPORTED_ENGINES:
+        key = "max_staleness=1" if r.max_staleness else "engine_process=true"
+        raise ConfigError(
+            f"rollout.{key} runs the rollout engine in its own process, which the "
+            f"{r.engine} engine does not support yet; use rollout.engine=local or llamacpp, "
+            "or set rollout.max_staleness=0 and rollout.engine_process=false"
+        )
 
 
 def _validate_ranges(config: Config) -> None:

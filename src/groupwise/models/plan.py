@@ -16,7 +16,8 @@ Each decision is a small function of the settings and the device, its rule in it
   process, full fine-tuning or LoRA merged in place;
 - ``training.fused_kernels`` (:func:`decide_fused_kernels`): auto = pure bf16 weights on CPU;
 - ``model.reference_on_disk`` (:func:`decide_reference_on_disk`): auto = on CPU;
-- the rollout weights (:func:`decide_rollout_weights`, no key of its own): follow from the above;
+- the rollout weights (:func:`decide_rollout_weights`, no key of its own): follow from the above
+  (a copy whenever the engine runs in its own process);
 - ``model.attn_implementation`` (:func:`decide_attn_implementation`): auto = grouped on CPU,
   sdpa elsewhere;
 - ``rollout.engine`` (:func:`decide_rollout_engine`): auto = ``local``, with the reason for this
@@ -36,7 +37,7 @@ from typing import Any
 
 import torch
 
-from groupwise.config import Config, ConfigError, check_merge_in_place_dtype
+from groupwise.config import Config, ConfigError, check_merge_in_place_dtype, engine_in_process
 from groupwise.distributed import broadcast_object, is_main
 from groupwise.models.loading import default_attn_implementation
 from groupwise.models.precision import (
@@ -242,18 +243,21 @@ def decide_merge_in_place(
     rollout_copy: bool,
     param_setting: str,
     world_size: int = 1,
+    engine_process: bool = False,
 ) -> bool:
     """``model.lora_merge_in_place``: false without LoRA; an explicit setting wins; auto = on
     for LoRA with a rollout copy on a CPU that computes in bf16, in one process, unless
     ``training.param_dtype=float32`` keeps the base in float32 (merging in place decodes with
-    the base weights, so they must be bf16). It is exact: the run equals the merged-copy run
+    the base weights, so they must be bf16), or the engine runs in its own process (it decodes
+    a merged copy in shared memory). It is exact: the run equals the merged-copy run
     completion for completion (tests/train/test_trainer.py)."""
     if not lora:
         return False
     if setting != "auto":
         return bool(setting)
     return (
-        rollout_copy
+        not engine_process
+        and rollout_copy
         and bf16
         and device.type == "cpu"
         and world_size == 1
@@ -276,12 +280,22 @@ def decide_fused_kernels(setting: bool | str, device: torch.device, param_dtype:
 
 
 def decide_rollout_weights(
-    *, lora: bool, param_dtype: str, bf16: bool, lora_rollout_copy: bool, merge_in_place: bool
+    *,
+    lora: bool,
+    param_dtype: str,
+    bf16: bool,
+    lora_rollout_copy: bool,
+    merge_in_place: bool,
+    engine_process: bool = False,
 ) -> str:
     """Which weights the local rollout decodes with (one of ``ROLLOUT_WEIGHTS``):
-    ``merge_in_place`` for LoRA merged in place; ``adapters`` for LoRA without a rollout copy;
-    ``shared`` (the policy decodes itself) for full fine-tuning with bf16 weights and bf16
-    compute; ``copy`` (a rollout copy in the compute dtype) otherwise."""
+    ``copy`` when the engine runs in its own process (``rollout.engine_process`` or
+    ``rollout.max_staleness`` > 0: it decodes a copy in shared memory while the policy
+    changes); ``merge_in_place`` for LoRA merged in place; ``adapters`` for LoRA without a
+    rollout copy; ``shared`` (the policy decodes itself) for full fine-tuning with bf16 weights
+    and bf16 compute; ``copy`` (a rollout copy in the compute dtype) otherwise."""
+    if engine_process:
+        return "copy"
     if lora and merge_in_place:
         return "merge_in_place"
     if lora and not lora_rollout_copy:
@@ -311,6 +325,7 @@ def resolve_plan(
     rest). ``probe``/``cache_file``: see :func:`decide_bf16`. Nothing is printed or checked
     (:func:`check_plan`)."""
     t, m = config.training, config.model
+    in_process = engine_in_process(config.rollout)
     choice = decide_bf16(
         t.bf16, device, param_dtype=t.param_dtype, probe=probe, cache_file=cache_file
     )
@@ -322,6 +337,7 @@ def resolve_plan(
         rollout_copy=m.lora_rollout_copy,
         param_setting=t.param_dtype,
         world_size=world_size,
+        engine_process=in_process,
     )
     param_dtype, param_reason = decide_param_dtype(
         t.param_dtype, choice.bf16, device, lora=m.lora, merge_in_place=merge, world_size=world_size
@@ -333,6 +349,7 @@ def resolve_plan(
         bf16=choice.bf16,
         lora_rollout_copy=m.lora_rollout_copy,
         merge_in_place=merge,
+        engine_process=in_process,
     )
     return RunPlan(
         device=device.type,
@@ -356,7 +373,8 @@ def resolve_plan(
 def check_plan(plan: RunPlan) -> None:
     """Refuse a plan the run cannot train with, naming the setting to change: pure bf16 weights
     in several processes, a CPU-only lever (the merge in place, the reference on disk) off CPU,
-    a merge in place whose base weights are not in the rollout dtype."""
+    a merge in place whose base weights are not in the rollout dtype or whose engine runs in its
+    own process."""
     if plan.param_dtype == "bfloat16" and plan.world_size > 1:
         raise ConfigError(
             "training.param_dtype=bfloat16 is single-process only for now (its multi-process "
@@ -373,6 +391,12 @@ def check_plan(plan: RunPlan) -> None:
             )
     if plan.merge_in_place:
         check_merge_in_place_dtype(plan.param_dtype, plan.bf16)
+        if plan.rollout_weights != "merge_in_place":
+            raise ConfigError(
+                "model.lora_merge_in_place=true merges the adapters for decoding in the trainer's "
+                "process, and the rollout engine runs in its own process (rollout.engine_process "
+                "or rollout.max_staleness): set model.lora_merge_in_place=false"
+            )
 
 
 def plan_lines(plan: RunPlan, config: Config) -> list[str]:

@@ -322,6 +322,9 @@ class ResumableState:
     sampler: PromptSampler
     generator: torch.Generator
     precision: PrecisionChoice
+    ahead: Any = None
+    """What was generated ahead for the next step (``state_dict()`` / ``load_state_dict()``:
+    :class:`groupwise.train.rollouts.RolloutSource`); kept as ``rollout_ahead`` when not None."""
 
     def state_dict(self, optimizer: dict[str, Any] | None = None) -> dict[str, Any]:
         """Everything besides the weights that the next step depends on.
@@ -333,6 +336,7 @@ class ResumableState:
         c = self.counters
         scheduler = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        ahead = self.ahead.state_dict() if self.ahead is not None else None
         return {
             "step": c.step,
             "num_tokens": c.num_tokens,
@@ -351,6 +355,7 @@ class ResumableState:
                 "cuda": cuda,
                 "generator": self.generator.get_state(),
             },
+            **({"rollout_ahead": ahead} if ahead is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any], load_optimizer: Any = None) -> None:
@@ -390,3 +395,5 @@ class ResumableState:
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.generator.set_state(rng["generator"])
+        if self.ahead is not None:
+            self.ahead.load_state_dict(state.get("rollout_ahead"))

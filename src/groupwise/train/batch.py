@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from groupwise.config import AlgorithmConfig, ConfigError
+from groupwise.config import AlgorithmConfig, Config, ConfigError
 from groupwise.core.correction import (
     TOTAL_OPS,
     CorrectionBounds,
@@ -95,6 +95,14 @@ class MismatchCorrection:
     def metrics(self) -> dict[str, float]:
         """TRL's ``sampling/...`` metrics over every rank's loss tokens."""
         return correction_metrics(all_reduce_floats(self.totals, TOTAL_OPS))
+
+
+def wants_behaviour_logp(config: Config) -> bool:
+    """Whether the step asks the engine for ``behaviour_logp``: when the correction is set to
+    true, and whenever rollouts may be stale (``rollout.max_staleness`` > 0), so that the
+    correction's ``auto`` (on when the batch carries them) corrects the staleness."""
+    correction = config.algorithm.vllm_importance_sampling_correction
+    return correction is True or config.rollout.max_staleness > 0
 
 
 def mismatch_correction(

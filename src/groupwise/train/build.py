@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from groupwise.config import Config
+from groupwise.config import Config, ConfigError, engine_in_process
 from groupwise.distributed import wrap_policy
 from groupwise.kernels.fused import install_fused_kernels
 from groupwise.models import (
@@ -22,7 +22,15 @@ from groupwise.models import (
     prepare_base_model,
 )
 from groupwise.models.plan import RunPlan
-from groupwise.rollout import EngineContext, Rollout, RolloutEngine, build_engine, used_width
+from groupwise.rollout import (
+    ENGINES,
+    EngineContext,
+    Rollout,
+    RolloutEngine,
+    build_engine,
+    used_width,
+)
+from groupwise.rollout.process import EngineProcess, EngineSpec
 from groupwise.rollout.records import eos_token_ids
 from groupwise.rollout.weights import RolloutWeights, build_rollout_weights
 from groupwise.train.batch import StepBatch
@@ -161,6 +169,7 @@ def build_parts(
     optimizer, scheduler = _optimizer(config, policy)
     r = config.rollout
     context = EngineContext(policy, weights, tokenizer, eos_ids, r.compile, r.engine_kwargs)
+    in_process = engine_in_process(r)
     return TrainingParts(
         config=config,
         device=device,
@@ -168,13 +177,58 @@ def build_parts(
         policy=policy,
         tokenizer=tokenizer,
         weights=weights,
-        engine=build_engine(plan.rollout_engine, context),
+        engine=_process_engine(config, plan, context)
+        if in_process
+        else build_engine(plan.rollout_engine, context),
         reference=reference,
         train_module=train_module,
         optimizer=optimizer,
         scheduler=scheduler,
         engine_name=plan.rollout_engine,
     )
+
+
+def engine_threads(config: Config, available: int) -> tuple[int, int]:
+    """``(engine, trainer)`` torch threads when the engine runs in its own process, out of the
+    trainer's ``available``: ``rollout.engine_threads`` when set, else all of them with
+    ``max_staleness=0`` (the two never compute at once) and half (at least 1) with
+    ``max_staleness=1``; the trainer keeps the rest (at least 1) when the two overlap."""
+    r = config.rollout
+    engine = r.engine_threads or (available if r.max_staleness == 0 else max(1, available // 2))
+    trainer = available if r.max_staleness == 0 else max(1, available - engine)
+    return engine, trainer
+
+
+def _process_engine(config: Config, plan: RunPlan, ctx: EngineContext) -> EngineProcess:
+    """The configured engine in a spawned process, on the rollout copy moved to shared memory
+    (:mod:`groupwise.rollout.process`); the trainer's threads cut to its share."""
+    r = config.rollout
+    key = "rollout.max_staleness=1" if r.max_staleness else "rollout.engine_process=true"
+    if plan.world_size > 1 or plan.device != "cpu":
+        raise ConfigError(
+            f"{key} (the rollout engine in its own process) is single-process and CPU-only for "
+            f"now (this run: {plan.world_size} processes on {plan.device}); set "
+            "rollout.max_staleness=0 and rollout.engine_process=false"
+        )
+    assert plan.rollout_weights == "copy"  # decide_rollout_weights: a copy to share
+    engine, trainer = engine_threads(config, torch.get_num_threads())
+    spec = EngineSpec(
+        plan.rollout_engine,
+        ctx.tokenizer,
+        list(ctx.eos_token_ids),
+        engine,
+        r.compile,
+        dict(r.engine_kwargs),
+        module=getattr(ENGINES.get(plan.rollout_engine), "__module__", None),
+    )
+    process = EngineProcess(spec, ctx.weights)
+    torch.set_num_threads(trainer)
+    print(
+        f"rollout: the {plan.rollout_engine} engine in its own process (pid {process.pid}, {engine} "
+        f"threads; the trainer {trainer}), max_staleness={r.max_staleness}",
+        flush=True,
+    )
+    return process
 
 
 def _base_model(

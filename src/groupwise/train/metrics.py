@@ -9,6 +9,9 @@ Logged per step (TRL's names where one exists):
 - ``kl`` (when beta > 0), ``clip_ratio/low_mean|low_min|high_mean|high_max|
   region_mean``, ``loss``, ``grad_norm``, ``learning_rate``, ``num_tokens`` (cumulative)
 - ``step_time`` and ``time/<phase>`` for generate, score, old_logp, ref_logp, update, sync.
+- with ``rollout.max_staleness=1``: ``sampling/staleness`` (0 or 1: updates between the weights
+  that sampled the batch and the policy's) and ``time/wait_rollout`` (seconds ``sync`` waited
+  for the engine's process to finish the next step's rollout).
 """
 
 from __future__ import annotations

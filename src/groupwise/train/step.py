@@ -16,6 +16,11 @@ Algorithm (DeepSeekMath, arXiv 2402.03300, Alg. 1, with the variants of groupwis
         clip grad norm, AdamW step, schedule step
     rollout weights <- pi_theta                                     (sync)
 
+Where the rollout comes from is the step's :class:`~groupwise.train.rollouts.RolloutSource`:
+generated at the step's start (``rollout.max_staleness=0``), or one step ahead by the engine in
+its own process while the previous step trained (``max_staleness=1``: generate then takes the
+rollout made during the last step and submits the next one; sync waits for it first).
+
 Each phase is timed under its name (``time/<phase>`` in metrics.jsonl). The step does no file
 I/O: it returns a :class:`StepResult` (metrics and completion records) for the run's logger.
 Under ``torchrun`` the loss normalisers are summed over ranks and the loss is scaled by the
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +53,7 @@ from groupwise.distributed import (
 )
 from groupwise.rewards.base import RewardRunner
 from groupwise.rollout import (
+    PromptBatch,
     Rollout,
     RolloutRequest,
     SamplingParams,
@@ -66,6 +73,7 @@ from groupwise.train.batch import (
     groups_per_microbatch,
     micro_ranges,
     mismatch_correction,
+    wants_behaviour_logp,
 )
 from groupwise.train.build import TrainingParts
 from groupwise.train.forward import autocast_context
@@ -75,6 +83,7 @@ from groupwise.train.metrics import (
     completion_metrics,
     reward_metrics,
 )
+from groupwise.train.rollouts import RolloutSource, rollout_source
 
 
 @dataclass
@@ -86,22 +95,42 @@ class StepResult:
 
 
 class GRPOStep:
-    """The phases of a step over the parts the trainer built (policy, engine, optimizer...)."""
+    """The phases of a step over the parts the trainer built (policy, engine, optimizer...).
+
+    ``draw``: this rank's rows for a step from the run's sampler (:meth:`next_rows` asks it,
+    now or a step ahead).
+    """
 
     def __init__(
-        self, config: Config, parts: TrainingParts, rewards: RewardRunner, counters: Counters
+        self,
+        config: Config,
+        parts: TrainingParts,
+        rewards: RewardRunner,
+        counters: Counters,
+        draw: Callable[[], list[Row]] | None = None,
     ) -> None:
         self.config = config
         self.parts = parts
         self.rewards = rewards
         self.counters = counters
         self.generator = torch.Generator(device=parts.device).manual_seed(config.training.seed)
+        self.rollouts: RolloutSource = rollout_source(
+            config, parts.engine, draw or _no_draw, self.request, self.steps_left
+        )
+
+    def next_rows(self) -> list[Row]:
+        """This rank's prompts for the next step (drawn now, or drawn a step ahead)."""
+        return self.rollouts.next_rows()
+
+    def steps_left(self) -> int:
+        """Steps after the one under way (``training.max_steps`` minus those taken, minus 1)."""
+        return self.config.training.max_steps - self.counters.step - 1
 
     def __call__(self, rows: list[Row]) -> StepResult:
         """One step on this rank's prompts ``rows`` (whole groups)."""
         timer, start = PhaseTimer(), time.perf_counter()
         with timer("generate"):
-            rollout = self.generate(rows)
+            rollout = self.rollouts.take(rows)  # generated now, or during the last step
         with timer("score"):
             scored = self.score(rows, rollout)
         with timer("prepare"):
@@ -118,9 +147,10 @@ class GRPOStep:
         with timer("sync"):
             self.sync()
         self.counters.step += 1
-        tokens, rollout_metrics = self.rollout_metrics(rollout)
+        tokens, rollout_stats = rollout_metrics(rollout)
         self.counters.num_tokens += tokens
-        metrics = {**scored.metrics, **update_metrics, **rollout_metrics}
+        metrics = {**scored.metrics, **update_metrics, **rollout_stats}
+        metrics.update(self.rollouts.metrics())
         metrics.update(all_reduce_floats(timer.metrics(), {}))
         metrics.update(
             step=self.counters.step,
@@ -134,7 +164,12 @@ class GRPOStep:
 
     # ------------------------------------------------------------------ generate
     def generate(self, rows: list[Row]) -> Rollout:
-        """G completions for each prompt of ``rows`` from the rollout engine."""
+        """G completions for each prompt of ``rows`` from the rollout engine, now."""
+        return self.parts.engine.generate(*self.request(rows))
+
+    def request(self, rows: list[Row]) -> tuple[PromptBatch, RolloutRequest]:
+        """The prompts of ``rows`` and what to generate for them (drawing from the step's
+        generator)."""
         r, p = self.config.rollout, self.parts
         prompts = tokenize_prompts(p.tokenizer, [row["prompt"] for row in rows], p.device)
         local_rows = len(rows) * r.num_generations
@@ -147,9 +182,9 @@ class GRPOStep:
             row_offset=rank() * local_rows,
             total_rows=local_rows * world_size() if invariant else None,
             rows=rows,
-            behaviour_logp=self.config.algorithm.vllm_importance_sampling_correction is True,
+            behaviour_logp=wants_behaviour_logp(self.config),
         )
-        return p.engine.generate(prompts, request)
+        return prompts, request
 
     # ------------------------------------------------------------------ score
     def score(self, rows: list[Row], rollout: Rollout) -> Scored:
@@ -354,33 +389,38 @@ class GRPOStep:
 
     # ------------------------------------------------------------------ sync
     def sync(self) -> None:
-        """The rollout engine takes the policy's new weights."""
-        self.parts.engine.sync_weights()
+        """The rollout engine takes the policy's new weights (once it holds the rollout it
+        generates ahead, if any)."""
+        self.rollouts.sync()
 
-    # ------------------------------------------------------------------ metrics
-    def rollout_metrics(self, rollout: Rollout) -> tuple[int, dict[str, float]]:
-        """Tokens of the global batch (prompt + completion), lengths, entropy, turns."""
-        mask, policy = rollout.completion_mask, rollout.policy_mask
-        entropy = rollout.entropy if rollout.entropy is not None else torch.zeros_like(mask)
-        sums = torch.tensor(
-            [
-                float(mask.sum()),
-                float(rollout.prompts.attention_mask.sum() * rollout.group_size),
-                float((entropy * policy).sum()),
-                float(policy.sum()),
-            ],
-            dtype=torch.float64,
-        )
-        tokens, prompt_tokens, entropy_sum, policy_tokens = all_reduce_sum(sums).tolist()
-        lengths = all_gather_cat(rollout.completion_lengths)
-        out = completion_metrics(lengths, all_gather_cat(rollout.truncated))
-        if rollout.entropy is not None:
-            out["entropy"] = entropy_sum / max(policy_tokens, 1.0)
-        if rollout.metrics:  # the engine's own (tool calls, environment time): rank means
-            out.update(all_reduce_floats(rollout.metrics, {}))
-        if rollout.loss_mask is not None:  # an episode: tokens the environment inserted
-            rows = float(all_gather_cat(rollout.truncated).numel())
-            out["tokens/policy_mean"] = policy_tokens / rows
-            out["tokens/environment_mean"] = (tokens - policy_tokens) / rows
-            out["turns/mean"] = float(all_gather_cat(rollout.num_turns).float().mean())
-        return int(tokens + prompt_tokens), out
+
+def _no_draw() -> list[Row]:
+    raise RuntimeError("this GRPOStep draws no rows: pass draw= (the trainer passes its sampler)")
+
+
+def rollout_metrics(rollout: Rollout) -> tuple[int, dict[str, float]]:
+    """Tokens of the global batch (prompt + completion), lengths, entropy, turns."""
+    mask, policy = rollout.completion_mask, rollout.policy_mask
+    entropy = rollout.entropy if rollout.entropy is not None else torch.zeros_like(mask)
+    sums = torch.tensor(
+        [
+            float(mask.sum()),
+            float(rollout.prompts.attention_mask.sum() * rollout.group_size),
+            float((entropy * policy).sum()),
+            float(policy.sum()),
+        ],
+        dtype=torch.float64,
+    )
+    tokens, prompt_tokens, entropy_sum, policy_tokens = all_reduce_sum(sums).tolist()
+    lengths = all_gather_cat(rollout.completion_lengths)
+    out = completion_metrics(lengths, all_gather_cat(rollout.truncated))
+    if rollout.entropy is not None:
+        out["entropy"] = entropy_sum / max(policy_tokens, 1.0)
+    if rollout.metrics:  # the engine's own (tool calls, environment time): rank means
+        out.update(all_reduce_floats(rollout.metrics, {}))
+    if rollout.loss_mask is not None:  # an episode: tokens the environment inserted
+        rows = float(all_gather_cat(rollout.truncated).numel())
+        out["tokens/policy_mean"] = policy_tokens / rows
+        out["tokens/environment_mean"] = (tokens - policy_tokens) / rows
+        out["turns/mean"] = float(all_gather_cat(rollout.num_turns).float().mean())
+    return int(tokens + prompt_tokens), out

@@ -55,6 +55,7 @@ from groupwise.rewards.base import (
     resolve_reward,
     rewards_from_config,
 )
+from groupwise.rollout.process import RolloutEngineDied
 from groupwise.run.checkpoint import (
     CHECKPOINTS,
     Counters,
@@ -117,7 +118,7 @@ class GRPOTrainer:
         self.plan = run_plan(config, self.device, world_size(), resumed_plan_file(config))
         self.precision = self.plan.precision
         self.parts = build_parts(config, self.plan, self.device, setup.base_model)
-        self.grpo_step = GRPOStep(config, self.parts, self.rewards, self.counters)
+        self.grpo_step = GRPOStep(config, self.parts, self.rewards, self.counters, self.next_rows)
         self.run_state: dict[str, Any] = {}  # eval_before, train_time_s: kept across resumes
         self.resumable = ResumableState(
             self.counters,
@@ -127,6 +128,7 @@ class GRPOTrainer:
             self.sampler,
             self.grpo_step.generator,
             self.precision,
+            self.grpo_step.rollouts,
         )
         self.run_dir = RunDirectory(config, self.precision, self.plan)
         self.callbacks = Callbacks(callbacks, args=trl.get("args"))
@@ -188,13 +190,13 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ steps and evaluation
     def next_rows(self) -> list[Row]:
-        """This rank's prompts for the next step (every rank draws the global batch)."""
+        """This rank's prompts for a step (every rank draws the global batch), when needed."""
         every_row = self.sampler.next_batch(self.prompts_per_step * world_size())
         return every_row[rank_slice(len(every_row))]
 
     def step(self) -> dict[str, float]:
         """One GRPO step on the next prompts; returns its metrics (nothing is written)."""
-        result: StepResult = self.grpo_step(self.next_rows())
+        result: StepResult = self.grpo_step(self.grpo_step.next_rows())
         self.last_completions = result.records
         return result.metrics
 
@@ -251,6 +253,8 @@ class GRPOTrainer:
         try:
             with StopSignals() as stop:
                 self._train_loop(summary, stop, self.logger)
+        except RolloutEngineDied as exc:  # name the checkpoint the run resumes from
+            raise exc.resume_point(self.last_checkpoint) from None
         finally:
             self.logger.close()
         if t.save_final:
