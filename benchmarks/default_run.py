@@ -55,7 +55,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 """Overrides of the default run, by variant name."""
 
-PHASES = ("generate", "score", "prepare", "old_logp", "ref_logp", "update", "sync")
+PHASES = ("generate", "score", "prepare", "old_logp", "ref_logp", "update", "sync", "wait_rollout")
 SAMPLING = (
     "sampling/sampling_logp_difference/mean",
     "sampling/sampling_logp_difference/max",
