@@ -56,9 +56,7 @@ def _rollout(tiny: tuple[Any, Any], temperature: float, **kw: Any) -> Any:
         rows=[{"prompt": p} for p in PROMPTS],
     )
     try:
-        return engine.generate(
-            tokenize_prompts(tokenizer, PROMPTS, torch.device("cpu")), request
-        ), engine
+        return engine.generate(tokenize_prompts(tokenizer, PROMPTS, torch.device("cpu")), request)
     finally:
         engine.close()
 

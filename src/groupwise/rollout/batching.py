@@ -18,9 +18,9 @@ time). Every reply of a batch is sent when the whole batch is done.
   right-padded chunk, as :meth:`~groupwise.rollout.episodes.KVRunner.advance` does;
 - the two parts are merged and decoded together, each row at its own positions with its own
   attention mask; a row that ended its turn gets masked filler tokens and **draws nothing**:
-  each row samples from its own logits with its own episode's generator
-  (:func:`~groupwise.rollout.sampling.sample_with_entropy` on that row alone), so an episode's
-  draws are the same whichever requests it is batched with;
+  each sampled token takes one uniform from its own episode's generator and is picked by
+  inverse CDF from that row's distribution, so an episode's draws are the same whichever
+  requests it is batched with;
 - the batch's cache is split back into one cache per episode (:func:`split`; each row's leading
   padding dropped, holes left by masked fillers kept masked).
 
@@ -106,22 +106,15 @@ class BatchRunner(KVRunner):
         for step in range(steps):
             live = going.nonzero().flatten().tolist()
             nxt = torch.full((n,), pad, dtype=torch.long, device=device)
-            for i in live:
-                r = rows[i]
-                tok, h = sample_with_entropy(
-                    logits[i : i + 1],
-                    temperature=r.temperature,
-                    top_p=r.top_p,
-                    top_k=r.top_k,
-                    generator=r.generator,
-                )
-                nxt[i] = tok[0]
+            for idx, tok, h in _sample_rows(logits, live, rows):
+                nxt[idx] = tok
                 if h is not None:
-                    entropy[i, step] = float(h[0])
-            lp = torch.log_softmax(logits.float() / scale.to(device), dim=-1)
-            picked = lp.gather(1, nxt[:, None])[:, 0].tolist()
-            for i in live:
-                logps[i].append(picked[i])
+                    entropy[idx.cpu(), step] = h.float().cpu()
+            at = torch.tensor(live, device=device)
+            scores = logits[at].float() / scale[live].to(device)  # log_softmax(s)[t] below
+            picked = scores.gather(1, nxt[at, None])[:, 0] - torch.logsumexp(scores, dim=-1)
+            for i, value in zip(live, picked.tolist(), strict=True):
+                logps[i].append(value)
             tokens[:, step] = nxt
             real = going.clone()
             lengths += real.long()
@@ -132,6 +125,31 @@ class BatchRunner(KVRunner):
             logits = self._feed(nxt[:, None], real.long()[:, None], self.pos[:, None])[:, -1]
             self.pos = self.pos + real.long()
         return _outputs(tokens, entropy, lengths, eos), logps
+
+
+def _sample_rows(
+    logits: Tensor, live: Sequence[int], rows: Sequence[RowSampling]
+) -> list[tuple[Tensor, Tensor, Tensor | None]]:
+    """The next token of every live row: ``(row indices, tokens, entropies or None)`` per group
+    of rows that sample alike. Each sampled row draws one uniform from its own generator and
+    picks by inverse CDF (:func:`~groupwise.rollout.sampling.inverse_cdf_sample`), so its draws
+    do not depend on the other rows of the batch."""
+    groups: dict[tuple[float, float, int], list[int]] = {}
+    for i in live:
+        r = rows[i]
+        groups.setdefault((r.temperature, r.top_p, r.top_k), []).append(i)
+    out = []
+    for (temperature, top_p, top_k), members in groups.items():
+        idx = torch.tensor(members, device=logits.device)
+        uniform = None
+        if temperature > 0:
+            draws = [torch.rand((1,), generator=rows[i].generator) for i in members]
+            uniform = torch.cat(draws).to(logits.device)
+        tok, h = sample_with_entropy(
+            logits[idx], temperature=temperature, top_p=top_p, top_k=top_k, uniform=uniform
+        )
+        out.append((idx, tok, h))
+    return out
 
 
 def _outputs(tokens: Tensor, entropy: Tensor, lengths: Tensor, eos: Tensor) -> list[TurnOutput]:
