@@ -234,6 +234,8 @@ class AgentEngine(ServesWeights):
             return None if out is None else float(out)
 
         workers = max(1, min(self.concurrency or len(metas), len(metas)))
+        for meta in metas[:workers]:  # the first batch waits for every agent that starts now
+            self.backend.begin_episode(meta["episode_id"])
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="groupwise-agent") as pool:
             return list(pool.map(run, range(len(metas))))
 

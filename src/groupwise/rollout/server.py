@@ -601,6 +601,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: one line per request would flood a training log."""
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    request_queue_size = 1024  # every agent of a call connects at once (the default 5 resets)
+
+
 class PolicyServer:
     """A :class:`ChatBackend` served over HTTP on 127.0.0.1 (port 0: a free one), in a
     daemon thread of this process."""
@@ -615,7 +619,7 @@ class PolicyServer:
         handler: Callable[..., BaseHTTPRequestHandler] = type(
             "Handler", (_Handler,), {"backend": backend}
         )
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd = _HTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.thread: threading.Thread | None = None
 
