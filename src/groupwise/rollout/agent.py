@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 
+from groupwise.models.loading import trim_heap
 from groupwise.rollout.engine import (
     ENGINES,
     EngineContext,
@@ -199,6 +200,7 @@ class AgentEngine(ServesWeights):
                 rewards = self._run_all(rows, metas, g)
         finally:
             episodes = [self.backend.pop_episode(m["episode_id"]) for m in metas]
+            trim_heap()  # the batches' caches, of varying shapes, leave the heap fragmented
         rollout = agent_rollout(prompts, episodes, g, self.tokenizer.pad_token_id)
         rollout.columns = {"env_reward": rewards}
         requests = sum(ep.requests for ep in episodes)

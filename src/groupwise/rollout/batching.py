@@ -1,7 +1,7 @@
 """Decoding the policy server's concurrent requests together: one batch per moment.
 
 :class:`RequestBatcher` collects the decode jobs waiting at one moment and runs them as one
-batch (the first waiting request's thread decodes; the others wait for their results). A batch
+batch on its own decode thread (the requests' threads wait for their results). A batch
 starts when every *active* episode (its agent running, see
 :meth:`groupwise.rollout.server.ChatBackend.begin_episode`) has a request waiting, or when no
 new request arrived for ``wait`` seconds; ``max_batch`` caps its rows (1: one request at a
@@ -267,10 +267,15 @@ def decode_batch(model: nn.Module, jobs: Sequence[DecodeJob], eos: Sequence[int]
 
 
 class RequestBatcher:
-    """Runs the decode jobs submitted from many threads in batches (see the module doc).
+    """Runs the decode jobs submitted from many threads in batches (see the module doc), on one
+    decode thread of its own (started on demand; it ends after ``IDLE`` seconds without a
+    job), so the model only ever runs on a few long-lived threads, not on every HTTP
+    handler's (per-thread allocator and kernel caches would otherwise pile up).
 
     ``run`` decodes one batch (``decode_batch`` bound to the model); ``waiting_for`` says how
     many active episodes have no job queued (0: start now)."""
+
+    IDLE = 10.0
 
     def __init__(
         self,
@@ -286,22 +291,32 @@ class RequestBatcher:
         self.wait, self.max_batch = wait, max_batch
         self.cond = threading.Condition()
         self.queue: list[DecodeJob] = []
-        self.busy = False
+        self.thread: threading.Thread | None = None
         self.batches: list[int] = []  # rows of every batch run (a record for metrics)
 
     def submit(self, job: DecodeJob) -> DecodeJob:
-        """Queue ``job`` and return it decoded (raises what its batch raised). The thread
-        that finds no batch running decodes the next one, until its own job is done."""
+        """Queue ``job`` and return it decoded (raises what its batch raised)."""
         with self.cond:
             self.queue.append(job)
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._loop, name="groupwise-decode", daemon=True
+                )
+                self.thread.start()
             self.cond.notify_all()
+            while not job.done:
+                self.cond.wait()
+        if job.error is not None:
+            raise job.error
+        return job
+
+    def _loop(self) -> None:
+        """The decode thread: batch after batch while jobs come."""
         while True:
             with self.cond:
-                while not job.done and self.busy:
-                    self.cond.wait()
-                if job.done:
-                    return self._result(job)
-                self.busy = True
+                if not self.queue and not self.cond.wait_for(lambda: self.queue, self.IDLE):
+                    self.thread = None
+                    return
             batch: list[DecodeJob] = []
             try:
                 batch = self._gather()
@@ -313,11 +328,10 @@ class RequestBatcher:
                 with self.cond:
                     for j in batch:
                         j.done = True
-                    self.busy = False
                     self.cond.notify_all()
 
     def _gather(self) -> list[DecodeJob]:
-        """The jobs of the next batch (the caller's among them): wait until every active
+        """The jobs of the next batch: wait until every active
         episode has one queued, or ``wait`` seconds pass without a new one."""
         with self.cond:
             seen, last = len(self.queue), time.monotonic()
@@ -337,9 +351,3 @@ class RequestBatcher:
 
     def _full(self) -> bool:
         return self.max_batch is not None and len(self.queue) >= self.max_batch
-
-    @staticmethod
-    def _result(job: DecodeJob) -> DecodeJob:
-        if job.error is not None:
-            raise job.error
-        return job
