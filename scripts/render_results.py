@@ -201,6 +201,14 @@ def accuracy_cell(row: Row) -> str:
     return f"{row['accuracy']:.1f}%{note}"
 
 
+def held_out_cell(row: Row) -> str:
+    """'0.0% -> 62.0%' from a run's held-out accuracies (fractions), '-' when not evaluated."""
+    before, after = row.get("eval_before"), row.get("eval_after")
+    if before is None or after is None:
+        return "-"
+    return f"{100 * before:.1f}% -> {100 * after:.1f}%"
+
+
 def wall_cell(row: Row) -> str:
     return f"{row['wall_s']:.0f} s" + (" *" if row.get("shared_machine") else "")
 
@@ -464,6 +472,22 @@ TABLES: tuple[Table, ...] = (
             Column("new tokens/s", num("tokens_per_s", ".0f")),
             Column("speed-up", num("speedup", ".2f", "x")),
         ),
+    ),
+    Table(
+        "agent-calculator",
+        (Source("agent-calculator-xeon", "seeds"),),
+        (
+            Column("seed", text("seed")),
+            Column("mean reward, steps 1-5", num("first5", ".3f")),
+            Column("mean reward, last 5 steps", num("last5", ".3f")),
+            Column("gain", num("gain", "+.3f")),
+            Column("held-out greedy before -> after", held_out_cell),
+            Column("median s/step", num("median_step_s", ".1f")),
+            Column("wall", wall_cell),
+            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
+        ),
+        "The machine was shared with other jobs during both runs; with `--parallel` the two "
+        "seeds also ran at the same time.",
     ),
     Table("scaling-grid", (Source("scaling-xeon-grid", "rows"),), SCALING_COLUMNS),
     Table("scaling-sdpa", (Source("scaling-xeon-sdpa", "rows"),), SCALING_COLUMNS),

@@ -43,12 +43,12 @@ answer_match .. tool_used, tasks arithmetic .. reasoning_gym, environments count
 
 BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
     "rollout.engine": (
+        "groupwise.rollout.llamacpp",  # first: the episodes engine's llama.cpp backend uses it
         "groupwise.rollout.episodes",
         "groupwise.rollout.local",
         "groupwise.rollout.replay",
         "groupwise.rollout.vllm",
         "groupwise.rollout.agent",
-        "groupwise.rollout.llamacpp",
     ),
     "rewards.funcs": CONTENT_MODULES,
     "data.task": CONTENT_MODULES,

@@ -170,3 +170,11 @@ def test_two_training_steps_with_an_openai_agent(tmp_path: Path) -> None:
     ]
     assert records and all(r["rewards"]["env_reward"] == 3.0 for r in records)
     assert any(t["role"] == "environment" for r in records for t in r["turns"])
+    steps = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if "step_time" in line
+    ]
+    assert len(steps) == 2
+    for m in steps:  # three requests per episode, decoded in batches of several agents
+        assert m["agent/requests_mean"] == 3.0 and m["agent/batch_rows_mean"] > 1.0

@@ -29,7 +29,7 @@ TASKS = (
     "multiply", "reasoning_gym",
 )  # fmt: skip
 ENVIRONMENTS = ("counter", "python", "calculator", "guess")
-ENGINES = ("episodes", "local", "replay", "vllm", "agent", "llamacpp")
+ENGINES = ("llamacpp", "episodes", "local", "replay", "vllm", "agent")
 
 LOOKUPS = {
     "rewards": "from groupwise.rewards import REWARDS as R; R.names()",

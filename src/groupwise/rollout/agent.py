@@ -15,7 +15,10 @@
 - ``concurrency``: agents running at once (default: every episode of the call);
 - ``describe_tools`` (default true): render a request's ``tools`` in the prompt (false: the
   prompt describes them itself);
-- ``timeout`` (default 600): seconds the client waits for one reply.
+- ``timeout`` (default 600): seconds the client waits for one reply;
+- ``max_batch`` (default: no cap): requests decoded together at most (1: one at a time);
+  ``batch_wait`` (default 0.05): seconds a batch waits for one more request
+  (:mod:`groupwise.rollout.batching`).
 
 ``generate`` starts the policy server (:mod:`groupwise.rollout.server`, once, on 127.0.0.1 and a
 free port), registers G episodes per row (group ``g`` = the G episodes of row ``g``, each with
@@ -30,8 +33,10 @@ group none of whose agents sent a request keeps the dataset prompt and empty com
 completion text the rewards see is the decoded conversation after the prompt, as for
 ``episodes``. An agent that raises fails the call, naming the episode.
 
-The requests of all episodes are decoded one at a time (one lock); each episode keeps its own
-KV cache until it is closed. Sampling follows the request's sampling settings (the rollout's
+The requests waiting at one moment are decoded as one batch (:mod:`groupwise.rollout.batching`:
+a batch starts once every running agent has a request waiting, or ``batch_wait`` seconds pass
+without a new one); each episode keeps its own KV cache until it is closed, merged into the
+batch's and split back. Metric ``agent/batch_rows_mean``: requests per batch. Sampling follows the request's sampling settings (the rollout's
 temperature, top-p, top-k; greedy in evaluation), whatever temperature the agent asks for.
 """
 
@@ -48,6 +53,7 @@ from typing import Any
 
 import torch
 
+from groupwise.models.loading import trim_heap
 from groupwise.rollout.engine import (
     ENGINES,
     EngineContext,
@@ -71,6 +77,8 @@ _OPTIONS = (
     "concurrency",
     "describe_tools",
     "timeout",
+    "max_batch",
+    "batch_wait",
 )
 
 
@@ -125,6 +133,8 @@ class AgentEngine(ServesWeights):
         concurrency: int | None = None,
         describe_tools: bool = True,
         timeout: float = 600.0,
+        max_batch: int | None = None,
+        batch_wait: float = 0.05,
     ) -> None:
         if max_turns < 1:
             raise ValueError("rollout.engine_kwargs.max_turns must be at least 1")
@@ -141,7 +151,14 @@ class AgentEngine(ServesWeights):
         self.client = client
         self.concurrency = concurrency
         self.timeout = timeout
-        self.backend = ChatBackend(weights, tokenizer, eos_token_ids, describe_tools=describe_tools)
+        self.backend = ChatBackend(
+            weights,
+            tokenizer,
+            eos_token_ids,
+            describe_tools=describe_tools,
+            max_batch=max_batch,
+            batch_wait=batch_wait,
+        )
         self.server: PolicyServer | None = None
         self.calls = 0
 
@@ -177,17 +194,20 @@ class AgentEngine(ServesWeights):
             )
             self.backend.open_episode(eid, gid, settings)
             metas.append(self._meta(server, eid, gid, i))
-        start = time.perf_counter()
+        start, batches = time.perf_counter(), len(self.backend.batcher.batches)
         try:
             with self.serving():
                 rewards = self._run_all(rows, metas, g)
         finally:
             episodes = [self.backend.pop_episode(m["episode_id"]) for m in metas]
+            trim_heap()  # the batches' caches, of varying shapes, leave the heap fragmented
         rollout = agent_rollout(prompts, episodes, g, self.tokenizer.pad_token_id)
         rollout.columns = {"env_reward": rewards}
         requests = sum(ep.requests for ep in episodes)
+        sizes = self.backend.batcher.batches[batches:]
         rollout.metrics = {
             "agent/requests_mean": requests / max(n, 1),
+            "agent/batch_rows_mean": sum(sizes) / max(len(sizes), 1),
             "time/agent": time.perf_counter() - start,
         }
         return rollout
@@ -200,6 +220,7 @@ class AgentEngine(ServesWeights):
         def run(i: int) -> float | None:
             meta = metas[i]
             client = self._client(meta["base_url"])
+            self.backend.begin_episode(meta["episode_id"])
             try:
                 out = self.agent(client, rows[i // g], meta)
             except Exception as exc:
@@ -215,6 +236,8 @@ class AgentEngine(ServesWeights):
             return None if out is None else float(out)
 
         workers = max(1, min(self.concurrency or len(metas), len(metas)))
+        for meta in metas[:workers]:  # the first batch waits for every agent that starts now
+            self.backend.begin_episode(meta["episode_id"])
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="groupwise-agent") as pool:
             return list(pool.map(run, range(len(metas))))
 

@@ -43,7 +43,9 @@ rollout's temperature, top-p, top-k, and a seeded generator: the draws of an epi
 depend on how the requests of concurrent episodes interleave); a request's ``temperature`` and
 ``top_p`` apply only to unnamed requests. It ends *truncated* when a turn would exceed its token
 budget or ``max_turns``: such a request gets an empty reply with ``finish_reason: "length"``
-and its messages are not recorded. Requests are decoded one at a time (one lock).
+and its messages are not recorded. The requests waiting at one moment are decoded together as one
+batch (:mod:`groupwise.rollout.batching`; ``max_batch=1``: one at a time); an episode takes one
+request at a time (a second one while the first is decoded gets HTTP 409).
 """
 
 from __future__ import annotations
@@ -60,13 +62,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from groupwise.envs import Tool
 from groupwise.envs.tools import parse_tool_calls
+from groupwise.rollout.batching import DecodeJob, RequestBatcher, RowSampling, decode_batch
 from groupwise.rollout.engine import SamplingParams
-from groupwise.rollout.episodes import ChatFormat, Episode, KVRunner, Sampler
-from groupwise.rollout.records import PromptBatch
+from groupwise.rollout.episodes import ChatFormat, Episode, KVRunner
 from groupwise.rollout.weights import RolloutWeights
 
 LOOPBACK = "127.0.0.1"
@@ -113,6 +114,8 @@ class ServedEpisode:
     runner: KVRunner | None = None
     generator: torch.Generator | None = None
     closed: bool = False
+    active: bool = False  # its agent is running (the batcher waits for its requests)
+    busy: bool = False  # a request of it is being decoded
     open_turn: bool = False  # the last policy turn ended without EOS
     finish: str | None = None  # the last reply's finish_reason
     requests: int = 0
@@ -134,6 +137,8 @@ class ChatBackend:
         *,
         describe_tools: bool = True,
         model_name: str = MODEL_NAME,
+        max_batch: int | None = None,
+        batch_wait: float = 0.05,
     ) -> None:
         self.weights = weights
         self.tokenizer = tokenizer
@@ -144,6 +149,9 @@ class ChatBackend:
         self.episodes: dict[str, ServedEpisode] = {}
         self.lock = threading.Lock()
         self._wraps_tool: bool | None = None
+        self.batcher = RequestBatcher(
+            self._run_batch, self._waiting_for, wait=batch_wait, max_batch=max_batch
+        )
 
     # ------------------------------------------------------------------ episodes
     def open_episode(
@@ -159,12 +167,20 @@ class ChatBackend:
             self.episodes[episode_id] = ep
             return ep
 
+    def begin_episode(self, episode_id: str) -> None:
+        """Mark an episode's agent as running: a batch of requests waits for its request
+        (until ``batch_wait`` seconds pass without a new one) until it is closed."""
+        with self.lock:
+            self._registered(episode_id).active = True
+
     def close_episode(self, episode_id: str) -> ServedEpisode:
         """End an episode: no more requests; its KV cache is freed."""
         with self.lock:
             ep = self._registered(episode_id)
-            ep.closed, ep.runner = True, None
-            return ep
+            ep.closed, ep.active, ep.runner = True, False, None
+        with self.batcher.cond:  # a batch waiting for this episode's request starts
+            self.batcher.cond.notify_all()
+        return ep
 
     def pop_episode(self, episode_id: str) -> ServedEpisode:
         """Close and forget an episode; its record."""
@@ -197,13 +213,17 @@ class ChatBackend:
             raise RequestError(400, '"groupwise" must be an object {episode_id, group_id}')
         episode_id = episode_id or extra.get("episode_id")
         tools = _tools(body)
-        with self.lock, torch.no_grad():
+        with self.lock:
             if episode_id is None:
                 ep = ServedEpisode("", None, _request_settings(body))
             else:
                 ep = self._registered(str(episode_id))
                 if ep.closed:
                     raise RequestError(409, f"episode {episode_id!r} is closed")
+                if ep.busy:
+                    raise RequestError(
+                        409, f"episode {episode_id!r} has a request in flight: send one at a time"
+                    )
             ep.requests += 1
             first = ep.prompt_ids is None
             inserted = self._extend(ep, messages, tools)
@@ -212,7 +232,15 @@ class ChatBackend:
             if not first:
                 ep.record.add(inserted, policy=False)
                 ep.logp.extend([0.0] * len(inserted))
-            return self._turn(ep, inserted, body, bool(tools))
+            job = self._job(ep, inserted, body)
+            ep.busy = True
+        try:
+            self.batcher.submit(job)
+        finally:
+            with self.lock:
+                ep.busy = False
+        with self.lock:
+            return self._turn(ep, job, inserted, body, bool(tools))
 
     def _extend(
         self, ep: ServedEpisode, messages: list[Mapping[str, Any]], tools: list[Tool]
@@ -245,10 +273,18 @@ class ChatBackend:
         return ids
 
     def _turn(
-        self, ep: ServedEpisode, inserted: list[int], body: Mapping[str, Any], tools: bool
+        self,
+        ep: ServedEpisode,
+        job: DecodeJob,
+        inserted: list[int],
+        body: Mapping[str, Any],
+        tools: bool,
     ) -> dict[str, Any]:
-        """Decode the assistant turn after ``inserted`` (recorded), record it and answer."""
-        ids, entropy, logp, eos = self._decode(ep, inserted, body)
+        """Record the assistant turn ``job`` decoded after ``inserted`` and answer."""
+        assert job.output is not None
+        ids, entropy, eos = job.output
+        logp = job.logp[: len(ids)]
+        ep.runner = None if ep.closed else job.runner
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         finish = "stop" if eos else "length"
         stop = _stop_index(self.tokenizer, ids, body.get("stop"))
@@ -267,20 +303,12 @@ class ChatBackend:
         ep.finish = finish
         return self._response(ep, message, finish, inserted, ids, logp)
 
-    def _decode(
-        self, ep: ServedEpisode, inserted: list[int], body: Mapping[str, Any]
-    ) -> tuple[list[int], list[float], list[float], bool]:
-        """One assistant turn on the episode's KV cache (a new one holds the prompt and
-        every recorded token; a kept one takes ``inserted``): ids, entropies, log-probs, EOS."""
+    def _job(self, ep: ServedEpisode, inserted: list[int], body: Mapping[str, Any]) -> DecodeJob:
+        """The decode job of the turn after ``inserted``: on the episode's KV cache (a new one
+        holds the prompt and every recorded token; a kept one takes ``inserted``), its token
+        budget the least of the episode's room, ``max_tokens_per_turn`` and the request's cap."""
         assert ep.prompt_ids is not None
-        s, model = ep.settings, self.weights.model
-        model.eval()
-        if ep.runner is None:
-            device = next(model.parameters()).device
-            context = torch.tensor([ep.prompt_ids + ep.record.tokens], device=device)
-            ep.runner = KVRunner(model, PromptBatch(context, torch.ones_like(context)), 1)
-        else:
-            ep.runner.advance([True], [inserted])
+        s = ep.settings
         budget = s.sampling.max_tokens - len(ep.record.tokens)
         for cap in (
             s.max_tokens_per_turn,
@@ -291,17 +319,22 @@ class ChatBackend:
                 budget = min(budget, int(cap))
         if budget < 1:
             raise RequestError(400, f"max_tokens must be at least 1 (got {budget})")
-        sampling = s.sampling
-        sampler = LogpSampler(
-            torch.tensor(self.eos_token_ids, device=ep.runner.pos.device),
-            self.tokenizer.pad_token_id,
-            sampling.temperature,
-            sampling.top_p,
-            sampling.top_k,
-            ep.generator,
+        sampling = RowSampling(
+            s.sampling.temperature, s.sampling.top_p, s.sampling.top_k, ep.generator
         )
-        [(ids, entropy, eos, _)] = ep.runner.decode([budget], sampler)
-        return ids, entropy, sampler.logps[: len(ids)], eos
+        context = ep.prompt_ids + ep.record.tokens if ep.runner is None else []
+        return DecodeJob(context, ep.runner, inserted, budget, sampling, ep.episode_id or None)
+
+    def _run_batch(self, jobs: list[DecodeJob]) -> None:
+        model = self.weights.model
+        model.eval()
+        with torch.no_grad():
+            decode_batch(model, jobs, self.eos_token_ids, self.tokenizer.pad_token_id)
+
+    def _waiting_for(self, queued: set[Any]) -> int:
+        """Active episodes without a queued request (read without the lock: a snapshot)."""
+        episodes = list(self.episodes.values())
+        return sum(1 for e in episodes if e.active and not e.closed and e.episode_id not in queued)
 
     def _response(
         self,
@@ -392,22 +425,6 @@ class ChatBackend:
             messages, tokenize=False, add_generation_prompt=True
         )
         return text
-
-
-@dataclass
-class LogpSampler(Sampler):
-    """A :class:`~groupwise.rollout.episodes.Sampler` that records ``log_softmax(logits / T)``
-    of each sampled token (row 0; T = 1 when greedy), before any top-p/top-k truncation."""
-
-    logps: list[float] = field(default_factory=list)
-
-    def sample(self, logits: Tensor, uniform: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """See :meth:`Sampler.sample`."""
-        nxt, h = super().sample(logits, uniform)
-        scale = self.temperature if self.temperature > 0 else 1.0
-        logp = torch.log_softmax(logits.float() / scale, dim=-1).gather(1, nxt[:, None])
-        self.logps.append(float(logp[0, 0]))
-        return nxt, h
 
 
 # ---------------------------------------------------------------------- message helpers
@@ -584,6 +601,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: one line per request would flood a training log."""
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    request_queue_size = 1024  # every agent of a call connects at once (the default 5 resets)
+
+
 class PolicyServer:
     """A :class:`ChatBackend` served over HTTP on 127.0.0.1 (port 0: a free one), in a
     daemon thread of this process."""
@@ -598,7 +619,7 @@ class PolicyServer:
         handler: Callable[..., BaseHTTPRequestHandler] = type(
             "Handler", (_Handler,), {"backend": backend}
         )
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd = _HTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.thread: threading.Thread | None = None
 
