@@ -39,3 +39,17 @@ def varied_reward(prompts: list[Any], completions: list[str], **_: Any) -> list[
     Importable as ``tests.tests_helpers:varied_reward`` in ``rewards.funcs``.
     """
     return [float(len(c) % 5) / 4.0 for c in completions]
+
+
+class Crash(Exception):
+    """Stands in for a process dying between steps."""
+
+
+def crash_after(step: int) -> Any:
+    """A step callback that dies right after ``step`` was logged (and checkpointed, when due)."""
+
+    def callback(trainer: Any, metrics: dict[str, float]) -> None:
+        if trainer.step_count == step:
+            raise Crash
+
+    return callback

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from groupwise import GRPOTrainer, load_config
 from groupwise.config import ConfigError
 from groupwise.run.checkpoint import CHECKPOINTS, latest_checkpoint, list_checkpoints
-from tests.tests_helpers import tiny_overrides
+from tests.tests_helpers import Crash, crash_after, tiny_overrides
 
 # fp32 so that two processes compute bit-identical steps (bf16 CPU kernels are not bitwise
 # reproducible across processes here); a varied reward so every step updates the weights
@@ -52,18 +52,6 @@ def _completion_steps(run: Path) -> list[int]:
 
 
 # ---------------------------------------------------------------------------- in one process
-class Crash(Exception):
-    """Stands in for a process dying between steps."""
-
-
-def crash_after(step: int) -> Any:
-    """A step callback that dies right after ``step`` was logged (and checkpointed, when due)."""
-
-    def callback(trainer: GRPOTrainer, metrics: dict[str, float]) -> None:
-        if trainer.step_count == step:
-            raise Crash
-
-    return callback
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from groupwise.config import ConfigError
 from groupwise.models.plan import decide_rollout_weights
 from groupwise.rollout.process import EngineProcess, RolloutEngineDied
 from groupwise.run.checkpoint import CHECKPOINTS, list_checkpoints
-from tests.tests_helpers import tiny_overrides, varied_reward
+from tests.tests_helpers import Crash, crash_after, tiny_overrides, varied_reward
 
 # float32 (bf16 CPU kernels are not bitwise reproducible across processes here); a varied
 # reward so that every step updates the weights
@@ -129,18 +129,6 @@ def test_one_step_off_decodes_each_batch_with_the_weights_before_the_last_update
     _trainer(tmp_path / "sync", [_completions(synchronous)], max_steps=2).train()
     assert synchronous[0] == seen[0]
     assert synchronous[1] != seen[1]  # decoded after step 1's update: other completions
-
-
-class Crash(Exception):
-    """Stands in for the trainer's process dying between steps."""
-
-
-def crash_after(step: int) -> Any:
-    def callback(trainer: GRPOTrainer, metrics: dict[str, float]) -> None:
-        if trainer.step_count == step:
-            raise Crash
-
-    return callback
 
 
 def test_async_run_resumed_after_a_crash_equals_the_uninterrupted_run(tmp_path: Path) -> None:
