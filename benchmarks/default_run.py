@@ -5,7 +5,11 @@ every variant, one after the other in the order given (seed-major, so a slow spe
 machine hits the variants alike). Per run it records the held-out greedy accuracy before and
 after (and at the intermediate evaluations), the wall time of the whole process, the peak RSS of
 its process tree (a rollout engine's own process counted), the median seconds per step and per
-phase, and the mean of the engine-mismatch metrics (``sampling/...``) over the steps.
+phase, the mean of the engine-mismatch metrics (``sampling/...``) over the steps, and the
+held-out accuracy at fixed wall times from the process's start (``FIXED_TIMES_S``: the newest
+evaluation by then; ``--set eval.every_steps=10`` evaluates more often, in every variant).
+The lever variants (``clip-higher`` ... ``lr-constant``) compare one change of the recipe with
+``local``, the default on a CPU.
 
     python benchmarks/default_run.py --variants local,llamacpp,llamacpp-nocorr --seeds 0,1 \\
         --result default-run-engines-xeon
@@ -52,6 +56,18 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     ),
     "local-async": ("rollout.engine=local", "rollout.max_staleness=1"),
     "llamacpp-async": ("rollout.engine=llamacpp", "rollout.max_staleness=1"),
+    # levers of the recipe (each against "local", the default's engine on a CPU)
+    "clip-higher": ("rollout.engine=local", "algorithm.epsilon_high=0.28"),
+    "dynamic-sampling": ("rollout.engine=local", "algorithm.dynamic_sampling=true"),
+    "entropy-bonus": ("rollout.engine=local", "algorithm.entropy_coef=0.01"),
+    "adaptive-entropy": (
+        "rollout.engine=local",
+        "algorithm.use_adaptive_entropy=true",
+        "algorithm.entropy_target=0.3",
+    ),
+    "group-16": ("rollout.engine=local", "rollout.num_generations=16"),
+    "lr-5e-5": ("rollout.engine=local", "training.learning_rate=5e-5"),
+    "lr-constant": ("rollout.engine=local", "training.lr_scheduler_type=constant"),
 }
 """Overrides of the default run, by variant name."""
 
@@ -71,9 +87,12 @@ def run_dir(base: Path, variant: str, seed: int) -> Path:
     return base / f"{variant}-seed{seed}"
 
 
-def command(variant: str, seed: int, out: Path, threads: int = 0) -> list[str]:
+def command(
+    variant: str, seed: int, out: Path, threads: int = 0, extra: tuple[str, ...] = ()
+) -> list[str]:
     """``groupwise train`` with the variant's overrides, the seed and the run directory
-    (``threads`` > 0: torch's and llama.cpp's threads)."""
+    (``threads`` > 0: torch's and llama.cpp's threads; ``extra``: overrides of every variant,
+    given before the variant's own)."""
     keys = [
         f"training.seed={seed}",
         f"training.output_dir={out}",
@@ -84,7 +103,7 @@ def command(variant: str, seed: int, out: Path, threads: int = 0) -> list[str]:
         keys.append(f"training.num_threads={threads}")
         if "rollout.engine=llamacpp" in VARIANTS[variant]:
             keys.append(f"rollout.engine_kwargs.threads={threads}")
-    return [sys.executable, "-m", "groupwise", "train", *keys, *VARIANTS[variant]]
+    return [sys.executable, "-m", "groupwise", "train", *keys, *extra, *VARIANTS[variant]]
 
 
 def read_run(out: Path) -> dict[str, Any]:
@@ -92,7 +111,11 @@ def read_run(out: Path) -> dict[str, Any]:
     summary = json.loads((out / "summary.json").read_text())
     rows = groupwise_metrics(out)
     evals = [
-        {"step": int(r["step"]), "accuracy": float(r["eval_accuracy"])}
+        {
+            "step": int(r["step"]),
+            "accuracy": float(r["eval_accuracy"]),
+            "run_time_s": r.get("wall_time"),
+        }
         for r in rows
         if "eval_accuracy" in r
     ]
@@ -108,14 +131,48 @@ def read_run(out: Path) -> dict[str, Any]:
         "evals": evals,
         "steps": summary.get("steps"),
         "train_time_s": summary.get("train_time_s"),
+        "run_wall_time_s": summary.get("wall_time_s"),
         "median_step_s": statistics.median(float(r["step_time"]) for r in rows),
         "phases_median_s": phases,
         "sampling_mean": sampling,
     }
 
 
+def accuracy_at(record: dict[str, Any], seconds: float) -> float | None:
+    """Held-out accuracy of the newest evaluation finished within ``seconds`` of the process's
+    start (``None``: none had; the last evaluation counts at the process's end).
+
+    A step's ``wall_time`` counts from the run's start inside the process; the time before it
+    (imports, model loading) is the process's wall time minus the summary's ``wall_time_s``,
+    which also holds the report's writing after the run, so each evaluation is placed a little
+    late (the same for every variant)."""
+    wall, run = record.get("wall_s"), record.get("run_wall_time_s")
+    if wall is None or run is None:
+        return None
+    startup = float(wall) - float(run)
+    timeline = [(startup, record.get("accuracy_before"))]
+    timeline += [
+        (startup + float(e["run_time_s"]), e["accuracy"])
+        for e in record["evals"]
+        if e.get("run_time_s") is not None
+    ]
+    timeline.append((float(wall), record.get("accuracy_after")))
+    done = [acc for t, acc in timeline if t <= seconds and acc is not None]
+    return float(done[-1]) if done else None
+
+
+FIXED_TIMES_S = (180.0, 360.0)
+"""Wall times (from the process's start) at which each run's held-out accuracy is read."""
+
+
 def measure(
-    variant: str, seed: int, out: Path, *, reuse: bool, threads: int = 0
+    variant: str,
+    seed: int,
+    out: Path,
+    *,
+    reuse: bool,
+    threads: int = 0,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, float]:
     """Run the variant (unless ``reuse`` finds it finished): wall seconds and peak RSS (GB)
     of the process tree, also kept beside the run as ``<run>.measured.json``."""
@@ -123,7 +180,7 @@ def measure(
     if reuse and (out / "summary.json").exists() and kept.exists():
         figures: dict[str, float] = json.loads(kept.read_text())
         return figures
-    cmd = command(variant, seed, out, threads)
+    cmd = command(variant, seed, out, threads, extra)
     measured = run_measured(cmd, dict(os.environ), out.with_suffix(".log"))
     figures = {"wall_s": measured.wall_s, "peak_rss_gb": measured.peak_rss_kb * 1024 / GB}
     kept.write_text(json.dumps(figures))
@@ -138,6 +195,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse", action="store_true", help="read back finished runs")
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once")
     parser.add_argument("--threads", type=int, default=0, help="threads per training (0: all)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override of every variant (repeatable), e.g. eval.every_steps=10",
+    )
     add_result_argument(parser, "-")
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
@@ -155,8 +219,13 @@ def main(argv: list[str] | None = None) -> None:
         record["overrides"] = list(VARIANTS[variant])
         record["threads"] = args.threads or None
         record["concurrent_runs"] = args.jobs
-        record.update(measure(variant, seed, out, reuse=args.reuse, threads=args.threads))
+        record["common_overrides"] = list(args.set)
+        extra = tuple(args.set)
+        record.update(
+            measure(variant, seed, out, reuse=args.reuse, threads=args.threads, extra=extra)
+        )
         record.update(read_run(out))
+        record["accuracy_at_s"] = {str(int(t)): accuracy_at(record, t) for t in FIXED_TIMES_S}
         with lock:
             runs.append(record)
             print(json.dumps(record), flush=True)

@@ -7,8 +7,8 @@ computes. This script runs the same short float32 tiny-random trainings twice, o
 package source of the baseline commit (``BASELINE_COMMIT``, or ``--base REV``) and once with the
 working tree's ``src/``, and checks, per configuration, that
 
-- every ``metrics.jsonl`` record is exactly equal (keys starting with ``time/`` or
-  ``step_time`` removed; floats compared with ``==``, NaN equal to NaN),
+- every ``metrics.jsonl`` record is exactly equal (keys starting with ``time/``,
+  ``step_time`` or ``wall_time`` removed; floats compared with ``==``, NaN equal to NaN),
 - ``completions.jsonl`` (every prompt, completion, reward and advantage) is exactly equal,
 - ``config.yaml`` and ``summary.json`` are equal once the run directory's path is replaced by
   ``<run>`` (``summary.json`` without its wall-clock times and the precision probe's rates;
@@ -75,7 +75,7 @@ the configurations that commit knew)."""
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 STEPS = 3
-IGNORED_PREFIXES = ("time/", "step_time", "hacking/")
+IGNORED_PREFIXES = ("time/", "step_time", "wall_time", "hacking/")
 """Metric keys left out of the comparison: wall-clock timings (they differ run to run) and the
 reward-hacking flags added after the baseline (they observe a step and feed nothing back)."""
 MARKER = "structure_check: groupwise imported from "

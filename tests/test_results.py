@@ -160,3 +160,26 @@ def test_no_benchmark_script_imports_a_sibling_but_the_harness() -> None:
         assert siblings <= {"harness"}, (path.name, siblings)
         if path.stem != "harness":
             assert "harness" in siblings, f"{path.name} does not use benchmarks/harness.py"
+
+
+def test_accuracy_at_a_wall_time_is_the_newest_evaluation_by_then() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    default_run = _load(BENCHMARKS / "default_run.py", "default_run")
+    record: dict[str, Any] = {
+        "wall_s": 400.0,
+        "run_wall_time_s": 380.0,  # 20 s before the run: imports, model loading
+        "accuracy_before": 0.2,
+        "accuracy_after": 0.85,
+        "evals": [
+            {"step": 25, "accuracy": 0.5, "run_time_s": 150.0},  # at 170 s
+            {"step": 50, "accuracy": 0.7, "run_time_s": 300.0},  # at 320 s
+        ],
+    }
+    at = default_run.accuracy_at
+    assert at(record, 10.0) is None  # nothing evaluated yet
+    assert at(record, 20.0) == 0.2
+    assert at(record, 169.9) == 0.2
+    assert at(record, 180.0) == 0.5
+    assert at(record, 360.0) == 0.7
+    assert at(record, 400.0) == 0.85
+    assert at({**record, "run_wall_time_s": None}, 400.0) is None

@@ -45,6 +45,8 @@ def test_full_finetune_moves_every_parameter(tmp_path: Path, loss_type: str) -> 
         assert torch.equal(value, ref_before[name]), f"reference parameter {name} changed"
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2]
+    assert 0 < lines[0]["wall_time"] < lines[1]["wall_time"]  # seconds since the run began
+    assert lines[1]["wall_time"] - lines[0]["wall_time"] >= lines[1]["step_time"]
     assert all(m["kl"] >= 0 for m in lines)
     assert lines[0]["kl"] == pytest.approx(0.0, abs=1e-2)  # policy == reference at step 1
 

@@ -252,7 +252,7 @@ class GRPOTrainer:
         self.logger = RunLogger(self.config, self.out_dir)
         try:
             with StopSignals() as stop:
-                self._train_loop(summary, stop, self.logger)
+                self._train_loop(summary, stop, self.logger, wall_start)
         except RolloutEngineDied as exc:  # name the checkpoint the run resumes from
             raise exc.resume_point(self.last_checkpoint) from None
         finally:
@@ -268,8 +268,12 @@ class GRPOTrainer:
         self.callbacks.train_end(self)
         return summary
 
-    def _train_loop(self, summary: dict[str, Any], stop: StopSignals, log: RunLogger) -> None:
-        """Evaluate, run the steps (logging and checkpointing), evaluate again."""
+    def _train_loop(
+        self, summary: dict[str, Any], stop: StopSignals, log: RunLogger, wall_start: float
+    ) -> None:
+        """Evaluate, run the steps (logging and checkpointing), evaluate again; each step's
+        ``wall_time`` is the seconds since ``wall_start`` (this process's run) at its end, its
+        evaluation included."""
         t, e = self.config.training, self.config.eval
         has_eval = self.task.correctness is not None and len(self.task.eval) > 0
         if self.step_count == 0 and e.before and has_eval:
@@ -285,6 +289,7 @@ class GRPOTrainer:
             last = n == t.max_steps and e.after  # evaluated just below
             if e.every_steps and has_eval and n % e.every_steps == 0 and not last:
                 metrics["eval_accuracy"] = self._eval_and_log(log, f"step {n}", step=None)
+            metrics["wall_time"] = time.perf_counter() - wall_start
             log.log_step(n, metrics, self.last_completions)
             self.run_state["train_time_s"] = time_before + time.perf_counter() - train_start
             self._guard_and_checkpoint(stop)
