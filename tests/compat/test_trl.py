@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from groupwise import GRPOTrainer
 from groupwise.compat.trl import DIRECT, UNSUPPORTED, GRPOConfig, lora_settings, to_task
@@ -129,6 +130,32 @@ def test_converted_fields(kwargs: dict[str, Any], expected: dict[str, Any]) -> N
     config = GRPOConfig(**kwargs).to_config()
     for key, value in expected.items():
         assert _value(config, key) == value, key
+
+
+@pytest.mark.parametrize(
+    ("dtype", "param_dtype"),
+    [
+        (torch.bfloat16, "bfloat16"),
+        ("bfloat16", "bfloat16"),
+        (torch.float32, "float32"),
+        ("float32", "float32"),
+        ("auto", "auto"),
+    ],
+)
+def test_model_init_dtype_is_the_weights_dtype(dtype: Any, param_dtype: str) -> None:
+    config = GRPOConfig(model_init_kwargs={"dtype": dtype}).to_config()
+    assert config.training.param_dtype == param_dtype
+    config = GRPOConfig(model_init_kwargs={"torch_dtype": dtype}).to_config()  # older name
+    assert config.training.param_dtype == param_dtype
+
+
+def test_model_init_kwargs_that_do_not_map_are_refused_by_name() -> None:
+    config = GRPOConfig(model_init_kwargs={"attn_implementation": "eager"}).to_config()
+    assert config.model.attn_implementation == "eager"
+    with pytest.raises(ConfigError, match=r"model_init_kwargs\['dtype'\].*torch.bfloat16"):
+        GRPOConfig(model_init_kwargs={"dtype": torch.float16}).to_config()
+    with pytest.raises(ConfigError, match=r"model_init_kwargs\['device_map'\].*dtype"):
+        GRPOConfig(model_init_kwargs={"device_map": "auto"}).to_config()
 
 
 def test_epochs_become_steps_from_the_dataset_size() -> None:

@@ -94,7 +94,6 @@ UNSUPPORTED: dict[str, str] = {
     "sync_ref_model": "the reference policy stays the initial one",
     "remove_unused_columns": "every dataset column reaches the reward functions",
     "shuffle_dataset": "the training rows are always shuffled (seeded)",
-    "model_init_kwargs": "pass a built model, or a preset or local directory",
     "disable_dropout": "not implemented",
     "cast_lm_head_to_fp32": "not implemented",
     "optim": "the optimizer is AdamW",
@@ -280,7 +279,9 @@ class GRPOConfig:
     shuffle_dataset: bool = True
     """Only the default is supported."""
     model_init_kwargs: dict[str, Any] | None = None
-    """Not supported."""
+    """How the model is loaded: ``dtype`` (or ``torch_dtype``) sets training.param_dtype
+    (torch.bfloat16 or "bfloat16": pure bf16 weights; torch.float32 or "float32"; "auto"),
+    ``attn_implementation`` sets model.attn_implementation; other keys are refused."""
     disable_dropout: bool = False
     """Not supported."""
     cast_lm_head_to_fp32: bool = False
@@ -368,6 +369,43 @@ def _special_overrides(values: dict[str, Any]) -> dict[str, Any]:
     elif "save_total_limit" in values:
         out["training.save_total_limit"] = values["save_total_limit"]
     out.update(_run_options(values))
+    out.update(_model_init(values.get("model_init_kwargs") or {}))
+    return out
+
+
+PARAM_DTYPES: dict[str, str] = {
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "auto": "auto",
+}
+"""``model_init_kwargs["dtype"]`` (a torch dtype's name or a string) -> training.param_dtype."""
+
+
+def _model_init(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``model_init_kwargs``: the weights' dtype and the attention kernel (TRL passes them to
+    ``from_pretrained``; groupwise loads its model itself)."""
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in ("dtype", "torch_dtype"):
+            name = str(value).removeprefix("torch.")
+            if name not in PARAM_DTYPES:
+                raise ConfigError(
+                    f"GRPOConfig.model_init_kwargs[{key!r}]={value!r} is not supported by "
+                    "groupwise; use torch.bfloat16, torch.float32 or 'auto' "
+                    "(training.param_dtype)"
+                )
+            out["training.param_dtype"] = PARAM_DTYPES[name]
+        elif key == "attn_implementation":
+            out["model.attn_implementation"] = str(value)
+        else:
+            raise ConfigError(
+                f"GRPOConfig.model_init_kwargs[{key!r}] is not supported by groupwise (it "
+                "loads the model itself); supported keys: dtype, torch_dtype, "
+                "attn_implementation"
+            )
     return out
 
 
