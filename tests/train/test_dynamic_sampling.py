@@ -41,7 +41,7 @@ class Scripted:
 
     def generate(self, rows: list[Row]) -> Rollout:
         k = int(str(rows[0]["prompt"]).split(".")[0])
-        lp, lc = 2 + k, 3 + 2 * k  # widths differ between batches
+        lp, lc = [4, 2, 3][k], 3 + 2 * k  # widths differ between batches
         ids = torch.arange(len(rows) * G * lc).view(-1, lc) + 1
         mask = torch.ones_like(ids)
         mask[::2, lc - 1] = 0  # every other completion one token shorter
@@ -140,9 +140,23 @@ def test_a_batch_whose_groups_all_vary_is_kept_as_is() -> None:
     first = Scripted([[True] * P])
     rows = first.next_rows()
     assert _prompts(batch) == [str(r["prompt"]) for r in rows]
-    assert batch.rollout.prompts.input_ids.shape == (P, 2)
+    assert batch.rollout.prompts.input_ids.shape == (P, 4)
     expected, _ = group_advantages(batch.scored.rewards.total, G, scale_rewards="batch")
     assert torch.equal(batch.scored.advantages, expected)
+
+
+def test_a_batch_from_a_refill_alone_has_its_own_widths() -> None:
+    """The first batch (prompt width 4) has no group with variance, the second (width 2) only
+    such groups: the batch is the second's, its prompts' left padding of the merge trimmed."""
+    _, batch, phases = _refill([[False] * P, [True] * P], max_batches=3)
+    assert phases.drawn == 2 and _prompts(batch) == ["1.0", "1.1", "1.2", "1.3"]
+    again = Scripted([[False] * P, [True] * P])
+    again.next_rows()
+    second = again.generate(again.next_rows())
+    assert torch.equal(batch.rollout.prompts.input_ids, second.prompts.input_ids)
+    assert torch.equal(batch.rollout.prompts.attention_mask, second.prompts.attention_mask)
+    assert torch.equal(batch.rollout.completion_ids, second.completion_ids)
+    assert torch.equal(batch.rollout.completion_mask, second.completion_mask)
 
 
 # ---------------------------------------------------------------------------- the config
