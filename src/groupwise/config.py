@@ -131,6 +131,10 @@ class AlgorithmConfig:
     """mu, policy updates per rollout against the old policy's log-probs."""
     mask_truncated_completions: bool = False
     """Exclude completions that hit max_completion_length from the loss (DAPO)."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling (arXiv 2503.14476, section 3.2): a group whose rewards are all equal (std 0: zero advantages, no gradient) is left out of the batch, and new prompts' groups are generated and scored, a whole generation batch at a time, until the batch holds its P groups with reward variance; the loss is taken over those P groups (advantages computed over them), the reward metrics and the logged completions cover every completion generated (a completion left out shows advantage 0). A group is kept iff max_j r_ij > min_j r_ij over its G total rewards. Costs extra generation: each further batch is another step's worth of decoding and scoring (sampling/dynamic/gen_batches per step). Single process (refused under torchrun) with rollout.max_staleness=0."""
+    max_num_gen_batches: int = 4
+    """Under dynamic_sampling: the most generation batches (of P prompts each, the first included) a step draws (verl's algorithm.filter_groups.max_num_gen_batches). When the limit is reached with fewer than P groups with variance, the step trains on those it has and fills the rest of the batch with the first zero-variance groups it generated, so the batch keeps its size (sampling/dynamic/filled_zero_std counts them, and a line on stderr says so)."""
     vllm_importance_sampling_correction: bool | Literal["auto"] = "auto"
     """Correct for the mismatch between the rollout engine and the trainer: the policy term of each loss token is weighted by exp(old_logp - behaviour_logp), the trainer's over the engine's log-prob of the sampled token (TRL's name); auto = when the engine reports its log-probs (inference engines); true also asks the local engine for them; false = not applied, but measured (the sampling/... metrics) when the engine reports them."""
     vllm_importance_sampling_mode: Literal[
@@ -503,6 +507,7 @@ def validate(config: Config) -> None:
         "training.logging_steps": t.logging_steps,
         "training.logprob_chunk_size": t.logprob_chunk_size,
         "data.eval_size": config.data.eval_size + 1,
+        "algorithm.max_num_gen_batches": a.max_num_gen_batches,
     }
     for key, value in positive.items():
         if value < 1:
@@ -613,6 +618,13 @@ def _validate_combinations(config: Config) -> None:
         )
     if m.lora_merge_in_place is True and "auto" not in (t.bf16, t.param_dtype):  # else resolved
         check_merge_in_place_dtype(t.param_dtype, bool(t.bf16))
+    a = config.algorithm
+    if a.dynamic_sampling and config.rollout.max_staleness > 0:
+        raise ConfigError(
+            "algorithm.dynamic_sampling=true draws more prompts within a step, which one-step-off "
+            "generation does not support yet; set rollout.max_staleness=0 or "
+            "algorithm.dynamic_sampling=false"
+        )
     if t.strategy == "fsdp" and config.model.lora:
         raise ConfigError(
             "training.strategy=fsdp does not support model.lora=true; use training.strategy=ddp "

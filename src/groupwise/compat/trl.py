@@ -14,7 +14,8 @@ A script written for TRL runs with its import changed::
 would do), but it maps onto the nested :class:`groupwise.config.Config`, which stays the one
 source of groupwise's defaults: only the fields you *set* override it (``to_config()`` shows
 what a run uses). A TRL field groupwise does not implement raises :class:`ConfigError` naming it
-when set to anything but its default; an unknown keyword raises ``TypeError`` naming it.
+when set to anything but its default; an unknown keyword raises ``TypeError`` naming it. A few
+groupwise-only fields (:data:`GROUPWISE_ONLY`, e.g. ``dynamic_sampling``) are accepted too.
 
 Datasets (``datasets.Dataset``, a list of dicts, or a groupwise task name) become a
 :class:`groupwise.data.Task`; a ``peft.LoraConfig`` sets ``model.lora*``; user reward
@@ -75,6 +76,13 @@ DIRECT: dict[str, str] = {
     "reward_weights": "rewards.weights",
 }
 """TRL field -> the groupwise key it sets unchanged (None values are skipped)."""
+
+GROUPWISE_ONLY: dict[str, str] = {
+    "dynamic_sampling": "algorithm.dynamic_sampling",
+    "max_num_gen_batches": "algorithm.max_num_gen_batches",
+}
+"""Fields TRL's GRPOConfig does not have, accepted as extra keyword arguments -> the groupwise
+key each sets unchanged (None values are skipped)."""
 
 UNSUPPORTED: dict[str, str] = {
     "fp16": "groupwise computes in bf16 or float32 (bf16=...)",
@@ -246,6 +254,12 @@ class GRPOConfig:
     """TRL's older name of vllm_importance_sampling_clip_max (used when not None)."""
     reward_weights: list[float] | None = None
     """One weight per reward function (rewards.weights)."""
+    dynamic_sampling: bool = False
+    """groupwise only (no TRL field; verl's algorithm.filter_groups.enable): DAPO's dynamic
+    sampling, groups with equal rewards replaced by new prompts' (algorithm.dynamic_sampling)."""
+    max_num_gen_batches: int = 4
+    """groupwise only (verl's name): the most generation batches a step draws under
+    dynamic_sampling (algorithm.max_num_gen_batches)."""
     fp16: bool = False
     """Not supported (see UNSUPPORTED)."""
     use_vllm: bool = False
@@ -321,7 +335,8 @@ class GRPOConfig:
         num_train_epochs into steps)."""
         self._check_unsupported()
         values = {n: getattr(self, n) for n in self.fields_set}
-        out = {DIRECT[n]: v for n, v in values.items() if n in DIRECT and v is not None}
+        mapped = {**DIRECT, **GROUPWISE_ONLY}
+        out = {mapped[n]: v for n, v in values.items() if n in mapped and v is not None}
         out.update(_special_overrides(values))
         if "max_steps" in values and values["max_steps"] >= 0:
             out["training.max_steps"] = values["max_steps"]

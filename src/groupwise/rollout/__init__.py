@@ -1,7 +1,7 @@
 """Rollouts: prompts in, groups of completions (or episodes) out, through one engine interface.
 
 - :mod:`~groupwise.rollout.records`: ``PromptBatch``, ``Rollout`` (with per-token loss masks and
-  turn indices for conversations), group slicing.
+  turn indices for conversations), group slicing and concatenation.
 - :mod:`~groupwise.rollout.engine`: the ``RolloutEngine`` protocol, ``SamplingParams`` and the
   ``ENGINES`` registry (``rollout.engine``).
 - :mod:`~groupwise.rollout.local`: the default engine, decoding in-process
@@ -22,6 +22,7 @@ from groupwise.rollout.engine import (
 from groupwise.rollout.records import (
     PromptBatch,
     Rollout,
+    concat_rollouts,
     group_rows,
     render_prompt,
     select_groups,
@@ -47,6 +48,7 @@ __all__ = [
     "SamplingParams",
     "_finish",
     "build_engine",
+    "concat_rollouts",
     "generate",
     "group_rows",
     "inverse_cdf_sample",

@@ -135,6 +135,88 @@ def take_groups(rollout: Rollout, groups: Tensor) -> Rollout:
     )
 
 
+def concat_rollouts(parts: Sequence[Rollout], pad_token_id: int) -> Rollout:
+    """One rollout holding the groups of ``parts`` in order (the inverse of :func:`take_groups`
+    up to padding).
+
+    Prompts are padded on the left to the widest part (``pad_token_id``, attention 0);
+    completions and their per-token fields on the right (``completion_ids`` with
+    ``pad_token_id``, masks, ``entropy``, ``turn_index`` and ``behaviour_logp`` with 0).
+    ``columns`` are concatenated per key; ``metrics`` (an engine's statistics) become their
+    row-weighted means over the parts that report them. The parts must share ``group_size``
+    and each optional tensor field is set in every part or in none.
+    """
+    if not parts:
+        raise ValueError("concat_rollouts needs at least one rollout")
+    g = parts[0].group_size
+    if any(p.group_size != g for p in parts):
+        sizes = sorted({p.group_size for p in parts})
+        raise ValueError(f"concat_rollouts: the rollouts' group sizes differ ({sizes})")
+    width = max(p.completion_ids.shape[1] for p in parts)
+    prompt_width = max(p.prompts.input_ids.shape[1] for p in parts)
+    prompts = PromptBatch(
+        torch.cat(
+            [_pad(p.prompts.input_ids, prompt_width, pad_token_id, left=True) for p in parts]
+        ),
+        torch.cat([_pad(p.prompts.attention_mask, prompt_width, 0, left=True) for p in parts]),
+    )
+    return Rollout(
+        prompts=prompts,
+        completion_ids=torch.cat([_pad(p.completion_ids, width, pad_token_id) for p in parts]),
+        completion_mask=torch.cat([_pad(p.completion_mask, width, 0) for p in parts]),
+        truncated=torch.cat([p.truncated for p in parts]),
+        group_size=g,
+        entropy=_cat_field(parts, "entropy", width),
+        loss_mask=_cat_field(parts, "loss_mask", width),
+        turn_index=_cat_field(parts, "turn_index", width),
+        behaviour_logp=_cat_field(parts, "behaviour_logp", width),
+        columns=_cat_columns(parts),
+        metrics=_mean_metrics(parts),
+    )
+
+
+def _pad(x: Tensor, width: int, value: float, left: bool = False) -> Tensor:
+    """``x`` [n, w] padded with ``value`` to [n, width] (on the right, or the left)."""
+    extra = width - x.shape[1]
+    if extra == 0:
+        return x
+    pad = torch.full((x.shape[0], extra), value, dtype=x.dtype, device=x.device)
+    return torch.cat([pad, x] if left else [x, pad], dim=1)
+
+
+def _cat_field(parts: Sequence[Rollout], name: str, width: int) -> Tensor | None:
+    values: list[Tensor | None] = [getattr(p, name) for p in parts]
+    if all(v is None for v in values):
+        return None
+    if any(v is None for v in values):
+        raise ValueError(f"concat_rollouts: Rollout.{name} is set in some rollouts, not all")
+    return torch.cat([_pad(v, width, 0) for v in values if v is not None])
+
+
+def _cat_columns(parts: Sequence[Rollout]) -> dict[str, list[Any]] | None:
+    if all(p.columns is None for p in parts):
+        return None
+    keys = [set(p.columns or {}) for p in parts]
+    if any(k != keys[0] for k in keys):
+        raise ValueError("concat_rollouts: the rollouts' columns differ")
+    order = list(parts[0].columns or {})
+    return {k: [v for p in parts for v in (p.columns or {})[k]] for k in order}
+
+
+def _mean_metrics(parts: Sequence[Rollout]) -> dict[str, float] | None:
+    """Row-weighted mean of each engine statistic over the parts that report it."""
+    sums: dict[str, float] = {}
+    rows: dict[str, int] = {}
+    for p in parts:
+        n = int(p.truncated.numel())
+        for key, value in (p.metrics or {}).items():
+            sums[key] = sums.get(key, 0.0) + value * n
+            rows[key] = rows.get(key, 0) + n
+    if not sums:
+        return None if all(p.metrics is None for p in parts) else {}
+    return {k: sums[k] / max(rows[k], 1) for k in sums}
+
+
 def _rows(x: Tensor | None, rows: Tensor, width: int) -> Tensor | None:
     return None if x is None else x[rows, :width]
 

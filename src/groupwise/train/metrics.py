@@ -12,6 +12,10 @@ Logged per step (TRL's names where one exists):
 - with ``rollout.max_staleness=1``: ``sampling/staleness`` (0 or 1: updates between the weights
   that sampled the batch and the policy's) and ``time/wait_rollout`` (seconds ``sync`` waited
   for the engine's process to finish the next step's rollout).
+- with ``algorithm.dynamic_sampling``: ``sampling/dynamic/gen_batches`` (generation batches drawn),
+  ``sampling/dynamic/kept_groups_frac`` (share of the groups generated with reward variance),
+  ``sampling/dynamic/filled_zero_std`` (zero-variance groups filling the batch at the limit);
+  the reward and completion metrics then cover every completion generated, and ``time/refill``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from torch import Tensor
+
+from groupwise.distributed import all_gather_cat, all_gather_objects
+from groupwise.rewards.base import RewardResult
+from groupwise.run.hacking import hacking_metrics
 
 
 class PhaseTimer:
@@ -41,6 +49,30 @@ class PhaseTimer:
     def metrics(self) -> dict[str, float]:
         """``time/<phase>`` entries."""
         return {f"time/{k}": v for k, v in self.seconds.items()}
+
+
+def score_metrics(
+    texts: list[str], lengths: Tensor, rewards: RewardResult, zero_std: Tensor, group_size: int
+) -> dict[str, float]:
+    """The score phase's metrics over the global batch (every rank's completions):
+    :func:`reward_metrics` and the ``hacking/...`` flags (flags only: the rewards are unchanged).
+
+    ``texts`` [B] decoded completions, ``lengths`` [B] their lengths in tokens, ``zero_std``
+    [B // G] the groups whose rewards are all equal."""
+    per_func = {k: all_gather_cat(v) for k, v in rewards.per_func.items()}
+    metrics = reward_metrics(
+        all_gather_cat(rewards.total), per_func, group_size, all_gather_cat(zero_std)
+    )
+    metrics.update(
+        hacking_metrics(
+            [t for part in all_gather_objects(texts) for t in part],
+            all_gather_cat(lengths).tolist(),
+            all_gather_cat(rewards.total),
+            per_func,
+            group_size,
+        )
+    )
+    return metrics
 
 
 def reward_metrics(
@@ -125,5 +157,6 @@ __all__ = [
     "completion_metrics",
     "masked_mean",
     "reward_metrics",
+    "score_metrics",
     "to_float_dict",
 ]

@@ -5,6 +5,7 @@ Algorithm (DeepSeekMath, arXiv 2402.03300, Alg. 1, with the variants of groupwis
     groups   <- G completions per prompt from pi_theta              (generate)
     r        <- weighted sum of reward functions                    (score)
     A        <- group-relative advantages of r                      (score)
+    groups   <- only groups with reward variance, refilled to P     (refill: DAPO, opt-in)
     batch    <- loss masks, normalisers, micro-batches              (prepare)
     old_logp <- log pi_theta_old(o)   only if mu > 1                (old_logp)
     ref_logp <- log pi_ref(o)         only if beta > 0              (ref_logp)
@@ -63,7 +64,6 @@ from groupwise.rollout import (
 )
 from groupwise.rollout.records import row_columns
 from groupwise.run.checkpoint import Counters
-from groupwise.run.hacking import hacking_metrics
 from groupwise.run.records import CompletionRecord
 from groupwise.train.batch import (
     Scored,
@@ -76,12 +76,13 @@ from groupwise.train.batch import (
     wants_behaviour_logp,
 )
 from groupwise.train.build import TrainingParts
+from groupwise.train.dynamic import Generated, dynamic_sampling
 from groupwise.train.forward import autocast_context
 from groupwise.train.metrics import (
     MetricsAccumulator,
     PhaseTimer,
     completion_metrics,
-    reward_metrics,
+    score_metrics,
 )
 from groupwise.train.rollouts import RolloutSource, rollout_source
 
@@ -117,6 +118,7 @@ class GRPOStep:
         self.rollouts: RolloutSource = rollout_source(
             config, parts.engine, draw or _no_draw, self.request, self.steps_left
         )
+        self.dynamic = dynamic_sampling(config, parts.tokenizer.pad_token_id)  # None when off
 
     def next_rows(self) -> list[Row]:
         """This rank's prompts for the next step (drawn now, or drawn a step ahead)."""
@@ -132,9 +134,13 @@ class GRPOStep:
         with timer("generate"):
             rollout = self.rollouts.take(rows)  # generated now, or during the last step
         with timer("score"):
-            scored = self.score(rows, rollout)
+            generated = kept = Generated(rows, rollout, self.score(rows, rollout))
+        if self.dynamic is not None:
+            with timer("refill"):  # more generation batches until P groups have variance
+                generated, kept = self.dynamic(generated, self, self.counters.step + 1)
+        rows, rollout, scored = generated.rows, generated.rollout, generated.scored  # all of them
         with timer("prepare"):
-            batch = self.prepare(rollout, scored.advantages)
+            batch = self.prepare(kept.rollout, kept.scored.advantages)
         with timer("old_logp"):
             if self.config.algorithm.num_iterations > 1:
                 batch.old_logp = self.logp_no_grad(batch)
@@ -207,19 +213,7 @@ class GRPOStep:
         advantages, zero_std = group_advantages(
             result.total, g, scale_rewards=self.config.algorithm.scale_rewards
         )
-        per_func = {k: all_gather_cat(v) for k, v in result.per_func.items()}
-        metrics = reward_metrics(
-            all_gather_cat(result.total), per_func, g, all_gather_cat(zero_std)
-        )  # over the global batch
-        metrics.update(
-            hacking_metrics(
-                [t for part in all_gather_objects(texts) for t in part],
-                all_gather_cat(rollout.completion_lengths).tolist(),
-                all_gather_cat(result.total),
-                per_func,
-                g,
-            )
-        )  # flags only, over the global batch: the rewards are unchanged
+        metrics = score_metrics(texts, rollout.completion_lengths, result, zero_std, g)
         return Scored(texts, result, advantages, metrics)
 
     # ------------------------------------------------------------------ prepare
