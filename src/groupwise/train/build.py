@@ -55,16 +55,22 @@ class LogpModule(nn.Module):
         self.policy = policy
 
     def forward(
-        self, rollout: Rollout, temperature: float, chunk_size: int, prefix_cache: bool
+        self,
+        rollout: Rollout,
+        temperature: float,
+        chunk_size: int,
+        prefix_cache: bool,
+        entropy: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        """``completion_logp`` of the policy (no entropy)."""
+        """``completion_logp`` of the policy; entropies (differentiable) only if ``entropy``."""
         return completion_logp(
             self.policy,
             rollout,
             temperature=temperature,
             chunk_size=chunk_size,
-            compute_entropy=False,
+            compute_entropy=entropy,
             prefix_cache=prefix_cache,
+            entropy_grad=entropy,
         )
 
 
@@ -91,11 +97,13 @@ class TrainingParts:
         """The sampling temperature the log-probs are computed at (>= 1e-6)."""
         return max(self.config.rollout.temperature, 1e-6)
 
-    def policy_logp(self, rollout: Rollout) -> tuple[Tensor, Tensor | None]:
-        """Log-probs of the policy through its data-parallel wrapper, ``[b, lc]``."""
+    def policy_logp(self, rollout: Rollout, entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Log-probs of the policy through its data-parallel wrapper, ``[b, lc]``, and with
+        ``entropy`` its per-token entropies ``[b, lc]`` with their gradient (else None)."""
         t = self.config.training
-        out: tuple[Tensor, Tensor | None] = self.train_module(
-            rollout, self.temperature, t.logprob_chunk_size, not t.gradient_checkpointing
+        args = (rollout, self.temperature, t.logprob_chunk_size, not t.gradient_checkpointing)
+        out: tuple[Tensor, Tensor | None] = (
+            self.train_module(*args, True) if entropy else self.train_module(*args)
         )
         return out
 
