@@ -253,7 +253,7 @@ def test_unused_or_zero_entropy_gradient_leaves_the_logp_gradient_bitwise(chunk_
 
 
 def test_entropy_gradient_saves_no_full_logits_and_needs_the_entropy() -> None:
-    hidden, weight, targets, up = _inputs()
+    hidden, weight, targets, _ = _inputs()
     numels: list[int] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -268,4 +268,3 @@ def test_entropy_gradient_saves_no_full_logits_and_needs_the_entropy() -> None:
     assert numels and max(numels) < N * V
     with pytest.raises(ValueError, match="compute_entropy"):
         chunked_token_logp(hidden, weight, targets, compute_entropy=False, entropy_grad=True)
-

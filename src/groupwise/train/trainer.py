@@ -129,6 +129,7 @@ class GRPOTrainer:
             self.grpo_step.generator,
             self.precision,
             self.grpo_step.rollouts,
+            self.grpo_step.entropy,
         )
         self.run_dir = RunDirectory(config, self.precision, self.plan)
         self.callbacks = Callbacks(callbacks, args=trl.get("args"))
@@ -183,9 +184,8 @@ class GRPOTrainer:
         # the reward and correctness functions against the task's columns, before anything is built
         adds_columns = self.config.rollout.engine not in ("local", "auto")  # auto: local
         check_task_functions(runner.funcs, self.task, engine_adds_columns=adds_columns)
-        runner.state.bind(
-            self.counters, self.config.training.max_steps
-        )  # trainer_state.global_step
+        # what the reward functions see as trainer_state.global_step
+        runner.state.bind(self.counters, self.config.training.max_steps)
         return runner
 
     # ------------------------------------------------------------------ steps and evaluation
