@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import inspect
 import itertools
+import math
 import os
 import textwrap
 import types
@@ -127,6 +128,18 @@ class AlgorithmConfig:
     """Importance ratio per token (GRPO) or per sequence (GSPO)."""
     top_entropy_quantile: float = 1.0
     """Only the tokens in this top fraction by entropy (over the batch's loss tokens) get the policy-gradient loss, not the KL term (arXiv 2506.01939 recommends 0.2); 1 = every token."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient c (TRL's name): loss = policy_loss - c * H, H = sum(H_t M_t) / N the token-mean entropy of the policy over the step's N loss tokens (only top_entropy_quantile's tokens when < 1), not rescaled by loss_type; > 0 rewards exploration; 0 = off (no entropy is computed). With use_adaptive_entropy: the initial coefficient."""
+    use_adaptive_entropy: bool = False
+    """Adapt entropy_coef after every optimizer update (Skywork-OR1, arXiv 2505.22312): c <- min(c + entropy_coef_delta, entropy_coef_max) if that update's H <= entropy_target, else c <- max(c - entropy_coef_delta, entropy_coef_min); an update applies c only if the previous update's H <= entropy_target (none on the first). The state is checkpointed."""
+    entropy_coef_min: float = 0.0
+    """Lower bound of the adaptive entropy coefficient (use_adaptive_entropy)."""
+    entropy_coef_max: float = 1.0
+    """Upper bound of the adaptive entropy coefficient (use_adaptive_entropy)."""
+    entropy_coef_delta: float = 0.005
+    """Step of the adaptive entropy coefficient per optimizer update: c <- c +- delta, clamped to [entropy_coef_min, entropy_coef_max]."""
+    entropy_target: float = 0.2
+    """Target token-mean entropy H (nats) of use_adaptive_entropy, over the tokens the bonus acts on: c grows while H <= target and is only applied then; set it near the `entropy` metric of early steps so the bonus engages before the entropy collapses."""
     num_iterations: int = 1
     """mu, policy updates per rollout against the old policy's log-probs."""
     mask_truncated_completions: bool = False
@@ -198,7 +211,7 @@ class TrainingConfig:
     bf16_rounding: Literal["kahan_sr_v", "kahan", "stochastic"] = "kahan_sr_v"
     """Pure bf16 AdamW: kahan_sr_v (Kahan-summed weights, bf16 second moment rounded stochastically: 6 bytes/parameter), kahan (float32 second moment: 8) or stochastic (stochastically rounded weights too: 4; learned the default run worse, docs/log.md)."""
     skip_zero_advantage_groups: bool = True
-    """Leave groups whose advantages are all 0 out of the backward pass (exact when beta=0; single process only)."""
+    """Leave groups whose advantages are all 0 out of the backward pass (exact: only when beta=0 and no entropy bonus; single process only)."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """Under torchrun: ddp (full replica per rank) or fsdp (FSDP2: parameters, gradients, optimizer state sharded)."""
     gradient_checkpointing: bool = False
@@ -575,12 +588,44 @@ def _validate_ranges(config: Config) -> None:
         )
     if a.sapo_temperature_pos <= 0 or a.sapo_temperature_neg <= 0:
         raise ConfigError("algorithm.sapo_temperature_pos and _neg must be > 0")
+    _validate_entropy_bonus(a)
     if t.learning_rate <= 0:
         raise ConfigError(f"training.learning_rate must be > 0, got {t.learning_rate}")
     _validate_correction_bounds(a)
     if not config.rewards.timeout_s >= 0:
         raise ConfigError(
             f"rewards.timeout_s must be >= 0 (0 = no limit), got {config.rewards.timeout_s}"
+        )
+
+
+def _validate_entropy_bonus(a: AlgorithmConfig) -> None:
+    """The entropy coefficient and its adaptive bounds: finite, ordered, a step >= 0."""
+    values = {
+        "entropy_coef": a.entropy_coef,
+        "entropy_coef_min": a.entropy_coef_min,
+        "entropy_coef_max": a.entropy_coef_max,
+        "entropy_coef_delta": a.entropy_coef_delta,
+        "entropy_target": a.entropy_target,
+    }
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise ConfigError(f"algorithm.{name} must be a finite number, got {value}")
+    if a.entropy_coef_min > a.entropy_coef_max:
+        raise ConfigError(
+            f"algorithm.entropy_coef_min ({a.entropy_coef_min}) must be <= "
+            f"algorithm.entropy_coef_max ({a.entropy_coef_max})"
+        )
+    if a.entropy_coef_delta < 0:
+        raise ConfigError(f"algorithm.entropy_coef_delta must be >= 0, got {a.entropy_coef_delta}")
+    if a.entropy_target < 0:
+        raise ConfigError(
+            f"algorithm.entropy_target must be >= 0 (an entropy in nats), got {a.entropy_target}"
+        )
+    if a.use_adaptive_entropy and not a.entropy_coef_min <= a.entropy_coef <= a.entropy_coef_max:
+        raise ConfigError(
+            f"algorithm.entropy_coef ({a.entropy_coef}) is the initial adaptive coefficient and "
+            f"must lie in [algorithm.entropy_coef_min, algorithm.entropy_coef_max] = "
+            f"[{a.entropy_coef_min}, {a.entropy_coef_max}]"
         )
 
 

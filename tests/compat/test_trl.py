@@ -56,6 +56,12 @@ SAMPLE = {
     "importance_sampling_level": "sequence",
     "mask_truncated_completions": True,
     "top_entropy_quantile": 0.2,
+    "entropy_coef": 0.01,
+    "use_adaptive_entropy": True,
+    "entropy_coef_min": 0.001,
+    "entropy_coef_max": 0.5,
+    "entropy_coef_delta": 0.002,
+    "entropy_target": 0.5,
     "sapo_temperature_pos": 0.9,
     "sapo_temperature_neg": 1.2,
     "vllm_importance_sampling_correction": False,
@@ -71,6 +77,16 @@ def test_each_direct_field_lands_on_its_key() -> None:
         assert _value(config, key) == SAMPLE[name], (name, key)
     untouched = config_to_dict(Config())
     assert config_to_dict(config)["model"] == untouched["model"]
+
+
+def test_entropy_bonus_fields_map_to_the_algorithm_config() -> None:
+    args = GRPOConfig(entropy_coef=0.01, use_adaptive_entropy=True, entropy_target=0.5)
+    a = args.to_config().algorithm
+    assert (a.entropy_coef, a.use_adaptive_entropy, a.entropy_target) == (0.01, True, 0.5)
+    # the fields left unset keep groupwise's defaults (TRL's own: 0, 1, 0.005)
+    assert (a.entropy_coef_min, a.entropy_coef_max, a.entropy_coef_delta) == (0.0, 1.0, 0.005)
+    with pytest.raises(ConfigError, match="entropy_coef_min"):
+        GRPOConfig(entropy_coef_min=0.5, entropy_coef_max=0.1).to_config()
 
 
 def test_only_the_fields_set_override_even_at_trl_defaults() -> None:

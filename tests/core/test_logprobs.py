@@ -181,3 +181,90 @@ def test_float32_rows_split_changes_nothing(
         naive = _grads("naive", hidden, weight, targets, up, temperature=0.7)
         for got, want in zip(split, naive, strict=True):
             torch.testing.assert_close(got, want, rtol=0.0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- entropy gradient
+
+
+def _entropy_grads(
+    fn: str, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+    up_logp: torch.Tensor, up_ent: torch.Tensor, **kw: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(entropy, d/dh, d/dW) of sum(up_logp * logp) + sum(up_ent * H)."""
+    h = hidden.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    if fn == "chunked":
+        logp, ent = chunked_token_logp(h, w, targets, entropy_grad=True, **kw)
+    else:
+        logp, ent = naive_token_logp(h, w, targets, entropy_grad=True, **kw)
+    assert ent is not None and ent.requires_grad
+    ((logp * up_logp).sum() + (ent * up_ent).sum()).backward()
+    assert h.grad is not None and w.grad is not None
+    return ent.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("chunk_size", [1, 8, 37, 1024])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_entropy_gradient_matches_naive_float32(chunk_size: int, temperature: float) -> None:
+    hidden, weight, targets, up = _inputs()
+    up_ent = torch.randn(N, generator=torch.Generator().manual_seed(5))
+    kw = {"temperature": temperature}
+    got = _entropy_grads(
+        "chunked", hidden, weight, targets, up, up_ent, chunk_size=chunk_size, **kw
+    )
+    want = _entropy_grads("naive", hidden, weight, targets, up, up_ent, **kw)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0.0, atol=2e-5)
+    # the entropy's own part is large enough here for a wrong dH/dz to show
+    _, gh_logp_only, _ = _entropy_grads("naive", hidden, weight, targets, up, 0 * up_ent, **kw)
+    assert (want[1] - gh_logp_only).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("chunk_size", [10, 1024])
+@pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float32])
+def test_entropy_gradient_matches_naive_bf16(weight_dtype: torch.dtype, chunk_size: int) -> None:
+    hidden, weight, targets, up = _inputs(torch.bfloat16)
+    weight = weight.to(weight_dtype)
+    up_ent = torch.randn(N, generator=torch.Generator().manual_seed(5))
+    kw = {"temperature": 0.7}
+    ent_c, gh_c, gw_c = _entropy_grads(
+        "chunked", hidden, weight, targets, up, up_ent, chunk_size=chunk_size, **kw
+    )
+    ent_n, gh_n, gw_n = _entropy_grads("naive", hidden, weight, targets, up, up_ent, **kw)
+    assert gh_c.dtype == torch.bfloat16 and gw_c.dtype == weight_dtype
+    torch.testing.assert_close(ent_c, ent_n, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(gh_c.float(), gh_n.float(), rtol=2e-2, atol=3e-2)
+    torch.testing.assert_close(gw_c.float(), gw_n.float(), rtol=2e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("chunk_size", [8, 1024])
+def test_unused_or_zero_entropy_gradient_leaves_the_logp_gradient_bitwise(chunk_size: int) -> None:
+    hidden, weight, targets, up = _inputs()
+    kw = {"temperature": 0.7, "chunk_size": chunk_size}
+    _, _, gh, gw = _grads("chunked", hidden, weight, targets, up, **kw)
+    for scale in (None, 0.0):  # entropy not in the loss; in it with a zero coefficient
+        h = hidden.clone().requires_grad_(True)
+        w = weight.clone().requires_grad_(True)
+        logp, ent = chunked_token_logp(h, w, targets, entropy_grad=True, **kw)
+        assert ent is not None
+        loss = (logp * up).sum() + (0.0 if scale is None else scale * ent.sum())
+        loss.backward()
+        assert torch.equal(h.grad, gh) and torch.equal(w.grad, gw)
+
+
+def test_entropy_gradient_saves_no_full_logits_and_needs_the_entropy() -> None:
+    hidden, weight, targets, _ = _inputs()
+    numels: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        numels.append(t.numel())
+        return t
+
+    h = hidden.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logp, ent = chunked_token_logp(h, weight, targets, chunk_size=8, entropy_grad=True)
+    assert ent is not None
+    (logp.sum() + ent.sum()).backward()
+    assert numels and max(numels) < N * V
+    with pytest.raises(ValueError, match="compute_entropy"):
+        chunked_token_logp(hidden, weight, targets, compute_entropy=False, entropy_grad=True)

@@ -5,7 +5,9 @@ import torch
 
 from groupwise.core import (
     aggregate_loss,
+    chunked_token_logp,
     clipped_surrogate,
+    entropy_bonus,
     importance_ratio,
     kl_penalty,
     policy_loss,
@@ -306,3 +308,41 @@ def test_policy_loss_validation() -> None:
         importance_ratio(z, torch.zeros(2, 4), MASK)
     with pytest.raises(ValueError, match="algorithm.importance_sampling_level: unknown name 'foo'"):
         importance_ratio(z, z, MASK, "foo")
+
+
+# ----------------------------------------------------------------------------- entropy bonus
+
+
+def test_entropy_bonus_gradient_by_hand() -> None:
+    # one token, vocabulary 3, a linear head W = [[1, 0], [0, 1], [0, 0]], T = 0.5 and
+    # h = [ln2 / 2, 0]: z = W h / T = [ln2, 0, 0], p = [1/2, 1/4, 1/4],
+    # H = -(1/2 ln 1/2 + 2 * 1/4 ln 1/4) = 1.5 ln2
+    # dH/dz_v = -p_v (log p_v + H) = [-1/4 ln2, 1/8 ln2, 1/8 ln2]   (sums to 0)
+    # B = -c H / N with c = 0.1, N = 2 (the step's tokens: another micro-batch holds the other)
+    # dB/dh   = -c/N * W^T dH/dz / T = -0.05 * [-1/4 ln2, 1/8 ln2] * 2 = [0.025, -0.0125] ln2
+    # dB/dW_v = -c/N * dH/dz_v * h / T = -0.05 * dH/dz_v * [ln2, 0] -> column 0 only
+    ln2 = math.log(2.0)
+    h = torch.tensor([[ln2 / 2, 0.0]], requires_grad=True)
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], requires_grad=True)
+    _, entropy = chunked_token_logp(h, w, torch.tensor([1]), temperature=0.5, entropy_grad=True)
+    assert entropy is not None
+    torch.testing.assert_close(entropy, torch.tensor([1.5 * ln2]))
+    bonus = entropy_bonus(entropy[None, :], torch.ones(1, 1), 0.1, num_tokens=2)
+    torch.testing.assert_close(bonus, torch.tensor(-0.1 * 1.5 * ln2 / 2))
+    bonus.backward()
+    assert h.grad is not None and w.grad is not None
+    torch.testing.assert_close(h.grad, torch.tensor([[0.025 * ln2, -0.0125 * ln2]]))
+    dh_dz = torch.tensor([-0.25 * ln2, 0.125 * ln2, 0.125 * ln2])
+    want_w = torch.zeros(3, 2)
+    want_w[:, 0] = -0.05 * dh_dz * ln2
+    torch.testing.assert_close(w.grad, want_w)
+
+
+def test_entropy_bonus_is_a_global_token_mean() -> None:
+    entropy = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]])
+    # masked tokens: 1 + 2 + 3 = 6 over 3 tokens -> mean 2; B = -0.5 * 2
+    assert entropy_bonus(entropy, MASK, 0.5).item() == pytest.approx(-1.0)
+    # two micro-batches with the step's count add up to the whole batch's term
+    halves = [entropy_bonus(entropy[i : i + 1], MASK[i : i + 1], 0.5, num_tokens=3) for i in (0, 1)]
+    assert sum(x.item() for x in halves) == pytest.approx(-1.0)
+    assert entropy_bonus(entropy, torch.zeros_like(MASK), 0.5).item() == 0.0  # no NaN

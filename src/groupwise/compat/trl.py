@@ -69,6 +69,12 @@ DIRECT: dict[str, str] = {
     "importance_sampling_level": "algorithm.importance_sampling_level",
     "mask_truncated_completions": "algorithm.mask_truncated_completions",
     "top_entropy_quantile": "algorithm.top_entropy_quantile",
+    "entropy_coef": "algorithm.entropy_coef",
+    "use_adaptive_entropy": "algorithm.use_adaptive_entropy",
+    "entropy_coef_min": "algorithm.entropy_coef_min",
+    "entropy_coef_max": "algorithm.entropy_coef_max",
+    "entropy_coef_delta": "algorithm.entropy_coef_delta",
+    "entropy_target": "algorithm.entropy_target",
     "sapo_temperature_pos": "algorithm.sapo_temperature_pos",
     "sapo_temperature_neg": "algorithm.sapo_temperature_neg",
     "vllm_importance_sampling_correction": "algorithm.vllm_importance_sampling_correction",
@@ -236,6 +242,19 @@ class GRPOConfig:
     """Leave completions cut off at max_completion_length out of the loss."""
     top_entropy_quantile: float = 1.0
     """Policy-gradient loss only on this top fraction of tokens by entropy."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: loss = policy loss - entropy_coef * token-mean entropy (not rescaled by
+    loss_type); with use_adaptive_entropy the initial coefficient."""
+    use_adaptive_entropy: bool = False
+    """Adapt entropy_coef after every optimizer update towards entropy_target (Skywork-OR1)."""
+    entropy_coef_min: float = 0.0
+    """Lower bound of the adaptive entropy coefficient."""
+    entropy_coef_max: float = 1.0
+    """Upper bound of the adaptive entropy coefficient."""
+    entropy_coef_delta: float = 0.005
+    """Step of the adaptive entropy coefficient per optimizer update."""
+    entropy_target: float = 0.2
+    """Token-mean entropy (nats) at or below which the adaptive bonus grows and applies."""
     sapo_temperature_pos: float = 1.0
     """SAPO gate temperature, positive advantages."""
     sapo_temperature_neg: float = 1.05

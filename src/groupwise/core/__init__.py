@@ -15,6 +15,9 @@ Algorithm choices (defaults in parentheses):
   every token's gradient, ``"sapo"`` (Qwen) replaces the hard clip by a sigmoid gate of the
   ratio. An optional entropy mask keeps the policy gradient of the top fraction of tokens by
   entropy only (arXiv 2506.01939).
+- An optional entropy bonus ``-coef * mean_token(H)`` (TRL's ``entropy_coef``; off by default)
+  is added to the aggregated loss, not rescaled by the aggregation; its coefficient may adapt
+  to a target entropy (Skywork-OR1, arXiv 2505.22312; the controller lives in ``train/``).
 - The importance ratio is per token (``"token"``), or GSPO's length-normalised sequence ratio
   (``"sequence"``) in the stop-gradient "GSPO-token" form.
 - Aggregation: ``"dapo"`` token mean (default), ``"grpo"`` per-sequence mean then mean over
@@ -50,6 +53,7 @@ from groupwise.core.loss import (
     LOSS_TYPES,
     Normalisers,
     aggregate_loss,
+    entropy_bonus,
     importance_ratio,
     policy_loss,
 )
@@ -78,6 +82,7 @@ __all__ = [
     "chunked_token_logp",
     "clipped_surrogate",
     "correction_metrics",
+    "entropy_bonus",
     "entropy_from_logits",
     "entropy_mask",
     "group_advantages",

@@ -7,6 +7,10 @@ and one log-sum-exp per row; the backward recomputes each chunk's logits (or, wi
 chunk, reuses the forward's compute-dtype logits and overwrites them with their gradient). Peak
 extra memory is ``O(chunk_size * V)`` in the compute dtype plus ``FLOAT_ROWS * V`` in float32,
 instead of ``O(N * V)`` float32.
+
+The per-row entropy ``H_n`` is a detached diagnostic by default; with ``entropy_grad=True`` it
+is differentiable too (for an entropy bonus in the loss), its gradient recomputed per chunk in
+the same backward: no ``[N, V]`` tensor is saved either way, only the ``[N]`` entropies.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class _ChunkedTokenLogp(torch.autograd.Function):
         temperature: float,
         chunk_size: int,
         compute_entropy: bool,
+        entropy_grad: bool,
     ) -> tuple[Tensor, Tensor]:
         n_rows = hidden.shape[0]
         w = weight.to(hidden.dtype)  # [V, H] compute dtype
@@ -107,24 +112,31 @@ class _ChunkedTokenLogp(torch.autograd.Function):
                     entropy[a:b] = total.log() - dot / total
             raw_kept = raw if keep_raw else None
             del raw
-        ctx.save_for_backward(hidden, weight, targets, lse)
+        if entropy_grad:  # H [N] is needed by dH/dz; nothing of size V is kept
+            ctx.save_for_backward(hidden, weight, targets, lse, entropy)
+        else:
+            ctx.save_for_backward(hidden, weight, targets, lse)
+            ctx.mark_non_differentiable(entropy)
         ctx.raw_logits = raw_kept
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
-        ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
     @staticmethod
     @once_differentiable
     def backward(
         ctx: Any, grad_logp: Tensor, grad_entropy: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None]:
-        # d logp_n / d z_nv = onehot(y_n)_v - p_nv;  dz/dh = W / temperature, dz/dW = h / temperature
-        hidden, weight, targets, lse = ctx.saved_tensors
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None, None]:
+        # dz/dh = W / temperature, dz/dW = h / temperature; per row the gradient w.r.t. z is
+        # d logp / dz (and d H / dz when the entropy has a nonzero gradient): see _grad_rows
+        hidden, weight, targets, lse, *saved_entropy = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         temperature: float = ctx.temperature
         w = weight.to(hidden.dtype)  # [V, H]
         grad_logp = grad_logp.to(torch.float32)  # [N]
+        ent_grad = None  # (H [N], dL/dH [N]) only when the entropy's gradient is not all 0
+        if saved_entropy and grad_entropy is not None and bool(grad_entropy.any()):
+            ent_grad = (saved_entropy[0], grad_entropy.to(torch.float32))
         grad_hidden = torch.empty_like(hidden) if need_hidden else None  # [N, H]
         one_chunk = hidden.shape[0] <= ctx.chunk_size  # no float32 [V, H] accumulator needed
         grad_weight = (
@@ -138,14 +150,14 @@ class _ChunkedTokenLogp(torch.autograd.Function):
             raw, ctx.raw_logits = ctx.raw_logits, None  # kept by a one-chunk forward
             if raw is None:
                 raw = h_c @ w.T  # [n, V] compute dtype, the forward's values
-            for a in range(start, end, FLOAT_ROWS):  # overwrite raw with d logp / d z, in place
+            for a in range(start, end, FLOAT_ROWS):  # overwrite raw with dL / d raw, in place
                 b = min(a + FLOAT_ROWS, end)
-                g_r = grad_logp[a:b, None]  # [r, 1]
-                grad_z = _scale(raw[a - start : b - start], temperature, copy=True)  # [r, V]
-                grad_z.sub_(lse[a:b, None]).exp_()  # softmax p, in place
-                grad_z.mul_(-g_r / temperature)  # -g p / T
-                grad_z.scatter_add_(-1, targets[a:b, None], g_r / temperature)
-                raw[a - start : b - start] = grad_z  # rounded to the compute dtype
+                rows = raw[a - start : b - start]  # [r, V]
+                ent_rows = None if ent_grad is None else (ent_grad[0][a:b], ent_grad[1][a:b])
+                grad_z = _grad_rows(
+                    rows, lse[a:b], targets[a:b], grad_logp[a:b], temperature, ent_rows
+                )
+                rows[:] = grad_z  # rounded to the compute dtype
             grad_logits_lp = raw  # [n, V] compute dtype
             if grad_hidden is not None:
                 grad_hidden[start:end] = grad_logits_lp @ w  # [n, H]
@@ -156,7 +168,39 @@ class _ChunkedTokenLogp(torch.autograd.Function):
             del raw, grad_logits_lp
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None
+
+
+def _grad_rows(
+    raw: Tensor,
+    lse: Tensor,
+    targets: Tensor,
+    grad_logp: Tensor,
+    temperature: float,
+    entropy: tuple[Tensor, Tensor] | None,
+) -> Tensor:
+    """``dL / d raw`` of ``r`` rows in float32 ``[r, V]``, for ``z = raw / T``::
+
+        d logp / d z_v = onehot(y)_v - p_v
+        d H / d z_v    = -p_v (log p_v + H)          # only when ``entropy`` = (H [r], g_H [r])
+        dL / d raw_v   = (g_l onehot(y)_v - p_v (g_l + g_H (log p_v + H))) / T
+
+    ``raw`` ``[r, V]`` compute dtype (the forward's logits), ``lse`` ``[r]`` the forward's
+    ``logsumexp(z)``, ``grad_logp`` ``[r]`` = ``g_l``. Without ``entropy`` (``g_H = 0``) the
+    logp-only gradient takes two in-place passes and no further ``[r, V]`` temporary.
+    """
+    g_r = grad_logp[:, None]  # [r, 1]
+    grad_z = _scale(raw, temperature, copy=True)  # [r, V] z
+    if entropy is None:
+        grad_z.sub_(lse[:, None]).exp_()  # softmax p, in place
+        grad_z.mul_(-g_r / temperature)  # -g p / T
+    else:
+        ent, g_h = entropy[0][:, None], entropy[1][:, None]  # [r, 1] each
+        log_p = grad_z.sub_(lse[:, None])  # [r, V] log p, in place
+        p = log_p.exp()  # [r, V]
+        grad_z = log_p.add_(ent).mul_(g_h).add_(g_r).mul_(p).mul_(-1.0 / temperature)
+    grad_z.scatter_add_(-1, targets[:, None], g_r / temperature)
+    return grad_z
 
 
 def chunked_token_logp(
@@ -167,6 +211,7 @@ def chunked_token_logp(
     temperature: float = 1.0,
     chunk_size: int = 1024,
     compute_entropy: bool = True,
+    entropy_grad: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probability of each target token, computed ``chunk_size`` rows at a time::
 
@@ -178,29 +223,48 @@ def chunked_token_logp(
     ``targets`` ``[N]`` int64 valid token ids (use any valid id, e.g. pad, on masked positions).
     Returns ``(logp [N] float32, entropy [N] float32 or None)``. ``logp`` is differentiable
     w.r.t. ``hidden`` and ``weight`` (gradients in their own dtypes; over several chunks the
-    weight gradient is accumulated in float32). The entropy is a detached diagnostic: no gradient.
+    weight gradient is accumulated in float32). The entropy is a detached diagnostic unless
+    ``entropy_grad`` (which needs ``compute_entropy``): then it is differentiable as well, with
+    ``dH_n / dz_nv = -p_nv (log p_nv + H_n)`` (so ``dH_n / d(h_n W^T)_v`` carries a further
+    ``1 / temperature``); an entropy gradient that is None or all 0 takes the logp-only backward.
     The forward saves no ``[N, V]`` tensor; the backward recomputes logits per chunk (one extra
     matmul per chunk).
     """
     _check_inputs(hidden, weight, targets, temperature, chunk_size)
+    if entropy_grad and not compute_entropy:
+        raise ValueError(
+            "entropy_grad=True needs compute_entropy=True (the entropy it differentiates)"
+        )
     logp, entropy = _ChunkedTokenLogp.apply(
-        hidden, weight, targets, float(temperature), int(chunk_size), bool(compute_entropy)
+        hidden,
+        weight,
+        targets,
+        float(temperature),
+        int(chunk_size),
+        bool(compute_entropy),
+        bool(entropy_grad),
     )
     return logp, (entropy if compute_entropy else None)
 
 
 def naive_token_logp(
-    hidden: Tensor, weight: Tensor, targets: Tensor, *, temperature: float = 1.0
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    *,
+    temperature: float = 1.0,
+    entropy_grad: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Reference twin of :func:`chunked_token_logp` that materialises all logits::
 
         logp_n = log_softmax(h_n W^T / temperature)[y_n]     # float32 log-softmax
 
-    Returns ``(logp [N] float32, entropy [N] float32, detached)``. Memory is ``O(N * V)``.
+    Returns ``(logp [N] float32, entropy [N] float32)``, the entropy detached unless
+    ``entropy_grad`` (then plain autograd through the full softmax). Memory is ``O(N * V)``.
     """
     _check_inputs(hidden, weight, targets, temperature, 1)
     logits = (hidden @ weight.to(hidden.dtype).T).to(torch.float32) / temperature  # [N, V]
     logp_all = F.log_softmax(logits, dim=-1)  # [N, V]
     logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)  # [N]
-    entropy = entropy_from_logits(logits.detach())  # [N]
+    entropy = entropy_from_logits(logits if entropy_grad else logits.detach())  # [N]
     return logp, entropy

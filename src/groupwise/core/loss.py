@@ -285,3 +285,31 @@ def policy_loss(
         stats["clip_ratio/region_mean"] = _masked_mean(is_low | is_high, mask)
         stats["clipfrac"] = stats["clip_ratio/region_mean"]
     return loss, stats
+
+
+# ----------------------------------------------------------------------------- entropy bonus
+
+
+def entropy_bonus(
+    entropy: Tensor, mask: Tensor, coef: float, num_tokens: float | None = None
+) -> Tensor:
+    """Entropy regularisation term added to the policy loss (TRL's ``entropy_coef``)::
+
+        B = -coef * sum_it(H_it M_it) / max(num_tokens, 1)
+        L = L_policy + B                      # = L_policy - coef * mean_token(H)
+
+    ``entropy`` ``[B, T]`` the policy's per-token entropies ``H_it = -sum_v p_v log p_v`` (with
+    their gradient, e.g. ``chunked_token_logp(..., entropy_grad=True)``), ``mask`` ``[B, T]``
+    the tokens the policy loss acts on (the loss mask, times the entropy mask when only the
+    top-entropy tokens get the policy gradient). ``num_tokens`` defaults to this batch's
+    ``sum_it M_it``; pass the step's GLOBAL count (every micro-batch and rank) so the
+    micro-batch terms add up to ``-coef`` times the step's token-mean entropy (TRL divides a
+    micro-batch mean by the accumulation steps instead). The term is the same whatever
+    ``loss_type``: it is not rescaled by the policy loss's aggregation. A positive ``coef``
+    rewards entropy (exploration); ``dB / dH_it = -coef * M_it / num_tokens``.
+    """
+    _check_2d("mask", mask, entropy)
+    m = mask.to(torch.float32)  # [B, T]
+    total = (entropy.to(torch.float32) * m).sum()  # []
+    count = m.sum().clamp(min=1.0) if num_tokens is None else max(float(num_tokens), 1.0)
+    return -coef * total / count

@@ -325,6 +325,10 @@ class ResumableState:
     ahead: Any = None
     """What was generated ahead for the next step (``state_dict()`` / ``load_state_dict()``:
     :class:`groupwise.train.rollouts.RolloutSource`); kept as ``rollout_ahead`` when not None."""
+    entropy: Any = None
+    """The entropy bonus's coefficient (``state_dict()`` / ``load_state_dict()``:
+    :class:`groupwise.train.entropy.EntropyBonus`); kept as ``entropy_control`` when its state
+    is not None (the bonus is on)."""
 
     def state_dict(self, optimizer: dict[str, Any] | None = None) -> dict[str, Any]:
         """Everything besides the weights that the next step depends on.
@@ -337,6 +341,7 @@ class ResumableState:
         scheduler = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         ahead = self.ahead.state_dict() if self.ahead is not None else None
+        entropy = self.entropy.state_dict() if self.entropy is not None else None  # None: off
         return {
             "step": c.step,
             "num_tokens": c.num_tokens,
@@ -356,6 +361,7 @@ class ResumableState:
                 "generator": self.generator.get_state(),
             },
             **({"rollout_ahead": ahead} if ahead is not None else {}),
+            **({"entropy_control": entropy} if entropy is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any], load_optimizer: Any = None) -> None:
@@ -397,3 +403,5 @@ class ResumableState:
         self.generator.set_state(rng["generator"])
         if self.ahead is not None:
             self.ahead.load_state_dict(state.get("rollout_ahead"))
+        if self.entropy is not None and state.get("entropy_control") is not None:
+            self.entropy.load_state_dict(state["entropy_control"])

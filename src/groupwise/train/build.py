@@ -3,6 +3,7 @@ data-parallel wrapper, optimizer and schedule (see ``groupwise.models`` for the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from groupwise.config import Config, ConfigError, engine_in_process
+from groupwise.data import Task
 from groupwise.distributed import wrap_policy
 from groupwise.kernels.fused import install_fused_kernels
 from groupwise.models import (
@@ -22,6 +24,13 @@ from groupwise.models import (
     prepare_base_model,
 )
 from groupwise.models.plan import RunPlan
+from groupwise.rewards.base import (
+    AnyRewardFunc,
+    RewardRunner,
+    check_task_functions,
+    resolve_reward,
+    rewards_from_config,
+)
 from groupwise.rollout import (
     ENGINES,
     EngineContext,
@@ -33,6 +42,7 @@ from groupwise.rollout import (
 from groupwise.rollout.process import EngineProcess, EngineSpec
 from groupwise.rollout.records import eos_token_ids
 from groupwise.rollout.weights import RolloutWeights, build_rollout_weights
+from groupwise.run.checkpoint import Counters
 from groupwise.train.batch import StepBatch
 from groupwise.train.forward import autocast_context, completion_logp
 from groupwise.train.optim import build_optimizer, build_scheduler
@@ -55,16 +65,22 @@ class LogpModule(nn.Module):
         self.policy = policy
 
     def forward(
-        self, rollout: Rollout, temperature: float, chunk_size: int, prefix_cache: bool
+        self,
+        rollout: Rollout,
+        temperature: float,
+        chunk_size: int,
+        prefix_cache: bool,
+        entropy: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        """``completion_logp`` of the policy (no entropy)."""
+        """``completion_logp`` of the policy; entropies (differentiable) only if ``entropy``."""
         return completion_logp(
             self.policy,
             rollout,
             temperature=temperature,
             chunk_size=chunk_size,
-            compute_entropy=False,
+            compute_entropy=entropy,
             prefix_cache=prefix_cache,
+            entropy_grad=entropy,
         )
 
 
@@ -91,11 +107,13 @@ class TrainingParts:
         """The sampling temperature the log-probs are computed at (>= 1e-6)."""
         return max(self.config.rollout.temperature, 1e-6)
 
-    def policy_logp(self, rollout: Rollout) -> tuple[Tensor, Tensor | None]:
-        """Log-probs of the policy through its data-parallel wrapper, ``[b, lc]``."""
+    def policy_logp(self, rollout: Rollout, entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Log-probs of the policy through its data-parallel wrapper, ``[b, lc]``, and with
+        ``entropy`` its per-token entropies ``[b, lc]`` with their gradient (else None)."""
         t = self.config.training
-        out: tuple[Tensor, Tensor | None] = self.train_module(
-            rollout, self.temperature, t.logprob_chunk_size, not t.gradient_checkpointing
+        args = (rollout, self.temperature, t.logprob_chunk_size, not t.gradient_checkpointing)
+        out: tuple[Tensor, Tensor | None] = (
+            self.train_module(*args, True) if entropy else self.train_module(*args)
         )
         return out
 
@@ -263,3 +281,28 @@ def _optimizer(
     total_updates = t.max_steps * config.algorithm.num_iterations
     scheduler = build_scheduler(optimizer, t.lr_scheduler_type, t.warmup_steps, total_updates)
     return optimizer, scheduler
+
+
+def build_rewards(
+    config: Config,
+    task: Task,
+    counters: Counters,
+    reward_funcs: Sequence[AnyRewardFunc | str] | None,
+) -> RewardRunner:
+    """The run's reward functions (given ones, else the config's or the task's defaults),
+    checked against the task's columns before anything is built; ``trainer_state.global_step``
+    is bound to ``counters``."""
+    r = config.rewards
+    if reward_funcs:
+        funcs = [resolve_reward(s) for s in reward_funcs]
+    else:
+        funcs = rewards_from_config(
+            r,
+            max_completion_length=config.rollout.max_completion_length,
+            defaults=task.reward_funcs,
+        )
+    runner = RewardRunner(funcs, r.weights, concurrent=r.concurrent, timeout=r.timeout_s)
+    adds_columns = config.rollout.engine not in ("local", "auto")  # auto: local
+    check_task_functions(runner.funcs, task, engine_adds_columns=adds_columns)
+    runner.state.bind(counters, config.training.max_steps)
+    return runner

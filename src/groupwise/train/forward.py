@@ -64,14 +64,18 @@ def completion_logp(
     shared_prefix: bool = True,
     compute_entropy: bool = True,
     prefix_cache: bool = True,
+    entropy_grad: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-token log-probs ``logp`` [B, Lc] (0 at padding) and entropies of a rollout.
 
     ``logp_it = log softmax(z_it / temperature)[o_it]`` with ``z`` the model's logits for the
-    position that predicts completion token t of row i.
+    position that predicts completion token t of row i; ``H_it`` the entropy of that softmax
+    ([B, Lc], 0 at padding), detached unless ``entropy_grad`` (an entropy bonus in the loss).
     """
     if not shared_prefix:
-        return _completion_logp_naive(model, rollout, temperature=temperature)
+        return _completion_logp_naive(
+            model, rollout, temperature=temperature, entropy_grad=entropy_grad
+        )
     if not prefix_cache:
         body, head_weight = decoder_and_head(model)
         hidden = _full_rows_hidden(body, rollout)
@@ -83,6 +87,7 @@ def completion_logp(
             temperature,
             chunk_size,
             compute_entropy,
+            entropy_grad,
         )
     from transformers import DynamicCache
 
@@ -117,7 +122,14 @@ def completion_logp(
         )
         hidden = torch.cat([hidden, out.last_hidden_state], dim=1)  # [B, Lc, H]
     return _masked_token_logp(
-        hidden, head_weight, ids, rollout.completion_mask, temperature, chunk_size, compute_entropy
+        hidden,
+        head_weight,
+        ids,
+        rollout.completion_mask,
+        temperature,
+        chunk_size,
+        compute_entropy,
+        entropy_grad,
     )
 
 
@@ -129,8 +141,10 @@ def _masked_token_logp(
     temperature: float,
     chunk_size: int,
     compute_entropy: bool,
+    entropy_grad: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """Log-probs of the masked positions only, scattered back to [B, Lc]."""
+    """Log-probs (and entropies) of the masked positions only, scattered back to [B, Lc]; the
+    entropies keep their gradient when ``entropy_grad``."""
     keep = mask.bool()  # [B, Lc]
     if torch.is_autocast_enabled(hidden.device.type):  # the final norm returns float32
         hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
@@ -140,14 +154,15 @@ def _masked_token_logp(
         ids[keep],  # [N]
         temperature=temperature,
         chunk_size=chunk_size,
-        compute_entropy=compute_entropy,
+        compute_entropy=compute_entropy or entropy_grad,
+        entropy_grad=entropy_grad,
     )
     logp = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
     logp = logp.masked_scatter(keep, logp_flat)  # [B, Lc]
     entropy = None
     if ent_flat is not None:
         entropy = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
-        entropy = entropy.masked_scatter(keep, ent_flat.detach())
+        entropy = entropy.masked_scatter(keep, ent_flat if entropy_grad else ent_flat.detach())
     return logp, entropy
 
 
@@ -165,7 +180,7 @@ def _full_rows_hidden(body: nn.Module, rollout: Rollout) -> Tensor:
 
 
 def _completion_logp_naive(
-    model: nn.Module, rollout: Rollout, *, temperature: float
+    model: nn.Module, rollout: Rollout, *, temperature: float, entropy_grad: bool = False
 ) -> tuple[Tensor, Tensor | None]:
     """Straightforward twin: each row is prompt + completion through the full model."""
     prompts, group = rollout.prompts, rollout.group_size
@@ -184,6 +199,8 @@ def _completion_logp_naive(
         head_weight,
         rollout.completion_ids.reshape(-1),
         temperature=temperature,
+        entropy_grad=entropy_grad,
     )
     mask = rollout.completion_mask.float()
-    return logp.view(b, lc) * mask, entropy.view(b, lc).detach() * mask
+    entropy = entropy if entropy_grad else entropy.detach()
+    return logp.view(b, lc) * mask, entropy.view(b, lc) * mask

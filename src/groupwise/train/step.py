@@ -77,6 +77,7 @@ from groupwise.train.batch import (
 )
 from groupwise.train.build import TrainingParts
 from groupwise.train.dynamic import Generated, dynamic_sampling
+from groupwise.train.entropy import EntropyBonus
 from groupwise.train.forward import autocast_context
 from groupwise.train.metrics import (
     MetricsAccumulator,
@@ -115,6 +116,7 @@ class GRPOStep:
         self.rewards = rewards
         self.counters = counters
         self.generator = torch.Generator(device=parts.device).manual_seed(config.training.seed)
+        self.entropy = EntropyBonus.from_config(config.algorithm)  # off by default
         self.rollouts: RolloutSource = rollout_source(
             config, parts.engine, draw or _no_draw, self.request, self.steps_left
         )
@@ -220,9 +222,9 @@ class GRPOStep:
     def prepare(self, rollout: Rollout, advantages: Tensor) -> StepBatch:
         """Loss mask (the policy's tokens), global normalisers and micro-batches.
 
-        With ``beta == 0`` a group whose advantages are all 0 contributes exactly 0 to the loss
-        and its gradient, so it is left out (``skip_zero_advantage_groups``); the normalisers
-        still count every completion, so the loss and its gradient are unchanged.
+        With ``beta == 0`` and no entropy bonus a group whose advantages are all 0 adds exactly
+        0 to the loss and its gradient, so it is left out (``skip_zero_advantage_groups``); the
+        normalisers still count every completion, so the loss and its gradient are unchanged.
         """
         g, t, device = rollout.group_size, self.config.training, self.parts.device
         loss_mask = rollout.policy_mask.clone()  # [B, Lc]
@@ -233,7 +235,7 @@ class GRPOStep:
         num_sequences, num_tokens = all_reduce_sum(counts).tolist()  # global normalisers
         advantages = advantages.to(device)
         groups = torch.arange(rollout.prompts.input_ids.shape[0], device=device)
-        skip = t.skip_zero_advantage_groups and world_size() == 1
+        skip = t.skip_zero_advantage_groups and world_size() == 1 and not self.entropy.enabled
         if skip and self.parts.reference is None:  # ranks must run equally many backwards
             groups = groups[(advantages.view(-1, g) != 0).any(dim=1)]
         kept = take_groups(rollout, groups)
@@ -305,6 +307,7 @@ class GRPOStep:
         # DDP/FSDP average gradients over ranks; each rank's loss is already a share of the
         # global loss (global normalisers), so scaling by N makes the average their sum
         scale = float(world_size())
+        self.entropy.start_step(batch.loss_mask, batch.entropy_mask)
         for _ in range(a.num_iterations):
             # zeros, not None: with every group skipped AdamW must still take its (momentum) step
             p.optimizer.zero_grad(set_to_none=False)
@@ -316,7 +319,7 @@ class GRPOStep:
                 loss_total += float(loss.detach())
                 acc.add(stats)
             grad_norm = self.optimizer_step(t.max_grad_norm)
-            acc.add({"loss": loss_total, "grad_norm": grad_norm})
+            acc.add({"loss": loss_total, "grad_norm": grad_norm, **self.entropy.end_update()})
         ops = {"loss": "sum", "clip_ratio/low_min": "min", "clip_ratio/high_max": "max"}
         out = all_reduce_floats(acc.summary(), ops)  # loss: each rank holds a share of it
         out["skipped_updates"] = float(self.counters.skipped_updates)
@@ -331,11 +334,12 @@ class GRPOStep:
         sub = batch.sub(start, stop)
         mask = batch.loss_mask[start * g : stop * g, : sub.completion_ids.shape[1]]  # [b, lc]
         with autocast_context(self.parts.device, self.parts.amp_dtype):
-            logp, _ = self.parts.policy_logp(sub)
+            logp, entropy = self.parts.policy_logp(sub, entropy=self.entropy.enabled)
         old_logp, selected = batch.old_logp[index], batch.entropy_mask
         old_logp = old_logp if old_logp is not None else logp.detach()  # mu = 1: the same weights
+        selected = None if selected is None else selected[start * g : stop * g, : mask.shape[1]]
         c = batch.correction
-        return policy_loss(
+        loss, stats = policy_loss(
             logp,
             old_logp,
             batch.advantages[start * g : stop * g],
@@ -353,11 +357,10 @@ class GRPOStep:
             objective=a.objective,
             sapo_temperature_pos=a.sapo_temperature_pos,
             sapo_temperature_neg=a.sapo_temperature_neg,
-            entropy_mask=None
-            if selected is None
-            else selected[start * g : stop * g, : mask.shape[1]],
+            entropy_mask=selected,
             token_weights=None if c is None else c.weights_for(index, sub, old_logp, mask),
         )
+        return self.entropy.add_to(loss, entropy, mask, selected), stats  # - c_k H_k if on
 
     def optimizer_step(self, max_norm: float) -> float:
         """Clip the gradient norm and step, or skip a non-finite update; returns the norm."""

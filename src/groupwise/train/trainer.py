@@ -48,13 +48,6 @@ from groupwise.distributed import (
 from groupwise.eval.evaluate import EvalResult, evaluate_accuracy, scored_task
 from groupwise.models import ReferencePolicy
 from groupwise.models.plan import run_plan
-from groupwise.rewards.base import (
-    AnyRewardFunc,
-    RewardRunner,
-    check_task_functions,
-    resolve_reward,
-    rewards_from_config,
-)
 from groupwise.rollout.process import RolloutEngineDied
 from groupwise.run.checkpoint import (
     CHECKPOINTS,
@@ -69,7 +62,7 @@ from groupwise.run.directory import ResumableState, RunDirectory, resumed_plan_f
 from groupwise.run.io import write_json_atomic
 from groupwise.run.logger import RunLogger
 from groupwise.run.records import CompletionRecord
-from groupwise.train.build import build_parts
+from groupwise.train.build import build_parts, build_rewards
 from groupwise.train.callbacks import Callbacks, StepCallback
 from groupwise.train.guards import NonFiniteUpdatesError, StopSignals, TrainingInterrupted
 from groupwise.train.step import GRPOStep, StepResult
@@ -111,7 +104,7 @@ class GRPOTrainer:
         self.out_dir = Path(t.output_dir)
         self.task = setup.task or task_from_config(config)
         self.counters = Counters()
-        self.rewards = self._build_rewards(setup.reward_funcs)
+        self.rewards = build_rewards(self.config, self.task, self.counters, setup.reward_funcs)
         self.task = scored_task(self.task, self.rewards)  # a copy when rewards score held-out
         self.sampler = PromptSampler(self.task.train, seed=t.seed)
         # every auto setting, resolved once (on resume: as the run started, from its plan.json)
@@ -129,6 +122,7 @@ class GRPOTrainer:
             self.grpo_step.generator,
             self.precision,
             self.grpo_step.rollouts,
+            self.grpo_step.entropy,
         )
         self.run_dir = RunDirectory(config, self.precision, self.plan)
         self.callbacks = Callbacks(callbacks, args=trl.get("args"))
@@ -168,25 +162,6 @@ class GRPOTrainer:
         t = self.config.training
         completions = t.per_device_train_batch_size * t.gradient_accumulation_steps
         return completions // self.config.rollout.num_generations
-
-    def _build_rewards(self, reward_funcs: Sequence[AnyRewardFunc | str] | None) -> RewardRunner:
-        r = self.config.rewards
-        if reward_funcs:
-            funcs = [resolve_reward(s) for s in reward_funcs]
-        else:
-            funcs = rewards_from_config(
-                r,
-                max_completion_length=self.config.rollout.max_completion_length,
-                defaults=self.task.reward_funcs,
-            )
-        runner = RewardRunner(funcs, r.weights, concurrent=r.concurrent, timeout=r.timeout_s)
-        # the reward and correctness functions against the task's columns, before anything is built
-        adds_columns = self.config.rollout.engine not in ("local", "auto")  # auto: local
-        check_task_functions(runner.funcs, self.task, engine_adds_columns=adds_columns)
-        runner.state.bind(
-            self.counters, self.config.training.max_steps
-        )  # trainer_state.global_step
-        return runner
 
     # ------------------------------------------------------------------ steps and evaluation
     def next_rows(self) -> list[Row]:
