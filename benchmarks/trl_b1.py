@@ -234,7 +234,8 @@ def main() -> None:
         "--precision",
         choices=("bf16", "fp32"),
         default="bf16",
-        help="bf16: GRPOConfig(bf16=True), autocast over fp32 weights; fp32: bf16=False",
+        help="bf16: GRPOConfig(bf16=True), bf16 autocast (over fp32 weights unless --weights-dtype "
+        "bf16); fp32: bf16=False",
     )
     parser.add_argument(
         "--weights-dtype",
