@@ -4,10 +4,20 @@ Runs inside the TRL virtual environment (benchmarks/trl_env.sh), never the group
 driver benchmarks/trl_vs_groupwise.py starts it as a subprocess. Workload B1: SmolLM2-135M-Instruct
 (a local HF directory, no hub access), 2-digit addition prompts in groupwise's arithmetic format,
 4 prompts x 8 completions = 32 completions per optimizer step, exactly 48 new tokens each (EOS
-suppressed with min_new_tokens), beta = 0.04 (reference model), mu = 1, lr 1e-5 constant, fp32
-master weights; --precision bf16 (the default) is TRL's bf16=True (bf16 autocast on CPU),
---precision fp32 is bf16=False (everything in float32). --lora trains r=16, alpha=32 adapters on
-all linear layers instead.
+suppressed with min_new_tokens), beta = 0.04 (reference model), mu = 1, lr 1e-5 constant;
+--precision bf16 (the default) is TRL's bf16=True (bf16 autocast on CPU), --precision fp32 is
+bf16=False. --lora trains r=16, alpha=32 adapters on all linear layers instead.
+
+Weights: --weights-dtype fp32 (the default) leaves ``model_init_kwargs`` unset, and TRL 1.16 then
+loads the policy and the reference model in float32 (its ``create_model_from_path`` defaults
+``dtype`` to float32, unlike transformers' own ``from_pretrained``): fp32 master weights.
+--weights-dtype bf16 is ``GRPOConfig(model_init_kwargs={"dtype": torch.bfloat16})``: TRL loads
+the policy *and* the reference model (built from the same ``model_init_kwargs``) in bfloat16 and
+trains those bf16 weights directly: AdamW keeps its moments in the parameters' dtype and rounds
+each update to nearest, with no fp32 master copy (with --lora only the frozen base is bf16: PEFT's
+default ``autocast_adapter_dtype=True`` keeps the adapters in float32). The result JSON records
+the requested dtype, the dtypes the trainer's models actually hold and those of the optimizer's
+state after training.
 
 Batch semantics (TRL 1.x): per_device_train_batch_size counts completions, and with
 gradient_accumulation_steps=1 the generation batch is per_device_train_batch_size * processes *
@@ -29,7 +39,7 @@ perf_counter pair per call, nothing else changes):
   scheduler steps, zero_grad).
 Each step also records the prompts' token counts (for the driver's FLOP floor).
 Usage: .venv-trl/bin/python benchmarks/trl_b1.py --model-dir DIR --steps 5 [--lora]
-    [--precision bf16|fp32] --out F.json
+    [--precision bf16|fp32] [--weights-dtype fp32|bf16] [--no-gradient-checkpointing] --out F.json
 """
 
 from __future__ import annotations
@@ -177,6 +187,38 @@ def time_phases(trainer: Any, timer: StepTimer) -> None:
     trainer._get_per_token_logps_and_entropies = timed_logps
 
 
+def param_dtypes(trainer: Any) -> dict[str, list[str]]:
+    """The dtypes the trainer's models hold: the policy's trainable and frozen parameters and the
+    reference model's (empty where there is none, e.g. with LoRA, whose reference is the policy
+    with its adapters disabled)."""
+
+    def dtypes(params: Any) -> list[str]:
+        return sorted({str(p.dtype).removeprefix("torch.") for p in params})
+
+    policy = list(trainer.model.parameters())
+    ref = getattr(trainer, "ref_model", None)
+    return {
+        "policy_trainable": dtypes(p for p in policy if p.requires_grad),
+        "policy_frozen": dtypes(p for p in policy if not p.requires_grad),
+        "reference": dtypes(ref.parameters()) if ref is not None else [],
+    }
+
+
+def optimizer_state_dtypes(trainer: Any) -> list[str]:
+    """The dtypes of the optimizer's per-parameter state tensors (AdamW's moments; the scalar
+    step counts left out), read after training; empty when there is no optimizer state."""
+    optimizer = getattr(trainer, "optimizer", None)
+    state = getattr(optimizer, "state", None) or {}
+    return sorted(
+        {
+            str(value.dtype).removeprefix("torch.")
+            for per_param in state.values()
+            for value in per_param.values()
+            if isinstance(value, torch.Tensor) and value.dim() > 0
+        }
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True, help="local HF model directory")
@@ -192,7 +234,15 @@ def main() -> None:
         "--precision",
         choices=("bf16", "fp32"),
         default="bf16",
-        help="bf16: GRPOConfig(bf16=True), autocast over fp32 weights; fp32: bf16=False",
+        help="bf16: GRPOConfig(bf16=True), bf16 autocast (over fp32 weights unless --weights-dtype "
+        "bf16); fp32: bf16=False",
+    )
+    parser.add_argument(
+        "--weights-dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="fp32: model_init_kwargs unset (TRL loads float32); "
+        'bf16: model_init_kwargs={"dtype": torch.bfloat16}, bf16 weights trained directly',
     )
     parser.add_argument(
         "--no-gradient-checkpointing",
@@ -227,6 +277,7 @@ def main() -> None:
         disable_tqdm=True,
         seed=args.seed,
         gradient_checkpointing=not args.no_gradient_checkpointing,
+        model_init_kwargs={"dtype": torch.bfloat16} if args.weights_dtype == "bf16" else None,
     )
     peft_config = None
     if args.lora:
@@ -249,6 +300,7 @@ def main() -> None:
         callbacks=[timer],
     )
     time_phases(trainer, timer)
+    dtypes = param_dtypes(trainer)
     start = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - start
@@ -256,7 +308,12 @@ def main() -> None:
         "trainer": "trl",
         "workload": "B1-LoRA" if args.lora else "B1",
         "steps": args.steps,
-        "precision": "bf16" if config.bf16 else "fp32",
+        # bf16 weights compute in bf16 whether or not autocast is on
+        "precision": "bf16" if config.bf16 or args.weights_dtype == "bf16" else "fp32",
+        "bf16_autocast": bool(config.bf16),
+        "weights_dtype": args.weights_dtype,
+        "param_dtypes": dtypes,
+        "optimizer_state_dtypes": optimizer_state_dtypes(trainer),
         "step_times": timer.step_times,
         "phases": timer.phases,
         "train_s": train_s,

@@ -13,9 +13,10 @@ No hand-picked settings. Each side runs as a user gets it, plus only the workloa
   bf16 only where this CPU computes bf16 natively, decided by groupwise.models.precision's probe.
   ``GROUPWISE_MALLOC`` is removed from its environment.
 - TRL: GRPOConfig's defaults apart from the workload (so gradient checkpointing, on by default
-  in TRL 1.x; --trl-no-gradient-checkpointing turns it off), in its best precision on this
-  machine: --trl-precision auto (the default) takes bf16 (``bf16=True``, autocast over fp32
-  weights) where the same probe picks bf16 for groupwise, else fp32 (``bf16=False``).
+  in TRL 1.x; --trl-no-gradient-checkpointing turns it off in the default and matched rows), in
+  its best precision on this machine: --trl-precision auto (the default) takes bf16
+  (``bf16=True``, autocast over fp32 weights) where the same probe picks bf16 for groupwise,
+  else fp32 (``bf16=False``). Beside it, TRL's fastest setting on this CPU is measured (below).
 
 Rows (each labelled with the precision each side actually used):
 - "defaults": groupwise's defaults vs TRL in its best precision.
@@ -30,6 +31,17 @@ Rows (each labelled with the precision each side actually used):
   (``training.bf16_rounding=stochastic``; it learned the default run worse), ``rollout.compile``,
   ``GROUPWISE_MALLOC=tuned`` (unless the caller's environment sets it), pure bf16 weights forced
   even where ``auto`` would not pick them, and for B1-LoRA ``model.lora_merge_in_place``.
+- "vs TRL's fastest: KEY" (--trl-fastest, on by default; --no-trl-fastest skips it): groupwise's
+  defaults against the TRL row of lowest median s/step among the candidates: the default TRL
+  row; gradient checkpointing off (its rows' key ends in ``-no-gc``; not run again when
+  --trl-no-gradient-checkpointing already turned it off in the default row); gradient
+  checkpointing off with bf16 weights (``trl-bf16-weights-no-gc``: ``model_init_kwargs={"dtype":
+  torch.bfloat16}``, ``bf16=True``; TRL then trains the bf16 weights directly, each AdamW update
+  rounded to nearest, where groupwise's bf16 default holds bf16 weights with a compensated
+  update, ``training.bf16_rounding``). KEY names the winner; a table lists every candidate's
+  s/step and peak RSS.
+  ``trl_candidates`` says which other GRPOConfig settings were considered and why they are not
+  candidates.
 --groupwise-extra adds key=value overrides to every groupwise row (their labels then say
 "+ extra": they are not the defaults any more).
 
@@ -61,7 +73,8 @@ warned about: the machine should be otherwise idle.
 Usage (from the repository root, with the groupwise venv):
   .venv/bin/python benchmarks/trl_vs_groupwise.py [--steps 5] [--warmup 1] [--rounds 1]
       [--workloads B1,B1-LoRA] [--trl-precision auto|bf16|fp32] [--no-matched] [--levers]
-      [--out runs/bench-trl/results.json]
+      [--no-trl-fastest] [--trl-no-gradient-checkpointing] [--groupwise-extra "k=v ..."]
+      [--result NAME] [--out runs/bench-trl/results.json]
 """
 
 from __future__ import annotations
@@ -115,15 +128,78 @@ class Arm:
     """groupwise key=value overrides beyond the workload's."""
     env: tuple[tuple[str, str], ...] = ()
     """Environment variables set for the child (the caller's win)."""
+    trl_args: tuple[str, ...] = ()
+    """benchmarks/trl_b1.py options beyond the workload's and ``--precision``."""
 
 
 @dataclass(frozen=True)
 class Pair:
-    """A comparison: a groupwise row against a TRL row."""
+    """A comparison: a groupwise row against a TRL row, or against the fastest of ``candidates``."""
 
     name: str
     groupwise: str
     trl: str
+    """The TRL row's key; empty when ``candidates`` decide it after the runs."""
+    candidates: tuple[str, ...] = ()
+    """TRL rows to pick from: the one with the lowest median s/step (:func:`fastest_arm`)."""
+
+
+def fastest_arm(medians: dict[str, float], candidates: tuple[str, ...]) -> str:
+    """The candidate with the lowest median s/step in ``medians`` (row key -> seconds); on a tie
+    the earlier candidate, so TRL's default row (listed first) wins ties. ValueError when there
+    is no candidate or one has no median."""
+    if not candidates:
+        raise ValueError("no TRL candidate rows to pick the fastest from")
+    missing = [c for c in candidates if c not in medians]
+    if missing:
+        raise ValueError(f"no median s/step for the TRL candidate row(s) {missing}")
+    return min(candidates, key=lambda key: medians[key])  # min keeps the first of equals
+
+
+def trl_candidates(default: Arm, default_no_gc: bool) -> list[Arm]:
+    """The TRL rows "vs TRL's fastest" picks from: ``default`` (TRL's default row) and the
+    settings a user would turn to for speed on a CPU that train the same workload:
+
+    - gradient checkpointing off (on by default in TRL 1.x; it recomputes the forward in the
+      backward to save memory). Not a row of its own when ``default_no_gc`` (the default row
+      already runs without it);
+    - gradient checkpointing off and bf16 weights (``model_init_kwargs={"dtype":
+      torch.bfloat16}`` with ``bf16=True``): TRL then trains the bf16 weights directly, rounding
+      each AdamW update to nearest, with no float32 master copy (groupwise's bf16 default holds
+      bf16 weights too, with a compensated update). It runs on every CPU, native bf16 or not:
+      which setting is fastest is measured, not assumed.
+
+    Considered and not run: ``use_cpu`` (already set; a CPU-only machine runs on the CPU
+    anyway), ``torch_compile`` (every new prompt length recompiles, the generation loop too),
+    ``cache_implementation="static"`` (a fixed-size KV cache, meant for compiled decoding),
+    ``use_transformers_continuous_batching`` and ``use_vllm`` (other generation engines, not
+    validated on CPU with this workload's fixed 48-token completions), ``use_liger_kernel`` and
+    ``model_init_kwargs={"use_kernels": True}`` (GPU kernels, the latter downloaded from the Hub),
+    ``cast_lm_head_to_fp32`` (slower, and refused for tied embeddings); ``steps_per_generation``
+    or ``generation_batch_size`` would change the batches trained on."""
+    word = default.precision
+    arms = [default]
+    if not default_no_gc:
+        arms.append(
+            Arm(
+                f"trl-{word}-no-gc",
+                "trl",
+                f"gradient_checkpointing=False, bf16={word == 'bf16'}",
+                word,
+                trl_args=("--no-gradient-checkpointing",),
+            )
+        )
+    arms.append(
+        Arm(
+            "trl-bf16-weights-no-gc",
+            "trl",
+            "gradient_checkpointing=False, bf16 weights (model_init_kwargs dtype=bfloat16), "
+            "bf16=True",
+            "bf16",
+            trl_args=("--no-gradient-checkpointing", "--weights-dtype", "bf16"),
+        )
+    )
+    return arms
 
 
 LEVERS = (
@@ -151,13 +227,20 @@ def arms_for(
     matched: bool,
     levers: bool,
     extra: tuple[str, ...],
+    trl_fastest: bool = True,
+    trl_no_gc: bool = False,
 ) -> tuple[list[Arm], list[Pair], list[str]]:
     """The rows to run for ``workload``, the comparisons between them, and notes for the table.
 
     ``groupwise_bf16``: what ``training.bf16=auto`` resolves to here; ``trl_bf16``: TRL's
-    precision. The matched fp32 pair reuses a default row that already runs in fp32.
+    precision; ``trl_no_gc``: TRL's default and matched rows run without gradient checkpointing.
+    The matched fp32 pair reuses a default row that already runs in fp32; ``trl_fastest`` adds
+    :func:`trl_candidates` and the pair "vs TRL's fastest" (groupwise's defaults against the
+    candidate with the lowest median s/step, picked after the runs).
     """
     word = {True: "bf16", False: "fp32"}
+    no_gc = ("--no-gradient-checkpointing",) if trl_no_gc else ()
+    no_gc_text = ", gradient_checkpointing=False" if trl_no_gc else ""
     plus = " + extra" if extra else ""
     gw_default = Arm(
         "groupwise-defaults",
@@ -169,8 +252,9 @@ def arms_for(
     trl_best = Arm(
         f"trl-{word[trl_bf16]}",
         "trl",
-        f"GRPOConfig defaults, bf16={trl_bf16} (its best here)",
+        f"GRPOConfig defaults, bf16={trl_bf16} (its best here){no_gc_text}",
         word[trl_bf16],
+        trl_args=no_gc,
     )
     arms = [gw_default, trl_best]
     pairs = [Pair("defaults", gw_default.key, trl_best.key)]
@@ -190,7 +274,13 @@ def arms_for(
             arms.append(gw_fp32)
         trl_fp32 = trl_best
         if trl_bf16:
-            trl_fp32 = Arm("trl-fp32", "trl", "GRPOConfig defaults, bf16=False", "fp32")
+            trl_fp32 = Arm(
+                "trl-fp32",
+                "trl",
+                f"GRPOConfig defaults, bf16=False{no_gc_text}",
+                "fp32",
+                trl_args=no_gc,
+            )
             arms.append(trl_fp32)
         pairs.append(Pair("matched fp32", gw_fp32.key, trl_fp32.key))
     elif not groupwise_bf16 and not trl_bf16:
@@ -207,6 +297,12 @@ def arms_for(
         )
         arms.append(gw_levers)
         pairs.append(Pair("levers (non-default)", gw_levers.key, trl_best.key))
+    if trl_fastest:
+        candidates = trl_candidates(trl_best, trl_no_gc)
+        known = {a.key for a in arms}
+        arms += [a for a in candidates if a.key not in known]
+        keys = tuple(a.key for a in candidates)
+        pairs.append(Pair("vs TRL's fastest", gw_default.key, "", keys))
     return arms, pairs, notes
 
 
@@ -246,16 +342,14 @@ def run_trl(
     model_dir: Path,
     env: dict[str, str],
     trl_python: Path,
-    no_checkpointing: bool,
 ) -> Run:
+    """One TRL row: benchmarks/trl_b1.py in TRL's venv with the arm's precision and options."""
     out = work / f"{workload}-{arm.key}-r{round_}.json"
     script = ROOT / "benchmarks" / "trl_b1.py"
     command = [str(trl_python), str(script), "--model-dir", str(model_dir), "--steps", str(steps)]
-    command += ["--precision", arm.precision, "--out", str(out)]
+    command += ["--precision", arm.precision, *arm.trl_args, "--out", str(out)]
     if workload == "B1-LoRA":
         command.append("--lora")
-    if no_checkpointing:
-        command.append("--no-gradient-checkpointing")
     trl_env = {
         **env,
         "HF_HUB_OFFLINE": "1",
@@ -397,6 +491,10 @@ def summarize(
         "| workload | row | precision | generate | ref_logp | update | other | step |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    candidate_rows = [
+        "| workload | TRL row | settings | precision | median s/step | peak RSS GB | vs fastest |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     notes: list[str] = []
     summary: dict[str, Any] = {}
     for workload, (arms, pairs, workload_notes) in plan.items():
@@ -435,25 +533,25 @@ def summarize(
             floor["floor_over_measured"] = {
                 k: 1.0 / v for k, v in floor["measured_over_floor"].items()
             }
-        pair_stats = []
-        for pair in pairs:
-            g, t = stats[pair.groupwise], stats[pair.trl]
-            speed = t["median_s_per_step"] / g["median_s_per_step"]
-            memory = g["peak_rss_gb"] / t["peak_rss_gb"]
+        pair_stats = [pair_figures(pair, stats) for pair in pairs]
+        for entry in pair_stats:
+            g, t = stats[entry["groupwise"]], stats[entry["trl"]]
             comparisons.append(
-                f"| {workload} | {pair.name} | {g['median_s_per_step']:.2f} s ({g['precision']}) "
-                f"| {t['median_s_per_step']:.2f} s ({t['precision']}) | {speed:.2f}x "
-                f"| {memory:.2f}x |"
+                f"| {workload} | {entry['name']} "
+                f"| {g['median_s_per_step']:.2f} s ({g['precision']}) "
+                f"| {t['median_s_per_step']:.2f} s ({t['precision']}) "
+                f"| {entry['speedup_trl_over_groupwise']:.2f}x "
+                f"| {entry['memory_groupwise_over_trl']:.2f}x |"
             )
-            pair_stats.append(
-                {
-                    **asdict(pair),
-                    "speedup_trl_over_groupwise": speed,
-                    "memory_groupwise_over_trl": memory,
-                }
-            )
+            candidate_rows += [_candidate_row(workload, c) for c in entry.get("candidates", [])]
         summary[workload] = {"rows": stats, "comparisons": pair_stats, "notes": workload_notes}
     text = "\n".join(rows) + "\n\n" + "\n".join(comparisons)
+    if len(candidate_rows) > 2:
+        text += (
+            "\n\nTRL's candidate rows for \"vs TRL's fastest\" (median s/step, peak RSS of the "
+            "process tree; the slower ones as s/step over the fastest's):\n\n"
+            + "\n".join(candidate_rows)
+        )
     if notes:
         text += "\n\n" + "\n".join(f"- {n}" for n in notes)
     text += (
@@ -464,12 +562,47 @@ def summarize(
     return text, summary
 
 
+def pair_figures(pair: Pair, stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One comparison from the rows' figures (row key -> :func:`summarize`'s per-row dict):
+    the pair with ``trl`` set to the TRL row compared (for a pair with ``candidates``, the
+    fastest of them, :func:`fastest_arm`), ``speedup_trl_over_groupwise`` = TRL's median s/step
+    / groupwise's and ``memory_groupwise_over_trl`` = groupwise's peak RSS / TRL's. A pair with
+    candidates also lists each (``row``, ``settings``, ``precision``, ``median_s_per_step``,
+    ``peak_rss_gb``, ``fastest``, ``s_over_fastest``) and names the winner in ``name``."""
+    entry: dict[str, Any] = asdict(pair)
+    trl = pair.trl
+    if pair.candidates:
+        medians = {key: stats[key]["median_s_per_step"] for key in pair.candidates if key in stats}
+        trl = fastest_arm(medians, pair.candidates)
+        best = stats[trl]["median_s_per_step"]
+        entry["name"] = f"{pair.name}: {trl}"
+        entry["candidates"] = [
+            {
+                "row": key,
+                "settings": stats[key]["settings"],
+                "precision": stats[key]["precision"],
+                "median_s_per_step": stats[key]["median_s_per_step"],
+                "peak_rss_gb": stats[key]["peak_rss_gb"],
+                "fastest": key == trl,
+                "s_over_fastest": stats[key]["median_s_per_step"] / best,
+            }
+            for key in pair.candidates
+        ]
+    g, t = stats[pair.groupwise], stats[trl]
+    entry["trl"] = trl
+    entry["speedup_trl_over_groupwise"] = t["median_s_per_step"] / g["median_s_per_step"]
+    entry["memory_groupwise_over_trl"] = g["peak_rss_gb"] / t["peak_rss_gb"]
+    return entry
+
+
 def result_figures(summary: dict[str, Any]) -> dict[str, Any]:
     """The figures the docs' tables show, from :func:`summarize`'s dict: ``rows`` (one per
-    comparison: s/step, peak RSS GB and the ratios) and ``phases`` (one per row: each phase's
-    median seconds, its FLOP floor in seconds and measured / floor; None where a run had no
-    phase split)."""
-    rows, phases = [], []
+    comparison: s/step, peak RSS GB and the ratios, and which TRL row it used), ``phases`` (one
+    per row: each phase's median seconds, its FLOP floor in seconds and measured / floor; None
+    where a run had no phase split; a row whose label repeats an earlier one's in its workload
+    adds its key) and ``trl_candidates`` (one per candidate of "vs TRL's fastest": s/step, peak
+    RSS GB, whether it was the fastest and its s/step over the fastest's; empty without)."""
+    rows, phases, candidates = [], [], []
     for workload, entry in summary.items():
         stats = entry["rows"]
         for pair in entry["comparisons"]:
@@ -486,20 +619,53 @@ def result_figures(summary: dict[str, Any]) -> dict[str, Any]:
                     "groupwise_gb": g["peak_rss_gb"],
                     "trl_gb": t["peak_rss_gb"],
                     "memory": pair["memory_groupwise_over_trl"],
+                    "trl_row": pair["trl"],
+                    "trl_settings": t["settings"],
                 }
             )
-        for stat in stats.values():
-            measured = {**(stat["phases_median_s"] or {}), "step": stat["median_s_per_step"]}
-            row: dict[str, Any] = {
-                "row": f"{workload} {stat['trainer']} ({stat['precision']})",
-                "settings": stat["settings"],
-            }
-            for k in (*PHASES, "step"):
-                row[k] = measured.get(k)
-                row[f"{k}_floor"] = stat["flop_floor"]["floor_s"][k]
-                row[f"{k}_ratio"] = stat["flop_floor"]["measured_over_floor"].get(k)
-            phases.append(row)
-    return {"rows": rows, "phases": phases}
+            candidates += [
+                {
+                    "workload": workload,
+                    "row": c["row"],
+                    "settings": c["settings"],
+                    "precision": c["precision"],
+                    "s": c["median_s_per_step"],
+                    "gb": c["peak_rss_gb"],
+                    "fastest": c["fastest"],
+                    "s_over_fastest": c["s_over_fastest"],
+                }
+                for c in pair.get("candidates", [])
+            ]
+        labels: set[str] = set()
+        for key, stat in stats.items():
+            label = f"{workload} {stat['trainer']} ({stat['precision']})"
+            if label in labels:
+                label = f"{workload} {stat['trainer']} ({stat['precision']}; {key})"
+            labels.add(label)
+            phases.append(_phase_figures(label, stat))
+    return {"rows": rows, "phases": phases, "trl_candidates": candidates}
+
+
+def _phase_figures(label: str, stat: dict[str, Any]) -> dict[str, Any]:
+    """One row's phases: measured median seconds, FLOP floor seconds, measured / floor."""
+    measured = {**(stat["phases_median_s"] or {}), "step": stat["median_s_per_step"]}
+    row: dict[str, Any] = {"row": label, "settings": stat["settings"]}
+    for k in (*PHASES, "step"):
+        row[k] = measured.get(k)
+        row[f"{k}_floor"] = stat["flop_floor"]["floor_s"][k]
+        row[f"{k}_ratio"] = stat["flop_floor"]["measured_over_floor"].get(k)
+    return row
+
+
+def _candidate_row(workload: str, candidate: dict[str, Any]) -> str:
+    """A Markdown row of the TRL candidates' table: the fastest marked, the others as s/step
+    over the fastest's."""
+    c = candidate
+    mark = "fastest" if c["fastest"] else f"{c['s_over_fastest']:.2f}x"
+    return (
+        f"| {workload} | {c['row']} | {c['settings']} | {c['precision']} "
+        f"| {c['median_s_per_step']:.2f} | {c['peak_rss_gb']:.2f} | {mark} |"
+    )
 
 
 def _phase_row(
@@ -557,7 +723,14 @@ def main() -> None:
     parser.add_argument(
         "--trl-no-gradient-checkpointing",
         action="store_true",
-        help="turn off TRL's default gradient checkpointing",
+        help="turn off gradient checkpointing in TRL's default (and matched) rows",
+    )
+    parser.add_argument(
+        "--trl-fastest",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run TRL's speed settings (gradient checkpointing off; off + bf16 weights) and "
+        "compare groupwise's defaults with the fastest TRL row (default: on)",
     )
     args = parser.parse_args()
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
@@ -583,7 +756,14 @@ def main() -> None:
     extra = tuple(args.groupwise_extra.split())
     plan = {
         w: arms_for(
-            w, groupwise_bf16, trl_bf16, matched=args.matched, levers=args.levers, extra=extra
+            w,
+            groupwise_bf16,
+            trl_bf16,
+            matched=args.matched,
+            levers=args.levers,
+            extra=extra,
+            trl_fastest=args.trl_fastest,
+            trl_no_gc=args.trl_no_gradient_checkpointing,
         )
         for w in workloads
     }
@@ -599,17 +779,8 @@ def main() -> None:
                 if arm.trainer == "groupwise":
                     run = run_groupwise(workload, arm, args.steps, round_, work, model_dir, env)
                 else:
-                    no_ckpt = args.trl_no_gradient_checkpointing
                     run = run_trl(
-                        workload,
-                        arm,
-                        args.steps,
-                        round_,
-                        work,
-                        model_dir,
-                        env,
-                        trl_python,
-                        no_ckpt,
+                        workload, arm, args.steps, round_, work, model_dir, env, trl_python
                     )
                 runs.append(run)
                 times = ", ".join(f"{t:.1f}" for t in run.step_times)

@@ -270,7 +270,29 @@ SCALING_COLUMNS = (
 
 
 def _defaults(row: Row) -> bool:
-    return str(row["comparison"]).startswith("defaults")
+    """The headline comparisons: both defaults, and groupwise's defaults against TRL's fastest
+    candidate row (benchmarks/trl_vs_groupwise.py, "vs TRL's fastest: KEY")."""
+    return str(row["comparison"]).startswith(("defaults", "vs TRL's fastest"))
+
+
+def fastest_cell(row: Row) -> str:
+    """'fastest', or a slower TRL candidate's s/step over the fastest's ('1.31x')."""
+    if row.get("fastest"):
+        return "fastest"
+    return num("s_over_fastest", ".2f", "x")(row)
+
+
+TRL_CANDIDATE_COLUMNS = (
+    Column("workload", text("workload")),
+    Column("TRL row", text("row")),
+    Column("settings", text("settings")),
+    Column("precision", text("precision")),
+    Column("s/step", num("s")),
+    Column("peak RSS GB", num("gb")),
+    Column("vs fastest", fastest_cell),
+)
+"""The candidates of "vs TRL's fastest", from a trl_vs_groupwise result's ``trl_candidates``
+(results before it had none: point a table at a result that has them)."""
 
 
 DEFAULT_RUN_COLUMNS = (
