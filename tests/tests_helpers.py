@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+TIMING_KEYS = ("time/", "step_time", "wall_time")
+"""Prefixes of the metrics that measure time (they differ between otherwise equal runs)."""
+
 
 def tiny_overrides(tmp_path: Path, **extra: object) -> list[str]:
     """Overrides for a fast tiny-random run writing into ``tmp_path``."""

@@ -18,7 +18,7 @@ from groupwise.models import tiny_random_model
 from groupwise.rollout import RolloutRequest, SamplingParams, tokenize_prompts
 from groupwise.rollout.episodes import EpisodeEngine, KVRunner
 from groupwise.rollout.weights import SharedWeights
-from tests.tests_helpers import tiny_overrides
+from tests.tests_helpers import TIMING_KEYS, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -273,9 +273,7 @@ def test_kill_and_resume_mid_multi_turn_run_equals_no_kill(tmp_path: Path) -> No
     def metrics(run: Path) -> list[dict[str, Any]]:
         lines = (run / "run" / "metrics.jsonl").read_text().splitlines()
         rows = [json.loads(x) for x in lines]
-        return [
-            {k: v for k, v in r.items() if not k.startswith(("time/", "step_time"))} for r in rows
-        ]
+        return [{k: v for k, v in r.items() if not k.startswith(TIMING_KEYS)} for r in rows]
 
     full = GRPOTrainer(config(tmp_path / "full"), reward_funcs=["length_penalty"])
     full.train()

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from groupwise import GRPOTrainer, load_config
 from groupwise.config import ConfigError
 from groupwise.run.checkpoint import CHECKPOINTS, latest_checkpoint, list_checkpoints
-from tests.tests_helpers import Crash, crash_after, tiny_overrides
+from tests.tests_helpers import TIMING_KEYS, Crash, crash_after, tiny_overrides
 
 # fp32 so that two processes compute bit-identical steps (bf16 CPU kernels are not bitwise
 # reproducible across processes here); a varied reward so every step updates the weights
@@ -39,7 +39,7 @@ def _trainer(tmp_path: Path, **extra: object) -> GRPOTrainer:
 
 def _metrics(run: Path) -> list[dict[str, Any]]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "step_time"))} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING_KEYS)} for r in rows]
 
 
 def _weights(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from groupwise.config import ConfigError
 from groupwise.models.plan import decide_rollout_weights
 from groupwise.rollout.process import EngineProcess, RolloutEngineDied
 from groupwise.run.checkpoint import CHECKPOINTS, list_checkpoints
-from tests.tests_helpers import Crash, crash_after, tiny_overrides, varied_reward
+from tests.tests_helpers import TIMING_KEYS, Crash, crash_after, tiny_overrides, varied_reward
 
 # float32 (bf16 CPU kernels are not bitwise reproducible across processes here); a varied
 # reward so that every step updates the weights
@@ -36,7 +36,7 @@ def _trainer(tmp_path: Path, callbacks: Any = (), **extra: object) -> GRPOTraine
 
 def _metrics(run: Path) -> list[dict[str, Any]]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "step_time"))} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING_KEYS)} for r in rows]
 
 
 def _weights(trainer: GRPOTrainer) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from groupwise.rewards.base import RewardResult
 from groupwise.rollout import PromptBatch, Rollout
 from groupwise.train.batch import Scored
 from groupwise.train.dynamic import DynamicSampling, Generated
-from tests.tests_helpers import Crash, crash_after, tiny_overrides
+from tests.tests_helpers import TIMING_KEYS, Crash, crash_after, tiny_overrides
 
 G, P, PAD = 2, 4, 0
 
@@ -200,7 +200,7 @@ def _trainer(tmp_path: Path, reward: Any, callbacks: Any = (), **extra: object) 
 
 def _metrics(run: Path, drop: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    skip = ("time/", "step_time", *drop)
+    skip = (*TIMING_KEYS, *drop)
     return [{k: v for k, v in r.items() if not k.startswith(skip)} for r in rows]
 
 

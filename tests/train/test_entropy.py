@@ -15,7 +15,7 @@ from groupwise import GRPOTrainer, load_config
 from groupwise.config import AlgorithmConfig, ConfigError
 from groupwise.run.checkpoint import list_checkpoints, load_trainer_state
 from groupwise.train.entropy import EntropyBonus, EntropyController
-from tests.tests_helpers import Crash, crash_after, tiny_overrides
+from tests.tests_helpers import TIMING_KEYS, Crash, crash_after, tiny_overrides
 
 REWARD = "rewards.funcs=[tests.tests_helpers:varied_reward]"
 
@@ -121,7 +121,7 @@ def _run(tmp_path: Path, callbacks: Any = (), **extra: object) -> GRPOTrainer:
 
 def _metrics(run: Path) -> list[dict[str, Any]]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "step_time"))} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING_KEYS)} for r in rows]
 
 
 def test_the_bonus_subtracts_coef_times_the_policy_entropy(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import torch
 from groupwise import GRPOTrainer, load_config
 from groupwise.rollout import PromptBatch, Rollout
 from groupwise.train.batch import groups_per_microbatch
-from tests.tests_helpers import tiny_overrides
+from tests.tests_helpers import TIMING_KEYS, tiny_overrides
 
 
 def varied(prompts: list[Any], completions: list[str], **_: Any) -> list[float]:
@@ -125,9 +125,8 @@ def test_lora_merged_in_place_equals_the_merged_copy(tmp_path: Path) -> None:
             assert torch.equal(value, before[name]), f"base weight {name} changed"
         lines = (out / "run" / "metrics.jsonl").read_text().splitlines()
         runs[in_place] = [
-            {k: v for k, v in json.loads(x).items() if not k.startswith("time")} for x in lines
+            {k: v for k, v in json.loads(x).items() if not k.startswith(TIMING_KEYS)} for x in lines
         ]
-        runs[in_place] = [{k: v for k, v in r.items() if k != "step_time"} for r in runs[in_place]]
         texts = (out / "run" / "completions.jsonl").read_text().splitlines()
         runs[in_place].append([json.loads(t)["completion"] for t in texts])
     assert runs[True] == runs[False]
@@ -268,7 +267,7 @@ def test_same_seed_same_run(tmp_path: Path) -> None:
         lines = (tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()
         logs.append(
             [
-                {k: v for k, v in json.loads(x).items() if not k.startswith(("time", "step_time"))}
+                {k: v for k, v in json.loads(x).items() if not k.startswith(TIMING_KEYS)}
                 for x in lines
             ]
         )
