@@ -15,7 +15,9 @@ Sections:
   :func:`matmul_gflops` (the same probe in this process).
 - **Timing and memory**: :class:`Timings` (named samples, medians), :func:`run_measured` (a
   child process to completion: wall seconds and the peak RSS of its whole process tree, sampled
-  every 20 ms), :func:`median_after_warmup` and :func:`phase_split` over :class:`Run` records.
+  every 20 ms; optionally killed at a bound of :class:`Limits` on that RSS, the system's
+  available memory or the wall time), :func:`median_after_warmup` and :func:`phase_split` over
+  :class:`Run` records.
 - **Workload B1** (shared by trl_vs_groupwise, trl_b1, b1_levers, rss_timeline, scaling,
   compile_probe): :func:`groupwise_command`, :func:`run_groupwise`, :func:`resolve_model_dir`.
 - **The FLOP floor** of a GRPO step (:func:`step_flops`, :func:`floor_seconds`; formulas below).
@@ -69,13 +71,14 @@ import datetime
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,9 +316,69 @@ def tree_rss_kb(pid: int) -> int | None:
     return total
 
 
+def available_gb() -> float | None:
+    """The system's ``MemAvailable`` (``/proc/meminfo``) in GB; None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 / GB
+    except OSError:
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds :func:`run_measured` holds a child to; a bound left None is not enforced.
+
+    Breaching one kills the child's process tree (SIGKILL to its process group, which the child
+    leads, and to every descendant found) and records why in :attr:`Measured.stopped`. Watched at
+    every RSS sample, so a bound can be overshot by what the tree allocates within one sampling
+    interval: leave a margin below the machine's memory."""
+
+    max_rss_gb: float | None = None
+    """Bound on the process tree's summed RSS (the figure :attr:`Measured.peak_rss_kb` reports)."""
+    min_available_gb: float | None = None
+    """Stop the child when the system's ``MemAvailable`` falls below this (other processes'
+    memory counts too: it keeps the machine out of the kernel's OOM killer)."""
+    timeout_s: float | None = None
+    """Bound on the child's wall seconds."""
+
+    def breach(self, tree_gb: float, available: float | None, elapsed_s: float) -> str:
+        """Why the child must stop ('' while within every bound): ``OOM: ...`` or ``timeout: ...``."""
+        if self.max_rss_gb is not None and tree_gb > self.max_rss_gb:
+            return f"OOM: process tree RSS {tree_gb:.2f} GB > bound {self.max_rss_gb:.2f} GB"
+        if (
+            self.min_available_gb is not None
+            and available is not None
+            and available < self.min_available_gb
+        ):
+            return (
+                f"OOM: MemAvailable {available:.2f} GB < bound {self.min_available_gb:.2f} GB "
+                f"(process tree RSS {tree_gb:.2f} GB)"
+            )
+        if self.timeout_s is not None and elapsed_s > self.timeout_s:
+            return f"timeout: wall {elapsed_s:.0f} s > bound {self.timeout_s:.0f} s"
+        return ""
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``'s process group (``pid`` leads it) and every descendant of ``pid``."""
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += _children(p)
+    with suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+    for p in tree:
+        with suppress(OSError):
+            os.kill(p, signal.SIGKILL)
+
+
 @dataclass
 class Measured:
-    """A child process run to completion."""
+    """A child process run to completion (or stopped at a bound of :class:`Limits`)."""
 
     peak_rss_kb: int
     """Peak RSS in kB (KiB, as ``/proc`` and ``ru_maxrss`` count) of the process tree: the largest sampled sum over the child and its
@@ -324,40 +387,73 @@ class Measured:
     wall_s: float
     samples: list[tuple[float, float]] = field(default_factory=list)
     """(seconds since start, tree RSS in GB), every ``interval`` seconds."""
+    returncode: int = 0
+    """The child's exit code (negative: killed by that signal)."""
+    stopped: str = ""
+    """Why :func:`run_measured` killed the child (:meth:`Limits.breach`); '' if it did not."""
 
 
 def run_measured(
-    command: list[str], env: dict[str, str], log: Path, interval: float = 0.02
+    command: list[str],
+    env: dict[str, str],
+    log: Path,
+    interval: float = 0.02,
+    *,
+    limits: Limits | None = None,
+    check: bool = True,
 ) -> Measured:
     """Run ``command`` from the repository root to completion, its output into ``log``.
 
-    Raises RuntimeError (with the log's tail) if it exits non-zero."""
+    With ``limits`` the child leads a process group of its own (killed with it should this
+    process be interrupted) and is killed with its tree at the first breached bound (:attr:`Measured.stopped` says which). ``check``: raise
+    RuntimeError (with the log's tail) if it exits non-zero and was not stopped here; with
+    ``check=False`` the exit code is only recorded (:attr:`Measured.returncode`)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     samples: list[tuple[float, float]] = []
+    stopped: list[str] = []
     done = threading.Event()
     start = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            start_new_session=limits is not None,
+        )
 
         def sample() -> None:
             while not done.is_set():
                 kb = tree_rss_kb(proc.pid)
+                elapsed = time.perf_counter() - start
                 if kb is not None:
-                    samples.append((time.perf_counter() - start, kb * 1024 / GB))
+                    samples.append((elapsed, kb * 1024 / GB))
+                    why = limits.breach(kb * 1024 / GB, available_gb(), elapsed) if limits else ""
+                    if why and not stopped:
+                        stopped.append(why)
+                        _kill_tree(proc.pid)
                 done.wait(interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        done.set()
-        sampler.join()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # e.g. Ctrl-C: a child in its own session would not see it
+            if limits is not None:
+                _kill_tree(proc.pid)
+            raise
+        finally:
+            done.set()
+            sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped by wait4
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
+    if proc.returncode != 0 and check and not stopped:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"exit {proc.returncode}: {shlex.join(command)}\n{tail}")
     sampled = max((gb for _, gb in samples), default=0.0) * GB / 1024
-    return Measured(max(int(usage.ru_maxrss), int(sampled)), wall, samples)
+    peak = max(int(usage.ru_maxrss), int(sampled))
+    return Measured(peak, wall, samples, proc.returncode, stopped[0] if stopped else "")
 
 
 PHASES = ("generate", "ref_logp", "update")

@@ -37,9 +37,12 @@ perf_counter pair per call, nothing else changes):
 - prepare: ``_prepare_inputs`` (generate, rewards, advantages, ref_logp);
 - update: the step minus prepare (the policy forward and backward, clipping, the optimizer and
   scheduler steps, zero_grad).
-Each step also records the prompts' token counts (for the driver's FLOP floor).
+Each step also records the prompts' token counts (for the driver's FLOP floor), and prints
+``step N: S s`` as it ends (a driver that stops this process early reads how far it got).
+--completion-length L replaces B1's 48 new tokens (benchmarks/scaling_trl.py).
 Usage: .venv-trl/bin/python benchmarks/trl_b1.py --model-dir DIR --steps 5 [--lora]
-    [--precision bf16|fp32] [--weights-dtype fp32|bf16] [--no-gradient-checkpointing] --out F.json
+    [--precision bf16|fp32] [--weights-dtype fp32|bf16] [--no-gradient-checkpointing]
+    [--completion-length 48] --out F.json
 """
 
 from __future__ import annotations
@@ -131,6 +134,8 @@ class StepTimer(TrainerCallback):
         if self._start is not None:
             total = time.perf_counter() - self._start
             self.step_times.append(total)
+            # progress for a driver that may stop this process before the result JSON is written
+            print(f"step {len(self.step_times)}: {total:.3f} s", flush=True)
             phases = {k: self.current.get(k, 0.0) for k in ("generate", "ref_logp", "prepare")}
             phases["update"] = total - phases["prepare"]
             phases["other"] = phases["prepare"] - phases["generate"] - phases["ref_logp"]
@@ -249,11 +254,17 @@ def main() -> None:
         action="store_true",
         help="turn off gradient checkpointing (TRL's GRPOConfig turns it on by default)",
     )
+    parser.add_argument(
+        "--completion-length",
+        type=int,
+        default=harness.LENGTH,
+        help=f"exactly this many new tokens per completion (default {harness.LENGTH}, B1's)",
+    )
     args = parser.parse_args()
 
     from trl import GRPOConfig, GRPOTrainer
 
-    prompts, group, length = harness.PROMPTS, harness.GROUP, harness.LENGTH
+    prompts, group, length = harness.PROMPTS, harness.GROUP, args.completion_length
     run_dir = tempfile.mkdtemp(prefix="trl-b1-")
     config = GRPOConfig(
         output_dir=run_dir,
@@ -308,6 +319,7 @@ def main() -> None:
         "trainer": "trl",
         "workload": "B1-LoRA" if args.lora else "B1",
         "steps": args.steps,
+        "completion_length": length,
         # bf16 weights compute in bf16 whether or not autocast is on
         "precision": "bf16" if config.bf16 or args.weights_dtype == "bf16" else "fp32",
         "bf16_autocast": bool(config.bf16),

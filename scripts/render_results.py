@@ -295,6 +295,48 @@ TRL_CANDIDATE_COLUMNS = (
 (results before it had none: point a table at a result that has them)."""
 
 
+def side_seconds(side: str) -> Callable[[Row], str]:
+    """A benchmarks/scaling_trl.py side's median s/step, or what stopped it ('OOM after 1/3
+    steps (last 412 s)', 'not run: OOM at L=256')."""
+
+    def cell(row: Row) -> str:
+        s = row.get(f"{side}_s")
+        return f"{s:.2f}" if s is not None else str(row.get(f"{side}_note") or "-")
+
+    return cell
+
+
+def side_rss(side: str) -> Callable[[Row], str]:
+    """A scaling_trl.py side's peak RSS in GB; 'GB at OOM' / 'GB at timeout' where it was
+    stopped (the peak until then); '-' where it did not run."""
+
+    def cell(row: Row) -> str:
+        gb, status = row.get(f"{side}_gb"), row.get(f"{side}_status")
+        if gb is None:
+            return "-"
+        return f"{gb:.2f}" if status == "ok" else f"{gb:.2f} at {status}"
+
+    return cell
+
+
+SCALING_TRL_COLUMNS = (
+    Column("model", text("model")),
+    Column("LoRA", lambda r: "yes" if r["lora"] else "no"),
+    Column("L", text("length")),
+    Column("groupwise s/step", side_seconds("groupwise")),
+    Column("TRL s/step", side_seconds("trl")),
+    Column("TRL / groupwise", num("ratio", ".2f", "x")),
+    Column("groupwise peak RSS GB", side_rss("groupwise")),
+    Column("TRL peak RSS GB", side_rss("trl")),
+    Column("groupwise floor fraction", num("groupwise_floor_fraction")),
+    Column("TRL floor fraction", num("trl_floor_fraction")),
+)
+"""groupwise vs TRL by model size and completion length, from a benchmarks/scaling_trl.py
+result's ``rows`` (the same cells as that script's Markdown table). Not yet in a doc: point a
+table at a measured result (``Table(NAME, (Source(RESULT, "rows"),), SCALING_TRL_COLUMNS)``)
+and place its block in benchmarks/README.md."""
+
+
 DEFAULT_RUN_COLUMNS = (
     Column("CPU (`lscpu`)", cpu_label),
     Column("picked", text("picked")),
