@@ -19,7 +19,7 @@ Sections:
   available memory or the wall time), :func:`median_after_warmup` and :func:`phase_split` over
   :class:`Run` records.
 - **Workload B1** (shared by trl_vs_groupwise, trl_b1, b1_levers, rss_timeline, scaling,
-  compile_probe): :func:`groupwise_command`, :func:`run_groupwise`, :func:`resolve_model_dir`.
+  scaling_trl, compile_probe): :func:`groupwise_command`, :func:`run_groupwise`, :func:`resolve_model_dir`.
 - **The FLOP floor** of a GRPO step (:func:`step_flops`, :func:`floor_seconds`; formulas below).
 - **Results**: :func:`write_result` writes ``benchmarks/results/<name>.json``, which
   ``scripts/render_results.py`` renders into the docs' tables.

@@ -18,6 +18,9 @@ completion tokens from ``num_tokens``). Peak RSS is set against the size a float
 ``[completion tokens x vocab]`` logits tensor would have (P G L V 4 bytes; V from the model
 config, 49152 for SmolLM2): if the update materialised such a tensor, memory would grow with it.
 
+groupwise against TRL as the model size and the completion length grow:
+benchmarks/scaling_trl.py (the same B1 points through the same harness, both trainers).
+
 Outputs: a markdown table on stdout, --out (JSON: every point, its command, per-step times) and
 --plot (two panels: s/step and peak RSS against L, the G points at L=48 as a second series).
 

@@ -67,7 +67,7 @@ Usage (from the repository root, with the groupwise venv; TRL's venv from trl_en
       [--lengths 48,256,1024] [--steps 3] [--warmup 1] [--timeout-min 180] [--max-rss-gb G]
       [--min-available-gb 1.5] [--run-all] [--trl-precision auto|bf16|fp32]
       [--models-dir runs/scaling-models] [--result NAME] [--out runs/bench-scaling-trl/results.json]
-Smoke check (tiny random model, a minute):
+Smoke check (tiny random model, a few minutes):
   .venv/bin/python benchmarks/scaling_trl.py --models tiny,tiny-lora --lengths 8,16 --steps 2
       --warmup 1 --out runs/bench-scaling-trl-smoke/r.json --result -
 """
@@ -91,8 +91,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
-import scaling
-import trl_vs_groupwise
 from harness import GB, GROUP, LORA_R, PROMPTS, ROOT, Limits, StepShape
 
 SHAPES: dict[str, dict[str, int]] = {
@@ -570,6 +568,36 @@ def table(rows: list[dict[str, Any]]) -> str:
 # The driver
 
 
+def int_list(text: str) -> list[int]:
+    """'48,256' -> [48, 256]."""
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def ensure_trl_env(venv: Path) -> Path:
+    """Create (or check: a no-op once made) TRL's venv with benchmarks/trl_env.sh; its python."""
+    env = {**os.environ, "TRL_VENV": str(venv)}
+    subprocess.run(["bash", str(ROOT / "benchmarks" / "trl_env.sh")], check=True, env=env)
+    return venv / "bin" / "python"
+
+
+def machine_lines(facts: dict[str, Any], trl_setting: str, trl_bf16: bool) -> str:
+    """The CPU, each side's precision and the matmul rates the floor uses, printed first."""
+    rates = facts["matmul_gflops"]
+    rate_text = "; ".join(
+        f"{name} {r['shape']}: fp32 {r['fp32']:.1f}, bf16 {r['bf16']:.1f}"
+        for name, r in rates.items()
+    )
+    p = facts["precision"]
+    return "\n".join(
+        [
+            f"- CPU: {facts['cpu']}; torch {facts['torch']}, {facts['threads']} threads",
+            f"- groupwise training.bf16=auto -> {'bf16' if p['bf16'] else 'fp32'}: {p['reason']}",
+            f"- TRL: --trl-precision {trl_setting} -> {'bf16' if trl_bf16 else 'fp32'}",
+            f"- matmul GFLOP/s: {rate_text}",
+        ]
+    )
+
+
 def memory_total_gb() -> float:
     """The machine's MemTotal in GB."""
     for line in Path("/proc/meminfo").read_text().splitlines():
@@ -581,7 +609,7 @@ def memory_total_gb() -> float:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="135m,360m,1.7b-lora", help="comma-separated")
-    parser.add_argument("--lengths", type=scaling.int_list, default=[48, 256, 1024])
+    parser.add_argument("--lengths", type=int_list, default=[48, 256, 1024])
     parser.add_argument("--steps", type=int, default=3, help="steps per run (warm-up included)")
     parser.add_argument("--warmup", type=int, default=1, help="steps dropped from each run")
     parser.add_argument("--timeout-min", type=float, default=180.0, help="wall bound per run")
@@ -651,7 +679,7 @@ def run_points(
 def main() -> None:
     args = parse_args()
     load_before = os.getloadavg()
-    trl_python = trl_vs_groupwise.ensure_trl_env(args.trl_venv)
+    trl_python = ensure_trl_env(args.trl_venv)
     base_dir = harness.resolve_model_dir()
     dirs = {s.size: model_dir_for(s, base_dir, args.models_dir) for s in args.specs}
     facts = harness.machine_facts()
@@ -659,7 +687,7 @@ def main() -> None:
     trl_bf16 = groupwise_bf16 if args.trl_precision == "auto" else args.trl_precision == "bf16"
     precisions = {"groupwise": "bf16" if groupwise_bf16 else "fp32"}
     precisions["trl"] = "bf16" if trl_bf16 else "fp32"
-    print(trl_vs_groupwise.machine_header(facts, args.trl_precision, trl_bf16), flush=True)
+    print(machine_lines(facts, args.trl_precision, trl_bf16), flush=True)
     print(
         f"bounds per run: {args.max_rss_gb:.1f} GB tree RSS, MemAvailable >= "
         f"{args.min_available_gb} GB, {args.timeout_min:.0f} min",

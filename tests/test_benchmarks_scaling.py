@@ -333,3 +333,18 @@ def test_the_render_columns_on_hand_made_points(rows: list[dict[str, Any]]) -> N
     assert [c.header for c in render.SCALING_TRL_COLUMNS] == list(bench.COLUMNS)
     assert lines[:5] == bench.table(rows).splitlines()
     assert "`scaling-trl-probe` (commit 0000000, 2026-12-06)" in lines[-1]
+
+
+def test_the_header_names_the_precisions_and_the_rates() -> None:
+    facts = {
+        "cpu": "Intel Xeon",
+        "torch": "2.13.0",
+        "threads": 2,
+        "precision": {"bf16": True, "reason": "bf16 is faster"},
+        "matmul_gflops": RATES,
+    }
+    text = bench.machine_lines(facts, "auto", True)
+    assert "groupwise training.bf16=auto -> bf16: bf16 is faster" in text
+    assert "TRL: --trl-precision auto -> bf16" in text
+    assert "train [512, 576, 1536]: fp32 200.0, bf16 800.0" in text
+    assert bench.int_list("48, 256,1024,") == [48, 256, 1024]
