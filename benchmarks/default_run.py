@@ -130,6 +130,7 @@ def read_run(out: Path) -> dict[str, Any]:
     return {
         "entropy_last5": statistics.fmean(h for _, h in entropy[-5:]) if entropy else None,
         "entropy_below_0_1_step": next((step for step, h in entropy if h < 0.1), None),
+        "accuracy_before": summary.get("eval_before"),
         "accuracy_after": summary.get("eval_after"),
         "evals": evals,
         "steps": summary.get("steps"),

@@ -183,3 +183,27 @@ def test_accuracy_at_a_wall_time_is_the_newest_evaluation_by_then() -> None:
     assert at(record, 360.0) == 0.7
     assert at(record, 400.0) == 0.85
     assert at({**record, "run_wall_time_s": None}, 400.0) is None
+
+
+def test_a_run_directory_is_read_into_a_record(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    default_run = _load(BENCHMARKS / "default_run.py", "default_run")
+    run = tmp_path / "run"
+    run.mkdir()
+    summary = {"eval_before": 0.2, "eval_after": 0.8, "steps": 3, "train_time_s": 30.0}
+    (run / "summary.json").write_text(json.dumps({**summary, "wall_time_s": 40.0}))
+    rows = [
+        {"step": 1, "step_time": 9.0, "entropy": 1.5, "wall_time": 12.0},
+        {"step": 2, "step_time": 11.0, "entropy": 0.05, "wall_time": 25.0, "eval_accuracy": 0.6},
+        {"step": 3, "step_time": 10.0, "entropy": 0.5, "wall_time": 36.0},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    record = {"wall_s": 45.0, **default_run.read_run(run)}
+    assert record["accuracy_before"] == 0.2 and record["accuracy_after"] == 0.8
+    assert record["evals"] == [{"step": 2, "accuracy": 0.6, "run_time_s": 25.0}]
+    assert record["median_step_s"] == 10.0
+    assert record["entropy_below_0_1_step"] == 2
+    assert record["entropy_last5"] == pytest.approx((1.5 + 0.05 + 0.5) / 3)
+    # 5 s before the run (45 - 40): the evaluation at step 2 is done 30 s after the start
+    assert default_run.accuracy_at(record, 29.0) == 0.2
+    assert default_run.accuracy_at(record, 30.0) == 0.6
