@@ -72,6 +72,11 @@ class Table:
 # Cell formats
 
 
+def _percent(value: float | None) -> str:
+    """``0.835`` -> ``83.5%``; None (not measured by then) -> a dash."""
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
 def num(key: str, spec: str = ".2f", suffix: str = "") -> Callable[[Row], str]:
     """The row's ``key`` formatted with ``spec`` plus ``suffix``; '-' when absent or None."""
 
@@ -496,6 +501,35 @@ TABLES: tuple[Table, ...] = (
         "of each step's metric (measured with the correction off too). The first run (llamacpp, "
         "seed 0) shared the machine with test runs for most of its time, which its wall time "
         "includes.",
+    ),
+    Table(
+        "recipe-levers",
+        (Source("recipe-levers-xeon", "runs"),),
+        (
+            Column("variant", text("variant")),
+            Column("seed", lambda r: str(r["seed"])),
+            Column("before", lambda r: _percent(r["accuracy_before"])),
+            Column("at 3 min", lambda r: _percent(r["accuracy_at_s"]["180"])),
+            Column("at 6 min", lambda r: _percent(r["accuracy_at_s"]["360"])),
+            Column("at the end", lambda r: _percent(r["accuracy_after"])),
+            Column("wall", num("wall_s", ".0f", " s")),
+            Column("median s/step", num("median_step_s")),
+            Column("entropy, last 5 steps", num("entropy_last5", ".3f")),
+            Column(
+                "first step with entropy < 0.1",
+                lambda r: (
+                    "none"
+                    if r["entropy_below_0_1_step"] is None
+                    else str(r["entropy_below_0_1_step"])
+                ),
+            ),
+            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
+        ),
+        "Two trainings at a time, one thread each (`--jobs 2 --threads 1`), evaluated every 10 "
+        "steps (`--set eval.every_steps=10`): the wall times compare with each other, not with "
+        "a run that has the whole machine. Accuracy at a time is the newest evaluation finished "
+        "by then, counted from the process's start (the accuracy before training if none "
+        "was). The seed-0 pair shared the machine with test runs for much of its time.",
     ),
     Table(
         "memory-levers-b1",
