@@ -5,31 +5,22 @@ documented. Nothing is trained: the children here are small Python processes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests.tests_helpers import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 
 
-def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load(BENCHMARKS / "scaling_trl.py", "scaling_trl")
+bench = load_module(BENCHMARKS / "scaling_trl.py", "scaling_trl")
 harness = sys.modules["harness"]  # the one scaling_trl.py imported
-render = _load(ROOT / "scripts" / "render_results.py", "render_results")
+render = load_module(ROOT / "scripts" / "render_results.py", "render_results")
 
 # SmolLM2-135M's config.json, as the GGUF conversion writes it (the base of every random model)
 BASE_CONFIG: dict[str, Any] = {

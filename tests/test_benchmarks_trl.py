@@ -4,30 +4,20 @@ docs' tables render (scripts/render_results.py). Pure functions only: nothing is
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests.tests_helpers import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 
 
-def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load(BENCHMARKS / "trl_vs_groupwise.py", "trl_vs_groupwise")
-render = _load(ROOT / "scripts" / "render_results.py", "render_results")
+bench = load_module(BENCHMARKS / "trl_vs_groupwise.py", "trl_vs_groupwise")
+render = load_module(ROOT / "scripts" / "render_results.py", "render_results")
 
 # SmolLM2-135M's shape: enough for the FLOP floor the summary computes per row
 CONFIG = {

@@ -5,31 +5,22 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+
+from tests.tests_helpers import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 
 
-def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-render = _load(ROOT / "scripts" / "render_results.py", "render_results")
-harness = _load(BENCHMARKS / "harness.py", "harness")
+render = load_module(ROOT / "scripts" / "render_results.py", "render_results")
+harness = load_module(BENCHMARKS / "harness.py", "harness")
 
 
 def _docs() -> dict[str, str]:
@@ -164,7 +155,7 @@ def test_no_benchmark_script_imports_a_sibling_but_the_harness() -> None:
 
 def test_accuracy_at_a_wall_time_is_the_newest_evaluation_by_then() -> None:
     sys.path.insert(0, str(BENCHMARKS))
-    default_run = _load(BENCHMARKS / "default_run.py", "default_run")
+    default_run = load_module(BENCHMARKS / "default_run.py", "default_run")
     record: dict[str, Any] = {
         "wall_s": 400.0,
         "run_wall_time_s": 380.0,  # 20 s before the run: imports, model loading
@@ -187,7 +178,7 @@ def test_accuracy_at_a_wall_time_is_the_newest_evaluation_by_then() -> None:
 
 def test_a_run_directory_is_read_into_a_record(tmp_path: Path) -> None:
     sys.path.insert(0, str(BENCHMARKS))
-    default_run = _load(BENCHMARKS / "default_run.py", "default_run")
+    default_run = load_module(BENCHMARKS / "default_run.py", "default_run")
     run = tmp_path / "run"
     run.mkdir()
     summary = {"eval_before": 0.2, "eval_after": 0.8, "steps": 3, "train_time_s": 30.0}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 TIMING_KEYS = ("time/", "step_time", "wall_time")
@@ -56,3 +59,13 @@ def crash_after(step: int) -> Any:
             raise Crash
 
     return callback
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """Import the file ``path`` (a benchmark or script, not a package module) as ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
