@@ -2,7 +2,8 @@
 
 - :mod:`~groupwise.envs.base`: the :class:`Environment` interface (``reset(row)``,
   ``step(policy_message)``, optional ``reward()``), the ``ENVIRONMENTS`` registry, the TRL
-  ``environment_factory`` adapter :func:`from_trl` and the ``env_reward`` reward function.
+  ``environment_factory`` adapter :func:`from_trl` (a class, or a dict routed per row by
+  :class:`RoutedEnvironment`) and the ``env_reward`` reward function.
 - :mod:`~groupwise.envs.tools`: Python functions as tools (JSON schema), the ``<tool_call>``
   protocol, :class:`ToolEnvironment` and the sandboxed ``python`` tool.
 - :mod:`~groupwise.tasks.toolbox`: ``counter`` (scripted) and ``python`` (tool) environments.
@@ -16,8 +17,10 @@ from groupwise.envs.base import (
     EnvStep,
     as_env_step,
     end_reward,
+    env_columns,
 )
 from groupwise.envs.tools import (
+    RoutedEnvironment,
     Tool,
     ToolCall,
     ToolEnvironment,
@@ -26,6 +29,7 @@ from groupwise.envs.tools import (
     parse_tool_calls,
     python,
     run_tool_call,
+    tool_frequencies,
     tools_instructions,
 )
 from groupwise.rewards.environment import env_reward
@@ -36,16 +40,19 @@ __all__ = [
     "EnvStep",
     "Environment",
     "EnvironmentFactory",
+    "RoutedEnvironment",
     "TRLEnvironment",
     "Tool",
     "ToolCall",
     "ToolEnvironment",
     "as_env_step",
     "end_reward",
+    "env_columns",
     "env_reward",
     "from_trl",
     "parse_tool_calls",
     "python",
     "run_tool_call",
+    "tool_frequencies",
     "tools_instructions",
 ]

@@ -23,15 +23,20 @@ Other shapes map onto it:
 * **TRL's** ``environment_factory`` (``GRPOTrainer(environment_factory=MyEnv)``), followed as
   documented in TRL's GRPO guide ("Agent Training / Environments") and its OpenEnv guide:
   a class whose ``__init__`` takes no argument; ``reset(**kwargs)`` gets the dataset row's
-  columns other than ``prompt`` as keyword arguments and returns ``None`` or a string (the
-  initial observation: here appended to the prompt's last user message); every public method
-  other than ``reset`` and ``get_reward`` is a tool (name, docstring with ``Args:``, typed
-  signature); a tool that raises has its error message fed back as the tool response; the
-  optional ``get_reward()`` (sync or async) scores the finished episode. The episode goes on
+  columns as keyword arguments (``prompt`` only when it takes it: by name or ``**kwargs``)
+  and returns ``None`` or a string (the initial observation: here appended to the prompt's
+  last user message); every public function of the class other than ``reset`` and
+  ``get_reward`` is a tool (name, docstring with ``Args:``, typed signature); a tool that
+  raises has its error message fed back as the tool response; the optional ``get_reward()``
+  (sync or async) scores the finished episode. The episode goes on
   while the model calls tools and ends at its first answer without a tool call.
   :func:`from_trl` adapts such a class unchanged: ``ENVIRONMENTS.add("inc", from_trl(MyEnv))``.
-  TRL's ``environments`` argument to reward functions has no counterpart; its
-  ``get_reward`` arrives as the ``env_reward`` column (see :func:`env_reward`).
+  Reward functions get TRL's ``environments`` argument (the episode's instance, one per
+  completion) and ``get_reward`` arrives as the ``env_reward`` column (see :func:`env_reward`).
+  A dict ``{name: factory}`` picks the environment per row by its ``environment`` column
+  (``from_trl(dict)``), each row seeing only its environment's tools. TRL's own
+  ``GRPOTrainer(tools=..., environment_factory=...)`` call is translated by
+  :mod:`groupwise.compat.trl_agents`.
 * **verifiers** (``vf.MultiTurnEnv``): ``setup_state(state)`` is ``reset(row)``;
   ``env_response(messages, state) -> messages`` is ``step`` (its last assistant message in,
   the new messages out); ``is_completed(messages, state)`` is ``done``; the rubric's reward
@@ -75,9 +80,10 @@ class Environment(Protocol):
     """One episode's counterpart: ``reset`` from a dataset row, then ``step`` per policy turn.
 
     Optional attributes the engine reads when present: ``reward() -> float | None`` (the
-    episode's end reward), ``role`` (the chat role of its messages, default ``"user"``) and
+    episode's end reward), ``role`` (the chat role of its messages, default ``"user"``),
     ``tools`` (a list of :class:`~groupwise.envs.tools.Tool` described to the model in the
-    prompt).
+    prompt, read after ``reset``) and ``columns() -> Mapping[str, Any]`` (this episode's values
+    of extra reward-function columns, see :func:`env_columns`).
     """
 
     def reset(self, row: Row) -> str | None:
@@ -149,3 +155,21 @@ def end_reward(env: Environment) -> float | None:
         return None
     value = call_maybe_async(reward)
     return None if value is None else float(value)
+
+
+def env_columns(envs: Sequence[Environment]) -> dict[str, list[Any]]:
+    """The reward-function columns the environments add, one value per episode: each
+    environment's optional ``columns()`` mapping (e.g. TRL's ``environments``: the episode's
+    instance); {} when none has the method. Every episode must give the same keys."""
+    rows = [getattr(env, "columns", None) for env in envs]
+    if not any(callable(c) for c in rows):
+        return {}
+    values = [dict(c()) if callable(c) else {} for c in rows]
+    keys = list(values[0])
+    for v in values:
+        if list(v) != keys:
+            raise ValueError(
+                f"the environments' columns() differ within a batch ({sorted(keys)} vs "
+                f"{sorted(v)}); every episode must give the same keys"
+            )
+    return {k: [v[k] for v in values] for k in keys}

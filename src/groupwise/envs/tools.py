@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import inspect
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,28 +85,38 @@ def run_tool_call(
     call: ToolCall, tools: Sequence[Tool], *, timeout: float = 10.0, max_chars: int = 2000
 ) -> str:
     """The result text of ``call`` (an ``error: ...`` text when anything goes wrong)."""
+    return execute_tool_call(call, tools, timeout=timeout, max_chars=max_chars)[0]
+
+
+def execute_tool_call(
+    call: ToolCall, tools: Sequence[Tool], *, timeout: float = 10.0, max_chars: int = 2000
+) -> tuple[str, bool]:
+    """``(result text, failed)`` of ``call``: ``failed`` when no tool returned (a malformed
+    call, an unknown tool, bad arguments, a timeout or an exception: the text is then
+    ``error: ...``); a tool's own result is never a failure, whatever it says."""
     if call.error is not None:
-        return call.error
+        return call.error, True
     by_name = {t.name: t for t in tools}
     tool = by_name.get(call.name or "")
     if tool is None:
-        return f"error: unknown tool {call.name!r}; available: {', '.join(by_name) or 'none'}"
+        available = ", ".join(by_name) or "none"
+        return f"error: unknown tool {call.name!r}; available: {available}", True
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
         future = pool.submit(call_maybe_async, tool.func, **call.arguments)
         result = future.result(timeout=timeout)
     except concurrent.futures.TimeoutError:
-        return f"error: tool {tool.name!r} timed out after {timeout:g} s"
+        return f"error: tool {tool.name!r} timed out after {timeout:g} s", True
     except TypeError as exc:
-        return f"error: bad arguments for tool {tool.name!r}: {exc}"
+        return f"error: bad arguments for tool {tool.name!r}: {exc}", True
     except Exception as exc:
-        return f"error: tool {tool.name!r} raised {type(exc).__name__}: {exc}"
+        return f"error: tool {tool.name!r} raised {type(exc).__name__}: {exc}", True
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     text = result if isinstance(result, str) else json.dumps(result, default=str)
     if len(text) > max_chars:
         text = text[:max_chars] + f"\n... [cut at {max_chars} characters]"
-    return text
+    return text, False
 
 
 def tools_instructions(tools: Sequence[Tool]) -> str:
@@ -142,10 +153,11 @@ class ToolEnvironment(BaseEnvironment):
         self.max_chars = max_chars
         self.calls: list[ToolCall] = []
         self.errors = 0  # calls answered with an error result
+        self.failures = 0  # named calls no tool returned for (see execute_tool_call)
 
     def reset(self, row: Row) -> str | None:
         """No first observation (the tools are described in the prompt)."""
-        self.calls, self.errors = [], 0
+        self.calls, self.errors, self.failures = [], 0, 0
         return None
 
     def step(self, policy_message: str) -> EnvStep:
@@ -154,44 +166,163 @@ class ToolEnvironment(BaseEnvironment):
         if not calls:
             return EnvStep(None, done=True)
         self.calls.extend(calls)
-        results = [
-            run_tool_call(c, self.runnable, timeout=self.timeout, max_chars=self.max_chars)
+        outcomes = [
+            execute_tool_call(c, self.runnable, timeout=self.timeout, max_chars=self.max_chars)
             for c in calls
         ]
-        self.errors += sum(r.startswith("error:") for r in results)
-        return EnvStep("\n".join(f"<tool_response>{r}</tool_response>" for r in results))
+        self.errors += sum(text.startswith("error:") for text, _ in outcomes)
+        self.failures += sum(
+            failed and c.name is not None for c, (_, failed) in zip(calls, outcomes, strict=True)
+        )
+        return EnvStep("\n".join(f"<tool_response>{r}</tool_response>" for r, _ in outcomes))
+
+
+def tool_frequencies(envs: Iterable[Any]) -> dict[str, float]:
+    """TRL's tool metrics over a batch's environments (none when no environment has tools).
+
+    A *call* is a ``<tool_call>`` whose JSON names a tool (TRL's parser leaves malformed blocks
+    as text); a *failure* is a call no tool returned for: an unknown tool, arguments that are
+    not an object or do not fit, a timeout, an exception (a tool's result, even an ``error``
+    text, is no failure). ``tools/call_frequency`` = calls / episodes and
+    ``tools/failure_frequency`` = failures / calls (0 without calls), as TRL's GRPOTrainer
+    defines them; ``tools/calls_mean`` and ``tools/error_rate`` count every block and every
+    ``error:`` result instead.
+    """
+    envs = list(envs)
+    if not any(getattr(env, "tools", ()) for env in envs):
+        return {}
+    calls = sum(
+        sum(getattr(c, "name", None) is not None for c in getattr(env, "calls", ())) for env in envs
+    )
+    failures = sum(int(getattr(env, "failures", 0)) for env in envs)
+    return {
+        "tools/call_frequency": calls / max(len(envs), 1),
+        "tools/failure_frequency": failures / calls if calls else 0.0,
+    }
 
 
 _RESERVED = {"reset", "get_reward"}
 
 
+def trl_tool_methods(instance: Any) -> list[Callable[..., Any]]:
+    """The tools of a TRL environment instance, as TRL lists them: the functions its class
+    defines (its own or inherited; properties are not evaluated), public, other than
+    ``reset`` and ``get_reward``, bound to the instance, by name."""
+    return [
+        getattr(instance, name)
+        for name, _ in inspect.getmembers(type(instance), predicate=inspect.isfunction)
+        if not name.startswith("_") and name not in _RESERVED
+    ]
+
+
 class TRLEnvironment(ToolEnvironment):
     """A TRL ``environment_factory`` instance: its public methods are the tools (see
-    :mod:`groupwise.envs.base` for the contract followed)."""
+    :mod:`groupwise.envs.base` for the contract followed), after ``tools`` (TRL's standalone
+    ``tools=[...]``, shared by every environment)."""
 
-    def __init__(self, instance: Any, **options: Any) -> None:
-        methods = [
-            getattr(instance, name)
-            for name in dir(instance)
-            if not name.startswith("_")
-            and name not in _RESERVED
-            and callable(getattr(instance, name))
-        ]
-        super().__init__(methods, **options)
+    def __init__(
+        self,
+        instance: Any,
+        tools: Sequence[Tool | Callable[..., Any]] = (),
+        **options: Any,
+    ) -> None:
+        if not callable(getattr(instance, "reset", None)):
+            raise TypeError(
+                f"environment_factory: {type(instance).__name__} has no reset method; a TRL "
+                "environment defines reset(**kwargs) (the dataset row's columns)"
+            )
+        super().__init__([*tools, *trl_tool_methods(instance)], **options)
         self.instance = instance
 
     def reset(self, row: Row) -> str | None:
-        """``instance.reset(**columns)`` (the row without its prompt)."""
+        """``instance.reset(**columns)``: the row's columns, ``prompt`` included only when
+        ``reset`` takes it (by name or ``**kwargs``, as TRL passes it)."""
         super().reset(row)
-        out = call_maybe_async(
-            self.instance.reset, **{k: v for k, v in row.items() if k != "prompt"}
-        )
+        params = inspect.signature(self.instance.reset).parameters.values()
+        takes_prompt = any(p.kind is p.VAR_KEYWORD or p.name == "prompt" for p in params)
+        columns = {k: v for k, v in row.items() if k != "prompt" or takes_prompt}
+        out = call_maybe_async(self.instance.reset, **columns)
         return None if out is None else str(out)
 
     def reward(self) -> float | None:
         """``instance.get_reward()`` when the class has one."""
         get_reward = getattr(self.instance, "get_reward", None)
         return None if get_reward is None else float(call_maybe_async(get_reward))
+
+    def columns(self) -> dict[str, Any]:
+        """The reward functions' ``environments`` column: this episode's instance."""
+        return {"environments": self.instance}
+
+
+class RoutedEnvironment:
+    """TRL's ``environment_factory={name: factory}``: each row's ``environment`` column picks
+    the factory; the episode is a :class:`TRLEnvironment` on a fresh instance of it, built at
+    ``reset`` (so the row sees only that environment's tools, after the shared ``tools``).
+    ``reset`` passes the row without its ``environment`` column, as TRL does."""
+
+    role = "tool"
+
+    def __init__(
+        self,
+        factories: Mapping[str, Callable[[], Any]],
+        tools: Sequence[Tool | Callable[..., Any]] = (),
+        **options: Any,
+    ) -> None:
+        if not factories:
+            raise ValueError("environment_factory: the dict of environments is empty")
+        self.factories = dict(factories)
+        self.shared = list(tools)
+        self.options = options
+        self.inner: TRLEnvironment | None = None
+
+    def reset(self, row: Row) -> str | None:
+        """Build the row's environment and reset it."""
+        name = row.get("environment")
+        if name not in self.factories:
+            got = "no 'environment' column" if "environment" not in row else f"{name!r}"
+            raise ValueError(
+                f"environment_factory is a dict, so every row needs an 'environment' column "
+                f"naming one of {sorted(self.factories)}; a row has {got}"
+            )
+        self.inner = TRLEnvironment(self.factories[name](), self.shared, **self.options)
+        return self.inner.reset({k: v for k, v in row.items() if k != "environment"})
+
+    def _env(self) -> TRLEnvironment:
+        if self.inner is None:
+            raise RuntimeError("RoutedEnvironment: reset(row) comes first")
+        return self.inner
+
+    def step(self, policy_message: str) -> EnvStep:
+        """The row's environment's step."""
+        return self._env().step(policy_message)
+
+    def reward(self) -> float | None:
+        """The row's environment's ``get_reward()``, if it has one."""
+        return self._env().reward()
+
+    def columns(self) -> dict[str, Any]:
+        """The row's instance as the ``environments`` column."""
+        return self._env().columns()
+
+    @property
+    def tools(self) -> Sequence[Tool]:
+        """The row's tools (none before ``reset``)."""
+        return [] if self.inner is None else self.inner.tools
+
+    @property
+    def calls(self) -> list[ToolCall]:
+        """The episode's tool calls."""
+        return [] if self.inner is None else self.inner.calls
+
+    @property
+    def errors(self) -> int:
+        """The episode's error results."""
+        return 0 if self.inner is None else self.inner.errors
+
+    @property
+    def failures(self) -> int:
+        """The episode's failed calls (see :func:`tool_frequencies`)."""
+        return 0 if self.inner is None else self.inner.failures
 
 
 def python(code: str) -> str:
@@ -236,14 +367,31 @@ def sandboxed_python_tool(sandbox: Any) -> Tool:
     return tool
 
 
-def from_trl(factory: Callable[[], Any], **tool_options: Any) -> EnvironmentFactory:
-    """An environment factory for a TRL ``environment_factory`` class, used unchanged.
+def from_trl(
+    factory: Callable[[], Any] | Mapping[str, Callable[[], Any]],
+    *,
+    tools: Sequence[Tool | Callable[..., Any]] = (),
+    **tool_options: Any,
+) -> EnvironmentFactory:
+    """An environment factory for TRL's ``environment_factory``, used unchanged: a class (or
+    any no-argument callable; one instance per episode) or a dict ``{name: factory}`` chosen
+    per row by its ``environment`` column (:class:`RoutedEnvironment`). ``tools``: TRL's
+    standalone ``tools=[...]``, offered next to every environment's own.
 
     ``tool_options`` go to :class:`~groupwise.envs.tools.ToolEnvironment` (e.g. ``timeout``).
     """
+    if isinstance(factory, Mapping):
+        routes = factory
+
+        def build_routed(**_: Any) -> Environment:
+            return RoutedEnvironment(routes, tools, **tool_options)
+
+        build_routed.__name__ = "trl_environments"
+        return build_routed
+    make = factory
 
     def build(**_: Any) -> Environment:
-        return TRLEnvironment(factory(), **tool_options)
+        return TRLEnvironment(make(), tools, **tool_options)
 
     build.__name__ = getattr(factory, "__name__", "trl_environment")
     return build

@@ -70,8 +70,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from groupwise.envs import ENVIRONMENTS, Environment, Tool, as_env_step, end_reward
-from groupwise.envs.tools import tools_instructions
+from groupwise.envs import ENVIRONMENTS, Environment, Tool, as_env_step, end_reward, env_columns
+from groupwise.envs.tools import tool_frequencies, tools_instructions
 from groupwise.kernels.kv_cache import cache_kwargs
 from groupwise.rollout.decode import _prefill, generate
 from groupwise.rollout.engine import (
@@ -534,9 +534,10 @@ class EpisodeEngine(ServesWeights):
         observations: Sequence[str | None],
         g: int,
     ) -> PromptBatch:
-        """The prompts, re-rendered when the environment adds an observation or tools."""
-        tools = list(getattr(episodes[0].env, "tools", ()) or ()) if episodes else []
-        if not tools and not any(observations):
+        """The prompts, re-rendered when the environment adds an observation or tools (each
+        row's own: those of its first episode's environment, after ``reset``)."""
+        tools = [list(getattr(episodes[p * g].env, "tools", ()) or ()) for p in range(len(rows))]
+        if not any(tools) and not any(observations):
             return prompts
         texts = []
         for p, row in enumerate(rows):
@@ -546,7 +547,7 @@ class EpisodeEngine(ServesWeights):
                     "the environment's reset() returned different observations for the "
                     "episodes of one prompt; a group must start from the same state"
                 )
-            texts.append(self.format.prompt_text(row["prompt"], tools, group.pop()))
+            texts.append(self.format.prompt_text(row["prompt"], tools[p], group.pop()))
         return tokenize_prompts(self.tokenizer, texts, prompts.input_ids.device)
 
     def _rollout(
@@ -580,14 +581,17 @@ class EpisodeEngine(ServesWeights):
             behaviour_logp=behaviour.to(device) if logp else None,
         )
         columns = {"env_reward": [end_reward(ep.env) for ep in episodes]}
+        columns.update(env_columns([ep.env for ep in episodes]))  # e.g. TRL's environments
         # Rollout.columns: per-row values the reward functions receive as columns (env_reward)
         rollout.columns = columns
         return rollout
 
 
 def episode_metrics(episodes: Sequence[Episode], env_seconds: float) -> dict[str, float]:
-    """``tools/calls_mean`` (per episode), ``tools/error_rate`` (error results per call) and
-    ``time/environment`` (seconds the environments took: reset and every step)."""
+    """``tools/calls_mean`` (per episode), ``tools/error_rate`` (error results per call),
+    ``time/environment`` (seconds the environments took: reset and every step) and, when the
+    environments have tools, TRL's ``tools/call_frequency`` and ``tools/failure_frequency``
+    (:func:`groupwise.envs.tools.tool_frequencies`)."""
     calls = [len(getattr(ep.env, "calls", ())) for ep in episodes]
     errors = sum(int(getattr(ep.env, "errors", 0)) for ep in episodes)
     total = sum(calls)
@@ -595,7 +599,7 @@ def episode_metrics(episodes: Sequence[Episode], env_seconds: float) -> dict[str
         "tools/calls_mean": total / max(len(episodes), 1),
         "tools/error_rate": errors / total if total else 0.0,
         "time/environment": env_seconds,
-    }
+    } | tool_frequencies(ep.env for ep in episodes)
 
 
 def _llamacpp_decoder(
