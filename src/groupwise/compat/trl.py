@@ -19,7 +19,10 @@ groupwise-only fields (:data:`GROUPWISE_ONLY`, e.g. ``dynamic_sampling``) are ac
 
 Datasets (``datasets.Dataset``, a list of dicts, or a groupwise task name) become a
 :class:`groupwise.data.Task`; a ``peft.LoraConfig`` sets ``model.lora*``; user reward
-functions are called as TRL calls them (:func:`groupwise.rewards.base.trl_reward`).
+functions are called as TRL calls them (:func:`groupwise.rewards.base.trl_reward`). TRL's
+agent arguments (``tools=``, ``environment_factory=``, ``max_tool_calling_iterations``) run on
+the ``episodes`` engine (:mod:`groupwise.compat.trl_agents`); TRL arguments groupwise does not
+take fail naming the nearest groupwise setting.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ import dataclasses
 import difflib
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from groupwise.compat.trl_agents import AgentSetup, agent_setup, refuse_arguments
 from groupwise.config import Config, ConfigError, config_from_dict, config_to_dict
 from groupwise.data import Row, Task
 from groupwise.data.tasks import task_from_config
@@ -272,7 +276,12 @@ class GRPOConfig:
     vllm_importance_sampling_cap: float | None = None
     """TRL's older name of vllm_importance_sampling_clip_max (used when not None)."""
     reward_weights: list[float] | None = None
-    """One weight per reward function (rewards.weights)."""
+    """One weight per reward function (rewards.weights); an environment's get_reward adds
+    weight 1 after them."""
+    max_tool_calling_iterations: int | None = None
+    """Tool rounds after the first generation, with tools= or environment_factory=:
+    rollout.engine_kwargs.max_turns = N + 1 (an episode still calling tools then ends
+    truncated); None = the episodes engine's max_turns (TRL: no limit but the length)."""
     dynamic_sampling: bool = False
     """groupwise only (no TRL field; verl's algorithm.filter_groups.enable): DAPO's dynamic
     sampling, groups with equal rewards replaced by new prompts' (algorithm.dynamic_sampling)."""
@@ -556,28 +565,63 @@ def translate_trl_call(
     peft_config: Any = None,
     processing_class: Any = None,
     task: Task | None = None,
+    tools: Sequence[Callable[..., Any]] | None = None,
+    environment_factory: Any = None,
     **unsupported: Any,
 ) -> TRLSetup:
-    """Translate TRL's ``GRPOTrainer`` arguments (see the module docstring)."""
-    for name, value in unsupported.items():
-        if value not in (None, (None, None), [], ()):
-            raise TypeError(f"GRPOTrainer: argument {name!r} is not supported by groupwise")
+    """Translate TRL's ``GRPOTrainer`` arguments (see the module docstring; ``tools`` and
+    ``environment_factory``: :mod:`groupwise.compat.trl_agents`)."""
+    refuse_arguments(unsupported)
     args = args if args is not None else GRPOConfig()
     base = Config()
     if isinstance(train_dataset, str):
         base.data.task = train_dataset
     if task is None:
         if train_dataset is None:
-            raise TypeError("GRPOTrainer: train_dataset (or task) is required with model=...")
+            raise TypeError(
+                "GRPOTrainer: train_dataset (or task) is required with model=..."
+                + _OWN_DATA * (environment_factory is not None)
+            )
         task = to_task(train_dataset, eval_dataset, base)
+    agent = agent_setup(tools, environment_factory, args.max_tool_calling_iterations)
     data = config_to_dict(args.to_config(base, train_rows=len(task.train)))
+    funcs = agent_rewards(reward_funcs, agent, data)
     built = built_model(model, processing_class)
     if built is not None:
         data["model"]["name"] = getattr(built[0], "name_or_path", "") or "in-memory model"
     elif model is not None:
         data["model"]["name"] = str(model)
     data["model"].update(lora_settings(peft_config))
-    return TRLSetup(config_from_dict(data), trl_rewards(reward_funcs), task, built)
+    return TRLSetup(config_from_dict(data), funcs, task, built)
+
+
+_OWN_DATA = (
+    " (TRL's environment-owned data, train_dataset=None, is not supported: the G episodes of "
+    "a group must start from the same prompt; pass rows whose columns reset() reads, e.g. a "
+    "seed)"
+)
+
+
+def agent_rewards(
+    reward_funcs: Any, agent: AgentSetup | None, data: dict[str, Any]
+) -> list[AnyRewardFunc | str]:
+    """The run's rewards: TRL's ``reward_funcs`` (see :func:`trl_rewards`), then the
+    environments' ``get_reward`` ones (weight 1 after ``rewards.weights`` when set), with
+    ``agent``'s episodes engine set in ``data`` (the config as a dict)."""
+    if agent is None:
+        return trl_rewards(reward_funcs)
+    data["rollout"]["engine"] = "episodes"
+    data["rollout"]["engine_kwargs"] = dict(agent.engine_kwargs)
+    if reward_funcs is None and not agent.rewards:
+        raise TypeError(
+            "GRPOTrainer: no reward source; pass reward_funcs, or an environment_factory whose "
+            "environment defines get_reward()"
+        )
+    funcs = [] if reward_funcs is None else trl_rewards(reward_funcs)
+    weights = data["rewards"]["weights"]
+    if weights is not None:
+        data["rewards"]["weights"] = [*weights, *([1.0] * len(agent.rewards))]
+    return [*funcs, *agent.rewards]
 
 
 def trl_rewards(reward_funcs: Any) -> list[AnyRewardFunc | str]:
