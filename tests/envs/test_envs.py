@@ -186,3 +186,104 @@ def test_python_tool_in_the_sandbox() -> None:
     hung, crashed = message.split("</tool_response>\n")
     assert "error: timed out" in hung
     assert "error: exit status" in crashed and "ZeroDivisionError" in crashed
+
+
+class Shop:
+    """A TRL environment with a property, a classmethod and a callable attribute: TRL lists
+    only the class's public functions as tools (properties are never evaluated)."""
+
+    def __init__(self) -> None:
+        self.helper = lambda: "not a tool"  # a callable attribute, not a function of the class
+
+    @property
+    def boom(self) -> int:
+        raise AssertionError("a property was evaluated")
+
+    @classmethod
+    def make(cls) -> Shop:
+        return cls()
+
+    def reset(self, prompt: Any, item: str) -> None:
+        self.seen = (prompt, item)
+
+    def buy(self, item: str) -> str:
+        """Buy an item.
+
+        Args:
+            item: What to buy.
+        """
+        return f"bought {item}"
+
+
+def test_trl_tools_are_the_class_functions_and_reset_gets_the_prompt_it_takes() -> None:
+    env = from_trl(Shop)()
+    assert [t.name for t in env.tools] == ["buy"]  # type: ignore[attr-defined]
+    env.reset({"prompt": "p", "item": "tea"})
+    assert env.instance.seen == ("p", "tea")  # type: ignore[attr-defined]
+    env = from_trl(IncrementEnv)()  # reset(target, **kwargs): gets the prompt too
+    env.reset({"prompt": "p", "target": 2})
+
+
+def search(query: str) -> str:
+    """Search.
+
+    Args:
+        query: What to look for.
+    """
+    return f"found {query}"
+
+
+def test_a_dict_of_environments_routes_each_row_to_its_own_tools() -> None:
+    factory = from_trl({"inc": IncrementEnv, "shop": Shop}, tools=[search])
+    inc, shop = factory(), factory()
+    assert inc.tools == []  # type: ignore[attr-defined]  # nothing before reset
+    inc.reset({"prompt": "p", "environment": "inc", "target": 2})
+    shop.reset({"prompt": "p", "environment": "shop", "item": "tea"})
+    assert [t.name for t in inc.tools] == ["search", "increment"]  # type: ignore[attr-defined]
+    assert [t.name for t in shop.tools] == ["search", "buy"]  # type: ignore[attr-defined]
+    buy = '<tool_call>{"name": "buy", "arguments": {"item": "tea"}}</tool_call>'
+    assert "error: unknown tool 'buy'" in str(as_env_step(inc.step(buy)).message)
+    assert as_env_step(shop.step(buy)).message == "<tool_response>bought tea</tool_response>"
+    step = '<tool_call>{"name": "increment", "arguments": {"step": 2}}</tool_call>'
+    as_env_step(inc.step(step))
+    assert end_reward(inc) == 1.0 and end_reward(shop) is None  # Shop has no get_reward
+    assert inc.columns()["environments"].counter == 2  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"'environment' column naming one of \['inc', 'shop'\]"):
+        factory().reset({"prompt": "p"})
+    with pytest.raises(ValueError, match="a row has 'nope'"):
+        factory().reset({"prompt": "p", "environment": "nope"})
+
+
+def test_tool_frequencies_count_as_trl_does() -> None:
+    from groupwise.envs import env_columns, tool_frequencies
+
+    def boom() -> str:
+        """Fails."""
+        raise RuntimeError("kaput")
+
+    def says_error() -> str:
+        """Returns a text starting with error (a result, not a failure)."""
+        return "error: exit status 1"
+
+    tools = [Tool.from_function(f) for f in (boom, says_error, add)]
+    a, b, c = ToolEnvironment(tools), ToolEnvironment(tools), ToolEnvironment(tools)
+    for env in (a, b, c):
+        env.reset({"prompt": "p"})
+    a.step(
+        '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>'  # call, fine
+        '<tool_call>{"name": "says_error", "arguments": {}}</tool_call>'  # call, a result
+        "<tool_call>{not json}</tool_call>"  # not a call (TRL leaves it as text)
+    )
+    b.step(
+        '<tool_call>{"name": "boom", "arguments": {}}</tool_call>'  # call, failure
+        '<tool_call>{"name": "nope", "arguments": {}}</tool_call>'  # call, failure (unknown)
+        '<tool_call>{"name": "add", "arguments": [1]}</tool_call>'  # call, failure (not object)
+    )
+    assert (a.failures, b.failures, c.failures) == (0, 3, 0)
+    assert tool_frequencies([a, b, c]) == {
+        "tools/call_frequency": 5 / 3,
+        "tools/failure_frequency": 3 / 5,
+    }
+    assert tool_frequencies([c]) == {"tools/call_frequency": 0.0, "tools/failure_frequency": 0.0}
+    assert tool_frequencies([object()]) == {}  # no tools: TRL logs none
+    assert env_columns([a, b]) == {}  # plain tool environments add no column
