@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from groupwise.config import Config, config_to_dict
 
@@ -58,12 +61,27 @@ def test_reference_matches_the_defaults() -> None:
     )
 
 
-def test_the_readme_agent_example_runs(tmp_path: Path) -> None:
+def test_the_readme_agent_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's custom environment with a custom tool, run as written (tiny-random, 1
-    step, and its registration undone)."""
+    step, and its registration undone). Its string prompts reach the model as chat turns (the
+    tiny model has SmolLM2's tokenizer and chat template, which ignores ``tools=``): a system
+    message with the tool protocol and a worked call of ``capital``, then the user's question."""
     import re
 
     from groupwise.envs import ENVIRONMENTS
+    from groupwise.rollout.episodes import EpisodeEngine
+
+    seen: list[str] = []
+    generate = EpisodeEngine.generate
+
+    def spy(self: EpisodeEngine, prompts: Any, request: Any) -> Any:
+        rollout = generate(self, prompts, request)
+        seen.extend(
+            self.tokenizer.batch_decode(rollout.prompts.input_ids, skip_special_tokens=False)
+        )
+        return rollout
+
+    monkeypatch.setattr(EpisodeEngine, "generate", spy)
 
     text = README.read_text()
     section = text[text.index("### Agents: tools and multi-turn environments") :]
@@ -83,6 +101,15 @@ def test_the_readme_agent_example_runs(tmp_path: Path) -> None:
     finally:
         ENVIRONMENTS.unregister("capitals")
     assert (tmp_path / "run" / "metrics.jsonl").exists()
+    assert seen
+    call = '<tool_call>{"name": "capital", "arguments": {"country": "text"}}</tool_call>'
+    for text in seen:
+        text = text[text.index("<|im_start|>") :]  # after the left padding
+        assert text.startswith("<|im_start|>system\nYou can call tools.") and call in text
+        assert re.search(
+            r"<\|im_start\|>user\nWhat is the capital of \w+\? Use the capital tool\.", text
+        )
+        assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_the_readme_trl_example_runs_two_steps(tmp_path: Path) -> None:

@@ -296,15 +296,16 @@ def test_kill_and_resume_mid_multi_turn_run_equals_no_kill(tmp_path: Path) -> No
 def test_episode_metrics_count_tool_calls_and_errors() -> None:
     from types import SimpleNamespace
 
-    from groupwise.rollout.episodes import episode_metrics
+    from groupwise.rollout.episodes import Episode, episode_metrics
 
-    episodes: Any = [
-        SimpleNamespace(env=SimpleNamespace(calls=[1, 2, 3], errors=1)),
-        SimpleNamespace(env=SimpleNamespace(calls=[1], errors=1)),
-        SimpleNamespace(env=SimpleNamespace()),  # an environment without tools
+    episodes = [
+        Episode(SimpleNamespace(calls=[1, 2, 3], errors=1)),  # type: ignore[arg-type]
+        Episode(SimpleNamespace(calls=[1], errors=1)),  # type: ignore[arg-type]
+        Episode(SimpleNamespace()),  # type: ignore[arg-type]  # an environment without tools
     ]
     m = episode_metrics(episodes, 0.25)
-    assert m == {"tools/calls_mean": 4 / 3, "tools/error_rate": 0.5, "time/environment": 0.25}
+    tools = {k: v for k, v in m.items() if not k.startswith("episodes/")}
+    assert tools == {"tools/calls_mean": 4 / 3, "tools/error_rate": 0.5, "time/environment": 0.25}
 
 
 def test_completions_jsonl_holds_whole_conversations_with_roles(tmp_path: Path) -> None:
@@ -347,3 +348,112 @@ def test_multi_turn_tokens_and_log_probs_match_a_naive_forward(tiny: tuple[Any, 
         assert policy.any() and (~policy).any()  # both the policy's and the environment's
         assert torch.equal(logits.argmax(-1)[policy], ids[policy])  # greedy, cache reused
         torch.testing.assert_close(logp[i, :n], naive, atol=1e-5, rtol=1e-5)
+
+
+class NeverEos(torch.nn.Module):
+    """The tiny model, but EOS is never sampled: every turn runs to its budget."""
+
+    def __init__(self, model: Any, eos: int) -> None:
+        super().__init__()
+        self.model, self.eos, self.config = model, eos, model.config
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+        out = self.model(input_ids=input_ids, **kwargs)
+        out.logits[..., self.eos] = float("-inf")
+        return out
+
+
+class Script(BaseEnvironment):
+    """Answers ``ok`` until ``row["turns"]`` policy turns were played, then says done."""
+
+    def reset(self, row: Any) -> str | None:
+        self.turns, self.n = int(row["turns"]), 0
+        return None
+
+    def step(self, policy_message: str) -> EnvStep:
+        self.n += 1
+        return EnvStep("ok", done=self.n >= self.turns)
+
+
+def _scripted(
+    tiny: tuple[Any, Any], turns: list[int], max_tokens: int, **options: Any
+) -> tuple[EpisodeEngine, Any]:
+    """One greedy call of the ``Script`` environment on the never-EOS model, a row per entry
+    of ``turns`` (G = 1)."""
+    model, tokenizer = tiny
+    ENVIRONMENTS.add("test_script", Script)
+    try:
+        options = {"environment": "test_script", "max_tokens": max_tokens, **options}
+        weights = SharedWeights(NeverEos(model, tokenizer.eos_token_id))
+        engine = EpisodeEngine(weights, tokenizer, [tokenizer.eos_token_id], **options)
+        rows = [{"prompt": "p", "turns": t} for t in turns]
+        batch = tokenize_prompts(tokenizer, ["p"] * len(rows), torch.device("cpu"))
+        request = RolloutRequest(1, SamplingParams(max_tokens=999, temperature=0.0), rows=rows)
+        return engine, engine.generate(batch, request)
+    finally:
+        ENVIRONMENTS.unregister("test_script")
+
+
+def _policy_turns(rollout: Any, i: int) -> list[int]:
+    """Row ``i``'s policy turns, by length in tokens."""
+    n = int(rollout.completion_mask[i].sum())
+    turn, policy = rollout.turn_index[i, :n], rollout.loss_mask[i, :n]
+    return [int(((turn == k) & (policy == 1)).sum()) for k in range(0, int(turn.max()) + 1, 2)]
+
+
+def test_the_turn_budget_defaults_to_the_episode_budget_over_max_turns(
+    tiny: tuple[Any, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine, rollout = _scripted(tiny, [2], max_tokens=120, max_turns=4)
+    assert engine.turn_budget(120) == 30 and _policy_turns(rollout, 0) == [30, 30]
+    out = capsys.readouterr().out
+    assert "episodes: max_tokens_per_turn=30 (120 // max_turns 4)" in out
+    engine, rollout = _scripted(tiny, [2], max_tokens=120, max_turns=4, max_tokens_per_turn=7)
+    assert engine.turn_budget(120) == 7 and _policy_turns(rollout, 0) == [7, 7]  # set wins
+    assert "episodes: max_tokens_per_turn=7 (set)" in capsys.readouterr().out
+    engine.max_tokens_per_turn, engine.max_turns = None, 5
+    assert engine.turn_budget(3) == 1  # at least one token
+
+
+def test_ended_by_metrics_on_a_scripted_environment(tiny: tuple[Any, Any]) -> None:
+    """Turns of P = 4 tokens that never end in EOS (each is cut), an environment message of
+    f tokens (the closing EOS and "ok" framed): the reasons follow from the budgets."""
+    probe, _ = _scripted(tiny, [1], max_tokens=8, max_tokens_per_turn=4)
+    f = 1 + len(probe.format.message_ids("ok", "user"))
+    zero = {"env_done": 0.0, "max_turns": 0.0, "token_budget": 0.0, "no_room": 0.0}
+
+    def ended(metrics: dict[str, float]) -> dict[str, float]:
+        return {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("episodes/ended/")}
+
+    # budget 100: row 1 is done after a turn; row 2 plays max_turns = 3 turns (4 + f + 4 + f + 4)
+    _, r = _scripted(tiny, [1, 9], max_tokens=100, max_turns=3, max_tokens_per_turn=4)
+    assert ended(r.metrics) == {**zero, "env_done": 0.5, "max_turns": 0.5}
+    assert r.metrics["episodes/turns_cut"] == 1.0 and r.truncated.tolist() == [False, True]
+    # budget 2P + f: the second turn reaches it (cut by the budget, not the turn cap)
+    _, r = _scripted(tiny, [9], max_tokens=8 + f, max_turns=3, max_tokens_per_turn=4)
+    assert ended(r.metrics) == {**zero, "token_budget": 1.0}
+    assert r.metrics["episodes/turns_cut"] == 0.5 and _policy_turns(r, 0) == [4, 4]
+    # budget P + f: the environment's message leaves no room for a reply
+    _, r = _scripted(tiny, [9], max_tokens=4 + f, max_turns=3, max_tokens_per_turn=4)
+    assert ended(r.metrics) == {**zero, "no_room": 1.0}
+    assert r.metrics["episodes/turns_cut"] == 1.0 and int(r.completion_mask.sum()) == 4
+
+
+def test_a_string_prompt_row_is_a_chat_turn(
+    tiny: tuple[Any, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row's string prompt goes in as one user message of the chat template; prompts given
+    only as token ids (no rows) stay as they are."""
+    engine = _engine(tiny)
+    tokenizer = engine.tokenizer
+    batch = tokenize_prompts(tokenizer, ["Hello there"], torch.device("cpu"))
+    sampling = SamplingParams(max_tokens=16, temperature=0.0)
+    rows = [{"prompt": "Hello there", "turns": 1}]
+    rollout = engine.generate(batch, RolloutRequest(2, sampling, rows=rows))
+    chat = [{"role": "user", "content": "Hello there"}]
+    want = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(rollout.prompts.input_ids[0]) == want
+    assert "a string prompt goes in as one user message" in capsys.readouterr().out
+    raw = engine.generate(batch, RolloutRequest(2, sampling))
+    assert torch.equal(raw.prompts.input_ids, batch.input_ids)
+    assert capsys.readouterr().out == ""  # each line once

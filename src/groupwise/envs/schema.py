@@ -2,7 +2,8 @@
 
 The schema comes from the function's name, the first paragraph of its docstring, the
 ``Args:`` lines of a Google-style docstring and its type hints (``str``, ``int``, ``float``,
-``bool``, lists, dicts; ``Optional[X]`` as ``X``).
+``bool``, lists, dicts; ``Optional[X]`` as ``X``). :func:`example_arguments` makes plausible
+argument values from a schema, for the worked call of the text protocol.
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+_EXAMPLE_VALUES: dict[str, Any] = {
+    "string": "text",
+    "integer": 3,
+    "number": 2.5,
+    "boolean": True,
+    "array": [],
+    "object": {},
+}
+"""A placeholder value per JSON-schema type (:func:`example_value`)."""
+_EXAMPLE_IN_TEXT = re.compile(r"(?:e\.g\.|for example)[,:]?\s*[\"']([^\"']+)[\"']", re.IGNORECASE)
+"""A quoted example in an argument's description: ``e.g. "123 * 45"``."""
 
 
 @dataclass
@@ -60,6 +72,36 @@ class Tool:
                 "parameters": self.parameters,
             },
         }
+
+
+def example_value(prop: dict[str, Any]) -> Any:
+    """A plausible value for one argument of JSON schema ``prop``: the first of its ``enum``, its
+    ``default``, the first of its ``examples``, a quoted example in its description
+    (``e.g. "123 * 45"``), else a placeholder by ``type`` (string ``"text"``, integer ``3``,
+    number ``2.5``, boolean ``true``, array ``[]``, object ``{}``; ``"text"`` for an untyped
+    argument)."""
+    if prop.get("enum"):
+        return prop["enum"][0]
+    if "default" in prop:
+        return prop["default"]
+    if prop.get("examples"):
+        return prop["examples"][0]
+    kind = prop.get("type")
+    if isinstance(kind, list):  # ["string", "null"]: the first non-null type
+        kind = next((k for k in kind if k != "null"), None)
+    if kind in (None, "string"):
+        found = _EXAMPLE_IN_TEXT.search(str(prop.get("description", "")))
+        if found:
+            return found.group(1)
+    return _EXAMPLE_VALUES.get(str(kind), "text")
+
+
+def example_arguments(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Plausible arguments for a tool's ``parameters`` schema: a value (:func:`example_value`)
+    for every required argument (for every argument when none is required)."""
+    properties: dict[str, Any] = parameters.get("properties") or {}
+    names = parameters.get("required") or list(properties)
+    return {name: example_value(properties.get(name) or {}) for name in names}
 
 
 def as_tool(obj: Tool | Callable[..., Any]) -> Tool:

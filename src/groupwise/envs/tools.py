@@ -4,7 +4,8 @@ A function becomes a :class:`Tool` (:meth:`Tool.from_function`): its name, its d
 first paragraph describes the tool, a Google-style ``Args:`` section its arguments) and its
 type-hinted signature give an OpenAI-style JSON schema. The tools are described to the model
 through ``tokenizer.apply_chat_template(messages, tools=[...])`` where the chat template renders
-tools, else by the text protocol of :func:`tools_instructions` in a system message.
+tools, else by the text protocol of :func:`tools_instructions` in a system message, which ends
+with one worked call built from the first tool's schema (:func:`example_call`).
 
 The call protocol (Hermes / Qwen style, the one those templates teach): the model writes
 
@@ -39,7 +40,7 @@ from groupwise.envs.base import (
     Row,
     call_maybe_async,
 )
-from groupwise.envs.schema import Tool, as_tool
+from groupwise.envs.schema import Tool, as_tool, example_arguments
 
 _CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.DOTALL)
 
@@ -120,15 +121,31 @@ def execute_tool_call(
 
 
 def tools_instructions(tools: Sequence[Tool]) -> str:
-    """The text protocol, for chat templates that do not render tools."""
+    """The text protocol, for chat templates that do not render tools (and tokenizers without a
+    template): how to call, the tools' schemas, then one worked call of the first tool
+    (:func:`example_call`), since a small model told only the format rarely follows it."""
     lines = "\n".join(json.dumps(t.schema()) for t in tools)
-    return (
+    text = (
         "You can call tools. To call one, write\n"
         '<tool_call>{"name": <tool name>, "arguments": <arguments as a JSON object>}</tool_call>\n'
         "and stop; the result comes back as <tool_response>...</tool_response>. "
         "Answer without a tool call when you are done.\n"
         f"Available tools:\n<tools>\n{lines}\n</tools>"
     )
+    if not tools:
+        return text
+    return (
+        f"{text}\nAn example call of {tools[0].name} (use the values your task needs):\n"
+        f"{example_call(tools[0])}"
+    )
+
+
+def example_call(tool: Tool) -> str:
+    """One well-formed call of ``tool`` with plausible arguments from its own schema
+    (:func:`groupwise.envs.schema.example_arguments`), e.g.
+    ``<tool_call>{"name": "add", "arguments": {"a": 3}}</tool_call>``."""
+    call = {"name": tool.name, "arguments": example_arguments(tool.parameters)}
+    return f"<tool_call>{json.dumps(call)}</tool_call>"
 
 
 class ToolEnvironment(BaseEnvironment):

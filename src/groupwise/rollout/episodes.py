@@ -9,8 +9,9 @@
 - ``max_tokens``: completion tokens per episode, the policy's and the environment's together
   (default: ``rollout.max_completion_length``); a policy turn that reaches it, or an
   environment message that leaves no room for a reply, ends the episode truncated;
-- ``max_tokens_per_turn``: cap of one policy turn; a turn cut by it is closed with an inserted
-  EOS (an environment token: no loss) and the episode goes on;
+- ``max_tokens_per_turn``: cap of one policy turn (default: the episode budget ``max_tokens``
+  divided by ``max_turns``, integer, at least 1, so every turn has room); a turn cut by it is
+  closed with an inserted EOS (an environment token: no loss) and the episode goes on;
 - ``kv_reuse`` (default true): keep the conversation's KV cache from turn to turn (false:
   re-prefill the whole conversation every turn; the reference the KV path is tested against);
 - ``backend`` (default ``torch``): who decodes the turns, one of :data:`BACKENDS`. ``torch``:
@@ -25,7 +26,11 @@
 A group is G episodes from the same row: each environment is built, then ``reset(row)``; a
 returned observation is appended to the prompt (it must be the same for the G episodes of a
 row), and an environment with ``tools`` has them described in the prompt (chat template
-``tools=`` or the text protocol of :func:`groupwise.envs.tools.tools_instructions`). Every turn
+``tools=``, or the text protocol of :func:`groupwise.envs.tools.tools_instructions` with one
+worked call when the template ignores tools). A row's string prompt is one user message of the
+chat template (raw text only for a tokenizer without one): the first turn is framed as a chat
+turn, like every later one (:mod:`groupwise.rollout.chat`). The first call prints these choices
+and the per-turn budget (``episodes: ...`` lines). Every turn
 decodes all active episodes of the batch together; a turn ends at EOS. The policy's text goes
 to ``env.step``; its message is rendered as the continuation of the conversation in the
 environment's role (the chat template's rendering of that message after an assistant turn,
@@ -47,6 +52,13 @@ per row as the ``env_reward`` column (``rollout.columns``), read by the ``env_re
 reported by the ``llamacpp`` backend always (mismatch correction then follows it under
 ``auto``) and by the ``torch`` backend when the request asks (correction set to true); the
 draws are the same either way.
+
+How each episode ended, as fractions of the batch's episodes (``episodes/ended/<reason>``):
+``env_done`` (the environment said done, e.g. an answer without a tool call), ``max_turns``
+(``max_turns`` policy turns played), ``token_budget`` (a policy turn reached the episode's
+token budget without EOS) and ``no_room`` (the environment's message left no room for another
+policy turn); with ``episodes/turns_cut``, the fraction of policy turns cut by
+``max_tokens_per_turn`` (closed with an inserted EOS, the episode going on).
 
 Draws: from ``request.generator`` by ``torch.multinomial``; with ``request.total_rows`` (set by
 ``rollout.rank_invariant_sampling`` and under torchrun) a table of uniforms
@@ -70,9 +82,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from groupwise.envs import ENVIRONMENTS, Environment, Tool, as_env_step, end_reward, env_columns
-from groupwise.envs.tools import tool_frequencies, tools_instructions
+from groupwise.distributed import is_main
+from groupwise.envs import ENVIRONMENTS, Environment, as_env_step, end_reward, env_columns
+from groupwise.envs.tools import tool_frequencies
 from groupwise.kernels.kv_cache import cache_kwargs
+from groupwise.rollout.chat import ChatFormat
 from groupwise.rollout.decode import _prefill, generate
 from groupwise.rollout.engine import (
     ENGINES,
@@ -86,8 +100,6 @@ from groupwise.rollout.llamacpp_turns import LlamaCppDecoder
 from groupwise.rollout.records import PromptBatch, Rollout, tokenize_prompts
 from groupwise.rollout.turns import Sampler, Turn, TurnDecoder, Turns, turn_outputs
 from groupwise.rollout.weights import RolloutWeights, ServesWeights
-
-_REPLY, _MESSAGE = "\x1fREPLY\x1f", "\x1fMESSAGE\x1f"
 
 
 @dataclass
@@ -105,6 +117,8 @@ class Episode:
     policy_turns: int = 0
     done: bool = False
     truncated: bool = False
+    ended: str = ""  # why it ended: one of ENDINGS
+    cut_turns: int = 0  # policy turns cut by max_tokens_per_turn
     step_rewards: list[float] = field(default_factory=list)
 
     def add(
@@ -122,87 +136,13 @@ class Episode:
         self.logp.extend(logp if logp else [0.0] * len(ids))
         self.segments += 1
 
-    def end(self, truncated: bool) -> None:
-        """Leave the batch."""
-        self.done, self.truncated = True, truncated
+    def end(self, truncated: bool, reason: str = "") -> None:
+        """Leave the batch (``reason``: one of :data:`ENDINGS`)."""
+        self.done, self.truncated, self.ended = True, truncated, reason
 
 
-class ChatFormat:
-    """Renders environment messages and prompts the way the tokenizer's chat template does."""
-
-    def __init__(self, tokenizer: Any, eos_token_ids: Sequence[int]) -> None:
-        self.tokenizer = tokenizer
-        self.eos_texts = [tokenizer.decode([i]) for i in eos_token_ids]
-        self._frames: dict[str, tuple[str, str]] = {}
-
-    def message_ids(self, text: str, role: str) -> list[int]:
-        """Token ids continuing a conversation after the policy's EOS with ``text`` from
-        ``role``, up to and including the generation prompt of the next policy turn."""
-        if role not in self._frames:
-            self._frames[role] = self._frame(role)
-        before, after = self._frames[role]
-        ids: list[int] = self.tokenizer(before + text + after, add_special_tokens=False)[
-            "input_ids"
-        ]
-        return ids
-
-    def _frame(self, role: str) -> tuple[str, str]:
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            return "\n", "\n"
-        messages = [
-            {"role": "user", "content": "hi"},
-            {"role": "assistant", "content": _REPLY},
-            {"role": role, "content": _MESSAGE},
-        ]
-        try:
-            full = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-        except Exception:  # a template without this role: the user says it
-            if role == "user":
-                raise
-            before, after = self._frame("user")
-            return before + f"<{role}>\n", f"\n</{role}>" + after
-        rest = full[full.index(_REPLY) + len(_REPLY) :]
-        for eos in self.eos_texts:  # the policy's turn already ends with its EOS token
-            if eos and rest.startswith(eos):
-                rest = rest[len(eos) :]
-                break
-        before, _, after = rest.partition(_MESSAGE)
-        return before, after
-
-    def prompt_text(self, prompt: Any, tools: Sequence[Tool], observation: str | None) -> str:
-        """The prompt with the first observation appended and the tools described."""
-        if isinstance(prompt, str):
-            head = tools_instructions(tools) + "\n\n" if tools else ""
-            return head + prompt + (f"\n{observation}" if observation else "")
-        messages = [dict(m) for m in prompt]
-        if observation:
-            if messages and messages[-1].get("role") == "user":
-                messages[-1]["content"] = f"{messages[-1]['content']}\n{observation}"
-            else:
-                messages.append({"role": "user", "content": observation})
-        return self._render(messages, tools)
-
-    def _render(self, messages: list[dict[str, Any]], tools: Sequence[Tool]) -> str:
-        def render(msgs: list[dict[str, Any]], **kw: Any) -> str:
-            text: str = self.tokenizer.apply_chat_template(
-                msgs, tokenize=False, add_generation_prompt=True, **kw
-            )
-            return text
-
-        plain = render(messages)
-        if not tools:
-            return plain
-        with_tools = render(messages, tools=[t.schema() for t in tools])
-        if with_tools != plain:  # the template describes tools itself
-            return with_tools
-        system = tools_instructions(tools)
-        if messages[0].get("role") == "system":
-            messages[0]["content"] = f"{messages[0]['content']}\n\n{system}"
-        else:
-            messages.insert(0, {"role": "system", "content": system})
-        return render(messages)
+ENDINGS = ("env_done", "max_turns", "token_budget", "no_room")
+"""Why an episode ended (``episodes/ended/<reason>``; see the module docstring)."""
 
 
 class KVRunner:
@@ -409,6 +349,7 @@ class EpisodeEngine(ServesWeights):
         self.max_tokens_per_turn = max_tokens_per_turn
         self.kv_reuse = kv_reuse
         self.format = ChatFormat(tokenizer, self.eos_token_ids)
+        self.logged: set[str] = set()  # run-log lines printed already
         self.last_episodes: list[Episode] = []
         self.env_seconds = 0.0
         self.llamacpp = _llamacpp_decoder(self, backend, llamacpp_dtype, threads)
@@ -433,6 +374,8 @@ class EpisodeEngine(ServesWeights):
         """See :meth:`RolloutEngine.generate` and the module docstring."""
         g = request.group_size
         rows = self._rows(prompts, request)
+        budget = self.max_tokens or request.sampling.max_tokens
+        per_turn = self.turn_budget(budget)
         episodes = [
             Episode(self.factory(**self.env_kwargs), index=request.row_offset + i)
             for i in range(len(rows) * g)
@@ -440,7 +383,8 @@ class EpisodeEngine(ServesWeights):
         start = time.perf_counter()
         observations = [ep.env.reset(rows[i // g]) for i, ep in enumerate(episodes)]
         self.env_seconds = time.perf_counter() - start
-        prompts = self._prompts(prompts, rows, episodes, observations, g)
+        prompts = self._prompts(prompts, rows, episodes, observations, g, request.rows is None)
+        self._log(episodes, budget, per_turn)
         model = self.weights.model
         model.eval()
         sampling = request.sampling
@@ -453,8 +397,6 @@ class EpisodeEngine(ServesWeights):
             request.generator,
             logp=request.behaviour_logp or self.llamacpp is not None,
         )
-        budget = self.max_tokens or sampling.max_tokens
-        per_turn = self.max_tokens_per_turn or budget
         if request.total_rows is not None and sampling.temperature > 0:
             shape = (self.max_turns, per_turn, request.total_rows)
             sampler.table = torch.rand(
@@ -463,15 +405,34 @@ class EpisodeEngine(ServesWeights):
         decoder: TurnDecoder = self.llamacpp or TorchDecoder(model, self.kv_reuse)
         with self.serving(), torch.no_grad():
             for part, eps in _chunks(prompts, episodes, g, decoder.max_rows):
-                self._play(decoder.start(part, g, budget), eps, sampler, budget)
+                self._play(decoder.start(part, g, budget), eps, sampler, budget, per_turn)
         self.last_episodes = episodes
         rollout = self._rollout(prompts, episodes, g, sampler.logp)
         rollout.metrics = episode_metrics(episodes, self.env_seconds)
         return rollout
 
-    def _play(self, turns: Turns, episodes: list[Episode], sampler: Sampler, budget: int) -> None:
+    def turn_budget(self, budget: int) -> int:
+        """Tokens one policy turn may take: ``max_tokens_per_turn`` when set, else the episode
+        ``budget`` split evenly over ``max_turns`` (``max(1, budget // max_turns)``)."""
+        return self.max_tokens_per_turn or max(1, budget // self.max_turns)
+
+    def _log(self, episodes: Sequence[Episode], budget: int, per_turn: int) -> None:
+        """Print how prompts, tools and the per-turn budget are set, each line once per run."""
+        tools = list(getattr(episodes[0].env, "tools", ()) or ()) if episodes else []
+        how = "set" if self.max_tokens_per_turn else f"{budget} // max_turns {self.max_turns}"
+        lines = [
+            *self.format.describe(tools),
+            f"episodes: max_tokens_per_turn={per_turn} ({how}), episode budget {budget} tokens",
+        ]
+        for line in lines:
+            if line not in self.logged and is_main():
+                print(line, flush=True)
+            self.logged.add(line)
+
+    def _play(
+        self, turns: Turns, episodes: list[Episode], sampler: Sampler, budget: int, per_turn: int
+    ) -> None:
         """Turns until every episode is done: decode, then the environments answer."""
-        per_turn = self.max_tokens_per_turn or budget
         active, turn = list(episodes), 0
         while active:
             budgets = [min(per_turn, budget - len(ep.tokens)) for ep in active]
@@ -492,9 +453,10 @@ class EpisodeEngine(ServesWeights):
         closing: list[int] = []
         if not eos:
             if len(ep.tokens) >= budget:  # cut by the episode's token budget
-                ep.end(truncated=True)
+                ep.end(truncated=True, reason="token_budget")
                 return []
             closing = self.eos_token_ids[:1]  # cut by max_tokens_per_turn: close the turn
+            ep.cut_turns += 1
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         start = time.perf_counter()
         result = as_env_step(ep.env.step(text))
@@ -502,15 +464,15 @@ class EpisodeEngine(ServesWeights):
         if result.reward is not None:
             ep.step_rewards.append(float(result.reward))
         if result.done:
-            ep.end(truncated=False)
+            ep.end(truncated=False, reason="env_done")
             return []
         if ep.policy_turns >= self.max_turns:
-            ep.end(truncated=True)
+            ep.end(truncated=True, reason="max_turns")
             return []
         role = getattr(ep.env, "role", "user")
         chunk = closing + self.format.message_ids(result.message or "", role)
         if not chunk or len(ep.tokens) + len(chunk) >= budget:  # no room for a reply
-            ep.end(truncated=True)
+            ep.end(truncated=True, reason="no_room")
             return []
         ep.add(chunk, policy=False)
         return chunk
@@ -533,11 +495,16 @@ class EpisodeEngine(ServesWeights):
         episodes: Sequence[Episode],
         observations: Sequence[str | None],
         g: int,
+        rendered: bool = False,
     ) -> PromptBatch:
         """The prompts, re-rendered when the environment adds an observation or tools (each
-        row's own: those of its first episode's environment, after ``reset``)."""
+        row's own: those of its first episode's environment, after ``reset``), or a string
+        prompt becomes a chat message (``rendered``: the rows are the decoded prompts, already
+        as the model sees them; see :meth:`ChatFormat.prompt_text`)."""
         tools = [list(getattr(episodes[p * g].env, "tools", ()) or ()) for p in range(len(rows))]
-        if not any(tools) and not any(observations):
+        as_chat = not rendered and self.format.templated
+        strings = as_chat and any(isinstance(row["prompt"], str) for row in rows)
+        if not any(tools) and not any(observations) and not strings:
             return prompts
         texts = []
         for p, row in enumerate(rows):
@@ -547,7 +514,7 @@ class EpisodeEngine(ServesWeights):
                     "the environment's reset() returned different observations for the "
                     "episodes of one prompt; a group must start from the same state"
                 )
-            texts.append(self.format.prompt_text(row["prompt"], tools[p], group.pop()))
+            texts.append(self.format.prompt_text(row["prompt"], tools[p], group.pop(), rendered))
         return tokenize_prompts(self.tokenizer, texts, prompts.input_ids.device)
 
     def _rollout(
@@ -589,17 +556,24 @@ class EpisodeEngine(ServesWeights):
 
 def episode_metrics(episodes: Sequence[Episode], env_seconds: float) -> dict[str, float]:
     """``tools/calls_mean`` (per episode), ``tools/error_rate`` (error results per call),
-    ``time/environment`` (seconds the environments took: reset and every step) and, when the
+    ``time/environment`` (seconds the environments took: reset and every step),
+    ``episodes/ended/<reason>`` (the fraction of episodes that ended so, for every reason of
+    :data:`ENDINGS`), ``episodes/turns_cut`` (cut policy turns / policy turns) and, when the
     environments have tools, TRL's ``tools/call_frequency`` and ``tools/failure_frequency``
     (:func:`groupwise.envs.tools.tool_frequencies`)."""
     calls = [len(getattr(ep.env, "calls", ())) for ep in episodes]
     errors = sum(int(getattr(ep.env, "errors", 0)) for ep in episodes)
-    total = sum(calls)
-    return {
-        "tools/calls_mean": total / max(len(episodes), 1),
+    total, n = sum(calls), max(len(episodes), 1)
+    out = {
+        "tools/calls_mean": total / n,
         "tools/error_rate": errors / total if total else 0.0,
         "time/environment": env_seconds,
-    } | tool_frequencies(ep.env for ep in episodes)
+    }
+    for reason in ENDINGS:
+        out[f"episodes/ended/{reason}"] = sum(ep.ended == reason for ep in episodes) / n
+    turns = sum(ep.policy_turns for ep in episodes)
+    out["episodes/turns_cut"] = sum(ep.cut_turns for ep in episodes) / turns if turns else 0.0
+    return out | tool_frequencies(ep.env for ep in episodes)
 
 
 def _llamacpp_decoder(
