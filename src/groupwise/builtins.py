@@ -37,9 +37,12 @@ CONTENT_MODULES: tuple[str, ...] = (
     "groupwise.tasks.guess",
     "groupwise.tasks.multiply",
     "groupwise.tasks.reasoning_gym.data",
+    "groupwise.envs.openenv",
 )
 """Generic rewards, the file task and the task packs, in registration order: rewards
-answer_match .. tool_used, tasks arithmetic .. reasoning_gym, environments counter .. guess."""
+answer_match .. tool_used, tasks arithmetic .. reasoning_gym, environments counter .. guess, then the adapters of outside environment libraries
+(``openenv``: their packages are optional extras, imported only when such an environment is
+built)."""
 
 BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
     "rollout.engine": (

@@ -28,7 +28,7 @@ TASKS = (
     "arithmetic", "file", "humaneval", "mbpp", "dialogue_prompts", "functions", "guess",
     "multiply", "reasoning_gym",
 )  # fmt: skip
-ENVIRONMENTS = ("counter", "python", "calculator", "guess")
+ENVIRONMENTS = ("counter", "python", "calculator", "guess", "openenv")
 ENGINES = ("llamacpp", "episodes", "local", "replay", "vllm", "agent")
 
 LOOKUPS = {
