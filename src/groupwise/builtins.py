@@ -38,10 +38,11 @@ CONTENT_MODULES: tuple[str, ...] = (
     "groupwise.tasks.multiply",
     "groupwise.tasks.reasoning_gym.data",
     "groupwise.envs.openenv",
+    "groupwise.envs.verifiers",
 )
 """Generic rewards, the file task and the task packs, in registration order: rewards
 answer_match .. tool_used, tasks arithmetic .. reasoning_gym, environments counter .. guess, then the adapters of outside environment libraries
-(``openenv``: their packages are optional extras, imported only when such an environment is
+(``openenv``, ``verifiers``: their packages are optional extras, imported only when such an environment is
 built)."""
 
 BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
