@@ -44,6 +44,8 @@ OPTIONAL_MODULES = {
     "wandb": "wandb",
     "vadersentiment": "vaderSentiment",
     "llama-cpp-python": "llama_cpp",
+    "openenv-core": "openenv",
+    "verifiers": "verifiers",
 }
 """Distribution of each optional extra (pyproject) -> the module it installs."""
 HEAVY_LAZY_MODULES = ("peft", "gguf")

@@ -37,9 +37,13 @@ CONTENT_MODULES: tuple[str, ...] = (
     "groupwise.tasks.guess",
     "groupwise.tasks.multiply",
     "groupwise.tasks.reasoning_gym.data",
+    "groupwise.envs.openenv",
+    "groupwise.envs.verifiers",
 )
 """Generic rewards, the file task and the task packs, in registration order: rewards
-answer_match .. tool_used, tasks arithmetic .. reasoning_gym, environments counter .. guess."""
+answer_match .. tool_used, tasks arithmetic .. reasoning_gym, environments counter .. guess, then the adapters of outside environment libraries
+(``openenv``, ``verifiers``: their packages are optional extras, imported only when such an environment is
+built)."""
 
 BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
     "rollout.engine": (

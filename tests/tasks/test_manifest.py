@@ -28,7 +28,7 @@ TASKS = (
     "arithmetic", "file", "humaneval", "mbpp", "dialogue_prompts", "functions", "guess",
     "multiply", "reasoning_gym",
 )  # fmt: skip
-ENVIRONMENTS = ("counter", "python", "calculator", "guess")
+ENVIRONMENTS = ("counter", "python", "calculator", "guess", "openenv", "verifiers")
 ENGINES = ("llamacpp", "episodes", "local", "replay", "vllm", "agent")
 
 LOOKUPS = {

@@ -6,6 +6,9 @@
   :class:`RoutedEnvironment`) and the ``env_reward`` reward function.
 - :mod:`~groupwise.envs.tools`: Python functions as tools (JSON schema), the ``<tool_call>``
   protocol, :class:`ToolEnvironment` and the sandboxed ``python`` tool.
+- :mod:`~groupwise.envs.openenv` and :mod:`~groupwise.envs.verifiers`: adapters for OpenEnv
+  and verifiers environments (the ``openenv`` and ``verifiers`` environments; optional extras,
+  imported only when used).
 - :mod:`~groupwise.tasks.toolbox`: ``counter`` (scripted) and ``python`` (tool) environments.
 """
 

@@ -37,16 +37,12 @@ Other shapes map onto it:
   (``from_trl(dict)``), each row seeing only its environment's tools. TRL's own
   ``GRPOTrainer(tools=..., environment_factory=...)`` call is translated by
   :mod:`groupwise.compat.trl_agents`.
-* **verifiers** (``vf.MultiTurnEnv``): ``setup_state(state)`` is ``reset(row)``;
-  ``env_response(messages, state) -> messages`` is ``step`` (its last assistant message in,
-  the new messages out); ``is_completed(messages, state)`` is ``done``; the rubric's reward
-  functions are ``reward()`` (or ordinary reward functions on the completion text).
-  ``vf.ToolEnv(tools=[...])`` is :class:`groupwise.envs.tools.ToolEnvironment`.
-* **OpenEnv** (``env.reset() -> StepResult``, ``env.step(action) -> StepResult`` with
-  ``observation``, ``reward``, ``done``; ``env.state``): ``reset(row)`` calls its ``reset`` and
-  returns the observation's text; ``step(text)`` wraps the text into the environment's action
-  type, calls its ``step`` and returns ``EnvStep(observation_text, result.done, result.reward)``;
-  ``reward()`` sums or takes the last of the per-step rewards. (TRL's OpenEnv examples wrap an
+* **verifiers** 0.4 tasksets, tasks and envs: :mod:`groupwise.envs.verifiers` (the
+  ``verifiers`` environment; the env's ``run`` driven turn by turn by the policy, the task's
+  toolsets as tools and its rubric as the end reward).
+* **OpenEnv** (``reset`` / ``step`` / ``state``, in process or through its client):
+  :mod:`groupwise.envs.openenv` (the ``openenv`` environment; the text-to-action and
+  observation-to-text mappings are explicit arguments). (TRL's OpenEnv examples wrap an
   OpenEnv client into a TRL-shaped class; :func:`from_trl` then takes that class as is.)
 """
 
