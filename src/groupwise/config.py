@@ -90,6 +90,8 @@ class RolloutConfig:
     """Sample by inverse CDF from uniforms drawn for the global batch: N processes sample as one (always on when N > 1); the same distribution as torch.multinomial, other draws, and faster rollouts on CPU (no exponential drawn per vocabulary entry; docs/log.md)."""
     compile: bool = False
     """torch.compile the decode steps over a static KV cache (faster decoding on CPU, after a compile per batch shape; docs/log.md)."""
+    packed_decode: bool = True
+    """Decode Llama-family models (Llama, Mistral, Qwen2 layouts; SmolLM2) in the local engine with weights packed once per rollout, the projections that share an input fused and a KV cache written in place (groupwise.kernels.packed_decode): the same tokens as transformers' forward, faster; other models, LoRA-wrapped layers and rollout.compile decode through transformers. false = transformers' forward at every step."""
     engine: str = "auto"
     """Rollout engine (groupwise.rollout.ENGINES): auto (the run plan's choice for this CPU kind or device, with its reason in plan.json: local everywhere so far), local (decode in-process), episodes (multi-turn with an environment), llamacpp (llama.cpp on a GGUF copy of the policy), vllm (a vLLM server), agent (your agent against an OpenAI-compatible endpoint of the policy) or replay (recorded completions); register your own with @ENGINES.register."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict)

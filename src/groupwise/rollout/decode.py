@@ -22,12 +22,14 @@ Choices:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from groupwise.kernels.kv_cache import cache_kwargs
+from groupwise.kernels.packed_decode import PackedDecoder
+from groupwise.kernels.packed_decode import supports as supports_packed
 from groupwise.rollout.records import PromptBatch, Rollout, used_width
 from groupwise.rollout.sampling import Sample, sample_token
 
@@ -56,6 +58,7 @@ def generate(
     compile_decode: bool = False,
     uniforms: Tensor | None = None,
     behaviour_logp: bool = False,
+    packed_decode: bool = False,
 ) -> Rollout:
     """Sample ``group_size`` completions per prompt with one prefill per prompt.
 
@@ -75,16 +78,15 @@ def generate(
     ``behaviour_logp``: record ``log_softmax(logits / T)`` of each sampled token (float32,
     ``Rollout.behaviour_logp``; under ``min_new_tokens`` that of the distribution without EOS,
     the one actually sampled; ``None`` when greedy).
+    ``packed_decode``: decode with :class:`groupwise.kernels.packed_decode.PackedDecoder`
+    (packed, fused weights and an in-place KV cache) when the model is one it supports.
     """
     device = prompts.input_ids.device
     num_rows = prompts.input_ids.shape[0] * group_size
-    cache, logits, attn = _prefill(model, prompts, group_size, gather_last)
-    static = None
-    if compile_decode:
-        from groupwise.kernels.compiled_decode import StaticDecoder
-
-        static = StaticDecoder(model, cache, attn, max_completion_length)
-        del cache
+    stepper, logits = _start(
+        model, prompts, group_size, max_completion_length, gather_last, compile_decode,
+        packed_decode,
+    )  # fmt: skip
     next_pos = prompts.lengths.repeat_interleave(group_size)  # [B]
     eos = torch.tensor(list(eos_token_ids), device=device)
     tokens = torch.full((num_rows, max_completion_length), pad_token_id, device=device)
@@ -113,28 +115,104 @@ def generate(
         done[active] |= torch.isin(nxt, eos)
         if bool(done.all()) or step == max_completion_length - 1:
             break
-        if static is not None:  # fixed shape: finished rows keep decoding, ignored
-            logits = static.step(nxt, next_pos, step)  # [B, V]
-            next_pos = next_pos + 1
-            continue
         keep = ~done[active]  # [R]
-        if int((~keep).sum()) * 4 >= active.numel():  # compact once a quarter has finished
+        if stepper.compacts and int((~keep).sum()) * 4 >= active.numel():  # a quarter done
             keep_idx = keep.nonzero().squeeze(-1)
-            cache.batch_select_indices(keep_idx)
-            active, attn, next_pos = active[keep_idx], attn[keep_idx], next_pos[keep_idx]
+            stepper.select(keep_idx)
+            active, next_pos = active[keep_idx], next_pos[keep_idx]
             nxt, keep = nxt[keep_idx], keep[keep_idx]
-        attn = torch.cat([attn, keep.long()[:, None]], dim=1)  # finished rows: masked, ignored
-        out = model(
-            input_ids=nxt[:, None],
-            attention_mask=attn,
-            position_ids=next_pos[:, None],
-            **cache_kwargs(model, cache),
-            use_cache=True,
-        )
-        logits = out.logits[:, -1]  # [R, V]
+        logits = stepper.step(nxt, next_pos, step, keep)  # [R, V]
         next_pos = next_pos + 1
     rollout = _finish(prompts, tokens, eos, pad_token_id, group_size)
     return _with_sampling_records(rollout, entropy, token_logp)
+
+
+class _Stepper(Protocol):
+    """One decode backend: logits ``[R, V]`` for the next token of each row in the batch."""
+
+    compacts: bool
+    """Rows that finished may leave the batch (:meth:`select`); else they decode on, ignored."""
+
+    def step(self, tokens: Tensor, positions: Tensor, step: int, live: Tensor) -> Tensor:
+        """Feed ``tokens`` ``[R]`` (decoded token ``step``) at rotary ``positions`` ``[R]``;
+        ``live`` ``[R]`` is false for rows already finished (their logits are ignored)."""
+        ...
+
+    def select(self, index: Tensor) -> None:
+        """Keep only rows ``index``."""
+        ...
+
+
+class _TransformersStepper:
+    """transformers' forward over its ``DynamicCache`` (finished rows masked, then dropped)."""
+
+    compacts = True
+
+    def __init__(self, model: nn.Module, cache: Any, attn: Tensor) -> None:
+        self.model, self.cache, self.attn = model, cache, attn
+
+    def step(self, tokens: Tensor, positions: Tensor, step: int, live: Tensor) -> Tensor:
+        self.attn = torch.cat([self.attn, live.long()[:, None]], dim=1)  # [R, L + 1]
+        out = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.attn,
+            position_ids=positions[:, None],
+            **cache_kwargs(self.model, self.cache),
+            use_cache=True,
+        )
+        logits: Tensor = out.logits[:, -1]
+        return logits
+
+    def select(self, index: Tensor) -> None:
+        self.cache.batch_select_indices(index)
+        self.attn = self.attn[index]
+
+
+class _Compiled:
+    """:class:`~groupwise.kernels.compiled_decode.StaticDecoder` (fixed shape: no compaction)."""
+
+    compacts = False
+
+    def __init__(self, decoder: Any) -> None:
+        self.decoder = decoder
+
+    def step(self, tokens: Tensor, positions: Tensor, step: int, live: Tensor) -> Tensor:
+        logits: Tensor = self.decoder.step(tokens, positions, step)
+        return logits
+
+    def select(self, index: Tensor) -> None:
+        raise NotImplementedError("the static cache keeps every row")
+
+
+class _Packed(_Compiled):
+    """:class:`~groupwise.kernels.packed_decode.PackedDecoder` (rows dropped as they finish)."""
+
+    compacts = True
+
+    def select(self, index: Tensor) -> None:
+        self.decoder.select(index)
+
+
+def _start(
+    model: nn.Module,
+    prompts: PromptBatch,
+    group_size: int,
+    max_new_tokens: int,
+    gather_last: bool,
+    compile_decode: bool,
+    packed_decode: bool,
+) -> tuple[_Stepper, Tensor]:
+    """Prefill the prompts; the decode backend and the first logits ``[B, V]``."""
+    if packed_decode and not compile_decode and supports_packed(model):
+        prefix, logits = _prefill_prompts(model, prompts, group_size, gather_last)
+        mask = prompts.attention_mask
+        return _Packed(PackedDecoder(model, prefix, mask, group_size, max_new_tokens)), logits
+    cache, logits, attn = _prefill(model, prompts, group_size, gather_last)
+    if compile_decode:
+        from groupwise.kernels.compiled_decode import StaticDecoder
+
+        return _Compiled(StaticDecoder(model, cache, attn, max_new_tokens)), logits
+    return _TransformersStepper(model, cache, attn), logits
 
 
 def _record(
@@ -161,6 +239,17 @@ def _prefill(
 ) -> tuple[Any, Tensor, Tensor]:
     """Run each prompt once; its KV cache, last logits ``[B, V]`` and attention mask
     ``[B, Lp]`` repeated for the G rows of its group."""
+    cache, logits = _prefill_prompts(model, prompts, group_size, gather_last)
+    cache.batch_repeat_interleave(group_size)
+    attn = prompts.attention_mask.repeat_interleave(group_size, dim=0)  # [B, Lp]
+    return cache, logits, attn
+
+
+def _prefill_prompts(
+    model: nn.Module, prompts: PromptBatch, group_size: int, gather_last: bool
+) -> tuple[Any, Tensor]:
+    """Run each prompt once: its KV cache (one row per prompt) and the last logits ``[B, V]``
+    repeated for the G rows of its group."""
     from transformers import DynamicCache
 
     device = prompts.input_ids.device
@@ -177,10 +266,8 @@ def _prefill(
         if gather_last
         else 1,
     )
-    cache.batch_repeat_interleave(group_size)
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)  # [B, V]
-    attn = prompts.attention_mask.repeat_interleave(group_size, dim=0)  # [B, Lp]
-    return cache, logits, attn
+    return cache, logits
 
 
 def _finish(

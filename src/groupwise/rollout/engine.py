@@ -118,6 +118,8 @@ class EngineContext:
     """``rollout.compile``."""
     options: dict[str, Any] | None = None
     """``rollout.engine_kwargs``: engine-specific settings."""
+    packed_decode: bool = True
+    """``rollout.packed_decode``."""
 
 
 EngineFactory = Callable[[EngineContext], RolloutEngine]

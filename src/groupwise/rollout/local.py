@@ -21,11 +21,13 @@ class LocalEngine(ServesWeights):
         pad_token_id: int,
         *,
         compile_decode: bool = False,
+        packed_decode: bool = True,
     ) -> None:
         self.weights = weights
         self.eos_token_ids = list(eos_token_ids)
         self.pad_token_id = pad_token_id
         self.compile_decode = compile_decode
+        self.packed_decode = packed_decode
 
     def generate(self, prompts: PromptBatch, request: RolloutRequest) -> Rollout:
         """See :meth:`RolloutEngine.generate`; evaluation gathers the prompts' last state;
@@ -50,6 +52,7 @@ class LocalEngine(ServesWeights):
                 gather_last=request.evaluation,
                 compile_decode=self.compile_decode and not request.evaluation,
                 behaviour_logp=request.behaviour_logp,
+                packed_decode=self.packed_decode,
             )
 
 
@@ -61,4 +64,5 @@ def build_local_engine(ctx: EngineContext) -> RolloutEngine:
         ctx.eos_token_ids,
         ctx.tokenizer.pad_token_id,
         compile_decode=ctx.compile_decode,
+        packed_decode=ctx.packed_decode,
     )

@@ -115,6 +115,8 @@ class EngineSpec:
     """``rollout.compile``."""
     options: dict[str, Any] = field(default_factory=dict)
     """``rollout.engine_kwargs``."""
+    packed_decode: bool = True
+    """``rollout.packed_decode``."""
     module: str | None = None
     """The module that registers the engine (imported by the child first)."""
 
@@ -130,7 +132,13 @@ def _build_child_engine(spec: EngineSpec, model: nn.Module) -> RolloutEngine:
     model.requires_grad_(True)
     weights = ProcessWeights(model)
     context = EngineContext(
-        model, weights, spec.tokenizer, spec.eos_token_ids, spec.compile_decode, spec.options
+        model,
+        weights,
+        spec.tokenizer,
+        spec.eos_token_ids,
+        spec.compile_decode,
+        spec.options,
+        packed_decode=spec.packed_decode,
     )
     return ENGINES.get(spec.name)(context)
 

@@ -186,7 +186,9 @@ def build_parts(
     train_module = wrap_policy(LogpModule(policy), t.strategy, device)
     optimizer, scheduler = _optimizer(config, policy)
     r = config.rollout
-    context = EngineContext(policy, weights, tokenizer, eos_ids, r.compile, r.engine_kwargs)
+    context = EngineContext(
+        policy, weights, tokenizer, eos_ids, r.compile, r.engine_kwargs, r.packed_decode
+    )
     in_process = engine_in_process(r)
     return TrainingParts(
         config=config,
@@ -237,6 +239,7 @@ def _process_engine(config: Config, plan: RunPlan, ctx: EngineContext) -> Engine
         engine,
         r.compile,
         dict(r.engine_kwargs),
+        r.packed_decode,
         module=getattr(ENGINES.get(plan.rollout_engine), "__module__", None),
     )
     process = EngineProcess(spec, ctx.weights)
