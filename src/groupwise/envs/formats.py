@@ -55,7 +55,8 @@ def call_from_object(data: Any, key: str = "arguments") -> ToolCall:
 
 
 def _json_error(exc: json.JSONDecodeError, body: str) -> ToolCall:
-    cut = exc.pos >= len(body.rstrip())  # the text ended inside the JSON
+    # the text ended inside the JSON (an open string reports where the string began)
+    cut = exc.pos >= len(body.rstrip()) or exc.msg.startswith("Unterminated string")
     why = "cut off before its JSON ended" if cut else f"not valid JSON ({exc})"
     return ToolCall(None, error=f"error: the tool call is {why}")
 
