@@ -7,7 +7,9 @@ through ``tokenizer.apply_chat_template(messages, tools=[...])`` where the chat 
 tools, else by the text protocol of :func:`tools_instructions` in a system message, which ends
 with one worked call built from the first tool's schema (:func:`example_call`).
 
-The call protocol (Hermes / Qwen style, the one those templates teach): the model writes
+The call protocol (Hermes / Qwen style, the one those templates teach, and the default; the
+Llama 3.x and Mistral formats and the tokenizer's own parser are in
+:mod:`groupwise.envs.formats`, chosen by the ``episodes`` engine): the model writes
 
     <tool_call>{"name": "python", "arguments": {"code": "print(1 + 1)"}}</tool_call>
 

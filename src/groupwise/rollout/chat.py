@@ -14,7 +14,14 @@
   the first tool's own schema (a small model given only the protocol's description rarely
   calls; SmolLM2's template ignores ``tools=``).
 - **an environment message** (:meth:`ChatFormat.message_ids`): the template's rendering of that
-  message after an assistant turn, generation prompt included.
+  message after an assistant turn, generation prompt included; tool results
+  (:meth:`ChatFormat.reply_ids`), where the template renders an assistant message's
+  ``tool_calls``, as its rendering of one ``tool`` message per call after such a message (the
+  policy's own tokens are never re-rendered; only the text after its EOS is new).
+- **tool calls** (:attr:`ChatFormat.tool_format`): read in the format the template writes
+  ``tool_calls`` in, or the one named by ``rollout.engine_kwargs.tool_format``
+  (:mod:`groupwise.envs.formats`); earlier ``<tool_call>`` turns of a prompt reach such a
+  template as structured ``tool_calls`` (:func:`structured_messages`).
 """
 
 from __future__ import annotations
@@ -307,7 +314,7 @@ class ChatFormat:
                 where = "the system message" if self.templated else "the prompt"
                 lines.append(
                     f"episodes: tools ({names}) described in {where}: the "
-                    f"{self.tool_format.name} protocol and one worked call (the chat template "
+                    f"{getattr(self.tool_format, 'fallback', self.tool_format).name} protocol and one worked call (the chat template "
                     "does not render tools=)"
                 )
             lines.append(self._describe_calls())
