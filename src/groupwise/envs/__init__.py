@@ -5,7 +5,9 @@
   ``environment_factory`` adapter :func:`from_trl` (a class, or a dict routed per row by
   :class:`RoutedEnvironment`) and the ``env_reward`` reward function.
 - :mod:`~groupwise.envs.tools`: Python functions as tools (JSON schema), the ``<tool_call>``
-  protocol, :class:`ToolEnvironment` and the sandboxed ``python`` tool.
+  protocol, :class:`ToolEnvironment` and the sandboxed ``python`` tool;
+  :mod:`~groupwise.envs.formats`: the tool-call formats (``hermes``, ``llama3``, ``mistral``,
+  the tokenizer's response parser).
 - :mod:`~groupwise.envs.openenv` and :mod:`~groupwise.envs.verifiers`: adapters for OpenEnv
   and verifiers environments (the ``openenv`` and ``verifiers`` environments; optional extras,
   imported only when used).

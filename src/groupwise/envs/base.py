@@ -70,6 +70,10 @@ class EnvStep:
     """The episode is over (the policy does not speak again)."""
     reward: float | None = None
     """An optional per-turn reward (kept on the episode as ``step_rewards``)."""
+    tool_messages: list[dict[str, Any]] | None = None
+    """Tool results as chat messages (``{"role": "tool", "name", "content"}``, one per call
+    of the turn, in order), rendered as such where the chat template renders tool calls
+    (:meth:`groupwise.rollout.chat.ChatFormat.reply_ids`); ``message`` is the same as text."""
 
 
 class Environment(Protocol):

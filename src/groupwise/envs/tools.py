@@ -7,7 +7,9 @@ through ``tokenizer.apply_chat_template(messages, tools=[...])`` where the chat 
 tools, else by the text protocol of :func:`tools_instructions` in a system message, which ends
 with one worked call built from the first tool's schema (:func:`example_call`).
 
-The call protocol (Hermes / Qwen style, the one those templates teach): the model writes
+The call protocol (Hermes / Qwen style, the one those templates teach, and the default; the
+Llama 3.x and Mistral formats and the tokenizer's own parser are in
+:mod:`groupwise.envs.formats`, chosen by the ``episodes`` engine): the model writes
 
     <tool_call>{"name": "python", "arguments": {"code": "print(1 + 1)"}}</tool_call>
 
@@ -24,12 +26,9 @@ CPU, memory, output and wall-clock limits).
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import inspect
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from groupwise.envs.base import (
@@ -40,46 +39,14 @@ from groupwise.envs.base import (
     Row,
     call_maybe_async,
 )
+from groupwise.envs.formats import HERMES, ToolCall, ToolFormat
 from groupwise.envs.schema import Tool, as_tool, example_arguments
-
-_CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.DOTALL)
-
-
-@dataclass
-class ToolCall:
-    """One parsed call, or the error that replaces its result."""
-
-    name: str | None
-    arguments: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
 
 
 def parse_tool_calls(text: str) -> list[ToolCall]:
-    """Every ``<tool_call>{...}</tool_call>`` in ``text``; malformed ones carry an error."""
-    calls: list[ToolCall] = []
-    for match in _CALL.finditer(text):
-        body, closed = match.group(1).strip(), bool(match.group(2))
-        if not closed:
-            calls.append(ToolCall(None, error="error: unclosed <tool_call> tag"))
-            continue
-        try:
-            data = json.loads(body)
-        except json.JSONDecodeError as exc:
-            calls.append(ToolCall(None, error=f"error: the tool call is not valid JSON ({exc})"))
-            continue
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-            calls.append(ToolCall(None, error='error: a tool call needs a string "name"'))
-            continue
-        arguments = data.get("arguments", {})
-        if isinstance(arguments, str):  # some models write the arguments as a JSON string
-            with contextlib.suppress(json.JSONDecodeError):
-                arguments = json.loads(arguments)
-        if not isinstance(arguments, dict):
-            error = 'error: "arguments" must be a JSON object'
-            calls.append(ToolCall(data["name"], error=error))
-            continue
-        calls.append(ToolCall(data["name"], arguments))
-    return calls
+    """Every ``<tool_call>{...}</tool_call>`` in ``text``; malformed ones carry an error (the
+    ``hermes`` format; other formats: :mod:`groupwise.envs.formats`)."""
+    return HERMES.parse(text)
 
 
 def run_tool_call(
@@ -120,39 +87,36 @@ def execute_tool_call(
     return text, False
 
 
-def tools_instructions(tools: Sequence[Tool]) -> str:
+def tools_instructions(tools: Sequence[Tool], tool_format: ToolFormat = HERMES) -> str:
     """The text protocol, for chat templates that do not render tools (and tokenizers without a
-    template): how to call, the tools' schemas, then one worked call of the first tool
-    (:func:`example_call`), since a small model told only the format rarely follows it."""
-    lines = "\n".join(json.dumps(t.schema()) for t in tools)
-    text = (
-        "You can call tools. To call one, write\n"
-        '<tool_call>{"name": <tool name>, "arguments": <arguments as a JSON object>}</tool_call>\n'
-        "and stop; the result comes back as <tool_response>...</tool_response>. "
-        "Answer without a tool call when you are done.\n"
-        f"Available tools:\n<tools>\n{lines}\n</tools>"
-    )
+    template): how to call (in ``tool_format``, default ``hermes``), the tools' schemas, then
+    one worked call of the first tool (:func:`example_call`), since a small model told only the
+    format rarely follows it."""
+    text = tool_format.instructions("\n".join(json.dumps(t.schema()) for t in tools))
     if not tools:
         return text
     return (
         f"{text}\nAn example call of {tools[0].name} (use the values your task needs):\n"
-        f"{example_call(tools[0])}"
+        f"{example_call(tools[0], tool_format)}"
     )
 
 
-def example_call(tool: Tool) -> str:
+def example_call(tool: Tool, tool_format: ToolFormat = HERMES) -> str:
     """One well-formed call of ``tool`` with plausible arguments from its own schema
-    (:func:`groupwise.envs.schema.example_arguments`), e.g.
+    (:func:`groupwise.envs.schema.example_arguments`) in ``tool_format``, e.g.
     ``<tool_call>{"name": "add", "arguments": {"a": 3}}</tool_call>``."""
-    call = {"name": tool.name, "arguments": example_arguments(tool.parameters)}
-    return f"<tool_call>{json.dumps(call)}</tool_call>"
+    return tool_format.call_text(tool.name, example_arguments(tool.parameters))
 
 
 class ToolEnvironment(BaseEnvironment):
     """Runs the policy's tool calls; ends when the policy answers without one.
 
-    (The engine's ``max_turns`` bounds the episode.) Each turn's results are one message of
-    role ``tool``: one ``<tool_response>`` block per call, in order.
+    (The engine's ``max_turns`` bounds the episode.) Calls are read in ``tool_format``
+    (default ``hermes``; the ``episodes`` engine sets the tokenizer's through
+    :meth:`set_tool_format`). Each turn's results are one message of role ``tool``, the
+    format's :meth:`~groupwise.envs.formats.ToolFormat.results_text` (``hermes``: one
+    ``<tool_response>`` block per call, in order), and, per call, a ``tool`` message in
+    :attr:`EnvStep.tool_messages` (for chat templates that render tool calls themselves).
     """
 
     role = "tool"
@@ -171,6 +135,11 @@ class ToolEnvironment(BaseEnvironment):
         self.calls: list[ToolCall] = []
         self.errors = 0  # calls answered with an error result
         self.failures = 0  # named calls no tool returned for (see execute_tool_call)
+        self.tool_format: ToolFormat = HERMES
+
+    def set_tool_format(self, tool_format: ToolFormat) -> None:
+        """Read the policy's calls in ``tool_format`` (and write results in it)."""
+        self.tool_format = tool_format
 
     def reset(self, row: Row) -> str | None:
         """No first observation (the tools are described in the prompt)."""
@@ -179,7 +148,7 @@ class ToolEnvironment(BaseEnvironment):
 
     def step(self, policy_message: str) -> EnvStep:
         """Run every call of the message; done when there is none."""
-        calls = parse_tool_calls(policy_message)
+        calls = self.tool_format.parse(policy_message)
         if not calls:
             return EnvStep(None, done=True)
         self.calls.extend(calls)
@@ -191,7 +160,12 @@ class ToolEnvironment(BaseEnvironment):
         self.failures += sum(
             failed and c.name is not None for c, (_, failed) in zip(calls, outcomes, strict=True)
         )
-        return EnvStep("\n".join(f"<tool_response>{r}</tool_response>" for r, _ in outcomes))
+        results = [text for text, _ in outcomes]
+        messages = [
+            {"role": "tool", "name": c.name or "invalid_call", "content": r}
+            for c, r in zip(calls, results, strict=True)
+        ]
+        return EnvStep(self.tool_format.results_text(results), tool_messages=messages)
 
 
 def tool_frequencies(envs: Iterable[Any]) -> dict[str, float]:
@@ -291,6 +265,11 @@ class RoutedEnvironment:
         self.shared = list(tools)
         self.options = options
         self.inner: TRLEnvironment | None = None
+        self.tool_format: ToolFormat = HERMES
+
+    def set_tool_format(self, tool_format: ToolFormat) -> None:
+        """The format every row's environment reads calls in."""
+        self.tool_format = tool_format
 
     def reset(self, row: Row) -> str | None:
         """Build the row's environment and reset it."""
@@ -302,6 +281,7 @@ class RoutedEnvironment:
                 f"naming one of {sorted(self.factories)}; a row has {got}"
             )
         self.inner = TRLEnvironment(self.factories[name](), self.shared, **self.options)
+        self.inner.set_tool_format(self.tool_format)
         return self.inner.reset({k: v for k, v in row.items() if k != "environment"})
 
     def _env(self) -> TRLEnvironment:

@@ -14,28 +14,60 @@
   the first tool's own schema (a small model given only the protocol's description rarely
   calls; SmolLM2's template ignores ``tools=``).
 - **an environment message** (:meth:`ChatFormat.message_ids`): the template's rendering of that
-  message after an assistant turn, generation prompt included.
+  message after an assistant turn, generation prompt included; tool results
+  (:meth:`ChatFormat.reply_ids`), where the template renders an assistant message's
+  ``tool_calls``, as its rendering of one ``tool`` message per call after such a message (the
+  policy's own tokens are never re-rendered; only the text after its EOS is new).
+- **tool calls** (:attr:`ChatFormat.tool_format`): read in the format the template writes
+  ``tool_calls`` in, or the one named by ``rollout.engine_kwargs.tool_format``
+  (:mod:`groupwise.envs.formats`); earlier ``<tool_call>`` turns of a prompt reach such a
+  template as structured ``tool_calls`` (:func:`structured_messages`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import json
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from groupwise.envs import Tool
+from groupwise.envs import EnvStep, Tool
+from groupwise.envs.formats import (
+    HERMES,
+    TOOL_FORMATS,
+    TokenizerParser,
+    ToolFormat,
+    has_response_parser,
+)
 from groupwise.envs.tools import tools_instructions
 
 _REPLY, _MESSAGE = "\x1fREPLY\x1f", "\x1fMESSAGE\x1f"
+_USER = {"role": "user", "content": "hi"}
+_PROBE_CALL = {"type": "function", "function": {"name": "probe_tool", "arguments": {"n": 7}}}
+_CALL_BLOCK = re.compile(r"<tool_call>.*?</tool_call>", re.DOTALL)
+_RESPONSE_BLOCK = re.compile(r"<tool_response>(.*?)</tool_response>", re.DOTALL)
 
 
 class ChatFormat:
     """Renders environment messages and prompts the way the tokenizer's chat template does."""
 
-    def __init__(self, tokenizer: Any, eos_token_ids: Sequence[int]) -> None:
+    def __init__(
+        self, tokenizer: Any, eos_token_ids: Sequence[int], tool_format: str = "auto"
+    ) -> None:
+        if tool_format != "auto" and tool_format not in TOOL_FORMATS:
+            raise ValueError(
+                f"rollout.engine_kwargs.tool_format={tool_format!r} is unknown; valid: auto, "
+                f"{', '.join(TOOL_FORMATS)}"
+            )
         self.tokenizer = tokenizer
         self.eos_texts = [tokenizer.decode([i]) for i in eos_token_ids]
+        self.format_name = tool_format
         self._frames: dict[str, tuple[str, str]] = {}
         self._renders_tools: bool | None = None
+        self._rendered_call: str | None = None
+        self._tool_format: ToolFormat | None = None
+        self._markers: dict[int, str] | None = None
 
     @property
     def templated(self) -> bool:
@@ -57,6 +89,131 @@ class ChatFormat:
                 except Exception:
                     self._renders_tools = False
         return self._renders_tools
+
+    def rendered_call(self) -> str:
+        """What the chat template renders for a conversation whose assistant message has a
+        ``tool_calls`` field (a probe call), or "" when it renders no call (no template, the
+        field ignored, or the template fails on it)."""
+        if self._rendered_call is None:
+            self._rendered_call = ""
+            if self.templated:
+                message = {"role": "assistant", "content": "", "tool_calls": [_PROBE_CALL]}
+                try:
+                    text = self._apply([_USER, message], add_generation_prompt=False)
+                except Exception:
+                    text = ""
+                self._rendered_call = text if "probe_tool" in text else ""
+        return self._rendered_call
+
+    def renders_tool_calls(self) -> bool:
+        """The chat template renders an assistant message's ``tool_calls`` (structured calls
+        and ``tool`` messages are then rendered by it, see :meth:`reply_ids`)."""
+        return bool(self.rendered_call())
+
+    def detected_format(self) -> str | None:
+        """The text protocol the template writes calls in: ``mistral`` (``[TOOL_CALLS]``),
+        ``hermes`` (``<tool_call>``), ``llama3`` (``<|python_tag|>`` or ``"parameters"``), or
+        None (it renders no calls, or in a protocol not known here)."""
+        text = self.rendered_call()
+        if "[TOOL_CALLS]" in text:
+            return "mistral"
+        if "<tool_call>" in text:
+            return "hermes"
+        if "<|python_tag|>" in text or '"parameters"' in text:
+            return "llama3"
+        return None
+
+    @property
+    def tool_format(self) -> ToolFormat:
+        """How the policy's calls are read: the named format, or under ``auto`` the detected
+        one (default ``hermes``), read first by the tokenizer's own response parser when it has
+        one (:class:`~groupwise.envs.formats.TokenizerParser`)."""
+        if self._tool_format is None:
+            auto = self.format_name == "auto"
+            name = (self.detected_format() or HERMES.name) if auto else self.format_name
+            fmt = TOOL_FORMATS[name]
+            if auto and has_response_parser(self.tokenizer):
+                fmt = TokenizerParser(self.tokenizer, fmt)
+            self._tool_format = fmt
+        return self._tool_format
+
+    def attach(self, env: Any) -> None:
+        """Give ``env`` the tool format, when it reads tool calls (``set_tool_format``)."""
+        setter = getattr(env, "set_tool_format", None)
+        if callable(setter):
+            setter(self.tool_format)
+
+    def policy_text(self, ids: Sequence[int]) -> str:
+        """The text of a policy turn, special tokens skipped except the tool format's markers
+        (e.g. Mistral's ``[TOOL_CALLS]``, where the tokenizer holds it as a special token)."""
+        markers = self._marker_ids()
+        decode = self.tokenizer.decode
+        if not any(i in markers for i in ids):
+            text: str = decode(list(ids), skip_special_tokens=True)
+            return text
+        pieces: list[str] = []
+        run: list[int] = []
+        for i in ids:
+            if i in markers:
+                pieces += [decode(run, skip_special_tokens=True), markers[i]]
+                run = []
+            else:
+                run.append(i)
+        return "".join([*pieces, decode(run, skip_special_tokens=True)])
+
+    def _marker_ids(self) -> dict[int, str]:
+        """The format's markers that are one token the skipping decode would drop."""
+        if self._markers is None:
+            self._markers = {}
+            for marker in self.tool_format.markers:
+                ids = self.tokenizer(marker, add_special_tokens=False)["input_ids"]
+                if len(ids) == 1 and not self.tokenizer.decode(ids, skip_special_tokens=True):
+                    self._markers[ids[0]] = marker
+        return self._markers
+
+    def reply_ids(self, step: EnvStep, role: str) -> list[int]:
+        """Token ids of the environment's answer ``step`` after the policy's EOS: its
+        ``tool_messages`` as the template renders ``tool`` messages after an assistant message
+        with as many ``tool_calls`` (when it renders tool calls; consecutive tool messages as
+        it groups them), else :meth:`message_ids` of its text in ``role``. A template that
+        fails on the structured messages (e.g. rejects ``tool``, or several calls) gets the
+        text too."""
+        if step.tool_messages and self.renders_tool_calls():
+            tail = self._tool_tail(step.tool_messages)
+            if tail is not None:
+                ids: list[int] = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
+                return ids
+        return self.message_ids(step.message or "", role)
+
+    def _tool_tail(self, messages: Sequence[Mapping[str, Any]]) -> str | None:
+        """The text the template renders for ``messages`` (tool results) after an assistant
+        turn that made one call per message, up to the next generation prompt: everything
+        after the first EOS text that follows the assistant's header."""
+        ids = [f"call{k:05d}" for k in range(len(messages))]  # 9 characters, as Mistral's
+        calls = [
+            {
+                "type": "function",
+                "id": i,
+                "function": {"name": m.get("name", "tool"), "arguments": {}},
+            }
+            for i, m in zip(ids, messages, strict=True)
+        ]
+        results = [{**m, "tool_call_id": i} for i, m in zip(ids, messages, strict=True)]
+        assistant = {"role": "assistant", "content": _REPLY, "tool_calls": calls}
+        try:
+            head = self._apply([_USER])
+            full = self._apply([_USER, assistant, *results])
+        except Exception:
+            return None
+        start = next(
+            (k for k, (a, b) in enumerate(zip(head, full, strict=False)) if a != b),
+            min(len(head), len(full)),
+        )  # the assistant's turn starts after what both share
+        ends = [(full.find(e, start), e) for e in self.eos_texts if e and e in full[start:]]
+        if not ends:
+            return None
+        at, eos = min(ends)
+        return full[at + len(eos) :]
 
     def message_ids(self, text: str, role: str) -> list[int]:
         """Token ids continuing a conversation after the policy's EOS with ``text`` from
@@ -110,6 +267,8 @@ class ChatFormat:
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
         messages = [dict(m) for m in prompt]
+        if self.renders_tool_calls():
+            messages = structured_messages(messages)
         if observation:
             if messages and messages[-1].get("role") == "user":
                 messages[-1]["content"] = f"{messages[-1]['content']}\n{observation}"
@@ -124,16 +283,18 @@ class ChatFormat:
         with_tools = self._apply(messages, tools=[t.schema() for t in tools])
         if with_tools != plain:  # the template describes tools itself
             return with_tools
-        system = tools_instructions(tools)
+        system = tools_instructions(tools, self.tool_format)
         if messages[0].get("role") == "system":
             messages[0]["content"] = f"{messages[0]['content']}\n\n{system}"
         else:
             messages.insert(0, {"role": "system", "content": system})
         return self._apply(messages)
 
-    def _apply(self, messages: list[dict[str, Any]], **kw: Any) -> str:
+    def _apply(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kw: Any
+    ) -> str:
         text: str = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, **kw
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kw
         )
         return text
 
@@ -152,7 +313,68 @@ class ChatFormat:
             else:
                 where = "the system message" if self.templated else "the prompt"
                 lines.append(
-                    f"episodes: tools ({names}) described in {where}: the <tool_call> protocol "
-                    "and one worked call (the chat template does not render tools=)"
+                    f"episodes: tools ({names}) described in {where}: the "
+                    f"{getattr(self.tool_format, 'fallback', self.tool_format).name} protocol and one worked call (the chat template "
+                    "does not render tools=)"
                 )
+            lines.append(self._describe_calls())
         return lines
+
+    def _describe_calls(self) -> str:
+        """How calls are read and results rendered, for the run log."""
+        how = "set by tool_format" if self.format_name != "auto" else "detected"
+        if self.format_name == "auto" and self.detected_format() is None:
+            how = "the default: the chat template renders no known tool-call format"
+        results = (
+            "tool results as the template's tool messages"
+            if self.renders_tool_calls()
+            else "tool results as one message of the environment's role"
+        )
+        return f"episodes: tool calls read as {self.tool_format.name} ({how}); {results}"
+
+
+def structured_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` as a chat template that renders tool calls takes them: an assistant
+    message whose text is ``<tool_call>`` blocks (and other text) gets them as a structured
+    ``tool_calls`` field (``{"type": "function", "function": {"name", "arguments"}}``) and
+    keeps the other text as its content; a ``tool`` message made of ``<tool_response>`` blocks
+    becomes one ``tool`` message per block, unwrapped (the template wraps results itself);
+    arguments given as a JSON string (OpenAI's shape) become the object templates expect.
+    Messages with a malformed call stay as they are."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        role, content = m.get("role"), m.get("content")
+        if role == "assistant" and not m.get("tool_calls") and isinstance(content, str):
+            calls = HERMES.parse(content)
+            if calls and all(c.error is None for c in calls):
+                structured = [
+                    {"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in calls
+                ]
+                rest = _CALL_BLOCK.sub("", content).strip()
+                out.append({**m, "content": rest, "tool_calls": structured})
+                continue
+        if role == "tool" and isinstance(content, str):
+            blocks = _RESPONSE_BLOCK.findall(content)
+            if blocks and not _RESPONSE_BLOCK.sub("", content).strip():
+                out.extend({**m, "content": b} for b in blocks)
+                continue
+        out.append(_object_arguments(m))
+    return out
+
+
+def _object_arguments(message: Mapping[str, Any]) -> dict[str, Any]:
+    """``message`` with each ``tool_calls`` entry's JSON-string arguments decoded."""
+    out = dict(message)
+    if not message.get("tool_calls"):
+        return out
+    calls = []
+    for call in message["tool_calls"]:
+        fn = call.get("function") if isinstance(call, Mapping) else None
+        args = fn.get("arguments") if isinstance(fn, Mapping) else None
+        if isinstance(fn, Mapping) and isinstance(args, str):
+            with contextlib.suppress(json.JSONDecodeError):
+                call = {**call, "function": {**fn, "arguments": json.loads(args)}}
+        calls.append(call)
+    out["tool_calls"] = calls
+    return out

@@ -22,6 +22,11 @@
   following the rollout weights) and ``threads`` (default ``torch.get_num_threads()``). The
   turn loop, budgets and draws are the same for both (:mod:`groupwise.rollout.turns`); from
   the same logits they sample the same tokens.
+- ``tool_format`` (default ``auto``): how tool calls are read, one of ``auto``, ``hermes``,
+  ``llama3``, ``mistral`` (:mod:`groupwise.envs.formats`); ``auto`` takes the format the chat
+  template writes an assistant message's ``tool_calls`` in (``hermes`` when it writes none),
+  read first by the tokenizer's own response parser when it has one
+  (:attr:`groupwise.rollout.chat.ChatFormat.tool_format`).
 
 A group is G episodes from the same row: each environment is built, then ``reset(row)``; a
 returned observation is appended to the prompt (it must be the same for the G episodes of a
@@ -313,6 +318,7 @@ _OPTIONS = (
     "backend",
     "llamacpp_dtype",
     "threads",
+    "tool_format",
 )
 BACKENDS = ("torch", "llamacpp")
 """The decode backends of the episodes engine (``rollout.engine_kwargs.backend``)."""
@@ -336,6 +342,7 @@ class EpisodeEngine(ServesWeights):
         backend: str = "torch",
         llamacpp_dtype: str = "auto",
         threads: int | None = None,
+        tool_format: str = "auto",
     ) -> None:
         if max_turns < 1:
             raise ValueError("rollout.engine_kwargs.max_turns must be at least 1")
@@ -348,7 +355,7 @@ class EpisodeEngine(ServesWeights):
         self.max_tokens = max_tokens
         self.max_tokens_per_turn = max_tokens_per_turn
         self.kv_reuse = kv_reuse
-        self.format = ChatFormat(tokenizer, self.eos_token_ids)
+        self.format = ChatFormat(tokenizer, self.eos_token_ids, tool_format)
         self.logged: set[str] = set()  # run-log lines printed already
         self.last_episodes: list[Episode] = []
         self.env_seconds = 0.0
@@ -380,6 +387,8 @@ class EpisodeEngine(ServesWeights):
             Episode(self.factory(**self.env_kwargs), index=request.row_offset + i)
             for i in range(len(rows) * g)
         ]
+        for ep in episodes:
+            self.format.attach(ep.env)  # the tool-call format, for environments with tools
         start = time.perf_counter()
         observations = [ep.env.reset(rows[i // g]) for i, ep in enumerate(episodes)]
         self.env_seconds = time.perf_counter() - start
@@ -457,7 +466,7 @@ class EpisodeEngine(ServesWeights):
                 return []
             closing = self.eos_token_ids[:1]  # cut by max_tokens_per_turn: close the turn
             ep.cut_turns += 1
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = self.format.policy_text(ids)
         start = time.perf_counter()
         result = as_env_step(ep.env.step(text))
         self.env_seconds += time.perf_counter() - start
@@ -470,7 +479,7 @@ class EpisodeEngine(ServesWeights):
             ep.end(truncated=True, reason="max_turns")
             return []
         role = getattr(ep.env, "role", "user")
-        chunk = closing + self.format.message_ids(result.message or "", role)
+        chunk = closing + self.format.reply_ids(result, role)
         if not chunk or len(ep.tokens) + len(chunk) >= budget:  # no room for a reply
             ep.end(truncated=True, reason="no_room")
             return []
