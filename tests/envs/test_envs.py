@@ -287,3 +287,65 @@ def test_tool_frequencies_count_as_trl_does() -> None:
     assert tool_frequencies([c]) == {"tools/call_frequency": 0.0, "tools/failure_frequency": 0.0}
     assert tool_frequencies([object()]) == {}  # no tools: TRL logs none
     assert env_columns([a, b]) == {}  # plain tool environments add no column
+
+
+def test_the_worked_exchange_runs_a_plain_function_tool_once_and_shows_its_result() -> None:
+    from groupwise.envs.tools import worked_exchange
+
+    seen: list[str] = []
+
+    def capital(country: str) -> str:
+        """The capital city of a country.
+
+        Args:
+            country: the country's English name, e.g. "France".
+        """
+        seen.append(country)
+        return {"France": "Paris"}.get(country, "unknown")
+
+    tool = Tool.from_function(capital)
+    user, call, result, answer = worked_exchange([tool, Tool.from_function(add)])
+    assert seen == ["France"]  # the first tool, with its example arguments, once
+    assert [m["role"] for m in (user, call, result, answer)] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
+    assert user["content"] == 'What is the capital for country "France"? Use the capital tool.'
+    (parsed,) = parse_tool_calls(call["content"])
+    assert (parsed.name, parsed.arguments, parsed.error) == ("capital", {"country": "France"}, None)
+    assert result["content"] == "<tool_response>Paris</tool_response>"
+    assert answer["content"] == "Paris"
+    assert worked_exchange([]) == []
+
+
+def test_no_worked_exchange_where_the_example_call_is_not_safe_or_fails() -> None:
+    from groupwise.envs.tools import worked_exchange
+
+    class Counter:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def bump(self, by: int) -> int:
+            """Add to the counter (state a demo call must not change)."""
+            self.n += by
+            return self.n
+
+    counter = Counter()
+    assert worked_exchange([Tool.from_function(counter.bump)]) == [] and counter.n == 0
+
+    async def slow(x: int) -> int:
+        """An async tool."""
+        return x
+
+    def broken(x: int) -> int:
+        """Raises."""
+        raise RuntimeError("no")
+
+    def refuses(x: int) -> str:
+        """Answers with an error text."""
+        return "error: not this one"
+
+    for func in (slow, broken, refuses):
+        assert worked_exchange([Tool.from_function(func)]) == [], func.__name__

@@ -112,3 +112,42 @@ def test_a_template_with_tools_is_used_unchanged(smollm2: Any) -> None:
     assert text == _user(tokenizer, "The capital of France?", tools=[tool.schema()])
     assert example_call(tool) not in text and "<tool_call>" not in text
     assert any("chat template's tools=" in line for line in fmt.describe([tool]))
+
+
+def test_a_template_without_tools_gets_a_worked_exchange_before_the_question(smollm2: Any) -> None:
+    """The exchange (a request, the call, the tool's real result, the answer) comes as earlier
+    turns after the system message; the tool runs once for every prompt rendered."""
+    calls: list[str] = []
+
+    def lookup(country: str) -> str:
+        """The capital city of a country.
+
+        Args:
+            country: a name, e.g. "France".
+        """
+        calls.append(country)
+        return "Paris"
+
+    tool = Tool.from_function(lookup)
+    fmt = ChatFormat(smollm2, [smollm2.eos_token_id])
+    text = fmt.prompt_text("The capital of Peru?", [tool], None)
+    assert fmt.prompt_text("The capital of Chile?", [tool], None) != text and calls == ["France"]
+    call = example_call(tool)
+    assert call == '<tool_call>{"name": "lookup", "arguments": {"country": "France"}}</tool_call>'
+    turns = text.split("<|im_start|>")[1:]
+    roles = [t.split("\n", 1)[0] for t in turns]
+    assert roles == ["system", "user", "assistant", "tool", "assistant", "user", "assistant"]
+    assert turns[2] == f"assistant\n{call}<|im_end|>\n"
+    assert turns[3] == "tool\n<tool_response>Paris</tool_response><|im_end|>\n"
+    assert turns[4] == "assistant\nParis<|im_end|>\n"
+    assert turns[5] == "user\nThe capital of Peru?<|im_end|>\n"
+    assert any("worked exchange" in line for line in fmt.describe([tool]))
+    shown = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": call},
+        {"role": "user", "content": "The capital of Peru?"},
+    ]
+    assert "<|im_start|>tool" not in fmt.prompt_text(shown, [tool], None)  # one is shown already
+    assert "<|im_start|>tool" not in ChatFormat(
+        _with_template(smollm2, TOOLS_TEMPLATE), [smollm2.eos_token_id]
+    ).prompt_text("The capital of Peru?", [tool], None)  # a template with tools: unchanged

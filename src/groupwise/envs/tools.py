@@ -101,6 +101,42 @@ def tools_instructions(tools: Sequence[Tool], tool_format: ToolFormat = HERMES) 
     )
 
 
+def worked_exchange(
+    tools: Sequence[Tool], tool_format: ToolFormat = HERMES, *, timeout: float = 2.0
+) -> list[dict[str, str]]:
+    """One worked exchange with the first tool, as earlier turns of a conversation: a user
+    question naming the tool and its example arguments (``What is the capital for country
+    "France"? Use the capital tool.``; the values of :func:`example_call`), the assistant's
+    call, the tool's real result (``tool_format.results_text``, role ``tool``) and the
+    assistant's answer, the result itself. A small model copies the turns it sees far more
+    readily than it follows a described protocol.
+
+    The example call really runs, once, only when that is safe to assume: the tool is a plain
+    synchronous function (never a bound method, e.g. a TRL environment's tool, whose instance
+    the call would change, nor an async or other callable) and it returns within ``timeout``
+    seconds with a result that is not an ``error`` text. Otherwise ``[]``: no exchange (the
+    worked call of :func:`tools_instructions` stays the only example)."""
+    if not tools:
+        return []
+    tool = tools[0]
+    func = tool.func
+    if not inspect.isfunction(func) or inspect.iscoroutinefunction(func):
+        return []
+    arguments = example_arguments(tool.parameters)
+    call = ToolCall(tool.name, arguments)
+    result, failed = execute_tool_call(call, [tool], timeout=timeout, max_chars=500)
+    if failed or not result.strip() or result.lstrip().lower().startswith("error"):
+        return []
+    values = " and ".join(f"{k} {json.dumps(v)}" for k, v in arguments.items())
+    request = f"What is the {tool.name} for {values}? Use the {tool.name} tool."
+    return [
+        {"role": "user", "content": request},
+        {"role": "assistant", "content": tool_format.call_text(tool.name, arguments)},
+        {"role": "tool", "content": tool_format.results_text([result])},
+        {"role": "assistant", "content": result},
+    ]
+
+
 def example_call(tool: Tool, tool_format: ToolFormat = HERMES) -> str:
     """One well-formed call of ``tool`` with plausible arguments from its own schema
     (:func:`groupwise.envs.schema.example_arguments`) in ``tool_format``, e.g.

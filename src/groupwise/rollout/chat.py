@@ -40,7 +40,7 @@ from groupwise.envs.formats import (
     ToolFormat,
     has_response_parser,
 )
-from groupwise.envs.tools import tools_instructions
+from groupwise.envs.tools import tools_instructions, worked_exchange
 
 _REPLY, _MESSAGE = "\x1fREPLY\x1f", "\x1fMESSAGE\x1f"
 _USER = {"role": "user", "content": "hi"}
@@ -68,6 +68,7 @@ class ChatFormat:
         self._rendered_call: str | None = None
         self._tool_format: ToolFormat | None = None
         self._markers: dict[int, str] | None = None
+        self._exchanges: dict[str, list[dict[str, str]]] = {}
 
     @property
     def templated(self) -> bool:
@@ -288,7 +289,21 @@ class ChatFormat:
             messages[0]["content"] = f"{messages[0]['content']}\n\n{system}"
         else:
             messages.insert(0, {"role": "system", "content": system})
+        if not any(m.get("role") == "assistant" for m in messages):
+            at = next((k for k, m in enumerate(messages) if m.get("role") != "system"), len(messages))
+            messages[at:at] = self.worked_exchange(tools)
         return self._apply(messages)
+
+    def worked_exchange(self, tools: Sequence[Tool]) -> list[dict[str, str]]:
+        """The worked exchange shown before the first user message when the template ignores
+        ``tools=`` (:func:`groupwise.envs.tools.worked_exchange`, in :attr:`tool_format`; its
+        example call runs once per tool and format, then the messages are reused)."""
+        if not tools:
+            return []
+        key = f"{self.tool_format.name}:{json.dumps(tools[0].schema(), sort_keys=True)}"
+        if key not in self._exchanges:
+            self._exchanges[key] = worked_exchange(tools, self.tool_format)
+        return [dict(m) for m in self._exchanges[key]]
 
     def _apply(
         self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kw: Any
@@ -312,10 +327,13 @@ class ChatFormat:
                 lines.append(f"episodes: tools ({names}) described by the chat template's tools=")
             else:
                 where = "the system message" if self.templated else "the prompt"
+                protocol = getattr(self.tool_format, "fallback", self.tool_format).name
+                shown = "one worked call"
+                if self.templated and self.worked_exchange(tools):
+                    shown += f", then a worked exchange with {tools[0].name} as earlier turns"
                 lines.append(
-                    f"episodes: tools ({names}) described in {where}: the "
-                    f"{getattr(self.tool_format, 'fallback', self.tool_format).name} protocol and one worked call (the chat template "
-                    "does not render tools=)"
+                    f"episodes: tools ({names}) described in {where}: the {protocol} protocol "
+                    f"and {shown} (the chat template does not render tools=)"
                 )
             lines.append(self._describe_calls())
         return lines
