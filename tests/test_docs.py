@@ -65,7 +65,9 @@ def test_the_readme_agent_example_runs(tmp_path: Path, monkeypatch: pytest.Monke
     """The README's custom environment with a custom tool, run as written (tiny-random, 1
     step, and its registration undone). Its string prompts reach the model as chat turns (the
     tiny model has SmolLM2's tokenizer and chat template, which ignores ``tools=``): a system
-    message with the tool protocol and a worked call of ``capital``, then the user's question."""
+    message with the tool protocol and a worked call of ``capital``, a worked exchange (the
+    docstring's example country, the tool's real answer), then the user's question. Its reward
+    credits only an answer given after the tool's result, and it evaluates on held-out rows."""
     import re
 
     from groupwise.envs import ENVIRONMENTS
@@ -96,20 +98,37 @@ def test_the_readme_agent_example_runs(tmp_path: Path, monkeypatch: pytest.Monke
         '"eval.before=false", "eval.after=false", "progress=false", "report=false", '
         '"save_final=false", "training.param_dtype=float32"]',
     )
+    names: dict[str, Any] = {"__name__": "readme_example"}
     try:
-        exec(compile(source, "README-agent-example", "exec"), {"__name__": "readme_example"})
+        exec(compile(source, "README-agent-example", "exec"), names)
     finally:
         ENVIRONMENTS.unregister("capitals")
     assert (tmp_path / "run" / "metrics.jsonl").exists()
     assert seen
-    call = '<tool_call>{"name": "capital", "arguments": {"country": "text"}}</tool_call>'
+    call = '<tool_call>{"name": "capital", "arguments": {"country": "France"}}</tool_call>'
+    exchange = (
+        f"<|im_start|>assistant\n{call}<|im_end|>\n"
+        "<|im_start|>tool\n<tool_response>Paris</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\nParis<|im_end|>\n<|im_start|>user\nWhat is the capital of "
+    )
     for text in seen:
         text = text[text.index("<|im_start|>") :]  # after the left padding
-        assert text.startswith("<|im_start|>system\nYou can call tools.") and call in text
+        assert text.startswith("<|im_start|>system\nYou can call tools.") and exchange in text
         assert re.search(
             r"<\|im_start\|>user\nWhat is the capital of \w+\? Use the capital tool\.", text
         )
         assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    task, reward = names["task"], names["from_the_tool"]
+    held_out = {row["prompt"] for row in task.eval}
+    assert held_out and not held_out & {row["prompt"] for row in task.train}
+    said = '<tool_call>{"name": "capital", "arguments": {"country": "Peru"}}</tool_call>'
+    completions = [
+        "The capital of Peru is Lima.",  # no tool: no credit
+        "<tool_response>Lima</tool_response> Lima",  # a result the policy wrote itself
+        f"{said}\ntool\n<tool_response>Lima</tool_response>\nassistant\nLima",
+        f"{said}\ntool\n<tool_response>Lima</tool_response>\nassistant\nCusco",
+    ]
+    assert reward(["q"] * 4, completions, ["Lima"] * 4) == [0.0, 0.0, 1.0, 0.0]
 
 
 def test_the_readme_trl_example_runs_two_steps(tmp_path: Path) -> None:

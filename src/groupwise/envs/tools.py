@@ -5,7 +5,9 @@ first paragraph describes the tool, a Google-style ``Args:`` section its argumen
 type-hinted signature give an OpenAI-style JSON schema. The tools are described to the model
 through ``tokenizer.apply_chat_template(messages, tools=[...])`` where the chat template renders
 tools, else by the text protocol of :func:`tools_instructions` in a system message, which ends
-with one worked call built from the first tool's schema (:func:`example_call`).
+with one worked call built from the first tool's schema (:func:`example_call`); the
+``episodes`` engine adds a worked exchange with the tool as earlier turns
+(:func:`worked_exchange`).
 
 The call protocol (Hermes / Qwen style, the one those templates teach, and the default; the
 Llama 3.x and Mistral formats and the tokenizer's own parser are in

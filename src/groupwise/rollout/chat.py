@@ -11,8 +11,10 @@
   them (found by :meth:`ChatFormat.renders_tools`: a conversation rendered with and without
   ``tools=`` differs), unchanged; else in a system message with the text protocol of
   :func:`groupwise.envs.tools.tools_instructions`, which ends with one worked call built from
-  the first tool's own schema (a small model given only the protocol's description rarely
-  calls; SmolLM2's template ignores ``tools=``).
+  the first tool's own schema, then (:meth:`ChatFormat.worked_exchange`) one worked exchange as
+  earlier turns before the first user message: a question, the call, the tool's real result,
+  the answer (a small model given only the protocol's description rarely calls; SmolLM2's
+  template ignores ``tools=``).
 - **an environment message** (:meth:`ChatFormat.message_ids`): the template's rendering of that
   message after an assistant turn, generation prompt included; tool results
   (:meth:`ChatFormat.reply_ids`), where the template renders an assistant message's
@@ -290,7 +292,9 @@ class ChatFormat:
         else:
             messages.insert(0, {"role": "system", "content": system})
         if not any(m.get("role") == "assistant" for m in messages):
-            at = next((k for k, m in enumerate(messages) if m.get("role") != "system"), len(messages))
+            at = next(
+                (k for k, m in enumerate(messages) if m.get("role") != "system"), len(messages)
+            )
             messages[at:at] = self.worked_exchange(tools)
         return self._apply(messages)
 

@@ -32,7 +32,7 @@ A group is G episodes from the same row: each environment is built, then ``reset
 returned observation is appended to the prompt (it must be the same for the G episodes of a
 row), and an environment with ``tools`` has them described in the prompt (chat template
 ``tools=``, or the text protocol of :func:`groupwise.envs.tools.tools_instructions` with one
-worked call when the template ignores tools). A row's string prompt is one user message of the
+worked call and a worked exchange as earlier turns when the template ignores tools). A row's string prompt is one user message of the
 chat template (raw text only for a tokenizer without one): the first turn is framed as a chat
 turn, like every later one (:mod:`groupwise.rollout.chat`). The first call prints these choices
 and the per-turn budget (``episodes: ...`` lines). Every turn
