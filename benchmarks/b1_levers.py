@@ -15,6 +15,8 @@ Variants (cumulative, each adds one lever to the one above):
 - gradient-checkpointing: recompute decoder activations in the backward pass (instead of
   no-lora-rollout-copy, which applies to B1-LoRA only: decode through the unmerged adapters
   instead of a merged bf16 copy of the model);
+- transformers-decode (beside pure-bf16, not on top of the others): ``rollout.packed_decode=false``,
+  each decode step through transformers' forward instead of the packed decode step;
 - llamacpp (beside pure-bf16, not on top of the others): ``rollout.engine=llamacpp``, llama.cpp
   decoding a bf16 GGUF copy of the policy, rewritten after every update (needs
   ``scripts/setup.sh --llamacpp``).
@@ -54,6 +56,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "gradient-checkpointing": (
         "training.param_dtype=bfloat16",
         "training.gradient_checkpointing=true",
+    ),
+    "transformers-decode": (  # not cumulative: pure-bf16 without the packed decode step
+        "training.param_dtype=bfloat16",
+        "rollout.packed_decode=false",
     ),
     "llamacpp": (  # not cumulative: pure-bf16 with llama.cpp generating on a bf16 GGUF copy
         "training.param_dtype=bfloat16",

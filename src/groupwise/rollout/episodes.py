@@ -7,7 +7,9 @@
 - ``max_turns`` (default 4): policy turns per episode; an episode the environment has not ended
   by then is *truncated*;
 - ``max_tokens``: completion tokens per episode, the policy's and the environment's together
-  (default: ``rollout.max_completion_length``); a policy turn that reaches it, or an
+  (default: the request's budget: ``rollout.max_completion_length`` in training,
+  ``eval.max_new_tokens`` in evaluation, so set it when evaluation episodes need more than
+  that); a policy turn that reaches it, or an
   environment message that leaves no room for a reply, ends the episode truncated;
 - ``max_tokens_per_turn``: cap of one policy turn (default: the episode budget ``max_tokens``
   divided by ``max_turns``, integer, at least 1, so every turn has room); a turn cut by it is
