@@ -529,7 +529,11 @@ TABLES: tuple[Table, ...] = (
         "steps (`--set eval.every_steps=10`): the wall times compare with each other, not with "
         "a run that has the whole machine. Accuracy at a time is the newest evaluation finished "
         "by then, counted from the process's start (the accuracy before training if none "
-        "was). The seed-0 pair shared the machine with test runs for much of its time.",
+        "was). The seed-0 pair shared the machine with test runs for much of its time, and the "
+        "lr-5e-5 and group-16 runs, measured later, with test runs and other trainings for most "
+        "of theirs: compare their accuracy at the end and per evaluation step, not their times. "
+        "The local and adaptive-entropy rows were measured at commit 02a67dc and read back "
+        "(`--reuse`); the code the default run executes is the same at both commits.",
     ),
     Table(
         "memory-levers-b1",
@@ -606,13 +610,28 @@ TABLES: tuple[Table, ...] = (
     ),
     Table(
         "decode-levers",
-        (Source("decode-levers-xeon", "rows"),),
+        (Source("decode-levers-packed-xeon", "rows"),),
         (
             Column("attention", text("attention")),
             Column("KV cache", text("cache")),
             Column("ms / decode step", num("ms", ".1f")),
             Column("speed-up vs sdpa+dynamic", num("speedup", ".2f", "x")),
         ),
+    ),
+    Table(
+        "packed-decode-b1",
+        (Source("b1-packed-decode-xeon", "rows"),),
+        (
+            Column("variant", text("variant")),
+            Column("median s/step", num("median_s")),
+            Column("generate", num("generate")),
+            Column("ref_logp", num("ref_logp")),
+            Column("update", num("update")),
+            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
+        ),
+        "B1 with groupwise's defaults (`pure-bf16`: the packed decode step) and with "
+        "`rollout.packed_decode=false`, alternating, 2 rounds of 5 steps, the first of each "
+        "dropped; seconds are medians.",
     ),
     Table(
         "sandbox-overhead",
