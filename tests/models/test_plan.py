@@ -226,8 +226,9 @@ def test_nothing_else_resolves_an_auto_setting() -> None:
     explicit values, the device (resolved before the plan, which records it), the attention
     kernel of ``load_base_model`` called outside a run, ``training.resume``, the mismatch
     correction's ``auto`` (on when a batch carries the engine's log-probs: a property of the
-    data, not of the machine) and the llama.cpp engine's file dtype (that of the rollout
-    weights the plan chose)."""
+    data, not of the machine), the llama.cpp engine's file dtype (that of the rollout
+    weights the plan chose) and the episodes engine's tool-call format (what the tokenizer's
+    chat template renders: a property of the model, not of the machine)."""
     allowed = {
         ("config.py", "'auto' not in (t.bf16, t.param_dtype)"),
         ("distributed.py", "device_name == 'auto'"),
@@ -235,6 +236,9 @@ def test_nothing_else_resolves_an_auto_setting() -> None:
         ("models/loading.py", "attn_implementation == 'auto'"),
         ("run/directory.py", "t.resume == 'auto'"),
         ("rollout/llamacpp.py", "dtype == 'auto'"),
+        ("rollout/chat.py", "self.format_name == 'auto'"),
+        ("rollout/chat.py", "self.format_name != 'auto'"),
+        ("rollout/chat.py", "tool_format != 'auto'"),
     }
     found, callers = set(), set()
     removed = {"choose_strategy", "resolve_memory_levers", "run_merge_in_place", "run_precision"}

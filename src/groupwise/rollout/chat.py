@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from groupwise.envs import EnvStep, Tool
@@ -182,41 +182,11 @@ class ChatFormat:
         fails on the structured messages (e.g. rejects ``tool``, or several calls) gets the
         text too."""
         if step.tool_messages and self.renders_tool_calls():
-            tail = self._tool_tail(step.tool_messages)
+            tail = _tool_tail(self._apply, self.eos_texts, step.tool_messages)
             if tail is not None:
                 ids: list[int] = self.tokenizer(tail, add_special_tokens=False)["input_ids"]
                 return ids
         return self.message_ids(step.message or "", role)
-
-    def _tool_tail(self, messages: Sequence[Mapping[str, Any]]) -> str | None:
-        """The text the template renders for ``messages`` (tool results) after an assistant
-        turn that made one call per message, up to the next generation prompt: everything
-        after the first EOS text that follows the assistant's header."""
-        ids = [f"call{k:05d}" for k in range(len(messages))]  # 9 characters, as Mistral's
-        calls = [
-            {
-                "type": "function",
-                "id": i,
-                "function": {"name": m.get("name", "tool"), "arguments": {}},
-            }
-            for i, m in zip(ids, messages, strict=True)
-        ]
-        results = [{**m, "tool_call_id": i} for i, m in zip(ids, messages, strict=True)]
-        assistant = {"role": "assistant", "content": _REPLY, "tool_calls": calls}
-        try:
-            head = self._apply([_USER])
-            full = self._apply([_USER, assistant, *results])
-        except Exception:
-            return None
-        start = next(
-            (k for k, (a, b) in enumerate(zip(head, full, strict=False)) if a != b),
-            min(len(head), len(full)),
-        )  # the assistant's turn starts after what both share
-        ends = [(full.find(e, start), e) for e in self.eos_texts if e and e in full[start:]]
-        if not ends:
-            return None
-        at, eos = min(ends)
-        return full[at + len(eos) :]
 
     def message_ids(self, text: str, role: str) -> list[int]:
         """Token ids continuing a conversation after the policy's EOS with ``text`` from
@@ -353,6 +323,41 @@ class ChatFormat:
             else "tool results as one message of the environment's role"
         )
         return f"episodes: tool calls read as {self.tool_format.name} ({how}); {results}"
+
+
+def _tool_tail(
+    apply: Callable[[list[dict[str, Any]]], str],
+    eos_texts: Sequence[str],
+    messages: Sequence[Mapping[str, Any]],
+) -> str | None:
+    """The text the template (``apply`` renders messages) gives ``messages`` (tool results)
+    after an assistant turn that made one call per message, up to the next generation prompt: everything
+    after the first EOS text that follows the assistant's header."""
+    ids = [f"call{k:05d}" for k in range(len(messages))]  # 9 characters, as Mistral's
+    calls = [
+        {
+            "type": "function",
+            "id": i,
+            "function": {"name": m.get("name", "tool"), "arguments": {}},
+        }
+        for i, m in zip(ids, messages, strict=True)
+    ]
+    results = [{**m, "tool_call_id": i} for i, m in zip(ids, messages, strict=True)]
+    assistant = {"role": "assistant", "content": _REPLY, "tool_calls": calls}
+    try:
+        head = apply([_USER])
+        full = apply([_USER, assistant, *results])
+    except Exception:
+        return None
+    start = next(
+        (k for k, (a, b) in enumerate(zip(head, full, strict=False)) if a != b),
+        min(len(head), len(full)),
+    )  # the assistant's turn starts after what both share
+    ends = [(full.find(e, start), e) for e in eos_texts if e and e in full[start:]]
+    if not ends:
+        return None
+    at, eos = min(ends)
+    return full[at + len(eos) :]
 
 
 def structured_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
