@@ -67,10 +67,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BASELINE_COMMIT = "92592c976c4baff0fa9488ac97c5296225e22f22"
-"""The commit the working tree must train exactly like: the last one before the package was
-regrouped into the stages of the data flow (it trains like the earlier baseline 9aa1675c9908 on
-the configurations that commit knew)."""
+BASELINE_COMMIT = "7def894c8918963da23abb0c9fe2453c4caa7612"
+"""The commit the working tree must train exactly like: the one that gave the episodes engine
+its ``episodes/ended/*`` and ``episodes/turns_cut`` metrics (and chat-templated string prompts).
+On every other configuration, and on the episodes configuration's completions and weights, it
+trains like the earlier baseline 92592c976c4b, the last commit before the package was regrouped
+into the stages of the data flow."""
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
