@@ -354,7 +354,9 @@ def test_trl_style_rewards_get_an_engines_conversation_as_their_completions() ->
 
     def final_answer(completions: list[Any], **kw: Any) -> list[float]:
         got["trl"], got["trl_kw"] = completions, kw
-        return [float(c[-1]["content"] == "42") if isinstance(c, list) else 0.0 for c in completions]
+        return [
+            float(c[-1]["content"] == "42") if isinstance(c, list) else 0.0 for c in completions
+        ]
 
     def plain(prompts: list[Any], completions: list[str], **kw: Any) -> list[float]:
         got["plain"], got["plain_kw"] = completions, kw

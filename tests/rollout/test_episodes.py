@@ -283,8 +283,11 @@ def test_a_tool_turn_is_an_assistant_call_then_one_tool_message_per_call(
     (messages,) = getattr(rollout, "columns")[COMPLETION_MESSAGES]  # noqa: B009
     function = {"name": "increment", "arguments": {"step": 3}}
     assert messages == [
-        {"role": "assistant", "content": "Let me count.", "tool_calls": [
-            {"type": "function", "function": function}]},
+        {
+            "role": "assistant",
+            "content": "Let me count.",
+            "tool_calls": [{"type": "function", "function": function}],
+        },
         {"role": "tool", "name": "increment", "content": "3"},
         {"role": "assistant", "content": "Done: 3"},
     ]

@@ -641,9 +641,7 @@ class RewardRunner:
         where an engine gives them, as TRL does for tool calls: the final answer is
         ``completions[i][-1]["content"]``; else one assistant message, the text), and
         ``trainer_state`` where the function accepts it."""
-        args: dict[str, Any] = {
-            k: list(v) for k, v in columns.items() if k != COMPLETION_MESSAGES
-        }
+        args: dict[str, Any] = {k: list(v) for k, v in columns.items() if k != COMPLETION_MESSAGES}
         texts: list[Any] = list(completions)
         if self._trl_style[index]:
             messages = columns.get(COMPLETION_MESSAGES) or [None] * len(texts)

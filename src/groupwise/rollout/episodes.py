@@ -96,9 +96,9 @@ from torch import Tensor, nn
 
 from groupwise.distributed import is_main
 from groupwise.envs import ENVIRONMENTS, Environment, as_env_step, end_reward, env_columns
+from groupwise.envs.base import COMPLETION_MESSAGES
 from groupwise.envs.tools import tool_frequencies
 from groupwise.kernels.kv_cache import cache_kwargs
-from groupwise.rewards.base import COMPLETION_MESSAGES
 from groupwise.rollout.chat import ChatFormat, structured_messages
 from groupwise.rollout.decode import _prefill, generate
 from groupwise.rollout.engine import (
@@ -570,7 +570,7 @@ class EpisodeEngine(ServesWeights):
             turn_index=turn.to(device),
             behaviour_logp=behaviour.to(device) if logp else None,
         )
-        columns = {"env_reward": [end_reward(ep.env) for ep in episodes]}
+        columns: dict[str, list[Any]] = {"env_reward": [end_reward(ep.env) for ep in episodes]}
         columns.update(env_columns([ep.env for ep in episodes]))  # e.g. TRL's environments
         columns[COMPLETION_MESSAGES] = [structured_messages(ep.messages) for ep in episodes]
         # Rollout.columns: per-row values the reward functions receive as columns (env_reward)
