@@ -3,6 +3,9 @@ arguments, and whose rollout engine (and environment) exists; the model is not l
 
 from __future__ import annotations
 
+import json
+import runpy
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,22 @@ def test_an_example_builds(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         defaults=task.reward_funcs,
     )
     check_task_functions(funcs, task, engine_adds_columns=r.engine not in ("local", "auto"))
+
+
+@pytest.mark.parametrize("mode", ["factory", "tools", "dict"])
+def test_the_trl_agent_script_runs(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``examples/trl_agent.py`` as a user runs it (tiny-random, one step): its TRL agent
+    arguments give an episodes run with TRL's tool metrics, and its reward, reading the final
+    assistant message of conversational completions, is called."""
+    out = tmp_path / "run"
+    argv = ["trl_agent.py", "--mode", mode, "--max-steps", "1", "--model", "tiny-random"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--output-dir", str(out)])
+    runpy.run_path(str(ROOT / "examples" / "trl_agent.py"), run_name="__main__")
+    (metrics,) = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    assert "tools/call_frequency" in metrics and "rewards/says_answer/mean" in metrics
+    config = load_config(str(out / "config.yaml"))
+    assert config.rollout.engine == "episodes" and config.rollout.engine_kwargs["max_turns"] == 3
+    (line, *_) = (out / "completions.jsonl").open()
+    assert "What is the" in line

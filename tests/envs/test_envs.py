@@ -3,6 +3,7 @@ protocol (good, malformed, unknown), contained tool failures and the sandboxed p
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from typing import Any
@@ -320,11 +321,36 @@ def test_the_worked_exchange_runs_a_plain_function_tool_once_and_shows_its_resul
     assert worked_exchange([]) == []
 
 
+def test_a_bound_method_tool_shows_its_exchange_from_a_copy_of_its_instance() -> None:
+    from groupwise.envs.tools import worked_exchange
+
+    class Counter:  # a TRL environment: its state comes from reset, its tools change it
+        def __init__(self) -> None:
+            self.n = 0
+
+        def bump(self, by: int) -> int:
+            """Add to the counter.
+
+            Args:
+                by: how much to add, e.g. 3.
+            """
+            self.n += by
+            return self.n
+
+    counter = Counter()
+    counter.n = 10  # as reset left it
+    _, call, result, answer = worked_exchange([Tool.from_function(counter.bump)])
+    assert parse_tool_calls(call["content"])[0].arguments == {"by": 3}
+    assert result["content"] == "<tool_response>13</tool_response>" and answer["content"] == "13"
+    assert counter.n == 10  # the episode's own instance is unchanged
+
+
 def test_no_worked_exchange_where_the_example_call_is_not_safe_or_fails() -> None:
     from groupwise.envs.tools import worked_exchange
 
-    class Counter:
+    class Locked:
         def __init__(self) -> None:
+            self.lock = threading.Lock()  # cannot be deep-copied
             self.n = 0
 
         def bump(self, by: int) -> int:
@@ -332,8 +358,8 @@ def test_no_worked_exchange_where_the_example_call_is_not_safe_or_fails() -> Non
             self.n += by
             return self.n
 
-    counter = Counter()
-    assert worked_exchange([Tool.from_function(counter.bump)]) == [] and counter.n == 0
+    locked = Locked()
+    assert worked_exchange([Tool.from_function(locked.bump)]) == [] and locked.n == 0
 
     async def slow(x: int) -> int:
         """An async tool."""

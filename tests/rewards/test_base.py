@@ -344,6 +344,39 @@ def test_trl_style_rewards_get_messages_and_trainer_state() -> None:
     assert calls[0]["prompts"] == [chat, "plain prompt"] and calls[0]["step"] == 0
 
 
+def test_trl_style_rewards_get_an_engines_conversation_as_their_completions() -> None:
+    """The reserved column of an engine's messages: a TRL-style function on a conversational
+    prompt gets them as the completion (its final answer at ``[-1]``); no function gets the
+    column itself, not even through ``**kwargs``."""
+    from groupwise.rewards.base import COMPLETION_MESSAGES, trl_reward
+
+    got: dict[str, Any] = {}
+
+    def final_answer(completions: list[Any], **kw: Any) -> list[float]:
+        got["trl"], got["trl_kw"] = completions, kw
+        return [
+            float(c[-1]["content"] == "42") if isinstance(c, list) else 0.0 for c in completions
+        ]
+
+    def plain(prompts: list[Any], completions: list[str], **kw: Any) -> list[float]:
+        got["plain"], got["plain_kw"] = completions, kw
+        return [0.0 for _ in completions]
+
+    chat = [{"role": "user", "content": "code?"}]
+    episode = [
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function"}]},
+        {"role": "tool", "name": "lookup", "content": "42"},
+        {"role": "assistant", "content": "42"},
+    ]
+    runner = RewardRunner([trl_reward(final_answer), plain])
+    texts = ["call tool 42 42", "42", "raw"]
+    result = runner([chat, chat, "standard"], texts, **{COMPLETION_MESSAGES: [episode, [], None]})
+    assert got["trl"] == [episode, [{"role": "assistant", "content": "42"}], "raw"]
+    assert result.per_func["final_answer"].tolist() == [1.0, 1.0, 0.0]
+    assert got["plain"] == texts  # groupwise-style functions keep the decoded text
+    assert COMPLETION_MESSAGES not in got["plain_kw"] and COMPLETION_MESSAGES not in got["trl_kw"]
+
+
 async def _async_trl(completions: list[Any], **_: Any) -> list[float]:
     return [float(len(c[0]["content"])) for c in completions]
 

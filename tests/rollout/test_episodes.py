@@ -240,6 +240,59 @@ def test_trl_shaped_environment_in_the_engine(tiny: tuple[Any, Any]) -> None:
         ENVIRONMENTS.unregister("test_increment")
 
 
+def test_each_episode_is_also_kept_as_chat_messages(tiny: tuple[Any, Any]) -> None:
+    """The reserved messages column: per episode, each policy turn as an assistant message
+    (its text as decoded for the environment) and each environment message appended after it,
+    in order; a turn that is the last gets no environment message after it."""
+    from groupwise.rewards.base import COMPLETION_MESSAGES
+
+    engine = _engine(tiny)
+    rollout = _run(engine, ["a"], temperature=1.0)
+    conversations = getattr(rollout, "columns")[COMPLETION_MESSAGES]  # noqa: B009
+    assert len(conversations) == 2
+    for i, messages in enumerate(conversations):
+        assert [m["role"] for m in messages] == ["assistant", "user"] * 2 + ["assistant"]
+        assert [m["content"] for m in messages[1::2]] == ["ok 1", "ok 2"]
+        n = int(rollout.completion_mask[i].sum())
+        ids, turn = rollout.completion_ids[i, :n], rollout.turn_index[i, :n]
+        for k, message in zip((0, 2, 4), messages[0::2], strict=True):
+            policy = ids[(turn == k) & (rollout.loss_mask[i, :n] == 1)].tolist()
+            assert message["content"] == engine.format.policy_text(policy)
+
+
+def test_a_tool_turn_is_an_assistant_call_then_one_tool_message_per_call(
+    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As TRL gives a tool-calling conversation: the calling turn's assistant message carries
+    structured ``tool_calls`` (its call blocks out of the content), then the ``tool`` results."""
+    from groupwise.rewards.base import COMPLETION_MESSAGES
+
+    ENVIRONMENTS.add("test_increment", from_trl(IncrementEnv))
+    call = '<tool_call>{"name": "increment", "arguments": {"step": 3}}</tool_call>'
+    turns = iter([f"Let me count. {call}", "Done: 3"] * 2)
+    try:
+        engine = _engine(tiny, environment="test_increment", max_turns=2)
+        monkeypatch.setattr(engine.format, "policy_text", lambda ids: next(turns))
+        prompt = [{"role": "user", "content": "Count."}]
+        batch = tokenize_prompts(engine.tokenizer, [prompt], torch.device("cpu"))
+        request = RolloutRequest(1, SamplingParams(max_tokens=32, temperature=0.0))
+        request.__dict__["rows"] = [{"prompt": prompt, "target": 3}]
+        rollout = engine.generate(batch, request)
+    finally:
+        ENVIRONMENTS.unregister("test_increment")
+    (messages,) = getattr(rollout, "columns")[COMPLETION_MESSAGES]  # noqa: B009
+    function = {"name": "increment", "arguments": {"step": 3}}
+    assert messages == [
+        {
+            "role": "assistant",
+            "content": "Let me count.",
+            "tool_calls": [{"type": "function", "function": function}],
+        },
+        {"role": "tool", "name": "increment", "content": "3"},
+        {"role": "assistant", "content": "Done: 3"},
+    ]
+
+
 def test_trainer_step_with_the_episodes_engine(tmp_path: Path) -> None:
     overrides = tiny_overrides(tmp_path, max_steps=1, bf16=False, max_completion_length=24)
     options = {"environment": "counter", "max_tokens_per_turn": 4, "env_kwargs": {"turns": 2}}

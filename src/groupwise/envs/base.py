@@ -56,6 +56,7 @@ from typing import Any, Protocol
 
 from groupwise.envs.schema import Tool
 from groupwise.registry import Registry
+from groupwise.rewards.base import COMPLETION_MESSAGES as COMPLETION_MESSAGES  # for engines
 
 Row = Mapping[str, Any]
 

@@ -28,6 +28,8 @@ CPU, memory, output and wall-clock limits).
 from __future__ import annotations
 
 import concurrent.futures
+import copy
+import dataclasses
 import inspect
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -114,19 +116,21 @@ def worked_exchange(
     readily than it follows a described protocol.
 
     The example call really runs, once, only when that is safe to assume: the tool is a plain
-    synchronous function (never a bound method, e.g. a TRL environment's tool, whose instance
-    the call would change, nor an async or other callable) and it returns within ``timeout``
-    seconds with a result that is not an ``error`` text. Otherwise ``[]``: no exchange (the
-    worked call of :func:`tools_instructions` stays the only example)."""
+    synchronous function, or a synchronous method bound to an instance (a TRL environment's
+    tool), which then runs on a deep copy of that instance, so the episode's own instance is
+    never changed (an instance that cannot be copied gets no exchange); never an async or
+    other callable; and it returns within ``timeout`` seconds with a result that is not an
+    ``error`` text. Otherwise ``[]``: no exchange (the worked call of
+    :func:`tools_instructions` stays the only example)."""
     if not tools:
         return []
     tool = tools[0]
-    func = tool.func
-    if not inspect.isfunction(func) or inspect.iscoroutinefunction(func):
+    runnable = _isolated(tool)
+    if runnable is None:
         return []
     arguments = example_arguments(tool.parameters)
     call = ToolCall(tool.name, arguments)
-    result, failed = execute_tool_call(call, [tool], timeout=timeout, max_chars=500)
+    result, failed = execute_tool_call(call, [runnable], timeout=timeout, max_chars=500)
     if failed or not result.strip() or result.lstrip().lower().startswith("error"):
         return []
     values = " and ".join(f"{k} {json.dumps(v)}" for k, v in arguments.items())
@@ -137,6 +141,25 @@ def worked_exchange(
         {"role": "tool", "content": tool_format.results_text([result])},
         {"role": "assistant", "content": result},
     ]
+
+
+def _isolated(tool: Tool) -> Tool | None:
+    """``tool`` as it may run for an example without side effects on an episode: a plain
+    synchronous function as it is; a synchronous bound method on a deep copy of its instance
+    (None when the instance cannot be copied); None for anything else."""
+    func = tool.func
+    if inspect.isfunction(func) and not inspect.iscoroutinefunction(func):
+        return tool
+    method = getattr(func, "__func__", None)
+    if not inspect.ismethod(func) or not inspect.isfunction(method):
+        return None
+    if inspect.iscoroutinefunction(method):
+        return None
+    try:
+        copy_of_instance = copy.deepcopy(func.__self__)
+    except Exception:  # locks, sockets, open files: no copy, no example run
+        return None
+    return dataclasses.replace(tool, func=method.__get__(copy_of_instance))
 
 
 def example_call(tool: Tool, tool_format: ToolFormat = HERMES) -> str:

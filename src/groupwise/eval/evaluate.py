@@ -17,7 +17,12 @@ from torch import nn
 
 from groupwise.config import Config
 from groupwise.data import Row, Task
-from groupwise.rewards.base import RewardFunc, RewardRunner, accepts_keyword
+from groupwise.rewards.base import (
+    COMPLETION_MESSAGES,
+    RewardFunc,
+    RewardRunner,
+    accepts_keyword,
+)
 from groupwise.rollout import (
     Rollout,
     RolloutEngine,
@@ -45,9 +50,13 @@ def scored_columns(
 ) -> dict[str, Any]:
     """What ``correctness`` gets besides prompts and completions: the rows' columns and, as in
     training, ``truncated`` and the engine's own columns (e.g. ``env_reward``) where it takes
-    them (a named parameter or ``**kwargs``)."""
+    them (a named parameter or ``**kwargs``; never the reserved ``COMPLETION_MESSAGES``)."""
     extra = {"truncated": rollout.truncated.tolist(), **(rollout.columns or {})}
-    taken = {k: v for k, v in extra.items() if accepts_keyword(correctness, k)}
+    taken = {
+        k: v
+        for k, v in extra.items()
+        if k != COMPLETION_MESSAGES and accepts_keyword(correctness, k)
+    }
     return {**row_columns(rows, repeat), **taken}
 
 

@@ -291,6 +291,10 @@ CALL_KEYWORDS = ("completion_ids", "truncated")
 """Keywords a training step passes every reward function besides ``prompts``, ``completions``
 and the dataset columns (``trainer_state`` too, when the function accepts it)."""
 TRL_STYLE = "__groupwise_trl_style__"
+COMPLETION_MESSAGES = "_completion_messages"
+"""Reserved column an engine may add (the ``episodes`` engine does): each completion as the
+chat messages of its conversation, what TRL-style functions (:func:`trl_reward`) get as their
+``completions`` when the prompt is conversational; no function receives it as a column."""
 
 
 class TrainerState:
@@ -632,14 +636,18 @@ class RewardRunner:
         columns: Mapping[str, Sequence[Any]],
     ) -> dict[str, Any]:
         """The keyword arguments of function ``index``: fresh lists (no shared mutation), the
-        completions as assistant messages where the function is TRL-style and the prompt a
-        conversation, and ``trainer_state`` where the function accepts it."""
-        args: dict[str, Any] = {k: list(v) for k, v in columns.items()}
+        completions as chat messages where the function is TRL-style and the prompt a
+        conversation (the conversation's messages of the :data:`COMPLETION_MESSAGES` column
+        where an engine gives them, as TRL does for tool calls: the final answer is
+        ``completions[i][-1]["content"]``; else one assistant message, the text), and
+        ``trainer_state`` where the function accepts it."""
+        args: dict[str, Any] = {k: list(v) for k, v in columns.items() if k != COMPLETION_MESSAGES}
         texts: list[Any] = list(completions)
         if self._trl_style[index]:
+            messages = columns.get(COMPLETION_MESSAGES) or [None] * len(texts)
             texts = [
-                [{"role": "assistant", "content": t}] if isinstance(p, list) else t
-                for p, t in zip(prompts, completions, strict=True)
+                (m or [{"role": "assistant", "content": t}]) if isinstance(p, list) else t
+                for p, t, m in zip(prompts, completions, messages, strict=True)
             ]
         args.update(prompts=list(prompts), completions=texts)
         if self._wants_state[index]:

@@ -55,6 +55,11 @@ all turns after the prompt, contiguous; ``loss_mask`` is 1 on the policy's token
 ``turn_index`` numbers the segments (policy turn 0, environment message 1, policy turn 2...);
 ``entropy`` is 0 on inserted tokens. The environment's end reward (``reward()``) is recorded
 per row as the ``env_reward`` column (``rollout.columns``), read by the ``env_reward`` reward.
+Each episode's conversation as chat messages (:attr:`Episode.messages`, an assistant message
+with ``<tool_call>`` blocks given as content plus structured ``tool_calls``, as TRL's parser
+gives it; :func:`groupwise.rollout.chat.structured_messages`) is the reserved column
+:data:`~groupwise.rewards.base.COMPLETION_MESSAGES`: TRL-style reward functions get it as
+their conversational ``completions``, other functions never see it.
 ``behaviour_logp`` (``log_softmax(logits / T)`` of each sampled token, 0 on inserted tokens) is
 reported by the ``llamacpp`` backend always (mismatch correction then follows it under
 ``auto``) and by the ``torch`` backend when the request asks (correction set to true); the
@@ -91,9 +96,10 @@ from torch import Tensor, nn
 
 from groupwise.distributed import is_main
 from groupwise.envs import ENVIRONMENTS, Environment, as_env_step, end_reward, env_columns
+from groupwise.envs.base import COMPLETION_MESSAGES
 from groupwise.envs.tools import tool_frequencies
 from groupwise.kernels.kv_cache import cache_kwargs
-from groupwise.rollout.chat import ChatFormat
+from groupwise.rollout.chat import ChatFormat, structured_messages
 from groupwise.rollout.decode import _prefill, generate
 from groupwise.rollout.engine import (
     ENGINES,
@@ -127,6 +133,10 @@ class Episode:
     ended: str = ""  # why it ended: one of ENDINGS
     cut_turns: int = 0  # policy turns cut by max_tokens_per_turn
     step_rewards: list[float] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    """The conversation after the prompt as chat messages: each policy turn's text as an
+    ``assistant`` message, each environment message that was appended (its ``tool_messages``,
+    one ``tool`` message per call, when it has them; else one message of its role)."""
 
     def add(
         self,
@@ -469,6 +479,7 @@ class EpisodeEngine(ServesWeights):
             closing = self.eos_token_ids[:1]  # cut by max_tokens_per_turn: close the turn
             ep.cut_turns += 1
         text = self.format.policy_text(ids)
+        ep.messages.append({"role": "assistant", "content": text})
         start = time.perf_counter()
         result = as_env_step(ep.env.step(text))
         self.env_seconds += time.perf_counter() - start
@@ -486,6 +497,7 @@ class EpisodeEngine(ServesWeights):
             ep.end(truncated=True, reason="no_room")
             return []
         ep.add(chunk, policy=False)
+        ep.messages += result.tool_messages or [{"role": role, "content": result.message or ""}]
         return chunk
 
     def _rows(self, prompts: PromptBatch, request: RolloutRequest) -> list[Mapping[str, Any]]:
@@ -558,8 +570,9 @@ class EpisodeEngine(ServesWeights):
             turn_index=turn.to(device),
             behaviour_logp=behaviour.to(device) if logp else None,
         )
-        columns = {"env_reward": [end_reward(ep.env) for ep in episodes]}
+        columns: dict[str, list[Any]] = {"env_reward": [end_reward(ep.env) for ep in episodes]}
         columns.update(env_columns([ep.env for ep in episodes]))  # e.g. TRL's environments
+        columns[COMPLETION_MESSAGES] = [structured_messages(ep.messages) for ep in episodes]
         # Rollout.columns: per-row values the reward functions receive as columns (env_reward)
         rollout.columns = columns
         return rollout
