@@ -424,6 +424,13 @@ TABLES: tuple[Table, ...] = (
         PHASE_COLUMNS,
     ),
     Table("trl-epyc-avx2", (Source("trl-epyc-avx2", "rows"),), TRL_COLUMNS),
+    Table("trl-xeon-fastest", (Source("trl-xeon-fastest", "rows"),), TRL_COLUMNS),
+    Table("trl-xeon-fastest-phases", (Source("trl-xeon-fastest", "phases"),), PHASE_COLUMNS),
+    Table(
+        "trl-xeon-candidates",
+        (Source("trl-xeon-fastest", "trl_candidates"),),
+        TRL_CANDIDATE_COLUMNS,
+    ),
     Table("trl-epyc-avx2-phases", (Source("trl-epyc-avx2", "phases"),), PHASE_COLUMNS),
     Table(
         "engines-b1",
