@@ -1,7 +1,9 @@
 """Held-out evaluation: greedy accuracy (and pass@k, maj@k) on a task's held-out rows.
 
 Evaluation decodes through a rollout engine (:mod:`groupwise.rollout.engine`), the same one
-training samples from; ``groupwise eval`` wraps a loaded model in the local engine.
+training samples from; ``groupwise eval`` wraps a loaded model in the run's configured engine
+(``rollout.engine`` and its ``engine_kwargs``: a multi-turn task is evaluated by playing its
+episodes, as training does).
 """
 
 from __future__ import annotations
@@ -202,7 +204,7 @@ def evaluate_model(name: str, config: Config, *, k: int) -> dict[str, float]:
         attn_implementation=plan.attn_implementation,
     )
     model = model.to(plan.rollout_dtype).eval()
-    engine = local_engine(model, tokenizer)
+    engine = configured_engine(model, tokenizer, config, plan.rollout_engine)
     greedy = evaluate_accuracy(
         engine,
         tokenizer,
@@ -239,6 +241,27 @@ def local_engine(model: nn.Module, tokenizer: Any) -> RolloutEngine:
     from groupwise.rollout.weights import SharedWeights
 
     return LocalEngine(SharedWeights(model), eos_token_ids(tokenizer), tokenizer.pad_token_id)
+
+
+def configured_engine(model: nn.Module, tokenizer: Any, config: Config, name: str) -> RolloutEngine:
+    """The engine ``name`` (the run plan's ``rollout.engine``) around ``model`` as it is, with
+    the config's ``rollout.engine_kwargs``; the plain local engine for ``local``."""
+    from groupwise.rollout.engine import EngineContext, build_engine
+    from groupwise.rollout.weights import SharedWeights
+
+    if name == "local":
+        return local_engine(model, tokenizer)
+    r = config.rollout
+    ctx = EngineContext(
+        model,
+        SharedWeights(model),
+        tokenizer,
+        eos_token_ids(tokenizer),
+        r.compile,
+        r.engine_kwargs,
+        r.packed_decode,
+    )
+    return build_engine(name, ctx)
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:

@@ -56,7 +56,6 @@ SYSTEM = (
     "Find my number in as few guesses as possible."
 )
 USER = "Guess my number. Reply with only the number."
-DEMO = (("{mid}", "Lower."), ("{quarter}", "Higher."), ("{third}", None))
 
 
 @register_task("guess")
@@ -68,19 +67,21 @@ def guess_task(
     low: int = LOW,
     high: int = HIGH,
     demo: bool = True,
+    say_range: bool = False,
     system_prompt: str | None = None,
 ) -> Task:
     """Rows ``{"prompt": [messages], "secret": int}``; see the module docstring.
 
     ``low``/``high``: the range (as in the environment's ``env_kwargs``); ``demo``: the
     prompt shows one finished game (three guesses: the middle, lower, higher) before the real
-    one, for the reply format; ``system_prompt`` replaces the rules text (``{low}`` and
+    one, for the reply format; ``say_range``: the demo's answers state the range left, as the
+    environment's ``env_kwargs.say_range`` does (set both alike); ``system_prompt`` replaces the rules text (``{low}`` and
     ``{high}`` are filled in).
     """
     if low + 3 > high:
         raise ValueError(f"data.params.low ({low}) must be at least 3 below high ({high})")
     system = (system_prompt or SYSTEM).format(low=low, high=high)
-    prompt = [{"role": "system", "content": system}, *_demo(low, high, demo)]
+    prompt = [{"role": "system", "content": system}, *_demo(low, high, demo, say_range)]
     prompt.append({"role": "user", "content": ("Correct! New game. " if demo else "") + USER})
     rng = random.Random(seed)
     train = [{"prompt": prompt, "secret": rng.randint(low, high)} for _ in range(train_size)]
@@ -90,18 +91,22 @@ def guess_task(
     return Task("guess", train, held, reward_funcs=[env_reward], correctness=env_solved)
 
 
-def _demo(low: int, high: int, demo: bool) -> list[dict[str, str]]:
-    """One game as chat messages up to its winning guess (none if ``demo`` is false)."""
+def _demo(low: int, high: int, demo: bool, say_range: bool) -> list[dict[str, str]]:
+    """One game as chat messages up to its winning guess (none if ``demo`` is false): the
+    middle, then lower, then between; the answers are the environment's own."""
     if not demo:
         return []
     mid = (low + high) // 2
     quarter = (low + mid) // 2
-    numbers = {"mid": mid, "quarter": quarter, "third": (quarter + mid) // 2}
+    third = (quarter + mid) // 2
+    env = GuessEnvironment(low, high, say_range=say_range)
+    env.reset({"secret": third})
     messages = [{"role": "user", "content": USER}]
-    for guess, answer in DEMO:
-        messages.append({"role": "assistant", "content": guess.format(**numbers)})
-        if answer is not None:  # the last guess's "Correct!" opens the real game's message
-            messages.append({"role": "user", "content": answer})
+    for guess in (mid, quarter, third):
+        messages.append({"role": "assistant", "content": str(guess)})
+        step = env.step(str(guess))
+        if not step.done:  # the winning guess's "Correct!" opens the real game's message
+            messages.append({"role": "user", "content": str(step.message)})
     return messages
 
 
@@ -143,19 +148,33 @@ def parse_guess(message: str) -> int | str | None:
     return numbers.pop()
 
 
+def range_text(low: int, high: int) -> str:
+    """How ``say_range`` states the range left: "It is from 51 to 100." (one number: "It is
+    51.")."""
+    return f"It is {low}." if low == high else f"It is from {low} to {high}."
+
+
 @ENVIRONMENTS.register("guess")
 class GuessEnvironment(BaseEnvironment):
     """Says "Higher." / "Lower." / "Correct!" to each guess of the row's ``secret``."""
 
-    def __init__(self, low: int = LOW, high: int = HIGH, max_guesses: int = MAX_GUESSES) -> None:
+    def __init__(
+        self,
+        low: int = LOW,
+        high: int = HIGH,
+        max_guesses: int = MAX_GUESSES,
+        say_range: bool = False,
+    ) -> None:
         if low >= high:
             raise ValueError(f"env_kwargs: low ({low}) must be below high ({high})")
         if max_guesses < 1:
             raise ValueError(f"env_kwargs.max_guesses must be at least 1, got {max_guesses}")
         self.low, self.high, self.max_guesses = low, high, max_guesses
+        self.say_range = say_range
         self.secret = low
         self.guesses = 0
         self.solved = False
+        self.interval = (low, high)
 
     def reset(self, row: Row) -> str | None:
         """Take the secret from the row's ``secret`` column."""
@@ -165,6 +184,7 @@ class GuessEnvironment(BaseEnvironment):
         if not self.low <= secret <= self.high:
             raise ValueError(f"secret {secret} is outside env_kwargs [{self.low}, {self.high}]")
         self.secret, self.guesses, self.solved = secret, 0, False
+        self.interval = (self.low, self.high)
         return None
 
     def step(self, policy_message: str) -> EnvStep:
@@ -181,7 +201,18 @@ class GuessEnvironment(BaseEnvironment):
         if guess == self.secret:
             self.solved = True
             return EnvStep("Correct!", done=True)
-        return EnvStep("Higher." if guess < self.secret else "Lower.")
+        return EnvStep(self._direction(guess))
+
+    def _direction(self, guess: int) -> str:
+        """"Higher." or "Lower."; with ``say_range``, also the range the answers so far leave
+        ("Higher. It is from 51 to 100.")."""
+        word = "Higher." if guess < self.secret else "Lower."
+        if not self.say_range:
+            return word
+        lo, hi = self.interval
+        lo, hi = (max(lo, guess + 1), hi) if guess < self.secret else (lo, min(hi, guess - 1))
+        self.interval = (lo, hi)
+        return f"{word} {range_text(lo, hi)}"
 
     def reward(self) -> float:
         """``(max_guesses - guesses + 1) / max_guesses`` when solved, else 0."""
