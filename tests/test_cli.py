@@ -127,6 +127,25 @@ def test_eval_compares_models(tmp_path: Path) -> None:
     assert stray.returncode == 2 and "unrecognized arguments: --kk 3" in stray.stderr
 
 
+def test_eval_plays_a_multi_turn_task_through_its_engine(tmp_path: Path) -> None:
+    """`groupwise eval` on the guessing game: the configured episodes engine plays every game
+    (the environment's reward is what the task's correctness reads)."""
+    engine = (
+        "rollout.engine_kwargs={environment: guess, env_kwargs: {high: 8, max_guesses: 3},"
+        " max_turns: 3, max_tokens_per_turn: 3}"
+    )
+    args = [
+        "data.task=guess",
+        "data.params={high: 8}",
+        "data.eval_size=8",
+        "eval.max_new_tokens=24",
+    ]
+    result = _run("eval", "tiny-random", *args, "rollout.engine=episodes", engine, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "guess: 8 held-out prompts"
+    assert result.stdout.splitlines()[3].startswith("| tiny-random | ")
+
+
 def test_the_summary_line_names_the_tasks_metric(capsys: pytest.CaptureFixture[str]) -> None:
     from groupwise.cli import _print_summary
 

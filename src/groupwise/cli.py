@@ -14,6 +14,7 @@ groupwise reward-model PAIRS --base MODEL --out DIR [--epochs N --lr LR ...]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 
@@ -147,9 +148,11 @@ def _eval(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ConfigError(f"--k must be >= 1, got {args.k}")
     results = {}
-    if args.baseline:
-        results[f"{args.baseline} (baseline)"] = evaluate_model(args.baseline, config, k=args.k)
-    results[args.target] = evaluate_model(model, config, k=args.k)
+    with contextlib.redirect_stdout(sys.stderr):  # what engines log; stdout is the table
+        if args.baseline:
+            baseline = f"{args.baseline} (baseline)"
+            results[baseline] = evaluate_model(args.baseline, config, k=args.k)
+        results[args.target] = evaluate_model(model, config, k=args.k)
     print(f"{config.data.task}: {config.data.eval_size} held-out prompts")
     print(format_table(results))
     return 0

@@ -12,7 +12,7 @@ from groupwise import GRPOTrainer, load_config
 from groupwise.data.tasks import build_task
 from groupwise.envs import ENVIRONMENTS
 from groupwise.rewards.environment import env_solved
-from groupwise.tasks.guess import GuessEnvironment, parse_guess
+from groupwise.tasks.guess import GuessEnvironment, parse_guess, range_text
 from tests.tests_helpers import tiny_overrides
 
 
@@ -59,6 +59,33 @@ def test_replies_and_the_end_reward_by_hand() -> None:
         "My number is from 1 to 20. Guess again.",
     ]
     assert reward == pytest.approx(3 / 6)  # the invalid turns count as guesses
+
+
+def test_say_range_states_the_range_the_answers_leave() -> None:
+    env = GuessEnvironment(low=1, high=20, say_range=True)
+    env.reset({"prompt": "p", "secret": 13})
+    replies = [env.step(g).message for g in ["10", "15", "5", "12", "14"]]
+    assert replies == [
+        "Higher. It is from 11 to 20.",
+        "Lower. It is from 11 to 14.",
+        "Higher. It is from 11 to 14.",  # a guess below the range left narrows nothing
+        "Higher. It is from 13 to 14.",
+        "Lower. It is 13.",
+    ]
+    assert env.step("13").done and env.reward() == pytest.approx(1 / 6)
+    env.reset({"prompt": "p", "secret": 2})  # a new episode starts from the whole range
+    assert env.step("9").message == "Lower. It is from 1 to 8."
+    assert range_text(4, 4) == "It is 4."
+
+
+def test_the_demo_game_shows_the_environments_own_answers() -> None:
+    task = build_task(
+        "guess", train_size=2, eval_size=100, seed=0, params={"high": 100, "say_range": True}
+    )
+    demo = [m["content"] for m in task.train[0]["prompt"][2:7]]
+    assert demo == ["50", "Lower. It is from 1 to 49.", "25", "Higher. It is from 26 to 49.", "37"]
+    assert task.train[0]["prompt"][7]["content"].startswith("Correct! New game.")
+    assert sorted(r["secret"] for r in task.eval) == list(range(1, 101))  # 100 distinct games
 
 
 def test_bad_rows_and_settings_name_the_key() -> None:
