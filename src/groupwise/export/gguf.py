@@ -26,7 +26,10 @@ from torch import nn
 
 from groupwise.export.formats import GGUFType, gguf_types
 from groupwise.export.target import ExportTarget, load_target_model, resolve_target
+from groupwise.models.gguf.quantize import LlamaCppMissingError
 from groupwise.run.io import write_text_atomic
+
+__all__ = ["ExportedFile", "LlamaCppMissingError", "export_gguf", "write_modelfile"]
 
 
 @dataclass
@@ -128,7 +131,7 @@ def write_types(
     from groupwise.models.gguf import model_state_dict, write_gguf
     from groupwise.models.gguf.quantize import quantize_gguf, tensor_types
 
-    config, state = model.config, model_state_dict(model)  # type: ignore[attr-defined]
+    config, state = model.config, model_state_dict(model)
     files: list[ExportedFile] = []
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as scratch:
         base: tuple[Path, float] | None = None
@@ -172,7 +175,7 @@ def _export_adapter(
     start = time.perf_counter()
     path = write_lora_gguf(
         out / "adapter.f32.gguf",
-        model.config,  # type: ignore[attr-defined]
+        model.config,
         target.adapter_dir,
         metadata={k: v for k, v in meta.items() if k != "general.description"},
     )

@@ -204,7 +204,7 @@ class GuessEnvironment(BaseEnvironment):
         return EnvStep(self._direction(guess))
 
     def _direction(self, guess: int) -> str:
-        """"Higher." or "Lower."; with ``say_range``, also the range the answers so far leave
+        """ "Higher." or "Lower."; with ``say_range``, also the range the answers so far leave
         ("Higher. It is from 51 to 100.")."""
         word = "Higher." if guess < self.secret else "Lower."
         if not self.say_range:

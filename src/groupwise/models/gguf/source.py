@@ -70,7 +70,9 @@ class SourceFields:
                 found.tokenizer.append(item)
             elif key.startswith("general.") and key not in NOT_COPIED:
                 found.general.append(item)
-        tokens = next((f.value for f in found.tokenizer if f.key == "tokenizer.ggml.tokens"), [])
+        tokens: list[Any] = next(
+            (f.value for f in found.tokenizer if f.key == "tokenizer.ggml.tokens"), []
+        )
         if vocab_size is not None and len(tokens) != vocab_size:
             found.tokenizer = []
         return found
