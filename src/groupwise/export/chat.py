@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from groupwise.export.target import load_target_model, resolve_target
+from groupwise.kernels.kv_cache import cache_kwargs
 from groupwise.rollout.records import eos_token_ids
 
 RESET = "/reset"
@@ -60,11 +61,12 @@ class ChatSession:
     @torch.no_grad()
     def tokens(self, prompt_ids: list[int]) -> Iterator[int]:
         """The reply's token ids, one at a time (the stop token is not yielded)."""
+        from transformers import DynamicCache
+
         ids = torch.tensor([prompt_ids])
-        past = None
+        cache = DynamicCache(config=getattr(self.model, "config", None))  # filled in place
         for _ in range(self.max_new_tokens):
-            out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = self.model(input_ids=ids, **cache_kwargs(self.model, cache), use_cache=True)
             token = self._next_token(out.logits[0, -1])
             if token in self.stop_ids:
                 return
