@@ -78,6 +78,8 @@ def _filled(command: str, run_dir: Path, overrides: list[str]) -> str:
         words += [shlex.quote(o) for o in overrides]
     if words[1] == "eval":  # overrides go after the target, before the options
         words[3:3] = ["data.eval_size=4", "eval.max_new_tokens=4"]
+    if words[1] == "chat":  # the interactive chat, on an empty input
+        words += ["--max-new-tokens", "4", "< /dev/null"]
     return " ".join(words)
 
 
@@ -91,6 +93,8 @@ def test_the_command_line_block_runs(tmp_path: Path) -> None:
         "tasks",
         "report",
         "eval",
+        "export",
+        "chat",
     ]
     overrides = tiny_overrides(tmp_path, save_final=True)
     run_dir = tmp_path / "run"
@@ -103,3 +107,5 @@ def test_the_command_line_block_runs(tmp_path: Path) -> None:
             assert "training.max_steps" in result.stdout
     assert (run_dir / "report.html").exists()
     assert (run_dir / "final").is_dir()
+    assert (run_dir / "final" / "model.q4_k_m.gguf").is_file()
+    assert (run_dir / "final" / "model.bf16.Modelfile").is_file()

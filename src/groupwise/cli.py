@@ -9,6 +9,10 @@ groupwise eval MODEL_OR_RUN [CONFIG] [k=v ...] [--k K] [--baseline MODEL]
                                                 held-out accuracy, pass@k, maj@k as a table
 groupwise reward-model PAIRS --base MODEL --out DIR [--epochs N --lr LR ...]
                                                 train a Bradley-Terry reward model from pairs
+groupwise export RUN_OR_DIR --gguf [--type bf16,q8_0 ...] [--out DIR] [--card]
+                                                GGUF files (and the model card) of a policy
+groupwise chat RUN_OR_DIR_OR_GGUF [--prompt P] [--temperature T] [--max-new-tokens N]
+                                                talk to a model in the terminal
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import yaml
 
@@ -72,7 +77,32 @@ def _parser() -> argparse.ArgumentParser:
         ("--max-length", int, d.max_length, "tokens kept per conversation (its end)"),
     ):
         rm.add_argument(flag, type=kind, default=value, help=f"{meaning} (default: {value})")
+    _export_parsers(sub)
     return parser
+
+
+def _export_parsers(sub: Any) -> None:
+    """``groupwise export`` and ``groupwise chat``."""
+    ex = sub.add_parser("export", help="a trained policy as GGUF files, and its model card")
+    ex.add_argument("target", help="a run directory (its final/), a checkpoint or a model dir")
+    ex.add_argument("--gguf", action="store_true", help="write GGUF files (model.<type>.gguf)")
+    ex.add_argument(
+        "--type",
+        action="append",
+        help="GGUF types, comma-separated or repeated: f32, bf16, f16, q8_0, q4_k_m "
+        "(default: bf16)",
+    )
+    ex.add_argument("--out", help="directory for the files (default: the model's directory)")
+    ex.add_argument("--card", action="store_true", help="(re)write a run's final/README.md")
+    ex.add_argument("--threads", type=int, default=0, help="quantizer threads (0 = all cores)")
+    ch = sub.add_parser("chat", help="talk to a model in the terminal (streaming)")
+    ch.add_argument("target", help="a run directory, checkpoint, model directory, .gguf or preset")
+    ch.add_argument("--prompt", help="answer this one message and exit")
+    ch.add_argument(
+        "--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples"
+    )
+    ch.add_argument("--max-new-tokens", type=int, default=256, help="reply length limit")
+    ch.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -109,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _eval(args)
         if args.command == "reward-model":
             return reward_model_main(args)
+        if args.command == "export":
+            return _export(args)
+        if args.command == "chat":
+            from groupwise.export.chat import chat_main
+
+            return chat_main(args)
         path, overrides = _split_args(args.args)
         config = load_config(path, overrides)
         if args.command == "config":
@@ -155,6 +191,29 @@ def _eval(args: argparse.Namespace) -> int:
         results[args.target] = evaluate_model(model, config, k=args.k)
     print(f"{config.data.task}: {config.data.eval_size} held-out prompts")
     print(format_table(results))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from groupwise.export.gguf import LlamaCppMissingError, export_gguf
+    from groupwise.export.target import resolve_target
+
+    if not (args.gguf or args.card):
+        raise ConfigError("groupwise export: give --gguf (GGUF files) and/or --card (model card)")
+    target = resolve_target(args.target)
+    if args.gguf:
+        types = [t.strip() for item in (args.type or ["bf16"]) for t in item.split(",")]
+        try:
+            export_gguf(target, [t for t in types if t], args.out, threads=args.threads)
+        except LlamaCppMissingError as exc:
+            print(f"groupwise: error: {exc}", file=sys.stderr)
+            return 2
+    if args.card:
+        from groupwise.export.card import write_model_card
+
+        if target.kind != "run" or target.run_dir is None:
+            raise ConfigError("groupwise export --card: give a run directory (it reads its logs)")
+        print(f"model card: {write_model_card(target.run_dir)}")
     return 0
 
 

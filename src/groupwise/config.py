@@ -239,7 +239,9 @@ class TrainingConfig:
     num_completions_to_print: int = 2
     """How many completions the live view shows each time (the step's best, then its worst)."""
     save_final: bool = True
-    """Save the trained model (or adapter) to output_dir/final."""
+    """Save the trained model (or adapter) to output_dir/final, with its model card (README.md)."""
+    export_gguf: list[str] = field(default_factory=list)
+    """GGUF types to write into output_dir/final at the end (f32, bf16, f16, q8_0, q4_k_m; the quantized ones need llama-cpp-python), each with an Ollama Modelfile; [] = none (groupwise export does it later)."""
     save_steps: int = 50
     """Write a resumable checkpoint every this many steps and at the end (0 = never)."""
     save_total_limit: int = 2
@@ -672,6 +674,11 @@ def _validate_combinations(config: Config) -> None:
             "generation does not support yet; set rollout.max_staleness=0 or "
             "algorithm.dynamic_sampling=false"
         )
+    if t.export_gguf and not t.save_final:
+        raise ConfigError(
+            "training.export_gguf writes into output_dir/final, which training.save_final=false "
+            "does not write; set training.save_final=true or training.export_gguf=[]"
+        )
     if t.strategy == "fsdp" and config.model.lora:
         raise ConfigError(
             "training.strategy=fsdp does not support model.lora=true; use training.strategy=ddp "
@@ -696,6 +703,7 @@ RESUME_SAFE_KEYS = frozenset(
         "training.log_completions_steps",
         "training.num_completions_to_print",
         "training.save_final",
+        "training.export_gguf",
         "training.save_steps",
         "training.save_total_limit",
         "training.resume",

@@ -33,12 +33,19 @@ def _values(tensor: Any) -> torch.Tensor:
     return data
 
 
+def unpermute(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """The inverse of :func:`rope_permute`: llama.cpp's interleaved rows back to HF's halves."""
+    half = weight.shape[0] // heads // 2
+    rest = weight.shape[1:]
+    return weight.reshape(heads, half, 2, *rest).transpose(1, 2).reshape(weight.shape)
+
+
 def test_rope_permute_interleaves_the_halves_of_each_head() -> None:
     rows = torch.arange(8.0)[:, None]  # 2 heads of dim 4: halves (0, 1 | 2, 3), (4, 5 | 6, 7)
     assert rope_permute(rows, 2).squeeze(1).tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
 
 
-@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
 def test_tensors_names_offsets_and_update(
     tiny: tuple[Any, Any], tmp_path: Path, dtype: str
 ) -> None:
@@ -49,7 +56,7 @@ def test_tensors_names_offsets_and_update(
     assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd
     assert {s.name for s in file.slots} == set(tensors)
     assert all(s.offset == tensors[s.name].data_offset for s in file.slots)
-    want = torch.bfloat16 if dtype == "bf16" else torch.float32
+    want = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[dtype]
     q = state["model.layers.1.self_attn.q_proj.weight"]
     k = state["model.layers.1.self_attn.k_proj.weight"]
     assert torch.equal(_values(tensors["blk.1.attn_q.weight"]), rope_permute(q, 4).to(want))
@@ -85,8 +92,8 @@ def test_unsupported_models_are_named(tiny: tuple[Any, Any], tmp_path: Path) -> 
     config.model_type = "gpt2"
     with pytest.raises(ValueError, match="gpt2"):
         write_gguf(tmp_path / "m.gguf", config, model.state_dict())
-    with pytest.raises(ValueError, match="f16"):
-        write_model_gguf(tmp_path / "m.gguf", model, dtype="f16")
+    with pytest.raises(ValueError, match="q4_0"):
+        write_model_gguf(tmp_path / "m.gguf", model, dtype="q4_0")
 
 
 # ----------------------------------------------------------------- loaded by llama.cpp
@@ -111,7 +118,55 @@ def _llama_logits(rt: Any, ids: list[int]) -> torch.Tensor:
     return rt.logits(range(len(ids)))  # [L, V]
 
 
-@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_every_tensor_reads_back_as_the_models_after_undoing_the_rope_permutation(
+    tiny: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """Read with the gguf package and un-permuted, every tensor is the model's: f32 exactly,
+    bf16 and f16 as torch rounds them (vectors stay float32 in every type)."""
+    model, _ = tiny
+    state = model.state_dict()
+    for dtype, kind in (("f32", torch.float32), ("bf16", torch.bfloat16), ("f16", torch.float16)):
+        file = write_model_gguf(tmp_path / f"m.{dtype}.gguf", model, None, dtype=dtype)
+        tensors = _read(file.path)
+        for slot in file.slots:
+            got = _values(tensors[slot.name]).reshape(slot.shape)
+            if slot.heads:
+                got = unpermute(got, slot.heads)
+            source = state[slot.source]
+            expected = source.to(kind) if source.dim() >= 2 else source
+            assert torch.equal(got, expected), (dtype, slot.name)
+
+
+def test_the_input_gguf_keeps_its_tokenizer_and_general_keys(
+    tiny: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """A model that came from a GGUF file is written with that file's tokenizer keys (byte for
+    byte) and its general keys (the licence ...); given metadata wins over them."""
+    import gguf
+
+    from groupwise.models import smollm2_gguf_path
+
+    model, tokenizer = tiny
+    source = smollm2_gguf_path()
+    path = tmp_path / "m.gguf"
+    meta = {"general.name": "trained"}
+    write_model_gguf(path, model, tokenizer, dtype="f32", metadata=meta, source=source)
+    src, out = gguf.GGUFReader(str(source)).fields, gguf.GGUFReader(str(path)).fields
+    for key in (
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.chat_template",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.eos_token_id",
+        "general.license",
+    ):
+        assert out[key].contents() == src[key].contents(), key
+    assert out["general.name"].contents() == "trained"
+    assert out["general.file_type"].contents() == 0  # f32: the file's own, not the source's
+    assert "general.quantization_version" not in out
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "f16"])
 def test_llama_cpp_computes_the_torch_models_logits(
     tiny: tuple[Any, Any], tmp_path: Path, dtype: str
 ) -> None:
@@ -122,14 +177,16 @@ def test_llama_cpp_computes_the_torch_models_logits(
     flash attention as llama.cpp picks it), against torch on the same bf16-rounded weights in
     float32: llama.cpp also rounds each matmul's input activations to bf16 (relative 2^-9) and
     attention's K, V and Q to f16; measured 1.4% of the logits' std, bound 5%, and the same
-    argmax at every position.
+    argmax at every position. f16 file: the same, against the f16-rounded weights (10 mantissa
+    bits, rounding 8 times finer than bf16).
     """
     model, tokenizer = tiny
     file = write_model_gguf(tmp_path / "m.gguf", model, tokenizer, dtype=dtype)
     rt = _runtime(file.path, exact=dtype == "f32")
     ids = _prompt_ids(tokenizer)
     got = _llama_logits(rt, ids)
-    ref_model = model if dtype == "f32" else copy.deepcopy(model).to(torch.bfloat16).float()
+    kind = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype]
+    ref_model = model if dtype == "f32" else copy.deepcopy(model).to(kind).float()
     with torch.no_grad():
         want = ref_model(torch.tensor([ids])).logits[0].float()
     diff = (got - want).abs().max().item()

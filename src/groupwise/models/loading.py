@@ -144,6 +144,15 @@ def resolve_model_path(name_or_path: str) -> Path | None:
     return path
 
 
+def source_gguf(name_or_path: str) -> Path | None:
+    """The GGUF file a model name loads from (the ``smollm2-135m-instruct`` preset's, or a
+    ``.gguf`` path), or None for a directory or ``tiny-random``."""
+    if name_or_path == "smollm2-135m-instruct":
+        return smollm2_gguf_path()
+    path = Path(name_or_path).expanduser()
+    return path if path.suffix == ".gguf" and path.is_file() else None
+
+
 def smollm2_tokenizer_dir() -> Path:
     """The SmolLM2 tokenizer alone, read from the GGUF file once and cached (the first read takes a while)."""
     gguf = smollm2_gguf_path()

@@ -46,6 +46,7 @@ from groupwise.distributed import (
     world_size,
 )
 from groupwise.eval.evaluate import EvalResult, evaluate_accuracy, scored_task
+from groupwise.export.run_end import check_exports, finish_final
 from groupwise.models import ReferencePolicy
 from groupwise.models.plan import run_plan
 from groupwise.rollout.process import RolloutEngineDied
@@ -99,6 +100,7 @@ class GRPOTrainer:
         t = config.training
         if t.num_threads > 0:
             torch.set_num_threads(t.num_threads)
+        check_exports(config)
         seed_everything(t.seed)
         self.device = init_distributed(t.device)  # joins the process group under torchrun
         self.out_dir = Path(t.output_dir)
@@ -237,6 +239,8 @@ class GRPOTrainer:
         summary["wall_time_s"] = time.perf_counter() - wall_start
         if is_main():
             write_json_atomic(self.out_dir / "summary.json", summary)
+            if t.save_final:  # the card, and the GGUF files of training.export_gguf
+                finish_final(self.out_dir, t.export_gguf)
             if t.report:
                 _write_report(self.out_dir)
         barrier()

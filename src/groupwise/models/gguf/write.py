@@ -3,8 +3,9 @@
 :func:`write_gguf` turns a transformers Llama-family model (its config and state dict, and its
 tokenizer) into a GGUF file that llama.cpp loads: the ``llama`` architecture's
 hyperparameters, the tokenizer (a byte-level BPE vocabulary, its merges, special tokens and
-chat template) and every weight in ``bf16`` or ``f32`` (norm vectors always ``f32``, as
-llama.cpp's own converter keeps them). It returns a :class:`GGUFModelFile`, which knows where
+chat template; or, for a model that came from a GGUF file, that file's own tokenizer and
+``general.*`` keys: :mod:`groupwise.models.gguf.source`) and every weight in ``f32``, ``bf16``
+or ``f16`` (norm vectors always ``f32``, as llama.cpp's own converter keeps them). It returns a :class:`GGUFModelFile`, which knows where
 each tensor's bytes are and overwrites them from a new state dict (:meth:`GGUFModelFile.update`):
 a training run refreshes its inference copy after every optimizer step without rewriting the
 header, and llama.cpp memory-maps the file again when it reloads.
@@ -19,14 +20,18 @@ Facts taken from the GGUF format and llama.cpp's converter (``convert_hf_to_gguf
   head takes input row ``s * d / 2 + j`` (``d`` = head dim, ``s`` in {0, 1}); for ``k_proj``
   per key-value head (:func:`rope_permute`).
 - Tied embeddings: no ``output.weight``; llama.cpp then uses ``token_embd.weight``.
-- Rounding: ``bf16`` is torch's round-to-nearest-even of the float32 weights (the bits the
-  ``local`` engine's bf16 rollout copy holds); ``f32`` is exact for float32 weights.
+- Rounding: ``bf16`` and ``f16`` are torch's round-to-nearest-even of the float32 weights
+  (``bf16``: the bits the ``local`` engine's bf16 rollout copy holds; ``f16``: 10 mantissa bits,
+  finite up to 65504); ``f32`` is exact for float32 weights.
+- The file is written under a temporary name beside its target and renamed into place.
 """
 
 from __future__ import annotations
 
 import json
 import mmap
+import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +40,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-GGUF_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "f32": torch.float32}
-"""The weight types :func:`write_gguf` writes, by name."""
+GGUF_DTYPES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16,
+    "f32": torch.float32,
+    "f16": torch.float16,
+}
+"""The weight types :func:`write_gguf` writes, by name (quantized types are made from an
+``f32`` file by llama.cpp: :mod:`groupwise.models.gguf.quantize`)."""
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 """transformers ``config.model_type`` values written as llama.cpp's ``llama`` architecture."""
@@ -200,8 +210,9 @@ def _add_hparams(writer: Any, config: Any, dtype: torch.dtype) -> None:
     writer.add_rope_freq_base(_rope_theta(config))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     writer.add_vocab_size(int(config.vocab_size))
-    bf16 = dtype == torch.bfloat16
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if bf16 else gguf.LlamaFileType.ALL_F32)
+    t = gguf.LlamaFileType
+    kinds = {torch.float32: t.ALL_F32, torch.bfloat16: t.MOSTLY_BF16, torch.float16: t.MOSTLY_F16}
+    writer.add_file_type(kinds[dtype])
 
 
 def detect_pre_tokenizer(tokenizer: Any) -> str:
@@ -263,8 +274,8 @@ def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int, pre: str | None
         writer.add_chat_template(template)
 
 
-def _add_metadata(writer: Any, metadata: Mapping[str, Any]) -> None:
-    """Extra key/values: str, bool, int, float or a list of str."""
+def add_metadata(writer: Any, metadata: Mapping[str, Any]) -> None:
+    """Extra key/values to a ``gguf.GGUFWriter``: str, bool, int, float or a list of str."""
     for key, value in metadata.items():
         if isinstance(value, str):
             writer.add_string(key, value)
@@ -289,34 +300,81 @@ def write_gguf(
     dtype: str = "bf16",
     metadata: Mapping[str, Any] | None = None,
     pre_tokenizer: str | None = None,
+    source: str | Path | None = None,
 ) -> GGUFModelFile:
     """Write a Llama-family model to ``path`` as GGUF; the returned file takes later weights.
 
     ``config``: the transformers config (``model_type`` in :data:`SUPPORTED_MODEL_TYPES`);
     ``state_dict``: its weights, HF names (float32 or bf16; LoRA already merged);
     ``tokenizer``: a fast byte-level BPE tokenizer, written as llama.cpp's ``gpt2`` model
-    (None: no vocabulary, a file only for tensor tools); ``dtype``: ``bf16`` or ``f32``;
-    ``metadata``: extra keys (``general.name`` ...); ``pre_tokenizer``: llama.cpp's
-    pre-tokenizer name, else :func:`detect_pre_tokenizer`. Tensors are written one at a time
-    (no second copy of the model in memory).
+    (None: no vocabulary, a file only for tensor tools); ``dtype``: a name of
+    :data:`GGUF_DTYPES`; ``metadata``: extra keys (``general.name`` ...); ``pre_tokenizer``:
+    llama.cpp's pre-tokenizer name, else :func:`detect_pre_tokenizer`; ``source``: the GGUF
+    file the model was loaded from: its tokenizer (when its vocabulary has ``vocab_size``
+    tokens) and its ``general.*`` keys are copied (``metadata`` wins over them). Tensors are
+    written one at a time (no second copy of the model in memory), to a temporary file that is
+    renamed to ``path`` at the end.
     """
-    import gguf
-    import numpy as np
+    from groupwise.models.gguf.source import SourceFields
 
     if dtype not in GGUF_DTYPES:
         raise ValueError(f"GGUF dtype {dtype!r}; valid: {', '.join(GGUF_DTYPES)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     slots = plan_slots(config, state_dict, GGUF_DTYPES[dtype])
+    copied = SourceFields.read(source, int(config.vocab_size)) if source else None
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        written = _write_file(
+            tmp,
+            config,
+            state_dict,
+            slots,
+            GGUF_DTYPES[dtype],
+            tokenizer,
+            metadata or {},
+            pre_tokenizer,
+            copied,
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return GGUFModelFile(path, written)
+
+
+_RAW_TYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def _write_file(
+    path: Path,
+    config: Any,
+    state_dict: Mapping[str, Tensor],
+    slots: list[TensorSlot],
+    dtype: torch.dtype,
+    tokenizer: Any,
+    metadata: Mapping[str, Any],
+    pre_tokenizer: str | None,
+    copied: Any,
+) -> list[TensorSlot]:
+    """The header (hyperparameters, tokenizer, metadata), then each tensor; the slots with
+    their offsets."""
+    import gguf
+
     writer = gguf.GGUFWriter(str(path), "llama")
-    _add_hparams(writer, config, GGUF_DTYPES[dtype])
-    if tokenizer is not None:
+    _add_hparams(writer, config, dtype)
+    if copied is not None and copied.has_tokenizer:
+        copied.add_tokenizer(writer)
+    elif tokenizer is not None:
         _add_tokenizer(writer, tokenizer, int(config.vocab_size), pre_tokenizer)
-    _add_metadata(writer, metadata or {})
+    if copied is not None:
+        copied.add_general(writer, skip=set(metadata))
+    add_metadata(writer, metadata)
     for slot in slots:
-        kind = gguf.GGMLQuantizationType.BF16 if slot.dtype == torch.bfloat16 else None
-        numpy_dtype = np.dtype(np.int16 if kind is not None else np.float32)
-        writer.add_tensor_info(slot.name, slot.shape, numpy_dtype, slot.nbytes, raw_dtype=kind)
+        kind = gguf.GGMLQuantizationType[_RAW_TYPES[slot.dtype]]
+        writer.add_tensor_info(
+            slot.name, slot.shape, _numpy_dtype(slot.dtype), slot.nbytes, raw_dtype=kind
+        )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
@@ -333,7 +391,13 @@ def write_gguf(
             TensorSlot(slot.source, slot.name, slot.shape, slot.dtype, offset, slot.heads)
         )
     writer.close()
-    return GGUFModelFile(path, written)
+    return written
+
+
+def _numpy_dtype(dtype: torch.dtype) -> Any:
+    import numpy as np
+
+    return np.dtype({torch.float32: np.float32, torch.float16: np.float16}.get(dtype, np.int16))
 
 
 def model_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
@@ -350,11 +414,11 @@ def write_model_gguf(
     *,
     dtype: str = "bf16",
     metadata: Mapping[str, Any] | None = None,
+    source: str | Path | None = None,
 ) -> GGUFModelFile:
     """:func:`write_gguf` of a transformers model (its ``config`` and state dict)."""
     config = getattr(model, "config", None)
     if config is None:
         raise ValueError("the model has no transformers config; pass config= to write_gguf")
-    return write_gguf(
-        path, config, model_state_dict(model), tokenizer, dtype=dtype, metadata=metadata
-    )
+    state = model_state_dict(model)
+    return write_gguf(path, config, state, tokenizer, dtype=dtype, metadata=metadata, source=source)
