@@ -13,6 +13,7 @@ after a wrong answer the env says whether the sum is higher or lower, two more t
 import argparse
 import json
 import random
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,10 +27,10 @@ from groupwise.envs.verifiers import verifiers_rows, verifiers_score
 
 def sums(n: int, seed: int) -> datasets.Dataset:
     rng = random.Random(seed)
-    pairs = [(rng.randint(10, 60), rng.randint(1, 9)) for _ in range(n)]
+    pairs = [(rng.randint(2, 20), rng.randint(1, 9)) for _ in range(n)]
     return datasets.Dataset.from_dict(
         {
-            "question": [f"What is {a} + {b}? Reply with the number only." for a, b in pairs],
+            "question": [f"What is {a} + {b}?" for a, b in pairs],
             "answer": [str(a + b) for a, b in pairs],
         }
     )
@@ -42,20 +43,20 @@ class SumData(vf.TaskData):
 
 
 class SumTask(vf.Task[SumData]):
-    """The rubric: the answer is the last reply's first number (weight 1)."""
+    """The rubric: the last reply's last number is the answer (weight 1)."""
 
     @vf.reward(weight=1.0)
     async def correct(self, task: SumData, trace: Any) -> float:
-        return float(first_number(trace.last_reply) == task.answer)
+        return float(last_number(trace.last_reply) == task.answer)
 
     @vf.metric
     async def replies(self, trace: Any) -> float:
         return float(trace.num_turns)
 
 
-def first_number(text: str) -> str | None:
-    words = text.replace(",", " ").replace(".", " ").split()
-    return next((w for w in words if w.isdigit()), None)
+def last_number(text: str) -> str | None:
+    numbers = re.findall(r"\d+", text)
+    return numbers[-1] if numbers else None
 
 
 class SumTaskset(vf.Taskset[SumTask, vf.TasksetConfig]):
@@ -64,7 +65,7 @@ class SumTaskset(vf.Taskset[SumTask, vf.TasksetConfig]):
     data: datasets.Dataset = sums(0, 0)
 
     def load(self) -> Iterator[SumTask]:
-        system = "You are good at arithmetic. Reply with the number only."
+        system = "You are good at arithmetic. Answer briefly."
         for row in self.data:
             data = SumData(prompt=row["question"], answer=row["answer"], system_prompt=system)
             yield SumTask(data, self.config.task)
@@ -84,11 +85,11 @@ class HintEnv(vf.Env[HintEnvConfig]):
         async with agents.player.interaction(task) as exchange:
             segment = await exchange.turn()
             for _ in range(self.config.tries - 1):
-                guess = first_number(segment.last_reply)
+                guess = last_number(segment.last_reply)
                 if segment.terminated or guess == task.data.answer:
                     break
                 if guess is None:
-                    hint = "Reply with the number only."
+                    hint = "Say the sum as a number."
                 else:
                     hint = "Higher." if int(guess) < int(task.data.answer) else "Lower."
                 segment = await exchange.turn(f"{hint} Try again.")
@@ -112,7 +113,7 @@ def main() -> None:
         "environment": "verifiers",
         "env_kwargs": {"env": "__main__:HintEnv"},
         "max_turns": 3,
-        "max_tokens_per_turn": 8,
+        "max_tokens_per_turn": 24,
     }
     config = load_config(
         overrides=[
@@ -120,7 +121,7 @@ def main() -> None:
             "rollout.engine=episodes",
             f"rollout.engine_kwargs={json.dumps(engine)}",
             "rollout.num_generations=8",
-            "rollout.max_completion_length=64",
+            "rollout.max_completion_length=96",
             "rewards.weights=[1.0, 0.0]",
             "algorithm.loss_type=dapo",
             f"training.max_steps={args.max_steps}",
@@ -133,7 +134,7 @@ def main() -> None:
             "training.log_completions_steps=1",
             "eval.before=true",
             "eval.after=true",
-            "eval.max_new_tokens=64",
+            "eval.max_new_tokens=96",
         ]
     )
     solved = verifiers_score("correct")

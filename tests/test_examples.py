@@ -65,3 +65,32 @@ def test_the_trl_agent_script_runs(
     assert config.rollout.engine == "episodes" and config.rollout.engine_kwargs["max_turns"] == 3
     (line, *_) = (out / "completions.jsonl").open()
     assert "What is the" in line
+
+
+@pytest.mark.parametrize(
+    ("script", "package", "args"),
+    [
+        ("openenv_env.py", "openenv.core", []),
+        ("openenv_env.py", "openenv.core", ["--server"]),
+        ("verifiers_env.py", "verifiers.v1", []),
+    ],
+    ids=["openenv", "openenv-server", "verifiers"],
+)
+def test_the_environment_scripts_run(
+    script: str, package: str, args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``examples/openenv_env.py`` and ``examples/verifiers_env.py`` as a user runs them
+    (tiny-random, one step): episodes played against the package's own environment, its
+    reward in the metrics, the environment's messages in the logged conversation."""
+    extra = package.split(".")[0]
+    pytest.importorskip(
+        package, reason=f"{extra} is not installed: pip install 'groupwise[{extra}]'"
+    )
+    out = tmp_path / "run"
+    argv = [script, *args, "--max-steps", "1", "--model", "tiny-random"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--output-dir", str(out)])
+    runpy.run_path(str(ROOT / "examples" / script), run_name="__main__")
+    (metrics,) = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    assert 0.0 <= metrics["rewards/env_reward/mean"] <= 1.0 and metrics["turns/mean"] >= 1.0
+    said = {"openenv_env.py": "in capital letters", "verifiers_env.py": "What is"}[script]
+    assert said in (out / "completions.jsonl").read_text()

@@ -4,6 +4,7 @@ whose held-out evaluation reads the environment's reward through the engine's co
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,20 @@ def test_say_range_states_the_range_the_answers_leave() -> None:
     env.reset({"prompt": "p", "secret": 2})  # a new episode starts from the whole range
     assert env.step("9").message == "Lower. It is from 1 to 8."
     assert range_text(4, 4) == "It is 4."
+
+
+def test_progress_pays_a_lost_game_for_the_range_it_narrowed() -> None:
+    env = GuessEnvironment(low=1, high=100, max_guesses=3, progress=True)
+    env.reset({"prompt": "p", "secret": 13})
+    assert env.reward() == pytest.approx(-0.5)  # nothing guessed: the whole range left
+    [env.step(g) for g in ["50", "25", "12"]]  # 1..49, 1..24, 13..24 left: 12 numbers
+    assert env.reward() == pytest.approx(-0.5 * math.log(12) / math.log(100))
+    env.reset({"prompt": "p", "secret": 13})
+    [env.step(g) for g in ["33", "33", "33"]]  # repeating narrows nothing more: 1..32
+    assert env.reward() == pytest.approx(-0.5 * math.log(32) / math.log(100))
+    env.reset({"prompt": "p", "secret": 13})
+    assert env.step("13").done and env.reward() == 1.0  # a won game scores more than any lost
+    assert GuessEnvironment(low=1, high=100).reward() == 0.0  # without progress: 0 unsolved
 
 
 def test_the_demo_game_shows_the_environments_own_answers() -> None:

@@ -15,7 +15,10 @@ the task's default) favours finishing in fewer guesses::
 
     reward = (max_guesses - guesses + 1) / max_guesses   if solved, else 0
 
-so a first-guess solve scores 1, a solve at the last allowed guess ``1 / max_guesses``.
+so a first-guess solve scores 1, a solve at the last allowed guess ``1 / max_guesses``. With
+``env_kwargs.progress`` an unsolved game scores how far its answers narrowed the range, from
+-0.5 to 0 (:meth:`GuessEnvironment.reward`), so the policy is paid for halving before it wins.
+With ``say_range`` each answer also states the range left ("Lower. It is from 1 to 49.").
 Held-out correctness (``env_solved``) is whether the game was solved.
 
 Limits, stated in a config three times because three parts read them: the range goes in
@@ -36,6 +39,7 @@ fixed strings, so nothing the policy writes can make it say "Correct!" except th
 
 from __future__ import annotations
 
+import math
 import random
 import re
 
@@ -164,13 +168,14 @@ class GuessEnvironment(BaseEnvironment):
         high: int = HIGH,
         max_guesses: int = MAX_GUESSES,
         say_range: bool = False,
+        progress: bool = False,
     ) -> None:
         if low >= high:
             raise ValueError(f"env_kwargs: low ({low}) must be below high ({high})")
         if max_guesses < 1:
             raise ValueError(f"env_kwargs.max_guesses must be at least 1, got {max_guesses}")
         self.low, self.high, self.max_guesses = low, high, max_guesses
-        self.say_range = say_range
+        self.say_range, self.progress = say_range, progress
         self.secret = low
         self.guesses = 0
         self.solved = False
@@ -204,18 +209,23 @@ class GuessEnvironment(BaseEnvironment):
         return EnvStep(self._direction(guess))
 
     def _direction(self, guess: int) -> str:
-        """ "Higher." or "Lower."; with ``say_range``, also the range the answers so far leave
+        """The answer "Higher." or "Lower."; with ``say_range``, also the range the answers leave
         ("Higher. It is from 51 to 100.")."""
-        word = "Higher." if guess < self.secret else "Lower."
-        if not self.say_range:
-            return word
         lo, hi = self.interval
         lo, hi = (max(lo, guess + 1), hi) if guess < self.secret else (lo, min(hi, guess - 1))
         self.interval = (lo, hi)
-        return f"{word} {range_text(lo, hi)}"
+        word = "Higher." if guess < self.secret else "Lower."
+        return f"{word} {range_text(lo, hi)}" if self.say_range else word
 
     def reward(self) -> float:
-        """``(max_guesses - guesses + 1) / max_guesses`` when solved, else 0."""
+        """``(max_guesses - guesses + 1) / max_guesses`` when solved, else 0; with ``progress``
+        an unsolved game scores ``-0.5 * log(left) / log(size)`` instead (``left``: the secrets
+        the answers still allow, ``size``: the range's), from -0.5 (nothing learned) to 0
+        (narrowed to one number, not said): a dense signal for halving the range, which only
+        truthful answers to real guesses narrow; a won game always scores more (> 0)."""
         if not self.solved:
-            return 0.0
+            if not self.progress:
+                return 0.0
+            lo, hi = self.interval
+            return -0.5 * math.log(hi - lo + 1) / math.log(self.high - self.low + 1)
         return max(self.max_guesses - self.guesses + 1, 0) / self.max_guesses
