@@ -90,6 +90,9 @@ def read_run(out_dir: Path) -> dict[str, Any]:
     budget = int(config["rollout"]["engine_kwargs"]["env_kwargs"]["max_guesses"])
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "step_time" in r]
+    # a run started over in the same directory: its steps from the last step 1
+    first = max(i for i, r in enumerate(steps) if r["step"] == 1)
+    steps = steps[first:]
     rewards = [float(r["reward"]) for r in steps]
     won = [100.0 * float(r.get("episodes/ended/env_done", 0.0)) for r in steps]
     turns = [float(r["turns/mean"]) for r in steps]

@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         reloaded = evaluate_model(str(own_path), config, k=1)["accuracy"]
         figures["reloaded"] = {"type": own, "accuracy": reloaded}
         print(f"{own} GGUF loaded back as model.name: held-out accuracy {reloaded:.1%}")
+    figures["rows"] = [{"type": kind, **row} for kind, row in figures["types"].items()]
     write_result(args.result, figures, command=command_line())
 
 

@@ -168,7 +168,16 @@ def example_cell(row: Row) -> str:
         cell += f"; on-topic share {row['on_topic_before']:.2f} -> {on_topic}"
     if "greedy_before" in row:
         cell += f"; greedy held-out {row['greedy_before']}% -> {row['greedy_after']}%"
+    if "guesses_before" in row:
+        after = " / ".join(f"{v:.2f}" for v in row["guesses_after"])
+        cell += f"; guesses per game {row['guesses_before']:.2f} -> {after}"
     return cell
+
+
+def tensor_types_cell(row: Row) -> str:
+    """'Q8_0 x 210, F32 x 61': the tensor types a GGUF file holds, most common first."""
+    counts = sorted(row["tensor_types"].items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{name} x {count}" for name, count in counts)
 
 
 def ratio_cell(measured: str) -> Callable[[Row], str]:
@@ -398,13 +407,58 @@ TABLES: tuple[Table, ...] = (
     ),
     Table(
         "examples",
-        tuple(
-            Source(f"example-{name}-epyc") for name in ("calculator", "code", "dialogue", "guess")
+        (
+            *(Source(f"example-{name}-epyc") for name in ("calculator", "code", "dialogue")),
+            Source("example-guess-xeon"),
         ),
         (
             Column("example", lambda r: f"`{r['example']}` ({r['what']})"),
             Column("held-out before -> after (seeds 0 / 1)", example_cell),
             Column("wall", lambda r: ", ".join(f"{w} s" for w in r["wall_s"])),
+        ),
+    ),
+    Table(
+        "env-examples",
+        (Source("env-examples-xeon", "rows"),),
+        (
+            Column("script", lambda r: f"`{r['script']}`"),
+            Column("steps", lambda r: str(len(r["rewards"]))),
+            Column(
+                "mean reward, first 5 -> last 5 steps",
+                lambda r: f"{r['first5']:.3f} -> {r['last5']:.3f}",
+            ),
+            Column(
+                "held-out greedy accuracy",
+                lambda r: f"{_percent(r['eval_before'])} -> {_percent(r['eval_after'])}",
+            ),
+        ),
+    ),
+    Table(
+        "gguf-roundtrip",
+        (Source("gguf-roundtrip-xeon", "rows"),),
+        (
+            Column("type", lambda r: f"`{r['type']}`"),
+            Column("file", lambda r: f"{r['bytes'] / 1e6:.0f} MB"),
+            Column("export", num("export_s", ".1f", " s")),
+            Column("tensor types", tensor_types_cell),
+            Column("held-out accuracy (llama.cpp)", lambda r: _percent(r.get("accuracy"))),
+            Column(
+                "same answer as final/",
+                lambda r: f"{r['identical_answers']} of {r['n']}" if "n" in r else "-",
+            ),
+            Column("same completion", lambda r: _percent(r.get("token_identical_share"))),
+        ),
+    ),
+    Table(
+        "gguf-reload",
+        (Source("gguf-roundtrip-xeon"),),
+        (
+            Column("held-out prompts", lambda r: str(r["held_out"])),
+            Column("final/ through groupwise", lambda r: _percent(r["final_accuracy"])),
+            Column(
+                "its own-dtype GGUF back into groupwise as model.name",
+                lambda r: f"{_percent(r['reloaded']['accuracy'])} (`{r['reloaded']['type']}`)",
+            ),
         ),
     ),
     Table(

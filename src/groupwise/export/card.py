@@ -163,7 +163,8 @@ def model_card(run_dir: str | Path, cpu: str | None = None) -> str:
         f"Task `{task}`: {flat.get('data.train_size')} training prompts, "
         f"{flat.get('data.eval_size')} held-out prompts, split seed {flat.get('data.seed')}"
         + (f", parameters `{json.dumps(params)}`" if params else "")
-        + f"; rewards: `{flat.get('rewards.funcs') or 'the task defaults'}`.",
+        + "; rewards: "
+        + (f"`{flat['rewards.funcs']}`." if flat.get("rewards.funcs") else "the task's defaults."),
         "",
         "## Algorithm and settings",
         "",
@@ -204,8 +205,8 @@ def _training_section(summary: dict[str, Any], flat: dict[str, Any], cpu: str | 
         f"- wall time: {summary.get('wall_time_s', 0.0):.0f} s "
         f"(training steps: {summary.get('train_time_s', 0.0):.0f} s)",
         f"- CPU: {cpu or cpu_line()}",
-        f"- precision: bf16 compute {precision.get('bf16')}, weights "
-        f"{precision.get('param_dtype')}",
+        f"- precision: {'bf16' if precision.get('bf16') else 'float32'} compute, "
+        f"{precision.get('param_dtype')} weights",
         "",
     ]
 
