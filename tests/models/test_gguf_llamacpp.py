@@ -54,7 +54,7 @@ def _torch_logits(model: Any, ids: list[int]) -> torch.Tensor:
 
 
 def test_quantized_files_report_the_types_their_tensors_got(
-    tiny: tuple[Any, Any], tmp_path: Path
+    tiny: tuple[Any, Any], tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """q8_0 quantizes every matrix; q4_k_m asks for 4- and 6-bit k-quants, whose 256-blocks do
     not divide the tiny model's 64-wide rows, so llama.cpp falls back per tensor; norms stay
@@ -64,7 +64,9 @@ def test_quantized_files_report_the_types_their_tensors_got(
     f32 = write_model_gguf(tmp_path / "m.f32.gguf", model, tokenizer, dtype="f32").path
     q8 = quantize_gguf(f32, tmp_path / "m.q8_0.gguf", Q8_0, threads=1)
     assert tensor_types(q8) == {"Q8_0": 15, "F32": 5}
+    capfd.readouterr()
     q4 = quantize_gguf(f32, tmp_path / "m.q4_k_m.gguf", Q4_K_M, threads=1)
+    assert "blk.0" not in capfd.readouterr().err  # llama.cpp's per-tensor log kept out
     kinds = tensor_types(q4)
     assert sum(kinds.values()) == 20
     assert "Q4_K" not in kinds and "Q6_K" not in kinds  # 64 % 256 != 0: every one fell back

@@ -11,9 +11,13 @@ ones asked for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import sys
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -39,16 +43,41 @@ def quantize_gguf(source: str | Path, target: str | Path, ftype: int, threads: i
     params.ftype = ftype
     params.nthread = threads
     try:
-        code = llama_cpp.llama_model_quantize(
-            str(source).encode(), str(tmp).encode(), llama_cpp.ctypes.byref(params)
-        )
+        with _stderr_kept() as log:
+            code = llama_cpp.llama_model_quantize(
+                str(source).encode(), str(tmp).encode(), llama_cpp.ctypes.byref(params)
+            )
         if code != 0:
-            raise RuntimeError(f"llama.cpp could not quantize {source} (file type {ftype}: {code})")
+            tail = "".join(log[-10:])
+            raise RuntimeError(
+                f"llama.cpp could not quantize {source} (file type {ftype}: {code}); "
+                f"its log ends:\n{tail}"
+            )
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+@contextlib.contextmanager
+def _stderr_kept() -> Iterator[list[str]]:
+    """llama.cpp's quantizer log (a line per tensor, on stderr) kept out of the terminal; the
+    yielded list holds its lines once the block ends."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+") as log:
+        os.dup2(log.fileno(), 2)
+        try:  # llama-cpp-python's log callback writes to sys.stderr, the C side to fd 2
+            with contextlib.redirect_stderr(log):
+                yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            lines.extend(log.readlines())
 
 
 def tensor_types(path: str | Path) -> dict[str, int]:
