@@ -46,6 +46,7 @@ def _git_checkout() -> bool:
     return proc.returncode == 0 and proc.stdout.strip() == "true"
 
 
+@pytest.mark.slow  # about 100 s: run with -m slow (or scripts/structure_check.py) before a release
 @pytest.mark.skipif(not _git_checkout(), reason="needs a git checkout holding the baseline")
 def test_trains_like_the_baseline() -> None:
     proc = subprocess.run(
