@@ -41,37 +41,11 @@ OWN_TYPES = {"float32": "f32", "bfloat16": "bf16"}
 
 def groupwise_greedy(model_name: str, config: Any) -> tuple[Any, list[Any], Any]:
     """(EvalResult, held-out rows, tokenizer) of ``model_name`` through groupwise's evaluation."""
-    import torch
+    from groupwise.eval.evaluate import evaluate_greedy, load_for_eval
 
-    from groupwise.data import build_task
-    from groupwise.eval.evaluate import configured_engine, evaluate_accuracy
-    from groupwise.models import load_base_model
-    from groupwise.models.plan import resolve_plan
-
-    d, e = config.data, config.eval
-    task = build_task(d.task, train_size=1, eval_size=d.eval_size, seed=d.seed, params=d.params)
-    if task.correctness is None:
-        raise SystemExit(f"task {task.name!r} has no correctness check")
-    device = torch.device("cpu")
-    plan = resolve_plan(config, device)
-    model, tokenizer = load_base_model(
-        model_name,
-        seed=config.training.seed,
-        device=device,
-        attn_implementation=plan.attn_implementation,
-    )
-    model = model.to(plan.rollout_dtype).eval()
-    engine = configured_engine(model, tokenizer, config, plan.rollout_engine)
-    result = evaluate_accuracy(
-        engine,
-        tokenizer,
-        task.eval,
-        task.correctness,
-        batch_size=e.batch_size,
-        max_new_tokens=e.max_new_tokens,
-        device=device,
-    )
-    return result, list(task.eval), (tokenizer, task.correctness)
+    loaded = load_for_eval(model_name, config)
+    result = evaluate_greedy(loaded, config)
+    return result, list(loaded.task.eval), (loaded.tokenizer, loaded.task.correctness)
 
 
 def llama_greedy(path: Path, tokenizer: Any, rows: list[Any], max_new_tokens: int) -> list[str]:

@@ -1,14 +1,22 @@
-"""Model helpers: the file-backed reference policy."""
+"""Model helpers: the file-backed reference policy, casting a model's weights."""
 
 from __future__ import annotations
 
+import copy
 import mmap
 import os
 from pathlib import Path
 
 import torch
 
-from groupwise.models import MappedWeights, ReferencePolicy, load_base_model
+from groupwise.models import (
+    MappedWeights,
+    ReferencePolicy,
+    load_base_model,
+    make_rollout_model,
+    tiny_random_model,
+)
+from groupwise.models.loading import cast_weights
 
 
 def _resident_kb(address: int, nbytes: int) -> int:
@@ -72,3 +80,41 @@ def test_release_pages_zeroes_whole_pages_only() -> None:
     assert released == last - first >= 2 * page
     assert bool((t[first:last] == 0).all())  # the whole pages read as zeros now
     assert bool((t[:first] == 1).all()) and bool((t[last:] == 1).all())  # the edges are kept
+
+
+def _floating_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: b for n, b in model.named_buffers() if b.is_floating_point()}
+
+
+def test_cast_weights_leaves_rope_frequencies_as_from_pretrained_does(tmp_path: Path) -> None:
+    """A float32 model cast to bf16 equals the same files loaded in bf16: the parameters in
+    bf16, RoPE's computed inv_freq still float32 (a plain ``.to(bf16)`` rounds it)."""
+    model, tokenizer = tiny_random_model(0)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    cpu = torch.device("cpu")
+    loaded, _ = load_base_model(str(tmp_path), seed=0, device=cpu, dtype=torch.bfloat16)
+    full, _ = load_base_model(str(tmp_path), seed=0, device=cpu)
+    expected = _floating_buffers(loaded)
+    assert any("inv_freq" in n for n in expected)
+    assert all(b.dtype == torch.float32 for n, b in expected.items() if "inv_freq" in n)
+
+    copies = {
+        "cast_weights": cast_weights(copy.deepcopy(full), torch.bfloat16),
+        "make_rollout_model": make_rollout_model(full, torch.bfloat16),
+        "ReferencePolicy": ReferencePolicy(full, torch.bfloat16).model,
+    }
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+    with torch.no_grad():
+        want = loaded(ids).logits
+    for name, other in copies.items():
+        assert other is not None
+        got = _floating_buffers(other)
+        assert got.keys() == expected.keys(), name
+        for key, buffer in expected.items():
+            assert got[key].dtype == buffer.dtype, (name, key)
+            assert torch.equal(got[key], buffer), (name, key)
+        for (key, p), q in zip(loaded.named_parameters(), other.parameters(), strict=True):
+            assert q.dtype == torch.bfloat16 and torch.equal(p, q), (name, key)
+        with torch.no_grad():
+            assert torch.equal(other(ids).logits, want), name

@@ -185,14 +185,30 @@ def resolve_eval_target(target: str) -> tuple[str, Path | None]:
     return target, None
 
 
-def evaluate_model(name: str, config: Config, *, k: int) -> dict[str, float]:
-    """Greedy accuracy (and pass@k / maj@k when ``k > 1``) of a model on the config's task."""
+@dataclass
+class LoadedForEval:
+    """A model loaded for evaluation: the model, its engine and tokenizer, the task, the device."""
+
+    model: nn.Module
+    engine: RolloutEngine
+    tokenizer: Any
+    task: Task
+    device: torch.device
+
+
+def load_for_eval(name: str, config: Config) -> LoadedForEval:
+    """``name`` loaded as a run would decode it: weights in the run plan's rollout dtype
+    (RoPE's frequencies kept in float32, as in training), its attention kernel and engine, and
+    the run's ``training.num_threads`` (bf16 matmuls round by how the work is split: a run's
+    greedy answers are reproduced with its thread count)."""
+    if config.training.num_threads > 0:
+        torch.set_num_threads(config.training.num_threads)
     from groupwise.data import build_task
     from groupwise.models import load_base_model, pick_device
     from groupwise.models.plan import resolve_plan
 
     device = pick_device(config.training.device)
-    d, e = config.data, config.eval
+    d = config.data
     task = build_task(d.task, train_size=1, eval_size=d.eval_size, seed=d.seed, params=d.params)
     if task.correctness is None:
         raise ValueError(f"data.task: task {task.name!r} has no correctness check to evaluate")
@@ -202,31 +218,44 @@ def evaluate_model(name: str, config: Config, *, k: int) -> dict[str, float]:
         seed=config.training.seed,
         device=device,
         attn_implementation=plan.attn_implementation,
+        dtype=plan.rollout_dtype,
     )
-    model = model.to(plan.rollout_dtype).eval()
+    model = model.eval()
     engine = configured_engine(model, tokenizer, config, plan.rollout_engine)
-    greedy = evaluate_accuracy(
-        engine,
-        tokenizer,
-        task.eval,
-        task.correctness,
-        batch_size=e.batch_size,
-        max_new_tokens=e.max_new_tokens,
-        device=device,
+    return LoadedForEval(model, engine, tokenizer, task, device)
+
+
+def evaluate_greedy(loaded: LoadedForEval, config: Config) -> EvalResult:
+    """Greedy accuracy on the task's held-out rows, with every completion and its score."""
+    assert loaded.task.correctness is not None  # load_for_eval checked
+    return evaluate_accuracy(
+        loaded.engine,
+        loaded.tokenizer,
+        loaded.task.eval,
+        loaded.task.correctness,
+        batch_size=config.eval.batch_size,
+        max_new_tokens=config.eval.max_new_tokens,
+        device=loaded.device,
     )
-    out = {"accuracy": greedy.accuracy}
+
+
+def evaluate_model(name: str, config: Config, *, k: int) -> dict[str, float]:
+    """Greedy accuracy (and pass@k / maj@k when ``k > 1``) of a model on the config's task."""
+    loaded = load_for_eval(name, config)
+    out = {"accuracy": evaluate_greedy(loaded, config).accuracy}
     if k > 1:
+        assert loaded.task.correctness is not None
         sampled = evaluate_sampled(
-            engine,
-            tokenizer,
-            task.eval,
-            task.correctness,
+            loaded.engine,
+            loaded.tokenizer,
+            loaded.task.eval,
+            loaded.task.correctness,
             k=k,
             temperature=config.rollout.temperature or 1.0,
-            max_new_tokens=e.max_new_tokens,
-            batch_size=e.batch_size,
+            max_new_tokens=config.eval.max_new_tokens,
+            batch_size=config.eval.batch_size,
             seed=config.training.seed,
-            device=device,
+            device=loaded.device,
         )
         out[f"pass@{k}"] = sampled.pass_at_k
         out["pass@1"] = sampled.pass_at_1
