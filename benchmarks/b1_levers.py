@@ -61,6 +61,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "training.param_dtype=bfloat16",
         "rollout.packed_decode=false",
     ),
+    "eager-optimizer": (  # not cumulative: pure-bf16 with the AdamW step run eagerly
+        "training.param_dtype=bfloat16",
+        "training.compile_optimizer=false",
+    ),
     "llamacpp": (  # not cumulative: pure-bf16 with llama.cpp generating on a bf16 GGUF copy
         "training.param_dtype=bfloat16",
         "rollout.engine=llamacpp",

@@ -17,6 +17,7 @@ from groupwise.models.plan import (
     RunPlan,
     check_plan,
     decide_attn_implementation,
+    decide_compile_optimizer,
     decide_fused_kernels,
     decide_reference_on_disk,
     decide_rollout_engine,
@@ -56,6 +57,35 @@ def test_fused_kernels_rule() -> None:
     assert decide_fused_kernels(True, CUDA, "float32") is True
     assert decide_fused_kernels(False, CPU, "bfloat16") is False
 
+
+
+def test_compile_optimizer_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: pure bf16 weights on CPU with a C++ compiler on PATH; never for float32 weights
+    (torch's AdamW, nothing to compile)."""
+    monkeypatch.delenv("CXX", raising=False)
+    found = {"g++"}
+    monkeypatch.setattr(plan_module.shutil, "which", lambda name: name if name in found else None)
+    assert decide_compile_optimizer("auto", CPU, "bfloat16") is True
+    assert decide_compile_optimizer("auto", CPU, "float32") is False
+    assert decide_compile_optimizer("auto", CUDA, "bfloat16") is False
+    assert decide_compile_optimizer(True, CPU, "float32") is False
+    assert decide_compile_optimizer(False, CPU, "bfloat16") is False
+    found.clear()  # no compiler: eager
+    assert decide_compile_optimizer("auto", CPU, "bfloat16") is False
+    assert decide_compile_optimizer(True, CPU, "bfloat16") is True  # asked for: tried
+    monkeypatch.setenv("CXX", "my-cxx")
+    found.add("my-cxx")
+    assert decide_compile_optimizer("auto", CPU, "bfloat16") is True
+
+
+def test_a_plan_saved_before_the_compiled_optimizer_reads_as_eager(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _rates(monkeypatch, 200.0, 800.0)
+    data = resolve_plan(load_config(), CPU).as_dict()
+    del data["compile_optimizer"]
+    (tmp_path / PLAN_FILE).write_text(json.dumps(data))
+    assert load_plan(tmp_path / PLAN_FILE).compile_optimizer is False
 
 def test_attention_rule() -> None:
     assert decide_attn_implementation("auto", CPU) == "grouped"
@@ -163,7 +193,9 @@ def test_a_plan_the_run_cannot_train_with_is_refused() -> None:
 
 
 def test_the_log_lines() -> None:
-    config = load_config(overrides=["training.bf16=true", "algorithm.beta=0.04"])
+    config = load_config(
+        overrides=["training.bf16=true", "algorithm.beta=0.04", "training.compile_optimizer=true"]
+    )
     lines = plan_lines(resolve_plan(config, CPU), config)
     assert lines == [
         "precision: bf16 compute (training.bf16=true was set explicitly)",
@@ -171,6 +203,7 @@ def test_the_log_lines() -> None:
         "pure bf16 training))",
         "memory: reference mapped from disk",
         "memory: fused RMSNorm / SwiGLU / softmax kernels (training.fused_kernels)",
+        "speed: the bf16 AdamW step compiled (training.compile_optimizer)",
     ]
 
 

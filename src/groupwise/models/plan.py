@@ -15,6 +15,8 @@ Each decision is a small function of the settings and the device, its rule in it
 - ``training.param_dtype`` (:func:`decide_param_dtype`): auto = bf16 weights on a bf16 CPU, one
   process, full fine-tuning or LoRA merged in place;
 - ``training.fused_kernels`` (:func:`decide_fused_kernels`): auto = pure bf16 weights on CPU;
+- ``training.compile_optimizer`` (:func:`decide_compile_optimizer`): auto = pure bf16 weights on
+  CPU with a C++ compiler on PATH;
 - ``model.reference_on_disk`` (:func:`decide_reference_on_disk`): auto = on CPU;
 - the rollout weights (:func:`decide_rollout_weights`, no key of its own): follow from the above
   (a copy whenever the engine runs in its own process);
@@ -30,6 +32,8 @@ the plan with the decisions.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
@@ -91,6 +95,9 @@ class RunPlan:
     planned reads as ``local``, the engine such runs used)."""
     rollout_engine_reason: str = ""
     """Why that engine, one sentence."""
+    compile_optimizer: bool = False
+    """Run the bf16 AdamW step through its compiled kernel (a plan saved before this was
+    planned reads as False, the eager step such runs took)."""
 
     @property
     def precision(self) -> PrecisionChoice:
@@ -279,6 +286,18 @@ def decide_fused_kernels(setting: bool | str, device: torch.device, param_dtype:
     return device.type == "cpu" and param_dtype == "bfloat16"
 
 
+def decide_compile_optimizer(setting: bool | str, device: torch.device, param_dtype: str) -> bool:
+    """``training.compile_optimizer``: auto = under pure bf16 weights (the compensated AdamW
+    step it compiles) on CPU, when a C++ compiler for torch.compile's CPU backend is on PATH
+    (``CXX``, else ``c++``, ``g++`` or ``clang++``)."""
+    if setting != "auto":
+        return bool(setting) and param_dtype == "bfloat16"
+    if device.type != "cpu" or param_dtype != "bfloat16":
+        return False
+    names = [os.environ.get("CXX", ""), "c++", "g++", "clang++"]
+    return any(name and shutil.which(name) for name in names)
+
+
 def decide_rollout_weights(
     *,
     lora: bool,
@@ -367,6 +386,7 @@ def resolve_plan(
         attn_implementation=decide_attn_implementation(m.attn_implementation, device),
         rollout_engine=engine,
         rollout_engine_reason=engine_reason,
+        compile_optimizer=decide_compile_optimizer(t.compile_optimizer, device, param_dtype),
     )
 
 
@@ -411,6 +431,8 @@ def plan_lines(plan: RunPlan, config: Config) -> list[str]:
         lines.append(f"memory: reference {where}")
     if plan.fused_kernels:
         lines.append("memory: fused RMSNorm / SwiGLU / softmax kernels (training.fused_kernels)")
+    if plan.compile_optimizer:
+        lines.append("speed: the bf16 AdamW step compiled (training.compile_optimizer)")
     if plan.merge_in_place:
         lines.append(
             "memory: LoRA adapters merged into the base weights for decoding, no merged copy"
@@ -429,6 +451,7 @@ SETTING_NAMES = {
     "rollout_weights": "rollout weights",
     "attn_implementation": "model.attn_implementation",
     "rollout_engine": "rollout.engine",
+    "compile_optimizer": "training.compile_optimizer",
 }
 """The plan's decisions by the setting a user knows them as (reasons and rates left out)."""
 

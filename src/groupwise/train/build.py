@@ -184,7 +184,7 @@ def build_parts(
     eos_ids = eos_token_ids(tokenizer, policy)
     # under fsdp this shards the policy's parameters in place: the optimizer comes after
     train_module = wrap_policy(LogpModule(policy), t.strategy, device)
-    optimizer, scheduler = _optimizer(config, policy)
+    optimizer, scheduler = _optimizer(config, policy, plan.compile_optimizer)
     r = config.rollout
     context = EngineContext(
         policy, weights, tokenizer, eos_ids, r.compile, r.engine_kwargs, r.packed_decode
@@ -269,7 +269,7 @@ def _base_model(
 
 
 def _optimizer(
-    config: Config, policy: nn.Module
+    config: Config, policy: nn.Module, compile_step: bool = False
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW (compensated or stochastically rounded under pure bf16) and its schedule."""
     t = config.training
@@ -280,6 +280,7 @@ def _optimizer(
         weight_decay=t.weight_decay,
         bf16_rounding=t.bf16_rounding,
         seed=t.seed,
+        compile_step=compile_step,
     )
     total_updates = t.max_steps * config.algorithm.num_iterations
     scheduler = build_scheduler(optimizer, t.lr_scheduler_type, t.warmup_steps, total_updates)
