@@ -360,6 +360,27 @@ DEFAULT_RUN_COLUMNS = (
     Column("peak RSS", peaks_cell),
 )
 
+RECIPE_COLUMNS: tuple[Column, ...] = (
+    Column("variant", text("variant")),
+    Column("seed", lambda r: str(r["seed"])),
+    Column("before", lambda r: _percent(r["accuracy_before"])),
+    Column("at 3 min", lambda r: _percent(r["accuracy_at_s"]["180"])),
+    Column("at 6 min", lambda r: _percent(r["accuracy_at_s"]["360"])),
+    Column("at the end", lambda r: _percent(r["accuracy_after"])),
+    Column("wall", num("wall_s", ".0f", " s")),
+    Column("median s/step", num("median_step_s")),
+    Column("entropy, last 5 steps", num("entropy_last5", ".3f")),
+    Column(
+        "first step with entropy < 0.1",
+        lambda r: (
+            "none" if r["entropy_below_0_1_step"] is None else str(r["entropy_below_0_1_step"])
+        ),
+    ),
+    Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
+)
+"""The columns of a comparison of recipe levers (benchmarks/default_run.py's runs)."""
+
+
 TABLES: tuple[Table, ...] = (
     Table(
         "default-run-current",
@@ -566,26 +587,7 @@ TABLES: tuple[Table, ...] = (
     Table(
         "recipe-levers",
         (Source("recipe-levers-xeon", "runs"),),
-        (
-            Column("variant", text("variant")),
-            Column("seed", lambda r: str(r["seed"])),
-            Column("before", lambda r: _percent(r["accuracy_before"])),
-            Column("at 3 min", lambda r: _percent(r["accuracy_at_s"]["180"])),
-            Column("at 6 min", lambda r: _percent(r["accuracy_at_s"]["360"])),
-            Column("at the end", lambda r: _percent(r["accuracy_after"])),
-            Column("wall", num("wall_s", ".0f", " s")),
-            Column("median s/step", num("median_step_s")),
-            Column("entropy, last 5 steps", num("entropy_last5", ".3f")),
-            Column(
-                "first step with entropy < 0.1",
-                lambda r: (
-                    "none"
-                    if r["entropy_below_0_1_step"] is None
-                    else str(r["entropy_below_0_1_step"])
-                ),
-            ),
-            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
-        ),
+        RECIPE_COLUMNS,
         "Two trainings at a time, one thread each (`--jobs 2 --threads 1`), evaluated every 10 "
         "steps (`--set eval.every_steps=10`): the wall times compare with each other, not with "
         "a run that has the whole machine. Accuracy at a time is the newest evaluation finished "
@@ -595,6 +597,36 @@ TABLES: tuple[Table, ...] = (
         "of theirs: compare their accuracy at the end and per evaluation step, not their times. "
         "The local and adaptive-entropy rows were measured at commit 02a67dc and read back "
         "(`--reuse`); the code the default run executes is the same at both commits.",
+    ),
+    Table(
+        "recipe-levers-dynamic",
+        (Source("recipe-levers-dynamic-xeon", "runs"),),
+        (
+            *RECIPE_COLUMNS[:5],
+            Column("at 12 min", lambda r: _percent(r["accuracy_at_s"]["720"])),
+            Column("at 20 min", lambda r: _percent(r["accuracy_at_s"]["1200"])),
+            *RECIPE_COLUMNS[5:],
+        ),
+        "Two trainings at a time, one thread each (`--jobs 2 --threads 1`), evaluated every 10 "
+        "steps (`--set eval.every_steps=10`): the wall times compare with each other (each "
+        "seed's three runs ran in turn, two at a time), not with a run that has the whole "
+        "machine. Accuracy at a time is the newest evaluation finished by then. Seed 0's runs "
+        "took the AdamW step eagerly; seeds 1 and 2 with its compiled kernel "
+        "(`training.compile_optimizer`, the default from the commit after seed 0's runs began): "
+        "within a seed, every variant ran the same code.",
+    ),
+    Table(
+        "optimizer-step",
+        (Source("optimizer-step-xeon", "rows"),),
+        (
+            Column("threads", lambda r: str(r["threads"])),
+            Column("eager", num("eager_s", ".3f", " s")),
+            Column("compiled", num("compiled_s", ".3f", " s")),
+            Column("speed-up", num("speedup", ".2f", "x")),
+        ),
+        "`python benchmarks/optimizer_step.py`: the default pure-bf16 AdamW (Kahan-compensated "
+        "weights, stochastically rounded bf16 second moment) over all the weights of "
+        "SmolLM2-135M-Instruct, medians of alternating steps in one process.",
     ),
     Table(
         "memory-levers-b1",
