@@ -58,7 +58,6 @@ def test_fused_kernels_rule() -> None:
     assert decide_fused_kernels(False, CPU, "bfloat16") is False
 
 
-
 def test_compile_optimizer_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """auto: pure bf16 weights on CPU with a C++ compiler on PATH; never for float32 weights
     (torch's AdamW, nothing to compile)."""
@@ -86,6 +85,7 @@ def test_a_plan_saved_before_the_compiled_optimizer_reads_as_eager(
     del data["compile_optimizer"]
     (tmp_path / PLAN_FILE).write_text(json.dumps(data))
     assert load_plan(tmp_path / PLAN_FILE).compile_optimizer is False
+
 
 def test_attention_rule() -> None:
     assert decide_attn_implementation("auto", CPU) == "grouped"
