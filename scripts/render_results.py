@@ -626,7 +626,9 @@ TABLES: tuple[Table, ...] = (
         ),
         "`python benchmarks/optimizer_step.py`: the default pure-bf16 AdamW (Kahan-compensated "
         "weights, stochastically rounded bf16 second moment) over all the weights of "
-        "SmolLM2-135M-Instruct, medians of alternating steps in one process.",
+        "SmolLM2-135M-Instruct, medians of alternating steps in one process. Measured while "
+        "two trainings ran on the machine's two cores: the two-thread row had less than two "
+        "cores to itself.",
     ),
     Table(
         "memory-levers-b1",
