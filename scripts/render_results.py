@@ -608,12 +608,14 @@ TABLES: tuple[Table, ...] = (
             *RECIPE_COLUMNS[5:],
         ),
         "Two trainings at a time, one thread each (`--jobs 2 --threads 1`), evaluated every 10 "
-        "steps (`--set eval.every_steps=10`): the wall times compare with each other (each "
-        "seed's three runs ran in turn, two at a time), not with a run that has the whole "
+        "steps (`--set eval.every_steps=10`): the wall times compare with each other (queued "
+        "seed by seed, two at a time), not with a run that has the whole "
         "machine. Accuracy at a time is the newest evaluation finished by then. Seed 0's runs "
-        "took the AdamW step eagerly; seeds 1 and 2 with its compiled kernel "
-        "(`training.compile_optimizer`, the default from the commit after seed 0's runs began): "
-        "within a seed, every variant ran the same code.",
+        "ran the code of commit ded13e2 (the AdamW step eager), seeds 1 and 2 that of 2869a20 "
+        "(its compiled kernel, `training.compile_optimizer`): within a seed every variant ran "
+        "the same code; read back (`--reuse`) at the commit named. Test and benchmark runs also "
+        "shared the machine for part of seed 0's runs and of seed 1's dynamic-sampling and "
+        "lr-constant runs (about 12 and 25 minutes).",
     ),
     Table(
         "optimizer-step",
