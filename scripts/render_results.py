@@ -731,6 +731,21 @@ TABLES: tuple[Table, ...] = (
         "dropped; seconds are medians.",
     ),
     Table(
+        "compiled-optimizer-b1",
+        (Source("b1-compiled-optimizer-xeon", "rows"),),
+        (
+            Column("variant", text("variant")),
+            Column("median s/step", num("median_s")),
+            Column("generate", num("generate")),
+            Column("ref_logp", num("ref_logp")),
+            Column("update", num("update")),
+            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
+        ),
+        "B1 with groupwise's defaults (`pure-bf16`: the AdamW step compiled) and with "
+        "`training.compile_optimizer=false`, alternating, 2 rounds of 5 steps, the first of each "
+        "dropped (it compiles); seconds are medians; the machine otherwise quiet.",
+    ),
+    Table(
         "sandbox-overhead",
         (Source("sandbox-overhead-epyc", "rows"),),
         (
