@@ -381,6 +381,17 @@ RECIPE_COLUMNS: tuple[Column, ...] = (
 """The columns of a comparison of recipe levers (benchmarks/default_run.py's runs)."""
 
 
+B1_LEVER_COLUMNS: tuple[Column, ...] = (
+    Column("variant", text("variant")),
+    Column("median s/step", num("median_s")),
+    Column("generate", num("generate")),
+    Column("ref_logp", num("ref_logp")),
+    Column("update", num("update")),
+    Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
+)
+"""The columns of a comparison of lever sets on B1 (benchmarks/b1_levers.py's rows)."""
+
+
 TABLES: tuple[Table, ...] = (
     Table(
         "default-run-current",
@@ -718,14 +729,7 @@ TABLES: tuple[Table, ...] = (
     Table(
         "packed-decode-b1",
         (Source("b1-packed-decode-xeon", "rows"),),
-        (
-            Column("variant", text("variant")),
-            Column("median s/step", num("median_s")),
-            Column("generate", num("generate")),
-            Column("ref_logp", num("ref_logp")),
-            Column("update", num("update")),
-            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
-        ),
+        B1_LEVER_COLUMNS,
         "B1 with groupwise's defaults (`pure-bf16`: the packed decode step) and with "
         "`rollout.packed_decode=false`, alternating, 2 rounds of 5 steps, the first of each "
         "dropped; seconds are medians.",
@@ -733,14 +737,7 @@ TABLES: tuple[Table, ...] = (
     Table(
         "compiled-optimizer-b1",
         (Source("b1-compiled-optimizer-xeon", "rows"),),
-        (
-            Column("variant", text("variant")),
-            Column("median s/step", num("median_s")),
-            Column("generate", num("generate")),
-            Column("ref_logp", num("ref_logp")),
-            Column("update", num("update")),
-            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
-        ),
+        B1_LEVER_COLUMNS,
         "B1 with groupwise's defaults (`pure-bf16`: the AdamW step compiled) and with "
         "`training.compile_optimizer=false`, alternating, 2 rounds of 5 steps, the first of each "
         "dropped (it compiles); seconds are medians; the machine otherwise quiet.",
