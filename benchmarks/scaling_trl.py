@@ -51,8 +51,12 @@ model's point ends in OOM, timeout or a kill, its longer lengths are not run for
 
 Outputs: a Markdown table on stdout (model, LoRA, L, s/step each side, TRL / groupwise,
 peak RSS each, floor fraction each), --out (JSON: every point, its commands, per-step times,
-the machine and the matmul rates) and --result NAME (benchmarks/results/NAME.json, rendered by
-scripts/render_results.py's SCALING_TRL_COLUMNS).
+the commit each side ran at, the machine and the matmul rates) and --result NAME
+(benchmarks/results/NAME.json, rendered by scripts/render_results.py's SCALING_TRL_COLUMNS).
+Both files are rewritten after every point (floor fractions at the rates measured at the start
+until the end's measurement), so a run cut short keeps its finished points; --reuse takes the
+sides already in --out (same --steps; not those that failed) and runs only the rest, so the
+table can be filled in over several sittings.
 
 How long: a step costs roughly in proportion to the parameters times the tokens. On a 2-core
 Xeon (AMX) groupwise's 135M step is ~13 s at L=48 and ~160 s at L=512 (the scaling grid), TRL's
@@ -67,6 +71,7 @@ Usage (from the repository root, with the groupwise venv; TRL's venv from trl_en
       [--lengths 48,256,1024] [--steps 3] [--warmup 1] [--timeout-min 180] [--max-rss-gb G]
       [--min-available-gb 1.5] [--run-all] [--trl-precision auto|bf16|fp32]
       [--models-dir runs/scaling-models] [--result NAME] [--out runs/bench-scaling-trl/results.json]
+      [--reuse]
 Smoke check (tiny random model, a few minutes):
   .venv/bin/python benchmarks/scaling_trl.py --models tiny,tiny-lora --lengths 8,16 --steps 2
       --warmup 1 --out runs/bench-scaling-trl-smoke/r.json --result -
@@ -324,6 +329,8 @@ class SideRun:
     wall_s: float = 0.0
     command: list[str] = field(default_factory=list)
     log: str = ""
+    commit: str = ""
+    """The commit the side ran at (a table extended with --reuse can mix commits)."""
 
 
 def status_of(measured: harness.Measured, log_text: str) -> tuple[str, str]:
@@ -624,6 +631,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--trl-precision", choices=("auto", "bf16", "fp32"), default="auto")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "runs" / "scaling-models")
     parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the sides already in --out (same steps) instead of running them again",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "runs" / "bench-scaling-trl" / "results.json"
     )
     harness.add_result_argument(parser, "scaling-trl")
@@ -639,41 +651,121 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def run_points(
-    points: list[Point], args: argparse.Namespace, trl_python: Path, precisions: dict[str, str]
-) -> list[tuple[Point, SideRun, SideRun]]:
-    """Both sides of every point (groupwise first at even points, TRL first at odd ones); a
-    side whose shorter length on the same model stopped is 'not run' unless --run-all."""
+def reusable_sides(out: Path, steps: int) -> dict[tuple[str, str], SideRun]:
+    """The sides an earlier run of this script left in ``out`` (its raw JSON), keyed by (point
+    key, trainer): those that ran the same number of steps and did not fail (an OOM or a timeout
+    is a result and is kept; 'failed' and 'not run' are run again). Empty without the file."""
+    if not out.exists():
+        return {}
+    kept: dict[tuple[str, str], SideRun] = {}
+    for entry in json.loads(out.read_text()).get("runs", []):
+        for trainer in ("groupwise", "trl"):
+            run = SideRun(**entry[trainer])
+            if run.steps == steps and run.status not in ("failed", "not run"):
+                kept[(entry["point"], trainer)] = run
+    return kept
+
+
+def run_side(
+    point: Point, trainer: str, args: argparse.Namespace, trl_python: Path, precision: str
+) -> SideRun:
+    """One side of a point, bounded by the run's limits, stamped with the commit it ran at."""
     work = args.out.parent / "work"
     env = dict(os.environ)
     limits = Limits(args.max_rss_gb, args.min_available_gb, args.timeout_min * 60)
+    if trainer == "groupwise":
+        run = run_groupwise_side(point, args.steps, work, env, limits, precision)
+    else:
+        run = run_trl_side(point, args.steps, work, env, limits, trl_python, precision)
+    run.commit = harness.git_state()["commit"]
+    return run
+
+
+def run_points(
+    points: list[Point],
+    args: argparse.Namespace,
+    trl_python: Path,
+    precisions: dict[str, str],
+    after_point: Any = None,
+) -> list[tuple[Point, SideRun, SideRun]]:
+    """Both sides of every point (groupwise first at even points, TRL first at odd ones); a
+    side whose shorter length on the same model stopped is 'not run' unless --run-all; with
+    --reuse a side already in --out is taken from there. ``after_point(done)`` is called with
+    the points so far after each one (the driver writes its files then)."""
+    reuse = reusable_sides(args.out, args.steps) if args.reuse else {}
     stopped: dict[tuple[str, str], str] = {}  # (model, trainer) -> why the rest is skipped
     done = []
     for i, point in enumerate(points):
         runs: dict[str, SideRun] = {}
         for trainer in ("groupwise", "trl") if i % 2 == 0 else ("trl", "groupwise"):
             why = stopped.get((point.model.name, trainer))
-            if why and not args.run_all:
-                runs[trainer] = SideRun(trainer, "not run", why, args.steps)
-            elif trainer == "groupwise":
-                runs[trainer] = run_groupwise_side(
-                    point, args.steps, work, env, limits, precisions[trainer]
-                )
+            if (point.key, trainer) in reuse:
+                runs[trainer], origin = reuse[(point.key, trainer)], " (reused)"
+            elif why and not args.run_all:
+                runs[trainer], origin = SideRun(trainer, "not run", why, args.steps), ""
             else:
-                runs[trainer] = run_trl_side(
-                    point, args.steps, work, env, limits, trl_python, precisions[trainer]
-                )
+                runs[trainer] = run_side(point, trainer, args, trl_python, precisions[trainer])
+                origin = ""
             run = runs[trainer]
             if run.status in STOPPED:
                 stopped.setdefault((point.model.name, trainer), f"{run.status} at L={point.length}")
             times = ", ".join(f"{t:.1f}" for t in run.step_times)
             print(
-                f"{point.key} {trainer}: {run.status} {run.detail} steps [{times}] s, peak RSS "
-                f"{run.peak_rss_kb * 1024 / GB:.2f} GB, wall {run.wall_s:.0f} s",
+                f"{point.key} {trainer}{origin}: {run.status} {run.detail} steps [{times}] s, "
+                f"peak RSS {run.peak_rss_kb * 1024 / GB:.2f} GB, wall {run.wall_s:.0f} s",
                 flush=True,
             )
         done.append((point, runs["groupwise"], runs["trl"]))
+        if after_point is not None:
+            after_point(done)
     return done
+
+
+def write_outputs(
+    args: argparse.Namespace,
+    results: list[tuple[Point, SideRun, SideRun]],
+    dirs: dict[str, Path],
+    machine: dict[str, Any],
+    rates: dict[str, Any],
+    precisions: dict[str, str],
+    trl_python: Path,
+) -> str:
+    """Write --out (every side, its command and per-step times, the machine and the rates) and
+    the --result figures for the points so far; the Markdown table."""
+    params = {size: safetensors_parameters(d) for size, d in dirs.items()}
+    rows = [point_figures(p, params[p.model.size], g, t, args.warmup, rates) for p, g, t in results]
+    text = table(rows)
+    record = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "model_dirs": {k: str(v) for k, v in dirs.items()},
+        "git": harness.git_state(),
+        "machine": {**machine, "matmul_gflops": rates},
+        "versions": {
+            "trl_env": harness.versions(str(trl_python)),
+            "groupwise_env": harness.versions(),
+        },
+        "summary": rows,
+        "table": text,
+        "runs": [{"point": p.key, "groupwise": asdict(g), "trl": asdict(t)} for p, g, t in results],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    tmp.replace(args.out)
+    figures = {
+        "rows": rows,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "precision": precisions,
+        "bounds": {
+            "max_rss_gb": args.max_rss_gb,
+            "min_available_gb": args.min_available_gb,
+            "timeout_min": args.timeout_min,
+        },
+        "commits": sorted({r.commit for _, g, t in results for r in (g, t) if r.commit}),
+    }
+    harness.write_result(args.result, figures)
+    return text
 
 
 def main() -> None:
@@ -698,58 +790,33 @@ def main() -> None:
         for spec in args.specs
         for length in sorted(args.lengths)
     ]
-    results = run_points(points, args, trl_python, precisions)
-
     rates_start = facts["matmul_gflops"]
+    machine = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "memory_gb": memory_total_gb(),
+        "loadavg_before": load_before,
+        **facts,
+        "matmul_gflops_start": rates_start,
+    }
+
+    def after_point(done: list[tuple[Point, SideRun, SideRun]]) -> None:
+        write_outputs(args, done, dirs, machine, rates_start, precisions, trl_python)
+
+    results = run_points(points, args, trl_python, precisions, after_point)
+
     rates_end = harness.machine_facts()["matmul_gflops"]
     rates = harness.best_rates(rates_start, rates_end)
-    params = {size: safetensors_parameters(d) for size, d in dirs.items()}
-    rows = [point_figures(p, params[p.model.size], g, t, args.warmup, rates) for p, g, t in results]
-    text = table(rows)
+    machine.update(loadavg_after=os.getloadavg(), matmul_gflops_end=rates_end)
+    text = write_outputs(args, results, dirs, machine, rates, precisions, trl_python)
     print()
     print(text)
-    for r in rows:
-        for side in ("groupwise", "trl"):
-            if r[f"{side}_status"] == "ok" and not r[f"{side}_exact_length"]:
-                print(f"WARNING: {r['model_key']} L={r['length']} {side}: lengths not all exact")
-    record = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "model_dirs": {k: str(v) for k, v in dirs.items()},
-        "git": harness.git_state(),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "memory_gb": memory_total_gb(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-            **facts,
-            "matmul_gflops_start": rates_start,
-            "matmul_gflops_end": rates_end,
-            "matmul_gflops": rates,
-        },
-        "versions": {
-            "trl_env": harness.versions(str(trl_python)),
-            "groupwise_env": harness.versions(),
-        },
-        "summary": rows,
-        "table": text,
-        "runs": [{"point": p.key, "groupwise": asdict(g), "trl": asdict(t)} for p, g, t in results],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1, default=str))
+    for p, g, t in results:
+        for run in (g, t):
+            exact = all(lo == hi == p.length for lo, hi in run.completion_lengths)
+            if run.status == "ok" and not exact:
+                print(f"WARNING: {p.key} L={p.length} {run.trainer}: lengths not all exact")
     print(f"\nraw results: {args.out}")
-    figures = {
-        "rows": rows,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "precision": precisions,
-        "bounds": {
-            "max_rss_gb": args.max_rss_gb,
-            "min_available_gb": args.min_available_gb,
-            "timeout_min": args.timeout_min,
-        },
-    }
-    harness.write_result(args.result, figures)
 
 
 if __name__ == "__main__":

@@ -342,3 +342,63 @@ def test_the_header_names_the_precisions_and_the_rates() -> None:
     assert "TRL: --trl-precision auto -> bf16" in text
     assert "train [512, 576, 1536]: fp32 200.0, bf16 800.0" in text
     assert bench.int_list("48, 256,1024,") == [48, 256, 1024]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files after every point, and --reuse
+
+
+def _args(tmp_path: Path, reuse: bool, steps: int = 3) -> Any:
+    import argparse
+
+    return argparse.Namespace(
+        out=tmp_path / "results.json", steps=steps, reuse=reuse, run_all=False
+    )
+
+
+def test_reuse_keeps_finished_sides_and_runs_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first pass is stopped after its first point (its file holds that point); a second pass
+    with --reuse runs only what is missing or failed, and a stop (OOM) still skips the longer
+    lengths of that side."""
+    spec = bench.ModelSpec("135m", False)
+    points = [bench.Point(spec, n, tmp_path) for n in (48, 256, 1024)]
+    ran: list[tuple[str, str]] = []
+    outcome = {("135m-L48", "trl"): "failed", ("135m-L256", "trl"): "OOM"}
+
+    def fake_side(point: Any, trainer: str, args: Any, python: Any, precision: str) -> Any:
+        ran.append((point.key, trainer))
+        status = outcome.get((point.key, trainer), "ok")
+        return _side(trainer, status, [3.0, 2.0, 2.0], 1.0, length=point.length)
+
+    monkeypatch.setattr(bench, "run_side", fake_side)
+    precisions = {"groupwise": "bf16", "trl": "bf16"}
+
+    def write(done: list[Any]) -> None:
+        runs = [{"point": p.key, "groupwise": vars(g), "trl": vars(t)} for p, g, t in done]
+        (tmp_path / "results.json").write_text(json.dumps({"runs": runs}, default=str))
+
+    first = bench.run_points(points[:1], _args(tmp_path, False), Path("py"), precisions, write)
+    assert ran == [("135m-L48", "groupwise"), ("135m-L48", "trl")] and len(first) == 1
+
+    ran.clear()
+    outcome[("135m-L48", "trl")] = "ok"
+    done = bench.run_points(points, _args(tmp_path, True), Path("py"), precisions, write)
+    # groupwise at L=48 came from the file; TRL's failed side ran again; TRL's OOM at 256
+    # leaves 1024 not run
+    assert ran == [
+        ("135m-L48", "trl"),
+        ("135m-L256", "trl"),
+        ("135m-L256", "groupwise"),
+        ("135m-L1024", "groupwise"),
+    ]
+    assert [g.status for _, g, _ in done] == ["ok", "ok", "ok"]
+    assert [t.status for _, _, t in done] == ["ok", "OOM", "not run"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["point"] for r in saved["runs"]] == ["135m-L48", "135m-L256", "135m-L1024"]
+
+    # a file of runs with another step count is not reused
+    ran.clear()
+    bench.run_points(points[:1], _args(tmp_path, True, steps=2), Path("py"), precisions, None)
+    assert ran == [("135m-L48", "groupwise"), ("135m-L48", "trl")]
