@@ -432,8 +432,13 @@ def run_trl_side(
             if "completions/min_length" in r
         ]
     else:
-        run.step_times = [float(m[2]) for m in _STEP_LINE.findall(log.read_text(errors="replace"))]
+        run.step_times = logged_step_times(log.read_text(errors="replace"))
     return run
+
+
+def logged_step_times(log_text: str) -> list[float]:
+    """The seconds of every ``step N: S s`` line trl_b1.py printed, in order."""
+    return [float(seconds) for _, seconds in _STEP_LINE.findall(log_text)]
 
 
 # ---------------------------------------------------------------------------------------------
