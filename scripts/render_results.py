@@ -346,9 +346,7 @@ SCALING_TRL_COLUMNS = (
     Column("TRL floor fraction", num("trl_floor_fraction")),
 )
 """groupwise vs TRL by model size and completion length, from a benchmarks/scaling_trl.py
-result's ``rows`` (the same cells as that script's Markdown table). Not yet in a doc: point a
-table at a measured result (``Table(NAME, (Source(RESULT, "rows"),), SCALING_TRL_COLUMNS)``)
-and place its block in benchmarks/README.md."""
+result's ``rows`` (the same cells as that script's Markdown table)."""
 
 
 DEFAULT_RUN_COLUMNS = (
@@ -779,6 +777,13 @@ TABLES: tuple[Table, ...] = (
     ),
     Table("scaling-grid", (Source("scaling-xeon-grid", "rows"),), SCALING_COLUMNS),
     Table("scaling-sdpa", (Source("scaling-xeon-sdpa", "rows"),), SCALING_COLUMNS),
+    Table(
+        "scaling-trl",
+        (Source("scaling-trl-xeon", "rows"),),
+        SCALING_TRL_COLUMNS,
+        "Each side's s/step is the median after its warm-up step; a cell that names a status "
+        "(OOM, timeout, not run) is that side's result at that point.",
+    ),
 )
 
 
