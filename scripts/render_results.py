@@ -515,6 +515,13 @@ TABLES: tuple[Table, ...] = (
         (Source("trl-xeon-fastest", "trl_candidates"),),
         TRL_CANDIDATE_COLUMNS,
     ),
+    Table("trl-xeon-lora", (Source("trl-xeon-lora", "rows"),), TRL_COLUMNS),
+    Table("trl-xeon-lora-phases", (Source("trl-xeon-lora", "phases"),), PHASE_COLUMNS),
+    Table(
+        "trl-xeon-lora-candidates",
+        (Source("trl-xeon-lora", "trl_candidates"),),
+        TRL_CANDIDATE_COLUMNS,
+    ),
     Table("trl-epyc-avx2-phases", (Source("trl-epyc-avx2", "phases"),), PHASE_COLUMNS),
     Table(
         "engines-b1",
