@@ -695,11 +695,22 @@ def run_points(
 ) -> list[tuple[Point, SideRun, SideRun]]:
     """Both sides of every point (groupwise first at even points, TRL first at odd ones); a
     side whose shorter length on the same model stopped is 'not run' unless --run-all; with
-    --reuse a side already in --out is taken from there. ``after_point(done)`` is called with
-    the points so far after each one (the driver writes its files then)."""
+    --reuse a side already in --out is taken from there. ``after_point(points_so_far)`` is
+    called after each point (the driver writes its files then) with the points done and the
+    later points whose both sides are reused, in the order of ``points``: a run cut short
+    keeps in its files every point an earlier run left there."""
     reuse = reusable_sides(args.out, args.steps) if args.reuse else {}
     stopped: dict[tuple[str, str], str] = {}  # (model, trainer) -> why the rest is skipped
-    done = []
+    done: list[tuple[Point, SideRun, SideRun]] = []
+
+    def so_far(i: int) -> list[tuple[Point, SideRun, SideRun]]:
+        later = [
+            (p, reuse[(p.key, "groupwise")], reuse[(p.key, "trl")])
+            for p in points[i + 1 :]
+            if (p.key, "groupwise") in reuse and (p.key, "trl") in reuse
+        ]
+        return done + later
+
     for i, point in enumerate(points):
         runs: dict[str, SideRun] = {}
         for trainer in ("groupwise", "trl") if i % 2 == 0 else ("trl", "groupwise"):
@@ -722,7 +733,7 @@ def run_points(
             )
         done.append((point, runs["groupwise"], runs["trl"]))
         if after_point is not None:
-            after_point(done)
+            after_point(so_far(i))
     return done
 
 

@@ -398,6 +398,18 @@ def test_reuse_keeps_finished_sides_and_runs_the_rest(
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["point"] for r in saved["runs"]] == ["135m-L48", "135m-L256", "135m-L1024"]
 
+    # a pass that adds a shorter point first still writes the later reused points each time
+    short = bench.Point(spec, 16, tmp_path)
+    seen: list[list[str]] = []
+    bench.run_points(
+        [short, *points[:2]],
+        _args(tmp_path, True),
+        Path("py"),
+        precisions,
+        lambda so_far: seen.append([p.key for p, _, _ in so_far]),
+    )
+    assert seen[0] == ["135m-L16", "135m-L48", "135m-L256"]
+
     # a file of runs with another step count is not reused
     ran.clear()
     bench.run_points(points[:1], _args(tmp_path, True, steps=2), Path("py"), precisions, None)
