@@ -744,7 +744,7 @@ def write_outputs(
     machine: dict[str, Any],
     rates: dict[str, Any],
     precisions: dict[str, str],
-    trl_python: Path,
+    versions: dict[str, Any],
 ) -> str:
     """Write --out (every side, its command and per-step times, the machine and the rates) and
     the --result figures for the points so far; the Markdown table."""
@@ -756,10 +756,7 @@ def write_outputs(
         "model_dirs": {k: str(v) for k, v in dirs.items()},
         "git": harness.git_state(),
         "machine": {**machine, "matmul_gflops": rates},
-        "versions": {
-            "trl_env": harness.versions(str(trl_python)),
-            "groupwise_env": harness.versions(),
-        },
+        "versions": versions,
         "summary": rows,
         "table": text,
         "runs": [{"point": p.key, "groupwise": asdict(g), "trl": asdict(t)} for p, g, t in results],
@@ -816,15 +813,18 @@ def main() -> None:
         "matmul_gflops_start": rates_start,
     }
 
+    # each venv's package versions, asked once (a subprocess each), not at every point
+    versions = {"trl_env": harness.versions(str(trl_python)), "groupwise_env": harness.versions()}
+
     def after_point(done: list[tuple[Point, SideRun, SideRun]]) -> None:
-        write_outputs(args, done, dirs, machine, rates_start, precisions, trl_python)
+        write_outputs(args, done, dirs, machine, rates_start, precisions, versions)
 
     results = run_points(points, args, trl_python, precisions, after_point)
 
     rates_end = harness.machine_facts()["matmul_gflops"]
     rates = harness.best_rates(rates_start, rates_end)
     machine.update(loadavg_after=os.getloadavg(), matmul_gflops_end=rates_end)
-    text = write_outputs(args, results, dirs, machine, rates, precisions, trl_python)
+    text = write_outputs(args, results, dirs, machine, rates, precisions, versions)
     print()
     print(text)
     for p, g, t in results:
