@@ -68,6 +68,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "group-16": ("rollout.engine=local", "rollout.num_generations=16"),
     "lr-5e-5": ("rollout.engine=local", "training.learning_rate=5e-5"),
     "lr-constant": ("rollout.engine=local", "training.lr_scheduler_type=constant"),
+    "top-entropy-0.2": ("rollout.engine=local", "algorithm.top_entropy_quantile=0.2"),
+    "temperature-0.7": ("rollout.engine=local", "rollout.temperature=0.7"),
 }
 """Overrides of the default run, by variant name."""
 
