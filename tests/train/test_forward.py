@@ -57,6 +57,39 @@ def test_shared_prefix_matches_naive(tiny: torch.nn.Module, temperature: float) 
         torch.testing.assert_close(fast[2][name], naive[2][name], atol=2e-5, rtol=1e-4)
 
 
+def test_one_pass_matches_two_passes(tiny: torch.nn.Module) -> None:
+    """Prompts and completions as one flattened sequence (attention split by the layout) give the
+    log-probs, entropies and gradients of the prompt pass + repeated cache + completion pass."""
+    from groupwise.train.forward import _uses_grouped_attention, decoder_and_head
+
+    assert _uses_grouped_attention(decoder_and_head(tiny)[0])  # the default takes one pass
+    rollout = _rollout(tiny.config.vocab_size, seed=5)
+    weights = torch.randn(rollout.completion_ids.shape, generator=torch.Generator().manual_seed(2))
+    results = {}
+    for one_pass in (True, False):
+        tiny.zero_grad()
+        logp, entropy = completion_logp(tiny, rollout, chunk_size=5, one_pass=one_pass)
+        (logp * weights).sum().backward()
+        results[one_pass] = (logp.detach(), entropy, _grads(tiny))
+    flat, two = results[True], results[False]
+    torch.testing.assert_close(flat[0], two[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flat[1], two[1], atol=1e-4, rtol=1e-4)
+    assert flat[2].keys() == two[2].keys() and len(flat[2]) > 0
+    for name in flat[2]:
+        torch.testing.assert_close(flat[2][name], two[2][name], atol=1e-5, rtol=1e-4)
+
+
+def test_one_pass_single_token_completions(tiny: torch.nn.Module) -> None:
+    """Completions of one token feed no completion token to the model: prompts only."""
+    rollout = _rollout(tiny.config.vocab_size, seed=6)
+    rollout.completion_ids = rollout.completion_ids[:, :1]
+    rollout.completion_mask = rollout.completion_mask[:, :1]
+    with torch.no_grad():
+        flat, _ = completion_logp(tiny, rollout)
+        naive, _ = completion_logp(tiny, rollout, shared_prefix=False)
+    torch.testing.assert_close(flat, naive, atol=2e-5, rtol=1e-5)
+
+
 def test_bf16_autocast_close_to_fp32(tiny: torch.nn.Module) -> None:
     rollout = _rollout(tiny.config.vocab_size, seed=3)
     with torch.no_grad():

@@ -2,8 +2,14 @@
 
 Choices:
 - *Shared prefix.* The G completions of a prompt share it, so the prompt runs once per group
-  and its KV cache is repeated G times before the completion tokens run against it. Autograd
-  flows through the repeated cache, so the gradient is exactly that of G separate forwards.
+  and its keys and values are repeated G times for the completion tokens to attend to. Autograd
+  flows through the repeated keys and values, so the gradient is exactly that of G separate
+  forwards. With groupwise's attention (``kernels.attention``, the default) prompts and
+  completions go through the model as *one* flattened sequence, split only inside attention
+  (``kernels.attention.PrefixLayout``): every weight matmul runs once per micro-batch over all
+  its tokens, instead of once for the prompts and again for the completions (with the second
+  weight gradient added to the first). Other attention implementations take two passes: the
+  prompts with a KV cache, repeated G times, then the completions.
 - *No full logits.* Only the final hidden states of completion tokens are kept and the
   log-probs come from ``groupwise.core.chunked_token_logp``, which never holds a
   ``[tokens x vocab]`` float32 tensor and recomputes logits chunk by chunk in the backward pass.
@@ -22,6 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from groupwise.core import chunked_token_logp, naive_token_logp
+from groupwise.kernels.attention import (
+    GROUPED_ATTENTION,
+    prefix_layout,
+    shared_prefix_layout,
+)
 from groupwise.kernels.kv_cache import cache_kwargs
 from groupwise.rollout import Rollout
 
@@ -65,8 +76,12 @@ def completion_logp(
     compute_entropy: bool = True,
     prefix_cache: bool = True,
     entropy_grad: bool = False,
+    one_pass: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-token log-probs ``logp`` [B, Lc] (0 at padding) and entropies of a rollout.
+
+    ``one_pass=False`` takes the two-pass shared-prefix path even where the one-pass one applies
+    (the twin tests compare it with).
 
     ``logp_it = log softmax(z_it / temperature)[o_it]`` with ``z`` the model's logits for the
     position that predicts completion token t of row i; ``H_it`` the entropy of that softmax
@@ -76,22 +91,65 @@ def completion_logp(
         return _completion_logp_naive(
             model, rollout, temperature=temperature, entropy_grad=entropy_grad
         )
+    body, head_weight = decoder_and_head(model)
     if not prefix_cache:
-        body, head_weight = decoder_and_head(model)
         hidden = _full_rows_hidden(body, rollout)
-        return _masked_token_logp(
-            hidden,
-            head_weight,
-            rollout.completion_ids,
-            rollout.completion_mask,
-            temperature,
-            chunk_size,
-            compute_entropy,
-            entropy_grad,
-        )
+    elif one_pass and _uses_grouped_attention(body):
+        hidden = _one_pass_hidden(body, rollout)
+    else:
+        hidden = _two_pass_hidden(body, rollout)
+    return _masked_token_logp(
+        hidden,
+        head_weight,
+        rollout.completion_ids,
+        rollout.completion_mask,
+        temperature,
+        chunk_size,
+        compute_entropy,
+        entropy_grad,
+    )
+
+
+def _uses_grouped_attention(body: nn.Module) -> bool:
+    """Whether the model's attention is groupwise's (which reads a flattened layout)."""
+    config = getattr(body, "config", None)
+    return getattr(config, "_attn_implementation", None) == GROUPED_ATTENTION
+
+
+def _one_pass_hidden(body: nn.Module, rollout: Rollout) -> Tensor:
+    """Hidden states [B, Lc, H] predicting the completion tokens: prompts and completions
+    (all but their last token) as one sequence, attention split by a ``PrefixLayout``."""
+    prompts, group = rollout.prompts, rollout.group_size
+    ids = rollout.completion_ids  # [B, Lc]
+    p, lp = prompts.input_ids.shape
+    lc = ids.shape[1] - 1  # completion tokens fed to the model per row
+    dtype = _hf_model(body).get_input_embeddings().weight.dtype  # what HF's masks are built in
+    layout = prefix_layout(prompts.attention_mask, group, lc, dtype)
+    prompt_pos = (prompts.attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [P, Lp]
+    start = prompts.lengths.repeat_interleave(group)[:, None]  # [B, 1]
+    comp_pos = start + torch.arange(lc, device=ids.device)[None, :]  # [B, Lc-1]
+    tokens = torch.cat([prompts.input_ids.reshape(-1), ids[:, :-1].reshape(-1)])[None]  # [1,T]
+    positions = torch.cat([prompt_pos.reshape(-1), comp_pos.reshape(-1)])[None]  # [1, T]
+    unread = torch.zeros(1, 1, 1, 1, dtype=dtype, device=ids.device)
+    with shared_prefix_layout(layout):
+        out = body(
+            input_ids=tokens,
+            attention_mask=unread,  # a prepared 4D mask is passed on as is, and not read
+            position_ids=positions,
+            use_cache=False,
+        ).last_hidden_state[0]  # [T, H]
+    n = p * lp
+    last_prompt = out[lp - 1 : n : lp]  # [P, H] (left padding: the last token is real)
+    first = last_prompt.repeat_interleave(group, dim=0)[:, None]  # [B, 1, H]
+    rest = out[n:].view(ids.shape[0], lc, out.shape[-1])  # [B, Lc-1, H]
+    return torch.cat([first, rest], dim=1)  # [B, Lc, H]
+
+
+def _two_pass_hidden(body: nn.Module, rollout: Rollout) -> Tensor:
+    """Hidden states [B, Lc, H] predicting the completion tokens: the prompts with a KV cache,
+    repeated G times, then the completions against it."""
     from transformers import DynamicCache
 
-    body, head_weight = decoder_and_head(model)
     prompts, group = rollout.prompts, rollout.group_size
     cache = DynamicCache(config=getattr(body, "config", None))
     prompt_pos = (prompts.attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [P, Lp]
@@ -121,16 +179,7 @@ def completion_logp(
             use_cache=True,
         )
         hidden = torch.cat([hidden, out.last_hidden_state], dim=1)  # [B, Lc, H]
-    return _masked_token_logp(
-        hidden,
-        head_weight,
-        ids,
-        rollout.completion_mask,
-        temperature,
-        chunk_size,
-        compute_entropy,
-        entropy_grad,
-    )
+    return hidden
 
 
 def _masked_token_logp(
