@@ -73,6 +73,11 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 """Overrides of the default run, by variant name."""
 
+def beside(run: Path, suffix: str) -> Path:
+    """``<run><suffix>`` next to the run directory (its name may hold a dot: "temperature-0.7")."""
+    return run.parent / (run.name + suffix)
+
+
 PHASES = ("generate", "score", "prepare", "old_logp", "ref_logp", "update", "sync", "wait_rollout")
 SAMPLING = (
     "sampling/sampling_logp_difference/mean",
@@ -183,12 +188,12 @@ def measure(
 ) -> dict[str, float]:
     """Run the variant (unless ``reuse`` finds it finished): wall seconds and peak RSS (GB)
     of the process tree, also kept beside the run as ``<run>.measured.json``."""
-    kept = out.with_suffix(".measured.json")
+    kept = beside(out, ".measured.json")
     if reuse and (out / "summary.json").exists() and kept.exists():
         figures: dict[str, float] = json.loads(kept.read_text())
         return figures
     cmd = command(variant, seed, out, threads, extra)
-    measured = run_measured(cmd, dict(os.environ), out.with_suffix(".log"))
+    measured = run_measured(cmd, dict(os.environ), beside(out, ".log"))
     figures = {"wall_s": measured.wall_s, "peak_rss_gb": measured.peak_rss_kb * 1024 / GB}
     kept.write_text(json.dumps(figures))
     return figures

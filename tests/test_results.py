@@ -198,3 +198,11 @@ def test_a_run_directory_is_read_into_a_record(tmp_path: Path) -> None:
     # 5 s before the run (45 - 40): the evaluation at step 2 is done 30 s after the start
     assert default_run.accuracy_at(record, 29.0) == 0.2
     assert default_run.accuracy_at(record, 30.0) == 0.6
+
+
+def test_default_run_keeps_each_runs_files_apart_when_its_name_has_a_dot(tmp_path: Path) -> None:
+    """Variant names like "temperature-0.7" hold a dot: the log and the measured figures of
+    each seed's run must not share one file ("temperature-0.log")."""
+    bench = load_module(BENCHMARKS / "default_run.py", "default_run")
+    names = {bench.beside(tmp_path / f"temperature-0.7-seed{s}", ".log").name for s in (0, 1)}
+    assert names == {"temperature-0.7-seed0.log", "temperature-0.7-seed1.log"}
