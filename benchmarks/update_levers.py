@@ -2,10 +2,14 @@
 
 Levers: bf16 autocast vs float32; attention kernel (sdpa, eager, grouped); shared prompt prefix
 (one prefill per group, chunked LM head) vs the straightforward path (prompt + completion per row,
-full float32 log-softmax). Variants alternate over several repeats; medians are printed.
+full float32 log-softmax); with the grouped kernel, prompts and completions as one flattened
+sequence (one pass) vs a prompt pass whose KV cache the completion pass reads (two passes).
+Variants alternate over several repeats; medians are printed.
 ``--fp32-only``: every variant in float32 (the levers on a CPU without native bf16).
+``--pure-bf16``: weights in bf16 without autocast and the fused kernels installed (the training
+default on a CPU with native bf16); the float32 row is then left out.
 Usage: python benchmarks/update_levers.py [--prompts 8] [--group 8] [--length 16] [--repeats 3]
-    [--fp32-only] [--result NAME]
+    [--fp32-only | --pure-bf16] [--result NAME]
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import torch
 
 from groupwise.kernels import register_grouped_attention
+from groupwise.kernels.fused import install_fused_kernels
 from groupwise.models import load_base_model
 from groupwise.rollout import PromptBatch, _finish, tokenize_prompts
 from groupwise.train.forward import autocast_context, completion_logp
@@ -43,12 +48,26 @@ def make_rollout(tokenizer: object, prompts: int, group: int, length: int) -> ob
     return _finish(batch, tokens, torch.tensor([2]), 2, group)
 
 
-def timed(model: torch.nn.Module, rollout: object, amp: bool, shared: bool) -> float:
+PATHS = {
+    "one": "shared prefix, one pass + chunked head",
+    "two": "shared prefix, two passes + chunked head",
+    "full": "full rows + full log-softmax",
+}
+"""The forward paths, by variant key (``train.forward.completion_logp``)."""
+
+
+def timed(model: torch.nn.Module, rollout: object, amp: bool, path: str) -> float:
     """Seconds for one forward + backward of the policy log-probs."""
     model.zero_grad(set_to_none=True)
     start = time.perf_counter()
     with autocast_context(torch.device("cpu"), torch.bfloat16 if amp else None):
-        logp, _ = completion_logp(model, rollout, shared_prefix=shared, compute_entropy=False)  # type: ignore[arg-type]
+        logp, _ = completion_logp(
+            model,
+            rollout,  # type: ignore[arg-type]
+            shared_prefix=path != "full",
+            one_pass=path == "one",
+            compute_entropy=False,
+        )
     logp.sum().backward()
     return time.perf_counter() - start
 
@@ -59,46 +78,55 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--length", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--fp32-only", action="store_true", help="every variant in float32")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--fp32-only", action="store_true", help="every variant in float32")
+    modes.add_argument("--pure-bf16", action="store_true", help="bf16 weights, fused kernels")
     harness.add_result_argument(parser, "update_levers")
     args = parser.parse_args()
     torch.set_num_threads(2)
     grouped = register_grouped_attention()
-    model, tokenizer = load_base_model("smollm2-135m-instruct", seed=0, device=torch.device("cpu"))
+    dtype = torch.bfloat16 if args.pure_bf16 else torch.float32
+    model, tokenizer = load_base_model(
+        "smollm2-135m-instruct", seed=0, device=torch.device("cpu"), dtype=dtype
+    )
+    if args.pure_bf16:
+        install_fused_kernels(model)
     model.train()
     rollout = make_rollout(tokenizer, args.prompts, args.group, args.length)
+    low = "bf16-weights" if args.pure_bf16 else "bf16-autocast"
     variants = [
-        ("fp32", "sdpa", True),
-        ("bf16-autocast", "sdpa", True),
-        ("bf16-autocast", "eager", True),
-        ("bf16-autocast", grouped, True),
-        ("bf16-autocast", "eager", False),
+        ("fp32", "sdpa", "two"),
+        (low, "sdpa", "two"),
+        (low, "eager", "two"),
+        (low, grouped, "two"),
+        (low, grouped, "one"),
+        (low, "eager", "full"),
     ]
     if args.fp32_only:
-        variants = [("fp32", attn, shared) for _, attn, shared in variants[1:]]
-    results: dict[tuple[str, str, bool], list[float]] = {v: [] for v in variants}
-    timed(model, rollout, not args.fp32_only, True)  # warm-up
+        variants = [("fp32", attn, path) for _, attn, path in variants[1:]]
+    if args.pure_bf16:
+        variants = variants[1:]
+    results: dict[tuple[str, str, str], list[float]] = {v: [] for v in variants}
+    timed(model, rollout, low == "bf16-autocast" and not args.fp32_only, "one")  # warm-up
     for _ in range(args.repeats):
-        for precision, attn, shared in variants:
+        for precision, attn, path in variants:
             model.set_attn_implementation(attn)
-            results[(precision, attn, shared)].append(
-                timed(model, rollout, precision != "fp32", shared)
-            )
+            amp = precision == "bf16-autocast"
+            results[(precision, attn, path)].append(timed(model, rollout, amp, path))
     base = statistics.median(results[variants[0]])
     rows = args.prompts * args.group
     print(f"SmolLM2-135M forward+backward, {rows} completions x {args.length} tokens")
     print("| precision | attention | path | seconds | speed-up vs first row |")
     print("| --- | --- | --- | --- | --- |")
     table = []
-    for (precision, attn, shared), values in results.items():
+    for (precision, attn, key), values in results.items():
         sec = statistics.median(values)
-        path = "shared prefix + chunked head" if shared else "full rows + full log-softmax"
-        print(f"| {precision} | {attn} | {path} | {sec:.2f} | {base / sec:.2f}x |")
+        print(f"| {precision} | {attn} | {PATHS[key]} | {sec:.2f} | {base / sec:.2f}x |")
         table.append(
             {
                 "precision": precision,
                 "attention": attn,
-                "path": path,
+                "path": PATHS[key],
                 "s": sec,
                 "speedup": base / sec,
             }
