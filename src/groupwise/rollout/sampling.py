@@ -105,7 +105,9 @@ def sample_token(
     """
     if temperature <= 0:
         return Sample(logits.argmax(dim=-1), None, None)  # [R]
-    scores = logits.float() / temperature  # [R, V]
+    scores = logits.float()  # [R, V]
+    if temperature != 1.0:  # x / 1 == x exactly: a pass over [R, V] saved at the default
+        scores = scores / temperature
     full = scores
     h = None
     if entropy and (top_k > 0 or top_p < 1.0):  # the unfiltered distribution's entropy
