@@ -17,6 +17,8 @@ Variants (cumulative, each adds one lever to the one above):
   instead of a merged bf16 copy of the model);
 - transformers-decode (beside pure-bf16, not on top of the others): ``rollout.packed_decode=false``,
   each decode step through transformers' forward instead of the packed decode step;
+- microbatch-1024, microbatch-2048 (beside pure-bf16): up to 1,024 or 2,048 tokens of whole
+  groups per forward/backward (``training.max_tokens_per_microbatch``, default 512);
 - llamacpp (beside pure-bf16, not on top of the others): ``rollout.engine=llamacpp``, llama.cpp
   decoding a bf16 GGUF copy of the policy, rewritten after every update (needs
   ``scripts/setup.sh --llamacpp``).
@@ -64,6 +66,14 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "eager-optimizer": (  # not cumulative: pure-bf16 with the AdamW step run eagerly
         "training.param_dtype=bfloat16",
         "training.compile_optimizer=false",
+    ),
+    "microbatch-1024": (  # not cumulative: pure-bf16 with up to 1,024 tokens per micro-batch
+        "training.param_dtype=bfloat16",
+        "training.max_tokens_per_microbatch=1024",
+    ),
+    "microbatch-2048": (
+        "training.param_dtype=bfloat16",
+        "training.max_tokens_per_microbatch=2048",
     ),
     "llamacpp": (  # not cumulative: pure-bf16 with llama.cpp generating on a bf16 GGUF copy
         "training.param_dtype=bfloat16",
