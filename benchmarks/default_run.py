@@ -73,6 +73,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 """Overrides of the default run, by variant name."""
 
+
 def beside(run: Path, suffix: str) -> Path:
     """``<run><suffix>`` next to the run directory (its name may hold a dot: "temperature-0.7")."""
     return run.parent / (run.name + suffix)

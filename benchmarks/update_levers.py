@@ -124,6 +124,8 @@ def main() -> None:
         print(f"| {precision} | {attn} | {PATHS[key]} | {sec:.2f} | {base / sec:.2f}x |")
         table.append(
             {
+                "completions": rows,
+                "length": args.length,
                 "precision": precision,
                 "attention": attn,
                 "path": PATHS[key],

@@ -634,6 +634,20 @@ TABLES: tuple[Table, ...] = (
         "lr-constant runs (about 12 and 25 minutes).",
     ),
     Table(
+        "recipe-levers-sampling",
+        (Source("recipe-levers-sampling-xeon", "runs"),),
+        (
+            *RECIPE_COLUMNS[:5],
+            Column("at 12 min", lambda r: _percent(r["accuracy_at_s"]["720"])),
+            Column("at 20 min", lambda r: _percent(r["accuracy_at_s"]["1200"])),
+            *RECIPE_COLUMNS[5:],
+        ),
+        "Two trainings at a time, one thread each (`--jobs 2 --threads 1`), evaluated every 10 "
+        "steps (`--set eval.every_steps=10`): the wall times compare with each other, not with "
+        "a run that has the whole machine. Accuracy at a time is the newest evaluation finished "
+        "by then. Short test and benchmark runs shared the machine at times.",
+    ),
+    Table(
         "optimizer-step",
         (Source("optimizer-step-xeon", "rows"),),
         (
@@ -720,6 +734,25 @@ TABLES: tuple[Table, ...] = (
             Column("seconds", num("s")),
             Column("speed-up vs first row", num("speedup", ".2f", "x")),
         ),
+    ),
+    Table(
+        "update-levers-bf16",
+        (
+            Source("update-levers-bf16-default-xeon", "rows"),
+            Source("update-levers-bf16-b1-xeon", "rows"),
+        ),
+        (
+            Column("completions x tokens", lambda r: f"{r['completions']} x {r['length']}"),
+            Column("precision", text("precision")),
+            Column("attention", text("attention")),
+            Column("path", text("path")),
+            Column("seconds", num("s", ".3f")),
+            Column("speed-up vs first row", num("speedup", ".2f", "x")),
+        ),
+        "`python benchmarks/update_levers.py --pure-bf16`: bf16 weights with the fused kernels "
+        "installed (the training default on a CPU with native bf16), one forward + backward of "
+        "the policy's log-probs, medians of alternating repeats in one process, 2 threads, the "
+        "machine otherwise quiet.",
     ),
     Table(
         "decode-levers",
