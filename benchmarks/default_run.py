@@ -8,9 +8,10 @@ its process tree (a rollout engine's own process counted), the median seconds pe
 phase, the mean of the engine-mismatch metrics (``sampling/...``) over the steps, and the
 held-out accuracy at fixed wall times from the process's start (``FIXED_TIMES_S``: the newest
 evaluation by then; ``--set eval.every_steps=10`` evaluates more often, in every variant).
-The lever variants (``dynamic-sampling`` ... ``lr-constant``) compare one change of the recipe
-with ``local``, the default on a CPU. (Clip-higher is not among them: with one update per
-rollout, the default, the ratio is exactly 1 and no clip bound is ever reached.)
+The lever variants (``dynamic-sampling`` ... ``mu-2-clip-higher``) compare one change of the
+recipe with ``local``, the default on a CPU. (Clip-higher alone is not among them: with one
+update per rollout, the default, the ratio is exactly 1 and no clip bound is ever reached; it
+comes with two updates per rollout, ``mu-2-clip-higher``.)
 
     python benchmarks/default_run.py --variants local,llamacpp,llamacpp-nocorr --seeds 0,1 \\
         --result default-run-engines-xeon
@@ -70,6 +71,11 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "lr-constant": ("rollout.engine=local", "training.lr_scheduler_type=constant"),
     "top-entropy-0.2": ("rollout.engine=local", "algorithm.top_entropy_quantile=0.2"),
     "temperature-0.7": ("rollout.engine=local", "rollout.temperature=0.7"),
+    "mu-2-clip-higher": (  # two updates per rollout, DAPO's upper clip bound
+        "rollout.engine=local",
+        "algorithm.num_iterations=2",
+        "algorithm.epsilon_high=0.28",
+    ),
 }
 """Overrides of the default run, by variant name."""
 
