@@ -515,6 +515,8 @@ TABLES: tuple[Table, ...] = (
         (Source("trl-xeon-fastest", "trl_candidates"),),
         TRL_CANDIDATE_COLUMNS,
     ),
+    Table("trl-xeon-onepass", (Source("trl-xeon-onepass", "rows"),), TRL_COLUMNS),
+    Table("trl-xeon-onepass-phases", (Source("trl-xeon-onepass", "phases"),), PHASE_COLUMNS),
     Table("trl-xeon-lora", (Source("trl-xeon-lora", "rows"),), TRL_COLUMNS),
     Table("trl-xeon-lora-phases", (Source("trl-xeon-lora", "phases"),), PHASE_COLUMNS),
     Table(
@@ -753,6 +755,28 @@ TABLES: tuple[Table, ...] = (
         "installed (the training default on a CPU with native bf16), one forward + backward of "
         "the policy's log-probs, medians of alternating repeats in one process, 2 threads, the "
         "machine otherwise quiet.",
+    ),
+    Table(
+        "b1-commits",
+        (Source("b1-one-pass-xeon", "rows"),),
+        (
+            Column(
+                "commit",
+                lambda r: (
+                    r["commit"]
+                    if r["sha"].startswith(r["commit"])
+                    else f"{r['commit']} ({r['sha'][:7]})"
+                ),
+            ),
+            Column("median s/step", num("median_s")),
+            Column("generate", num("generate")),
+            Column("ref_logp", num("ref_logp")),
+            Column("update", num("update")),
+            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
+        ),
+        "`python benchmarks/b1_commits.py --commits eae513b,HEAD --rounds 2`: B1 with "
+        "groupwise's defaults at each commit, the commits alternating, 5 steps per run of which "
+        "the first is dropped; seconds are medians over both rounds, the machine otherwise quiet.",
     ),
     Table(
         "decode-levers",
