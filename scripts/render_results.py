@@ -650,6 +650,21 @@ TABLES: tuple[Table, ...] = (
         "by then. Short test and benchmark runs shared the machine at times.",
     ),
     Table(
+        "recipe-levers-mu2",
+        (Source("recipe-levers-mu2-xeon", "runs"),),
+        (
+            *RECIPE_COLUMNS[:5],
+            Column("at 12 min", lambda r: _percent(r["accuracy_at_s"]["720"])),
+            Column("at 20 min", lambda r: _percent(r["accuracy_at_s"]["1200"])),
+            *RECIPE_COLUMNS[5:],
+        ),
+        "Two trainings at a time, one thread each (`--jobs 2 --threads 1`), evaluated every 10 "
+        "steps (`--set eval.every_steps=10`), queued seed by seed: the wall times compare with "
+        "each other, not with a run that has the whole machine. Accuracy at a time is the newest "
+        "evaluation finished by then. The test suite shared the machine for the first 25 "
+        "minutes (seed 0's runs). Seed 2's runs stopped when the disk filled.",
+    ),
+    Table(
         "optimizer-step",
         (Source("optimizer-step-xeon", "rows"),),
         (
