@@ -378,6 +378,22 @@ RECIPE_COLUMNS: tuple[Column, ...] = (
 )
 """The columns of a comparison of recipe levers (benchmarks/default_run.py's runs)."""
 
+RECIPE_COLUMNS_LONG: tuple[Column, ...] = (
+    *RECIPE_COLUMNS[:5],
+    Column("at 12 min", lambda r: _percent(r["accuracy_at_s"]["720"])),
+    Column("at 20 min", lambda r: _percent(r["accuracy_at_s"]["1200"])),
+    *RECIPE_COLUMNS[5:],
+)
+"""The same, with the accuracy at 12 and 20 minutes (runs that share the machine are slower)."""
+
+TWO_AT_A_TIME = (
+    "Two trainings at a time, one thread each (`--jobs 2 --threads 1`), evaluated every 10 "
+    "steps (`--set eval.every_steps=10`): the wall times compare with each other, not with a "
+    "run that has the whole machine. Accuracy at a time is the newest evaluation finished by "
+    "then."
+)
+"""How the recipe-lever runs measured from 2026-12-07 shared the machine."""
+
 
 B1_LEVER_COLUMNS: tuple[Column, ...] = (
     Column("variant", text("variant")),
@@ -619,12 +635,7 @@ TABLES: tuple[Table, ...] = (
     Table(
         "recipe-levers-dynamic",
         (Source("recipe-levers-dynamic-xeon", "runs"),),
-        (
-            *RECIPE_COLUMNS[:5],
-            Column("at 12 min", lambda r: _percent(r["accuracy_at_s"]["720"])),
-            Column("at 20 min", lambda r: _percent(r["accuracy_at_s"]["1200"])),
-            *RECIPE_COLUMNS[5:],
-        ),
+        RECIPE_COLUMNS_LONG,
         "Two trainings at a time, one thread each (`--jobs 2 --threads 1`), evaluated every 10 "
         "steps (`--set eval.every_steps=10`): the wall times compare with each other (queued "
         "seed by seed, two at a time), not with a run that has the whole "
@@ -638,31 +649,15 @@ TABLES: tuple[Table, ...] = (
     Table(
         "recipe-levers-sampling",
         (Source("recipe-levers-sampling-xeon", "runs"),),
-        (
-            *RECIPE_COLUMNS[:5],
-            Column("at 12 min", lambda r: _percent(r["accuracy_at_s"]["720"])),
-            Column("at 20 min", lambda r: _percent(r["accuracy_at_s"]["1200"])),
-            *RECIPE_COLUMNS[5:],
-        ),
-        "Two trainings at a time, one thread each (`--jobs 2 --threads 1`), evaluated every 10 "
-        "steps (`--set eval.every_steps=10`): the wall times compare with each other, not with "
-        "a run that has the whole machine. Accuracy at a time is the newest evaluation finished "
-        "by then. Short test and benchmark runs shared the machine at times.",
+        RECIPE_COLUMNS_LONG,
+        TWO_AT_A_TIME + " Short test and benchmark runs shared the machine at times.",
     ),
     Table(
         "recipe-levers-mu2",
         (Source("recipe-levers-mu2-xeon", "runs"),),
-        (
-            *RECIPE_COLUMNS[:5],
-            Column("at 12 min", lambda r: _percent(r["accuracy_at_s"]["720"])),
-            Column("at 20 min", lambda r: _percent(r["accuracy_at_s"]["1200"])),
-            *RECIPE_COLUMNS[5:],
-        ),
-        "Two trainings at a time, one thread each (`--jobs 2 --threads 1`), evaluated every 10 "
-        "steps (`--set eval.every_steps=10`), queued seed by seed: the wall times compare with "
-        "each other, not with a run that has the whole machine. Accuracy at a time is the newest "
-        "evaluation finished by then. The test suite shared the machine for the first 25 "
-        "minutes (seed 0's runs). Seed 2's runs stopped when the disk filled.",
+        RECIPE_COLUMNS_LONG,
+        TWO_AT_A_TIME + " Queued seed by seed. The test suite shared the machine for the "
+        "first 25 minutes (seed 0's runs). Seed 2's runs stopped when the disk filled.",
     ),
     Table(
         "optimizer-step",
