@@ -7,7 +7,9 @@ on the same venv, model and machine. The commits alternate within each round (th
 reversed every other round), so a slow spell of a shared machine hits them alike; a single run
 of the TRL harness can swing by a quarter between sittings on the same CPU. The first
 --warmup steps of each run are dropped; the table gives the median over the rest of all rounds
-of the step and of each phase, and the peak RSS of the process tree.
+of the step and of each phase, the peak RSS of the process tree, and each phase against its
+FLOP floor (harness.floor_for, at the best of the matmul rates measured before and after the
+runs, as in trl_vs_groupwise.py: measured / floor, 1.0x being the weight matmuls alone).
 
 Usage (from the repository root, with the groupwise venv):
   .venv/bin/python benchmarks/b1_commits.py --commits eae513b,HEAD [--workload B1] [--steps 5]
@@ -66,6 +68,14 @@ def summarise(runs: list[harness.Run], warmup: int) -> dict[str, Any]:
     return row
 
 
+def with_floor(row: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
+    """``row`` plus its FLOP floor and, per phase and for the step, measured / floor."""
+    floor_s = floor["floor_s"]
+    ratios = {name: row[name] / floor_s[name] for name in PHASES if floor_s[name] > 0}
+    ratios["step"] = row["median_s"] / floor_s["step"]
+    return {**row, "flop_floor": floor, "measured_over_floor": ratios}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commits", required=True, help="comma-separated, oldest first")
@@ -80,6 +90,7 @@ def main() -> None:
     commits = {name: resolve(name) for name in names}
     trees = {name: source_tree(sha, args.work / "trees") for name, sha in commits.items()}
     model_dir = harness.resolve_model_dir()
+    facts = harness.machine_facts()
     runs: dict[str, list[harness.Run]] = {n: [] for n in names}
     for round_ in range(args.rounds):
         for name in names if round_ % 2 == 0 else names[::-1]:
@@ -98,14 +109,32 @@ def main() -> None:
             runs[name].append(run)
             steps = ", ".join(f"{t:.1f}" for t in run.step_times)
             print(f"{name} round {round_}: steps [{steps}] s", flush=True)
-    rows = [{"commit": n, "sha": commits[n], **summarise(runs[n], args.warmup)} for n in names]
-    print(f"\n{args.workload}, {args.steps} steps per run, first {args.warmup} dropped\n")
+    rates_end = harness.machine_facts()["matmul_gflops"]
+    facts["matmul_gflops_start"], facts["matmul_gflops_end"] = facts["matmul_gflops"], rates_end
+    facts["matmul_gflops"] = harness.best_rates(facts["matmul_gflops_start"], rates_end)
+    lora = args.workload == "B1-LoRA"
+    rows = []
+    for n in names:
+        floor = harness.floor_for(runs[n], args.warmup, model_dir, lora, facts)
+        row = {"commit": n, "sha": commits[n], **summarise(runs[n], args.warmup)}
+        rows.append(with_floor(row, floor))
+    print(f"\n{args.workload}, {args.steps} steps per run, first {args.warmup} dropped")
+    print("(seconds, and measured / FLOP floor)\n")
     print("| commit | median s/step | " + " | ".join(PHASES) + " | peak RSS GB |")
     print("| --- " * (len(PHASES) + 3) + "|")
     for r in rows:
-        phases = " | ".join(f"{r[p]:.2f}" for p in PHASES)
-        print(f"| {r['commit']} | {r['median_s']:.2f} | {phases} | {r['peak_rss_gb']:.2f} |")
-    figures = {"workload": args.workload, "rounds": args.rounds, "rows": rows}
+        ratio = r["measured_over_floor"]
+        cells = [f"{r[p]:.2f} ({ratio[p]:.2f}x)" for p in PHASES]
+        step = f"{r['median_s']:.2f} ({ratio['step']:.2f}x)"
+        print(f"| {r['commit']} | {step} | {' | '.join(cells)} | {r['peak_rss_gb']:.2f} |")
+    figures = {
+        "workload": args.workload,
+        "rounds": args.rounds,
+        "rows": rows,
+        "matmul_gflops": facts["matmul_gflops"],
+        "matmul_gflops_start": facts["matmul_gflops_start"],
+        "matmul_gflops_end": facts["matmul_gflops_end"],
+    }
     harness.write_result(args.result, figures, command=harness.command_line())
 
 

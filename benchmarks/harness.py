@@ -771,6 +771,37 @@ def floor_seconds(flops: PhaseFlops, train_gflops: float, decode_gflops: float) 
     )
 
 
+def floor_for(
+    runs: list[Run], warmup: int, model_dir: Path, lora: bool, facts: dict[str, Any]
+) -> dict[str, Any]:
+    """The FLOP floor of these runs' step (their trainer, precision and mean prompt length)."""
+    run = runs[0]
+    tokens = [t for r in runs for t in r.prompt_tokens[warmup:]] or [
+        t for r in runs for t in r.prompt_tokens
+    ]
+    prompt_tokens = statistics.fmean(tokens) if tokens else 0.0
+    shape = StepShape(PROMPTS, GROUP, prompt_tokens, LENGTH, shared_prefix=run.trainer != "trl")
+    params = load_matmul_params(model_dir, LORA_R if lora else 0)
+    flops = step_flops(params, shape, lora=lora)
+    rates = facts["matmul_gflops"]
+    dtype = run.precision
+    floor = floor_seconds(flops, rates["train"][dtype], rates["decode"][dtype])
+    return {
+        "prompt_tokens_mean": prompt_tokens,
+        "matmul_params": asdict(params),
+        "gflops": {
+            "prefill": flops.prefill / 1e9,
+            "decode": flops.decode / 1e9,
+            "generate": flops.generate / 1e9,
+            "ref_logp": flops.ref_logp / 1e9,
+            "update": flops.update / 1e9,
+            "step": flops.step / 1e9,
+        },
+        "rates_gflops": {"train": rates["train"][dtype], "decode": rates["decode"][dtype]},
+        "floor_s": floor.as_dict(),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Results
 

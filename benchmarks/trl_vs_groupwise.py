@@ -83,7 +83,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -94,21 +93,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 from harness import (
     GB,
-    GROUP,
     LENGTH,
-    LORA_R,
     PHASES,
-    PROMPTS,
     RATE_SECONDS,
     ROOT,
     WORKLOADS,
     Run,
-    StepShape,
-    floor_seconds,
-    load_matmul_params,
+    floor_for,
     median_after_warmup,
     phase_split,
-    step_flops,
 )
 
 
@@ -416,37 +409,6 @@ def machine_header(facts: dict[str, Any], trl_setting: str, trl_bf16: bool) -> s
             f"training-like {rate('train')}; decode-like {rate('decode')}",
         ]
     )
-
-
-def floor_for(
-    runs: list[Run], warmup: int, model_dir: Path, lora: bool, facts: dict[str, Any]
-) -> dict[str, Any]:
-    """The FLOP floor of these runs' step (their trainer, precision and mean prompt length)."""
-    run = runs[0]
-    tokens = [t for r in runs for t in r.prompt_tokens[warmup:]] or [
-        t for r in runs for t in r.prompt_tokens
-    ]
-    prompt_tokens = statistics.fmean(tokens) if tokens else 0.0
-    shape = StepShape(PROMPTS, GROUP, prompt_tokens, LENGTH, shared_prefix=run.trainer != "trl")
-    params = load_matmul_params(model_dir, LORA_R if lora else 0)
-    flops = step_flops(params, shape, lora=lora)
-    rates = facts["matmul_gflops"]
-    dtype = run.precision
-    floor = floor_seconds(flops, rates["train"][dtype], rates["decode"][dtype])
-    return {
-        "prompt_tokens_mean": prompt_tokens,
-        "matmul_params": asdict(params),
-        "gflops": {
-            "prefill": flops.prefill / 1e9,
-            "decode": flops.decode / 1e9,
-            "generate": flops.generate / 1e9,
-            "ref_logp": flops.ref_logp / 1e9,
-            "update": flops.update / 1e9,
-            "step": flops.step / 1e9,
-        },
-        "rates_gflops": {"train": rates["train"][dtype], "decode": rates["decode"][dtype]},
-        "floor_s": floor.as_dict(),
-    }
 
 
 def check_lengths(runs: list[Run]) -> list[str]:

@@ -47,3 +47,16 @@ def test_an_unknown_commit_is_named() -> None:
     with pytest.raises(SystemExit, match="no-such-commit"):
         bench.resolve("no-such-commit")
     assert len(bench.resolve("HEAD")) == 40
+
+
+def test_floor_ratios_are_measured_over_floor() -> None:
+    row = {"median_s": 10.0, "generate": 4.0, "ref_logp": 1.0, "update": 5.0}
+    floor = {"floor_s": {"generate": 2.0, "ref_logp": 0.5, "update": 1.0, "step": 4.0}}
+    out = bench.with_floor(row, floor)
+    assert out["measured_over_floor"] == {
+        "generate": 2.0,
+        "ref_logp": 2.0,
+        "update": 5.0,
+        "step": 2.5,
+    }
+    assert out["flop_floor"] is floor and out["median_s"] == 10.0
