@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,32 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
 
 PHASES = ("generate", "ref_logp", "update")
-
-
-def resolve(commit: str) -> str:
-    """The full hash of ``commit``."""
-    out = subprocess.run(
-        ["git", "rev-parse", "--verify", f"{commit}^{{commit}}"],
-        cwd=harness.ROOT,
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"--commits: {commit!r} is not a commit of this repository")
-    return out.stdout.strip()
-
-
-def source_tree(commit: str, work: Path) -> Path:
-    """A ``src`` directory holding ``commit``'s package: a detached worktree under ``work``."""
-    tree = work / commit[:12]
-    if not (tree / "src" / "groupwise").is_dir():
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", "--force", str(tree), commit],
-            cwd=harness.ROOT,
-            check=True,
-            capture_output=True,
-        )
-    return tree / "src"
 
 
 def summarise(runs: list[harness.Run], warmup: int) -> dict[str, Any]:
@@ -87,8 +60,10 @@ def main() -> None:
     harness.add_result_argument(parser, "-")
     args = parser.parse_args()
     names = [c for c in args.commits.split(",") if c]
-    commits = {name: resolve(name) for name in names}
-    trees = {name: source_tree(sha, args.work / "trees") for name, sha in commits.items()}
+    commits = {name: harness.resolve_commit(name) for name in names}
+    trees = {
+        name: harness.commit_source_tree(sha, args.work / "trees") for name, sha in commits.items()
+    }
     model_dir = harness.resolve_model_dir()
     facts = harness.machine_facts()
     runs: dict[str, list[harness.Run]] = {n: [] for n in names}

@@ -20,6 +20,9 @@ The result file is rewritten after every run, so an interrupted benchmark keeps 
 measured; ``--reuse`` reads back runs whose directory already has a ``summary.json``.
 ``--jobs N --threads T`` runs N trainings at once with T threads each (torch's and llama.cpp's):
 their wall times then compare with each other, not with runs of the whole machine.
+``--commit C`` runs groupwise as it was at commit C (a git worktree's ``src`` first on
+PYTHONPATH, the same venv and model), e.g. a baseline re-measured on the CPU at hand; each
+run's record names the commit.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ from harness import (
     ROOT,
     add_result_argument,
     command_line,
+    commit_source_tree,
     groupwise_metrics,
+    resolve_commit,
     run_measured,
     write_result,
 )
@@ -192,15 +197,17 @@ def measure(
     reuse: bool,
     threads: int = 0,
     extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Run the variant (unless ``reuse`` finds it finished): wall seconds and peak RSS (GB)
-    of the process tree, also kept beside the run as ``<run>.measured.json``."""
+    of the process tree, also kept beside the run as ``<run>.measured.json``. ``env``: the
+    process's environment (default: this one's)."""
     kept = beside(out, ".measured.json")
     if reuse and (out / "summary.json").exists() and kept.exists():
         figures: dict[str, float] = json.loads(kept.read_text())
         return figures
     cmd = command(variant, seed, out, threads, extra)
-    measured = run_measured(cmd, dict(os.environ), beside(out, ".log"))
+    measured = run_measured(cmd, dict(os.environ) if env is None else env, beside(out, ".log"))
     figures = {"wall_s": measured.wall_s, "peak_rss_gb": measured.peak_rss_kb * 1024 / GB}
     kept.write_text(json.dumps(figures))
     return figures
@@ -221,6 +228,11 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="an override of every variant (repeatable), e.g. eval.every_steps=10",
     )
+    parser.add_argument(
+        "--commit",
+        default=None,
+        help="run groupwise as at this commit (a git worktree under runs/bench-commits/trees)",
+    )
     add_result_argument(parser, "-")
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
@@ -229,6 +241,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     base = (ROOT / args.base).resolve()
+    env, commit = dict(os.environ), None
+    if args.commit:
+        commit = resolve_commit(args.commit)
+        tree = commit_source_tree(commit, ROOT / "runs" / "bench-commits" / "trees")
+        env["PYTHONPATH"] = str(tree)
     runs: list[dict[str, Any]] = []
     lock = threading.Lock()
 
@@ -239,10 +256,12 @@ def main(argv: list[str] | None = None) -> None:
         record["threads"] = args.threads or None
         record["concurrent_runs"] = args.jobs
         record["common_overrides"] = list(args.set)
+        record["groupwise_commit"] = commit
         extra = tuple(args.set)
-        record.update(
-            measure(variant, seed, out, reuse=args.reuse, threads=args.threads, extra=extra)
+        figures = measure(
+            variant, seed, out, reuse=args.reuse, threads=args.threads, extra=extra, env=env
         )
+        record.update(figures)
         record.update(read_run(out))
         record["accuracy_at_s"] = {str(int(t)): accuracy_at(record, t) for t in FIXED_TIMES_S}
         with lock:

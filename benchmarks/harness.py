@@ -566,6 +566,32 @@ def groupwise_command(
     return [sys.executable, "-m", "groupwise", "train", *args, *overrides]
 
 
+def resolve_commit(commit: str) -> str:
+    """The full hash of ``commit``."""
+    out = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{commit}^{{commit}}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{commit!r} is not a commit of this repository")
+    return out.stdout.strip()
+
+
+def commit_source_tree(commit: str, work: Path) -> Path:
+    """A ``src`` directory holding ``commit``'s package: a detached worktree under ``work``."""
+    tree = work / commit[:12]
+    if not (tree / "src" / "groupwise").is_dir():
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", "--force", str(tree), commit],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+    return tree / "src"
+
+
 def resolve_model_dir() -> Path:
     """The cached HF directory of SmolLM2-135M-Instruct (converted from the GGUF wheel once).
 

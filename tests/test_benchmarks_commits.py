@@ -45,8 +45,8 @@ def test_summary_drops_warmup_and_pools_rounds() -> None:
 
 def test_an_unknown_commit_is_named() -> None:
     with pytest.raises(SystemExit, match="no-such-commit"):
-        bench.resolve("no-such-commit")
-    assert len(bench.resolve("HEAD")) == 40
+        harness.resolve_commit("no-such-commit")
+    assert len(harness.resolve_commit("HEAD")) == 40
 
 
 def test_floor_ratios_are_measured_over_floor() -> None:
