@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from groupwise.rollout import (
     sample_with_entropy,
     tokenize_prompts,
 )
+from groupwise.rollout.sampling import entropy_from_probs
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +239,25 @@ def test_two_level_inverse_cdf_equals_one_cumsum(
     got = inverse_cdf_sample(probs, uniform)
     assert torch.equal(got, want)
     assert bool((probs.gather(-1, got[:, None]) > 0).all())  # never a zero-probability token
+
+
+@pytest.mark.parametrize("scale", [0.1, 3.0, 30.0, 300.0])
+def test_entropy_from_probs_against_float64(scale: float) -> None:
+    """Flat to nearly one-hot distributions, one token at -inf (EOS forbidden): the identity
+    H = -log p_max - sum p (s - s_max) against -sum p log p in float64."""
+    scores = torch.randn(4, 5000, generator=torch.Generator().manual_seed(1)) * scale
+    scores[:, 7] = float("-inf")
+    probs = torch.softmax(scores, dim=-1)
+    p64 = torch.softmax(scores.double(), dim=-1)
+    want = -torch.special.xlogy(p64, p64).sum(dim=-1)
+    got = entropy_from_probs(probs, scores)
+    assert got.dtype == torch.float32 and bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=1e-5)
+
+
+def test_entropy_from_probs_of_a_hand_computed_case() -> None:
+    # p = (1/2, 1/4, 1/4, 0): H = 1/2 ln 2 + 2 * 1/4 ln 4 = 1.5 ln 2
+    scores = torch.tensor([[2.0, 2.0 - math.log(2.0), 2.0 - math.log(2.0), float("-inf")]])
+    probs = torch.softmax(scores, dim=-1)
+    got = entropy_from_probs(probs, scores)
+    torch.testing.assert_close(got, torch.tensor([1.5 * math.log(2.0)]), atol=1e-6, rtol=0)

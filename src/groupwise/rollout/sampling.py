@@ -97,10 +97,8 @@ def sample_token(
     over the full vocabulary, as the trainer computes ``logp`` (top-k/top-p only decide which
     tokens can be drawn). Neither changes the draw.
 
-    Without top-k/top-p the entropy comes from the probabilities the draw uses,
-    ``H = sum_v entr(p_v)`` with ``entr(p) = -p log p`` (0 at p = 0): two passes over the
-    vocabulary instead of a second softmax and a log-softmax (faster, and fewer temporaries to
-    page-fault: ``benchmarks/micro_levers.py``, docs/log.md).
+    Without top-k/top-p the entropy comes from the probabilities the draw uses, with no log per
+    vocabulary entry (:func:`entropy_from_probs`).
     Entropy and log-prob are None when not asked or when ``temperature`` is 0.
     """
     if temperature <= 0:
@@ -124,7 +122,7 @@ def sample_token(
         scores = scores.masked_fill(drop, float("-inf"))
     probs = torch.softmax(scores, dim=-1)  # [R, V]
     if entropy and h is None:
-        h = torch.special.entr(probs).sum(dim=-1)  # [R]
+        h = entropy_from_probs(probs, scores)  # [R]
     if uniform is None:  # torch.multinomial draws an exponential per vocabulary entry: ~1/3
         # of decode time on CPU for 32 x 49152 (profiled); the inverse CDF below is the fast path
         picked = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [R]
@@ -134,6 +132,23 @@ def sample_token(
         if not bool(ok.all()):
             picked = torch.where(ok, picked, probs.argmax(dim=-1))
     return Sample(picked, h, _token_logp(full, picked) if logp else None)
+
+
+def entropy_from_probs(probs: Tensor, scores: Tensor) -> Tensor:
+    """The entropy ``[R]`` of ``probs = softmax(scores)`` (``[R, V]``, float32)::
+
+        H = -sum_v p_v log p_v = -log p_max - sum_v p_v (s_v - s_max)
+
+    since ``log p_v = s_v - lse`` and ``lse = s_max - log p_max`` (the most likely token has
+    the largest score). Two max passes and one multiply-add pass over the vocabulary: a log per
+    entry (``torch.special.entr``) cost about 4x as long on a [32, 49152] batch. Centring the
+    scores on their max keeps the sum small where the entropy is small. Entries with
+    ``p = 0`` (scores of -inf) add nothing (their ``0 * -inf`` is dropped by ``nansum``).
+    """
+    s_max = scores.amax(dim=-1, keepdim=True)  # [R, 1]
+    p_max = probs.amax(dim=-1)  # [R]
+    centred = torch.nansum(probs * (scores - s_max), dim=-1)  # [R]
+    return (centred.neg_() - torch.log(p_max)).clamp_(min=0.0)
 
 
 def _token_logp(scores: Tensor, token: Tensor) -> Tensor:
