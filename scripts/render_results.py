@@ -77,6 +77,29 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+B1_PHASES = ("generate", "ref_logp", "update")
+
+
+def _commit_cell(row: Row) -> str:
+    """The commit as given, with its short hash when it was given by another name."""
+    commit, sha = str(row["commit"]), str(row["sha"])
+    return commit if sha.startswith(commit) else f"{commit} ({sha[:7]})"
+
+
+def _with_floor_ratio(key: str, phase: str) -> Callable[[Row], str]:
+    """``12.34 (2.06x)``: the row's ``key`` seconds and its measured / FLOP floor for
+    ``phase``."""
+
+    def cell(row: Row) -> str:
+        ratio = row.get("measured_over_floor", {}).get(phase)
+        value = row.get(key)
+        if value is None:
+            return "-"
+        return f"{value:.2f}" if ratio is None else f"{value:.2f} ({ratio:.2f}x)"
+
+    return cell
+
+
 def num(key: str, spec: str = ".2f", suffix: str = "") -> Callable[[Row], str]:
     """The row's ``key`` formatted with ``spec`` plus ``suffix``; '-' when absent or None."""
 
@@ -533,6 +556,13 @@ TABLES: tuple[Table, ...] = (
     ),
     Table("trl-xeon-onepass", (Source("trl-xeon-onepass", "rows"),), TRL_COLUMNS),
     Table("trl-xeon-onepass-phases", (Source("trl-xeon-onepass", "phases"),), PHASE_COLUMNS),
+    Table("trl-epyc25", (Source("trl-epyc25", "rows"),), TRL_COLUMNS),
+    Table("trl-epyc25-phases", (Source("trl-epyc25", "phases"),), PHASE_COLUMNS),
+    Table(
+        "trl-epyc25-candidates",
+        (Source("trl-epyc25", "trl_candidates"),),
+        TRL_CANDIDATE_COLUMNS,
+    ),
     Table("trl-xeon-lora", (Source("trl-xeon-lora", "rows"),), TRL_COLUMNS),
     Table("trl-xeon-lora-phases", (Source("trl-xeon-lora", "phases"),), PHASE_COLUMNS),
     Table(
@@ -770,14 +800,7 @@ TABLES: tuple[Table, ...] = (
         "b1-commits",
         (Source("b1-one-pass-xeon", "rows"),),
         (
-            Column(
-                "commit",
-                lambda r: (
-                    r["commit"]
-                    if r["sha"].startswith(r["commit"])
-                    else f"{r['commit']} ({r['sha'][:7]})"
-                ),
-            ),
+            Column("commit", _commit_cell),
             Column("median s/step", num("median_s")),
             Column("generate", num("generate")),
             Column("ref_logp", num("ref_logp")),
@@ -787,6 +810,21 @@ TABLES: tuple[Table, ...] = (
         "`python benchmarks/b1_commits.py --commits eae513b,HEAD --rounds 2`: B1 with "
         "groupwise's defaults at each commit, the commits alternating, 5 steps per run of which "
         "the first is dropped; seconds are medians over both rounds, the machine otherwise quiet.",
+    ),
+    Table(
+        "b1-commits-floor",
+        (Source("b1-commits-epyc25", "rows"),),
+        (
+            Column("commit", _commit_cell),
+            Column("s/step (x floor)", _with_floor_ratio("median_s", "step")),
+            *(Column(f"{p} (x floor)", _with_floor_ratio(p, p)) for p in B1_PHASES),
+            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
+        ),
+        "`python benchmarks/b1_commits.py --commits 92592c9,377dbde,6185158 --rounds 2`: B1 "
+        "with groupwise's defaults at each commit, the commits alternating, 5 steps per run of "
+        "which the first is dropped; seconds are medians over both rounds, in brackets measured "
+        "/ FLOP floor (the weight matmuls at the best matmul rates measured before and after "
+        "the runs).",
     ),
     Table(
         "decode-levers",
