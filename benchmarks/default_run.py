@@ -22,7 +22,8 @@ measured; ``--reuse`` reads back runs whose directory already has a ``summary.js
 their wall times then compare with each other, not with runs of the whole machine.
 ``--commit C`` runs groupwise as it was at commit C (a git worktree's ``src`` first on
 PYTHONPATH, the same venv and model), e.g. a baseline re-measured on the CPU at hand; each
-run's record names the commit.
+run's record names the commit (``groupwise_commit``; without ``--commit``, the checkout's HEAD,
+which the result file marks ``dirty`` if the working tree differs from it).
 """
 
 from __future__ import annotations
@@ -241,9 +242,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     base = (ROOT / args.base).resolve()
-    env, commit = dict(os.environ), None
+    env = dict(os.environ)
+    commit = resolve_commit(args.commit or "HEAD")  # the working tree's HEAD by default
     if args.commit:
-        commit = resolve_commit(args.commit)
         tree = commit_source_tree(commit, ROOT / "runs" / "bench-commits" / "trees")
         env["PYTHONPATH"] = str(tree)
     runs: list[dict[str, Any]] = []

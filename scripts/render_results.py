@@ -649,6 +649,23 @@ TABLES: tuple[Table, ...] = (
         "includes.",
     ),
     Table(
+        "default-run-epyc25",
+        (
+            Source("default-run-baseline-epyc25", "runs"),
+            Source("default-run-epyc25", "runs"),
+        ),
+        (
+            Column("groupwise at", lambda r: str(r.get("groupwise_commit") or "-")[:7]),
+            *RECIPE_COLUMNS[1:],
+        ),
+        "`python benchmarks/default_run.py --variants local --seeds 0,1,2` with `--commit "
+        "92592c9` (the baseline) and without (the current code): `groupwise train` with each "
+        "commit's defaults, evaluated before, every 25 steps and after, one run at a time with "
+        "the whole machine, baseline and current alternating seed by seed; wall is the "
+        "process end to end. The test suite's docs checks shared the machine for two minutes "
+        "of the baseline's seed-0 run.",
+    ),
+    Table(
         "recipe-levers",
         (Source("recipe-levers-xeon", "runs"),),
         RECIPE_COLUMNS,

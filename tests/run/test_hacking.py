@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -229,3 +230,15 @@ def test_monitor_with_an_evaluation_before_training() -> None:
     assert monitor.add_evaluation(0.9) == 0.0  # after training: accuracy recovered
     with pytest.raises(ValueError, match="window"):
         HackingMonitor(window=0)
+
+
+def test_parsing_completions_prints_no_compiler_warnings() -> None:
+    """A completion such as "the sum is 10in total" makes the compiler warn ("invalid decimal
+    literal") while it parses: one line on stderr per such completion in a run's log."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not suspicious_code("x = 78if 1 else 2")
+        assert not suspicious_code("10in total")
+        assert not suspicious_code('"\\d"')
+        assert suspicious_code("x = 78if 1 else 2\nimport os")
+    assert [str(w.message) for w in caught] == []

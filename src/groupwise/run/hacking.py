@@ -36,6 +36,7 @@ import ast
 import math
 import re
 import statistics
+import warnings
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TypeAlias
@@ -205,6 +206,16 @@ def _suspicious_node(node: ast.AST, bound: set[str]) -> bool:
     return False
 
 
+def _parse_quietly(code: str) -> ast.Module:
+    """``ast.parse`` of a completion's text without the warnings the compiler prints for odd
+    literals (``78.Then``: "invalid decimal literal"; ``"\\d"``: an invalid escape), which
+    would otherwise reach the run's log once per such completion."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ast.parse(code)
+
+
 def suspicious_code(text: str) -> bool:
     """Whether a completion's code imports or reaches for the interpreter's internals.
 
@@ -219,7 +230,7 @@ def suspicious_code(text: str) -> bool:
     """
     for code in code_blocks(text):
         try:
-            tree = ast.parse(code)
+            tree = _parse_quietly(code)
         except (SyntaxError, ValueError, RecursionError, MemoryError):  # deep nesting: the latter
             if _SUSPICIOUS_RE.search(code):
                 return True
