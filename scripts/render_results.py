@@ -100,6 +100,18 @@ def _with_floor_ratio(key: str, phase: str) -> Callable[[Row], str]:
     return cell
 
 
+def _timed_accuracy(seconds: str) -> Callable[[Row], str]:
+    """The held-out accuracy at ``seconds`` from the process's start; '-' for a run whose
+    evaluations carry no times (a commit that did not log them)."""
+
+    def cell(row: Row) -> str:
+        if any(e.get("run_time_s") is None for e in row["evals"]):
+            return "-"
+        return _percent(row["accuracy_at_s"][seconds])
+
+    return cell
+
+
 def num(key: str, spec: str = ".2f", suffix: str = "") -> Callable[[Row], str]:
     """The row's ``key`` formatted with ``spec`` plus ``suffix``; '-' when absent or None."""
 
@@ -656,7 +668,11 @@ TABLES: tuple[Table, ...] = (
         ),
         (
             Column("groupwise at", lambda r: str(r.get("groupwise_commit") or "-")[:7]),
-            *RECIPE_COLUMNS[1:],
+            RECIPE_COLUMNS[1],
+            RECIPE_COLUMNS[2],
+            Column("at 3 min", _timed_accuracy("180")),
+            Column("at 6 min", _timed_accuracy("360")),
+            *RECIPE_COLUMNS[5:],
         ),
         "`python benchmarks/default_run.py --variants local --seeds 0,1,2` with `--commit "
         "92592c9` (the baseline) and without (the current code): `groupwise train` with each "
