@@ -667,7 +667,7 @@ TABLES: tuple[Table, ...] = (
             Source("default-run-epyc25", "runs"),
         ),
         (
-            Column("groupwise at", lambda r: str(r.get("groupwise_commit") or "-")[:7]),
+            Column("groupwise at", lambda r: (r.get("groupwise_commit") or "")[:7] or "current"),
             RECIPE_COLUMNS[1],
             RECIPE_COLUMNS[2],
             Column("at 3 min", _timed_accuracy("180")),
@@ -675,7 +675,8 @@ TABLES: tuple[Table, ...] = (
             *RECIPE_COLUMNS[5:],
         ),
         "`python benchmarks/default_run.py --variants local --seeds 0,1,2` with `--commit "
-        "92592c9` (the baseline) and without (the current code): `groupwise train` with each "
+        "92592c9` (the baseline) and without (current: the code of the commit named here; "
+        "its package is that of 6185158): `groupwise train` with each "
         "commit's defaults, evaluated before, every 25 steps and after, one run at a time with "
         "the whole machine, baseline and current alternating seed by seed; wall is the "
         "process end to end. The test suite's docs checks shared the machine for two minutes "
