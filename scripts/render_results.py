@@ -724,6 +724,18 @@ TABLES: tuple[Table, ...] = (
         "first 25 minutes (seed 0's runs). Seed 2's runs stopped when the disk filled.",
     ),
     Table(
+        "recipe-levers-mu2-epyc25",
+        (
+            Source("default-run-epyc25", "runs"),
+            Source("recipe-levers-mu2-epyc25", "runs"),
+        ),
+        RECIPE_COLUMNS,
+        "`python benchmarks/default_run.py --variants mu-2-clip-higher --seeds 0,1,2`, one run "
+        "at a time with the whole machine, evaluated every 25 steps (the default), after the "
+        "default's runs (`local`, the current code's rows of the table in \"What the default "
+        'run does"), measured the same way the same morning.',
+    ),
+    Table(
         "optimizer-step",
         (Source("optimizer-step-xeon", "rows"),),
         (
