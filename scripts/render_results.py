@@ -441,6 +441,16 @@ B1_LEVER_COLUMNS: tuple[Column, ...] = (
 """The columns of a comparison of lever sets on B1 (benchmarks/b1_levers.py's rows)."""
 
 
+def trl_tables(result: str) -> tuple[Table, Table, Table]:
+    """The three tables of one ``trl_vs_groupwise.py`` result, named after it: its rows, their
+    phases against the FLOP floor (``-phases``) and TRL's candidate rows (``-candidates``)."""
+    return (
+        Table(result, (Source(result, "rows"),), TRL_COLUMNS),
+        Table(f"{result}-phases", (Source(result, "phases"),), PHASE_COLUMNS),
+        Table(f"{result}-candidates", (Source(result, "trl_candidates"),), TRL_CANDIDATE_COLUMNS),
+    )
+
+
 TABLES: tuple[Table, ...] = (
     Table(
         "default-run-current",
@@ -568,20 +578,8 @@ TABLES: tuple[Table, ...] = (
     ),
     Table("trl-xeon-onepass", (Source("trl-xeon-onepass", "rows"),), TRL_COLUMNS),
     Table("trl-xeon-onepass-phases", (Source("trl-xeon-onepass", "phases"),), PHASE_COLUMNS),
-    Table("trl-epyc25", (Source("trl-epyc25", "rows"),), TRL_COLUMNS),
-    Table("trl-epyc25-phases", (Source("trl-epyc25", "phases"),), PHASE_COLUMNS),
-    Table(
-        "trl-epyc25-candidates",
-        (Source("trl-epyc25", "trl_candidates"),),
-        TRL_CANDIDATE_COLUMNS,
-    ),
-    Table("trl-xeon-lora", (Source("trl-xeon-lora", "rows"),), TRL_COLUMNS),
-    Table("trl-xeon-lora-phases", (Source("trl-xeon-lora", "phases"),), PHASE_COLUMNS),
-    Table(
-        "trl-xeon-lora-candidates",
-        (Source("trl-xeon-lora", "trl_candidates"),),
-        TRL_CANDIDATE_COLUMNS,
-    ),
+    *trl_tables("trl-epyc25"),
+    *trl_tables("trl-xeon-lora"),
     Table("trl-epyc-avx2-phases", (Source("trl-epyc-avx2", "phases"),), PHASE_COLUMNS),
     Table(
         "engines-b1",
