@@ -10,6 +10,7 @@ import torch
 
 from groupwise import GRPOTrainer, load_config
 from groupwise.rollout import Rollout, tokenize_prompts
+from groupwise.train.forward import has_active_dropout
 from tests.tests_helpers import tiny_overrides, varied_reward
 
 
@@ -111,3 +112,48 @@ def test_environment_tokens_get_no_gradient(tmp_path: Path) -> None:
     trained = _param_grads(trainer, rollout(ids, policy_all), advantages)
     trained_changed = _param_grads(trainer, rollout(changed, policy_all), advantages)
     assert any(not torch.equal(a, b) for a, b in zip(trained, trained_changed, strict=True))
+
+
+def _two_steps_weights(
+    tmp_path: Path, reuse: bool, mu: int = 2, **extra: object
+) -> dict[str, torch.Tensor]:
+    overrides = tiny_overrides(tmp_path, max_steps=2, bf16=False, num_iterations=mu, **extra)
+    trainer = GRPOTrainer(load_config(overrides=overrides), reward_funcs=[varied_reward])
+    assert trainer.grpo_step.reuse_old_logp  # the tiny model has no dropout
+    trainer.grpo_step.reuse_old_logp = reuse
+    if reuse:  # the pass of its own must not run
+
+        def no_pass(*_: object) -> None:
+            raise AssertionError("old_logp took a forward of its own")
+
+        trainer.grpo_step.logp_no_grad = no_pass  # type: ignore[method-assign]
+    trainer.train()
+    return {n: p.detach().clone() for n, p in trainer.policy.named_parameters()}
+
+
+def test_mu_2_takes_old_logp_from_the_first_update(tmp_path: Path) -> None:
+    """With two updates per rollout, ``old_logp`` from the first update's forward (before any
+    optimizer step of the rollout, over two micro-batches) lands on the same weights after two
+    steps as ``old_logp`` from a no-grad pass of its own; clip-higher makes the second update's
+    clipping depend on the ratio, so a wrong ``old_logp`` moves the weights."""
+    extra = {"algorithm.epsilon": 0.02, "algorithm.epsilon_high": 0.05}
+    own_pass = _two_steps_weights(tmp_path / "pass", reuse=False, **extra)
+    reused = _two_steps_weights(tmp_path / "reuse", reuse=True, **extra)
+    for name in own_pass:
+        torch.testing.assert_close(reused[name], own_pass[name], atol=1e-6, rtol=1e-5)
+    mu1 = _two_steps_weights(tmp_path / "mu1", reuse=True, mu=1, **extra)
+    assert any(not torch.allclose(mu1[n], reused[n], atol=1e-5) for n in mu1)  # mu = 2 moved
+
+
+def test_dropout_in_the_policy_keeps_old_logp_its_own_pass(tmp_path: Path) -> None:
+    """A training-mode forward under dropout is not the policy's log-prob: LoRA's dropout or
+    a dropout probability in the model's config turns the reuse off."""
+    lora = tiny_overrides(tmp_path / "lora", max_steps=1, bf16=False, num_iterations=2)
+    lora += ["model.lora=true", "model.lora_dropout=0.1"]
+    trainer = GRPOTrainer(load_config(overrides=lora), reward_funcs=[varied_reward])
+    assert not trainer.grpo_step.reuse_old_logp
+    plain = tiny_overrides(tmp_path / "plain", max_steps=1, bf16=False)
+    trainer = GRPOTrainer(load_config(overrides=plain), reward_funcs=[varied_reward])
+    assert has_active_dropout(trainer.policy) is False
+    trainer.policy.config.attention_dropout = 0.1
+    assert has_active_dropout(trainer.policy) is True

@@ -57,6 +57,25 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, Tensor]:
     return body, head.weight
 
 
+DROPOUT_CONFIG_KEYS = (
+    "attention_dropout",
+    "hidden_dropout",
+    "attn_pdrop",
+    "resid_pdrop",
+    "embd_pdrop",
+)
+"""transformers config fields of dropouts applied inside the model's forward in training mode."""
+
+
+def has_active_dropout(model: nn.Module) -> bool:
+    """Whether a training-mode forward of ``model`` drops anything: a dropout module with
+    ``p > 0`` (LoRA's ``lora_dropout`` among them) or a dropout probability in its config."""
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(_hf_model(model), "config", None)
+    return any(float(getattr(config, key, 0.0) or 0.0) > 0 for key in DROPOUT_CONFIG_KEYS)
+
+
 def autocast_context(
     device: torch.device, dtype: torch.dtype | None
 ) -> AbstractContextManager[Any]:

@@ -7,7 +7,8 @@ Algorithm (DeepSeekMath, arXiv 2402.03300, Alg. 1, with the variants of groupwis
     A        <- group-relative advantages of r                      (score)
     groups   <- only groups with reward variance, refilled to P     (refill: DAPO, opt-in)
     batch    <- loss masks, normalisers, micro-batches              (prepare)
-    old_logp <- log pi_theta_old(o)   only if mu > 1                (old_logp)
+    old_logp <- log pi_theta_old(o)   only if mu > 1, and only with dropout on (old_logp);
+                otherwise the first update's forward gives it (the weights have not moved)
     ref_logp <- log pi_ref(o)         only if beta > 0              (ref_logp)
     repeat mu times:                                                (update)
         w    <- engine-mismatch weights from old_logp and the engine's log-probs
@@ -78,7 +79,7 @@ from groupwise.train.batch import (
 from groupwise.train.build import TrainingParts
 from groupwise.train.dynamic import Generated, dynamic_sampling
 from groupwise.train.entropy import EntropyBonus
-from groupwise.train.forward import autocast_context
+from groupwise.train.forward import autocast_context, has_active_dropout
 from groupwise.train.metrics import (
     MetricsAccumulator,
     PhaseTimer,
@@ -121,6 +122,11 @@ class GRPOStep:
             config, parts.engine, draw or _no_draw, self.request, self.steps_left
         )
         self.dynamic = dynamic_sampling(config, parts.tokenizer.pad_token_id)  # None when off
+        self.reuse_old_logp = not has_active_dropout(parts.policy)
+        """With mu > 1, take ``old_logp`` from the first update's forward instead of a pass of
+        its own: every micro-batch of the first update runs before its optimizer step, so the
+        weights are pi_theta_old's and ``logp.detach()`` is ``old_logp`` (one forward per step
+        fewer). Not under active dropout, where a training-mode forward is not the policy's."""
 
     def next_rows(self) -> list[Row]:
         """This rank's prompts for the next step (drawn now, or drawn a step ahead)."""
@@ -144,7 +150,7 @@ class GRPOStep:
         with timer("prepare"):
             batch = self.prepare(kept.rollout, kept.scored.advantages)
         with timer("old_logp"):
-            if self.config.algorithm.num_iterations > 1:
+            if self.config.algorithm.num_iterations > 1 and not self.reuse_old_logp:
                 batch.old_logp = self.logp_no_grad(batch)
         with timer("ref_logp"):
             if self.parts.reference is not None:
@@ -336,7 +342,8 @@ class GRPOStep:
         with autocast_context(self.parts.device, self.parts.amp_dtype):
             logp, entropy = self.parts.policy_logp(sub, entropy=self.entropy.enabled)
         old_logp, selected = batch.old_logp[index], batch.entropy_mask
-        old_logp = old_logp if old_logp is not None else logp.detach()  # mu = 1: the same weights
+        if old_logp is None:  # the first update: pi_theta_old is the policy as it is now
+            old_logp = batch.old_logp[index] = logp.detach()  # kept for updates 2..mu
         selected = None if selected is None else selected[start * g : stop * g, : mask.shape[1]]
         c = batch.correction
         loss, stats = policy_loss(
