@@ -156,6 +156,40 @@ def test_gather_last_gives_the_same_rollout(tiny: tuple[torch.nn.Module, object]
     assert torch.equal(outs[0].completion_ids, outs[1].completion_ids)
 
 
+def test_a_frozen_head_samples_what_a_trained_one_does() -> None:
+    """LoRA's base and rollout copies have a frozen LM head, whose last-position logits after
+    the prefill take the gathered path (torch's strided batched matmul is slow on a frozen
+    bf16 weight): the same draws and entropies as with a head that requires grad."""
+    model, tokenizer = load_base_model(
+        "tiny-random", seed=0, device=torch.device("cpu"), dtype=torch.bfloat16
+    )
+    model.eval()
+    model.config.use_cache = True
+    prompts = tokenize_prompts(
+        tokenizer, ["What is 1 + 2?", "Hi", "A longer prompt"], torch.device("cpu")
+    )
+    head = model.get_output_embeddings().weight
+    outs = []
+    for trained in (True, False):
+        head.requires_grad_(trained)
+        outs.append(
+            generate(
+                model,
+                prompts,
+                group_size=4,
+                max_completion_length=6,
+                eos_token_ids=[tokenizer.eos_token_id],  # type: ignore[attr-defined]
+                pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
+                temperature=1.0,
+                generator=torch.Generator().manual_seed(3),
+                packed_decode=True,
+            )
+        )
+    assert torch.equal(outs[0].completion_ids, outs[1].completion_ids)
+    assert outs[0].entropy is not None and outs[1].entropy is not None
+    assert torch.equal(outs[0].entropy, outs[1].entropy)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_static_decode_matches_eager(
     tiny: tuple[torch.nn.Module, object], dtype: torch.dtype
