@@ -82,6 +82,24 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "algorithm.num_iterations=2",
         "algorithm.epsilon_high=0.28",
     ),
+    "mu-2-clip-higher-50-steps": (  # the same in half the steps (the learning rate decays by 50)
+        "rollout.engine=local",
+        "algorithm.num_iterations=2",
+        "algorithm.epsilon_high=0.28",
+        "training.max_steps=50",
+    ),
+    "lora-2e-4": (  # LoRA r 16 on every linear layer at 10x the rate ("LoRA Without Regret", 2025)
+        "rollout.engine=local",
+        "model.lora=true",
+        "training.learning_rate=2e-4",
+    ),
+    "lora-2e-4-mu-2-clip-higher": (  # the two above together
+        "rollout.engine=local",
+        "model.lora=true",
+        "training.learning_rate=2e-4",
+        "algorithm.num_iterations=2",
+        "algorithm.epsilon_high=0.28",
+    ),
 }
 """Overrides of the default run, by variant name."""
 
