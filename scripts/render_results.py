@@ -112,6 +112,16 @@ def _timed_accuracy(seconds: str) -> Callable[[Row], str]:
     return cell
 
 
+def _eval_steps(steps: tuple[int, ...]) -> Callable[[Row], str]:
+    """The held-out accuracy of the evaluations at ``steps``, ' / '-joined ('-' if none)."""
+
+    def cell(row: Row) -> str:
+        at = {int(e["step"]): float(e["accuracy"]) for e in row["evals"]}
+        return " / ".join(_percent(at.get(step)) for step in steps)
+
+    return cell
+
+
 def num(key: str, spec: str = ".2f", suffix: str = "") -> Callable[[Row], str]:
     """The row's ``key`` formatted with ``spec`` plus ``suffix``; '-' when absent or None."""
 
@@ -665,7 +675,7 @@ TABLES: tuple[Table, ...] = (
             Source("default-run-epyc25", "runs"),
         ),
         (
-            Column("groupwise at", lambda r: (r.get("groupwise_commit") or "")[:7] or "current"),
+            Column("groupwise at", lambda r: (r.get("groupwise_commit") or "d93c4b2")[:7]),
             RECIPE_COLUMNS[1],
             RECIPE_COLUMNS[2],
             Column("at 3 min", _timed_accuracy("180")),
@@ -673,8 +683,8 @@ TABLES: tuple[Table, ...] = (
             *RECIPE_COLUMNS[5:],
         ),
         "`python benchmarks/default_run.py --variants local --seeds 0,1,2` with `--commit "
-        "92592c9` (the baseline) and without (current: the code of the commit named here; "
-        "its package is that of 6185158): `groupwise train` with each "
+        "92592c9` (the baseline) and without (d93c4b2, whose package is that of 6185158): "
+        "`groupwise train` with each "
         "commit's defaults, evaluated before, every 25 steps and after, one run at a time with "
         "the whole machine, baseline and current alternating seed by seed; wall is the "
         "process end to end. The test suite's docs checks shared the machine for two minutes "
@@ -732,6 +742,48 @@ TABLES: tuple[Table, ...] = (
         "at a time with the whole machine, evaluated every 25 steps (the default), after the "
         "default's runs (`local`, the current code's rows of the table in \"What the default "
         'run does"), measured the same way the same morning.',
+    ),
+    Table(
+        "recipe-lora-epyc25",
+        (
+            Source("default-run-epyc25", "runs"),
+            Source("default-run-check-epyc25", "runs"),
+            Source("recipe-lora-epyc25", "runs"),
+            Source("recipe-lora-mu2-epyc25", "runs"),
+            Source("recipe-mu2-50-epyc25", "runs"),
+        ),
+        (
+            RECIPE_COLUMNS[0],
+            Column("groupwise at", lambda r: (r.get("groupwise_commit") or "d93c4b2")[:7]),
+            *RECIPE_COLUMNS[1:5],
+            Column("at steps 25 / 50 / 75", _eval_steps((25, 50, 75))),
+            *RECIPE_COLUMNS[5:],
+        ),
+        "`python benchmarks/default_run.py --variants V --seeds S`, one run at a time with the "
+        "whole machine, evaluated every 25 steps. `local` is the default (full fine-tuning): "
+        "its d93c4b2 rows are those of \"What the default run does\", measured the day "
+        "before on the same CPU kind; the 06a3a33 row re-runs seed 0 on the morning of the "
+        "other rows, with the same accuracies and a 5% shorter median step (8% shorter wall), "
+        "so the other rows' times compare with the d93c4b2 rows' less that much. "
+        "`lora-2e-4`: `model.lora=true training.learning_rate=2e-4`; "
+        "`lora-2e-4-mu-2-clip-higher`: that and `algorithm.num_iterations=2 "
+        "algorithm.epsilon_high=0.28` (a short measuring script shared the machine for a "
+        "minute of its seed-0 run); `mu-2-clip-higher-50-steps`: full fine-tuning with those "
+        "two and `training.max_steps=50`.",
+    ),
+    Table(
+        "recipe-lora-alternating-epyc25",
+        (Source("recipe-lora-alternating-epyc25", "runs"),),
+        (
+            *RECIPE_COLUMNS[:5],
+            Column("at steps 25 / 50 / 75", _eval_steps((25, 50, 75))),
+            *RECIPE_COLUMNS[5:],
+        ),
+        "`python benchmarks/default_run.py --variants local,lora-2e-4 --seeds 0,1,2`: the "
+        "default (full fine-tuning) and LoRA at 2e-4 (`model.lora=true "
+        "training.learning_rate=2e-4`), alternating seed by seed, one run at a time with the "
+        "whole machine, evaluated every 25 steps; with a frozen LM head's prefill on the "
+        "gathered path (LoRA's rollouts as before, 0.4-0.5 s shorter).",
     ),
     Table(
         "optimizer-step",
