@@ -761,7 +761,7 @@ TABLES: tuple[Table, ...] = (
         ),
         "`python benchmarks/default_run.py --variants V --seeds S`, one run at a time with the "
         "whole machine, evaluated every 25 steps. `local` is the default (full fine-tuning): "
-        "its d93c4b2 rows are those of \"What the default run does\", measured the day "
+        'its d93c4b2 rows are those of "What the default run does", measured the day '
         "before on the same CPU kind; the 06a3a33 row re-runs seed 0 on the morning of the "
         "other rows, with the same accuracies and a 5% shorter median step (8% shorter wall), "
         "so the other rows' times compare with the d93c4b2 rows' less that much. "
