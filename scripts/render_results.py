@@ -589,6 +589,7 @@ TABLES: tuple[Table, ...] = (
     Table("trl-xeon-onepass", (Source("trl-xeon-onepass", "rows"),), TRL_COLUMNS),
     Table("trl-xeon-onepass-phases", (Source("trl-xeon-onepass", "phases"),), PHASE_COLUMNS),
     *trl_tables("trl-epyc25"),
+    *trl_tables("trl-epyc25-lora"),
     *trl_tables("trl-xeon-lora"),
     Table("trl-epyc-avx2-phases", (Source("trl-epyc-avx2", "phases"),), PHASE_COLUMNS),
     Table(
