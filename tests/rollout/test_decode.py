@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -141,19 +142,22 @@ def test_gather_last_gives_the_same_rollout(tiny: tuple[torch.nn.Module, object]
     texts = ["What is 1 + 2?", "Hi", "A longer prompt here"]
     prompts = tokenize_prompts(tokenizer, texts, torch.device("cpu"))
     outs = [
-        generate(
-            model,
-            prompts,
-            group_size=2,
-            max_completion_length=6,
-            eos_token_ids=[tokenizer.eos_token_id],  # type: ignore[attr-defined]
-            pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
-            temperature=0.0,
-            gather_last=gather,
-        )
+        _six_tokens(model, tokenizer, prompts, group_size=2, temperature=0.0, gather_last=gather)
         for gather in (False, True)
     ]
     assert torch.equal(outs[0].completion_ids, outs[1].completion_ids)
+
+
+def _six_tokens(model: torch.nn.Module, tokenizer: Any, prompts: Any, **kwargs: Any) -> Any:
+    """A rollout of at most 6 new tokens per completion, ending at the tokenizer's EOS."""
+    return generate(
+        model,
+        prompts,
+        max_completion_length=6,
+        eos_token_ids=[tokenizer.eos_token_id],
+        pad_token_id=tokenizer.pad_token_id,
+        **kwargs,
+    )
 
 
 def test_a_frozen_head_samples_what_a_trained_one_does() -> None:
@@ -172,17 +176,10 @@ def test_a_frozen_head_samples_what_a_trained_one_does() -> None:
     outs = []
     for trained in (True, False):
         head.requires_grad_(trained)
+        generator = torch.Generator().manual_seed(3)
         outs.append(
-            generate(
-                model,
-                prompts,
-                group_size=4,
-                max_completion_length=6,
-                eos_token_ids=[tokenizer.eos_token_id],  # type: ignore[attr-defined]
-                pad_token_id=tokenizer.pad_token_id,  # type: ignore[attr-defined]
-                temperature=1.0,
-                generator=torch.Generator().manual_seed(3),
-                packed_decode=True,
+            _six_tokens(
+                model, tokenizer, prompts, group_size=4, generator=generator, packed_decode=True
             )
         )
     assert torch.equal(outs[0].completion_ids, outs[1].completion_ids)
