@@ -131,10 +131,9 @@ class CompensatedAdamW(_Bf16AdamW):
     the step uses the exact float32 value before rounding. The arithmetic runs in float32 over
     slices of ``chunk_size`` elements, so the temporaries stay small next to the parameters.
 
-    ``compile_step``: the update is one kernel that ``torch.compile`` generates
-    (:func:`compiled_rows_update`; at most two calls per parameter, its slices as the rows of
-    a view) instead of ~20 elementwise passes over float32 temporaries per slice, the same
-    formulas, equal to the eager update up to float32 rounding (fused multiply-adds: a
+    ``compile_step``: each slice's update is one kernel that ``torch.compile`` generates
+    (:func:`compiled_chunk_update`) instead of ~20 elementwise passes over float32 temporaries,
+    the same formulas, equal to the eager update up to float32 rounding (fused multiply-adds: a
     weight ``p + c`` within 2^-20 of it relative, tested). If compiling fails (no C++ compiler,
     say), the step says so once on stderr and runs eagerly from then on.
     """
@@ -199,68 +198,34 @@ class CompensatedAdamW(_Bf16AdamW):
                 state["compensation"] = torch.zeros_like(p)
             state["step"] += 1
             hyper = _hyper(group, int(state["step"]))
+            scalars = _hyper_tensor(hyper, p.device) if self.compile_step else None
             tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["compensation"])
             flat = [t.view(-1) for t in tensors]
-            keys = self._slice_keys(gen, flat[0].numel()) if gen is not None else None
-            if not (self.compile_step and self._compiled(flat, pool, keys, hyper)):
-                self._eager(flat, pool, keys, hyper)
+            for chunk in zip(*(t.split(self.chunk_size) for t in flat), strict=True):
+                noise = None
+                if gen is not None and pool is not None:
+                    noise = self._chunk_noise(gen, pool, chunk[0].numel())
+                if scalars is None or not self._compiled(chunk, noise, scalars):
+                    _compensated_adamw_chunk(*chunk, noise=noise, **hyper)
         return loss
 
-    def _slice_keys(self, gen: torch.Generator, numel: int) -> list[int]:
-        """One noise key per slice of ``chunk_size`` elements, drawn in slice order."""
-        slices = -(-numel // self.chunk_size)
-        return [int(torch.randint(0, 2**31 - 1, (), generator=gen)) for _ in range(slices)]
-
-    def _eager(
-        self, flat: list[Tensor], pool: Tensor | None, keys: list[int] | None, hyper: dict[str, Any]
-    ) -> None:
-        """The update slice by slice; slice ``j``'s noise is ``pool ^ keys[j]``."""
-        for j, chunk in enumerate(zip(*(t.split(self.chunk_size) for t in flat), strict=True)):
-            noise = None
-            if pool is not None and keys is not None:
-                noise = pool[: chunk[0].numel()].bitwise_xor(keys[j])  # [n]
-            _compensated_adamw_chunk(*chunk, noise=noise, **hyper)
-
-    def _compiled(
-        self, flat: list[Tensor], pool: Tensor | None, keys: list[int] | None, hyper: dict[str, Any]
-    ) -> bool:
-        """The whole parameter updated by the compiled kernel in at most two calls: its full
-        slices as the rows of a ``[k, chunk_size]`` view, then the last, shorter slice as
-        ``[1, tail]`` (slice ``j``'s noise ``pool ^ keys[j]``, as :meth:`_eager` draws it).
-        False (and eager from now on) if the kernel cannot be compiled here; compiling happens
-        before the kernel touches anything, and a tail whose kernel fails is updated eagerly."""
-        scalars = _hyper_tensor(hyper, flat[0].device)
-        full, tail = divmod(flat[0].numel(), self.chunk_size)
-        key_rows = None
-        if keys is not None:
-            key_rows = torch.tensor(keys, dtype=torch.int32, device=flat[0].device)[:, None]
-        parts = [(0, full, self.chunk_size), (full * self.chunk_size, 1, tail)]
-        for start, rows, width in parts:
-            if rows == 0 or width == 0:
-                continue
-            part = [t[start : start + rows * width].view(rows, width) for t in flat]  # [k, w]
-            noise_keys = None if key_rows is None else key_rows[start // self.chunk_size :][:rows]
-            noise_pool = None if pool is None else pool[:width]  # [w]
-            try:
-                compiled_rows_update()(*part, noise_pool, noise_keys, scalars)
-            except Exception as exc:  # torch.compile's failures have no common type
-                self._compile_failed(exc)
-                if start == 0:
-                    return False
-                tail_keys = None if keys is None else keys[full:]  # the full slices are done
-                self._eager([t[start:] for t in flat], pool, tail_keys, hyper)
-        return True
-
-    def _compile_failed(self, exc: Exception) -> None:
-        self.compile_step = False
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(
-            f"groupwise: training.compile_optimizer: could not compile the AdamW step "
-            f"({first[:200]}); it runs eagerly (set training.compile_optimizer=false to "
-            "skip the attempt)",
-            file=sys.stderr,
-            flush=True,
-        )
+    def _compiled(self, chunk: tuple[Tensor, ...], noise: Tensor | None, scalars: Tensor) -> bool:
+        """The slice updated by the compiled kernel; False (and eager from now on) if the
+        kernel cannot be compiled here. Compiling happens before the kernel touches anything."""
+        try:
+            compiled_chunk_update()(*chunk, noise, scalars)
+            return True
+        except Exception as exc:  # torch.compile's failures have no common type
+            self.compile_step = False
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(
+                f"groupwise: training.compile_optimizer: could not compile the AdamW step "
+                f"({first[:200]}); it runs eagerly (set training.compile_optimizer=false to "
+                "skip the attempt)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return False
 
 
 def _compensated_adamw_chunk(
@@ -323,34 +288,16 @@ def _compensated_update_tensors(
     p.copy_(rounded)
 
 
-def _compensated_update_rows(
-    p: Tensor,
-    g: Tensor,
-    m: Tensor,
-    v: Tensor,
-    c: Tensor,
-    pool: Tensor | None,
-    keys: Tensor | None,
-    s: Tensor,
-) -> None:
-    """:func:`_compensated_update_tensors` on ``[k, w]`` rows (k slices of one parameter), the
-    noise of row ``j`` being ``pool ^ keys[j]`` (``pool`` ``[w]``, ``keys`` ``[k, 1]`` int32):
-    what :meth:`CompensatedAdamW._eager` computes slice by slice, with no noise tensor in
-    memory."""
-    noise = None if pool is None or keys is None else pool.bitwise_xor(keys)  # [k, w]
-    _compensated_update_tensors(p, g, m, v, c, noise, s)
-
-
 _COMPILED: list[Callable[..., None]] = []
 
 
-def compiled_rows_update() -> Callable[..., None]:
-    """:func:`_compensated_update_rows` through ``torch.compile`` (dynamic shapes; a graph per
-    rounding of ``v`` and for one row or several), built once per process."""
+def compiled_chunk_update() -> Callable[..., None]:
+    """:func:`_compensated_update_tensors` through ``torch.compile`` (dynamic slice length, one
+    graph per rounding of ``v``), built once per process."""
     if not _COMPILED:
         _COMPILED.append(
             torch.compile(
-                _compensated_update_rows,
+                _compensated_update_tensors,
                 dynamic=True,
                 fullgraph=True,
                 options={"emulate_precision_casts": True},
