@@ -787,6 +787,19 @@ TABLES: tuple[Table, ...] = (
         "gathered path (LoRA's rollouts as before, 0.4-0.5 s shorter).",
     ),
     Table(
+        "recipe-lora-alternating-epyc25-seeds345",
+        (Source("recipe-lora-alternating-epyc25-seeds345", "runs"),),
+        (
+            *RECIPE_COLUMNS[:5],
+            Column("at steps 25 / 50 / 75", _eval_steps((25, 50, 75))),
+            *RECIPE_COLUMNS[5:],
+        ),
+        "`python benchmarks/default_run.py --variants local,lora-2e-4 --seeds 3,4,5`: the "
+        "table above on three more seeds, in one sitting the next day, alternating, one run at "
+        "a time with the whole machine, at commit fbc05de (the AdamW change later reverted; "
+        "both variants ran it).",
+    ),
+    Table(
         "optimizer-step",
         (Source("optimizer-step-xeon", "rows"),),
         (
@@ -800,6 +813,24 @@ TABLES: tuple[Table, ...] = (
         "SmolLM2-135M-Instruct, medians of alternating steps in one process. Measured while "
         "two trainings ran on the machine's two cores: the two-thread row had less than two "
         "cores to itself.",
+    ),
+    Table(
+        "optimizer-step-epyc25",
+        (Source("optimizer-step-epyc25", "rows"),),
+        (
+            Column("threads", lambda r: str(r["threads"])),
+            Column("eager", num("eager_s", ".3f", " s")),
+            Column("compiled, a call per slice (48a0a8b, kept)", num("baseline_s", ".3f", " s")),
+            Column("compiled, slices as rows (fbc05de, reverted)", num("compiled_s", ".3f", " s")),
+            Column("fbc05de against 48a0a8b", num("speedup_vs_baseline", ".2f", "x")),
+        ),
+        "`python benchmarks/optimizer_step.py --threads 1,2 --repeats 7 --baseline 48a0a8b` at "
+        "commit fbc05de: the default pure-bf16 AdamW over all the weights of "
+        "SmolLM2-135M-Instruct, eager, compiled as at 48a0a8b and compiled as at fbc05de, "
+        "medians of steps taken in turn in one process with the whole machine, seeded fresh "
+        "gradients at every step. fbc05de's kernel recompiled again and again (dynamo's guards "
+        "on the views' bases, offsets and sizes), and its weights ended apart from 48a0a8b's "
+        "(`baseline_max_weight_difference` in the result file).",
     ),
     Table(
         "memory-levers-b1",
@@ -922,6 +953,20 @@ TABLES: tuple[Table, ...] = (
         "which the first is dropped; seconds are medians over both rounds, in brackets measured "
         "/ FLOP floor (the weight matmuls at the best matmul rates measured before and after "
         "the runs).",
+    ),
+    Table(
+        "b1-commits-adamw-epyc25",
+        (Source("b1-adamw-epyc25", "rows"),),
+        (
+            Column("commit", _commit_cell),
+            Column("s/step (x floor)", _with_floor_ratio("median_s", "step")),
+            *(Column(f"{p} (x floor)", _with_floor_ratio(p, p)) for p in B1_PHASES),
+            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
+        ),
+        "`python benchmarks/b1_commits.py --commits 48a0a8b,fbc05de --steps 6 --rounds 2`: B1 "
+        "with groupwise's defaults before and with the AdamW change of fbc05de (reverted), "
+        "alternating, 6 steps per run of which the first is dropped; seconds are medians over "
+        "both rounds, in brackets measured / FLOP floor.",
     ),
     Table(
         "decode-levers",
