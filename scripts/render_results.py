@@ -431,6 +431,16 @@ RECIPE_COLUMNS_LONG: tuple[Column, ...] = (
 )
 """The same, with the accuracy at 12 and 20 minutes (runs that share the machine are slower)."""
 
+EVAL_STEPS_COLUMN = Column("at steps 25 / 50 / 75", _eval_steps((25, 50, 75)))
+"""Accuracy at each evaluation of a default-length run (evaluated every 25 steps)."""
+
+RECIPE_COLUMNS_STEPS: tuple[Column, ...] = (
+    *RECIPE_COLUMNS[:5],
+    EVAL_STEPS_COLUMN,
+    *RECIPE_COLUMNS[5:],
+)
+"""The recipe columns with the accuracy at each evaluation step."""
+
 TWO_AT_A_TIME = (
     "Two trainings at a time, one thread each (`--jobs 2 --threads 1`), evaluated every 10 "
     "steps (`--set eval.every_steps=10`): the wall times compare with each other, not with a "
@@ -757,7 +767,7 @@ TABLES: tuple[Table, ...] = (
             RECIPE_COLUMNS[0],
             Column("groupwise at", lambda r: (r.get("groupwise_commit") or "d93c4b2")[:7]),
             *RECIPE_COLUMNS[1:5],
-            Column("at steps 25 / 50 / 75", _eval_steps((25, 50, 75))),
+            EVAL_STEPS_COLUMN,
             *RECIPE_COLUMNS[5:],
         ),
         "`python benchmarks/default_run.py --variants V --seeds S`, one run at a time with the "
@@ -775,11 +785,7 @@ TABLES: tuple[Table, ...] = (
     Table(
         "recipe-lora-alternating-epyc25",
         (Source("recipe-lora-alternating-epyc25", "runs"),),
-        (
-            *RECIPE_COLUMNS[:5],
-            Column("at steps 25 / 50 / 75", _eval_steps((25, 50, 75))),
-            *RECIPE_COLUMNS[5:],
-        ),
+        RECIPE_COLUMNS_STEPS,
         "`python benchmarks/default_run.py --variants local,lora-2e-4 --seeds 0,1,2`: the "
         "default (full fine-tuning) and LoRA at 2e-4 (`model.lora=true "
         "training.learning_rate=2e-4`), alternating seed by seed, one run at a time with the "
@@ -789,13 +795,9 @@ TABLES: tuple[Table, ...] = (
     Table(
         "recipe-lora-alternating-epyc25-seeds345",
         (Source("recipe-lora-alternating-epyc25-seeds345", "runs"),),
-        (
-            *RECIPE_COLUMNS[:5],
-            Column("at steps 25 / 50 / 75", _eval_steps((25, 50, 75))),
-            *RECIPE_COLUMNS[5:],
-        ),
+        RECIPE_COLUMNS_STEPS,
         "`python benchmarks/default_run.py --variants local,lora-2e-4 --seeds 3,4,5`: the "
-        "table above on three more seeds, in one sitting the next day, alternating, one run at "
+        "table above on three more seeds, in a later sitting, alternating, one run at "
         "a time with the whole machine, at commit fbc05de (the AdamW change later reverted; "
         "both variants ran it).",
     ),
