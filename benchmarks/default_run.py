@@ -93,6 +93,20 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "model.lora=true",
         "training.learning_rate=2e-4",
     ),
+    "scale-rewards-batch": (  # group mean, batch std ("Tricks or Traps", arXiv 2508.08221)
+        "rollout.engine=local",
+        "algorithm.scale_rewards=batch",
+    ),
+    "lora-2e-4-scale-rewards-batch": (  # LoRA at 2e-4 with scale-rewards-batch
+        "rollout.engine=local",
+        "model.lora=true",
+        "training.learning_rate=2e-4",
+        "algorithm.scale_rewards=batch",
+    ),
+    "batch-128": (  # 16 prompts x 8 completions a step, twice the default's
+        "rollout.engine=local",
+        "training.per_device_train_batch_size=128",
+    ),
     "lora-2e-4-mu-2-clip-higher": (  # the two above together
         "rollout.engine=local",
         "model.lora=true",
