@@ -19,12 +19,17 @@ Variants (cumulative, each adds one lever to the one above):
   each decode step through transformers' forward instead of the packed decode step;
 - microbatch-1024, microbatch-2048 (beside pure-bf16): up to 1,024 or 2,048 tokens of whole
   groups per forward/backward (``training.max_tokens_per_microbatch``, default 512);
+- whole-groups (beside pure-bf16): one whole group per forward/backward however long it is
+  (8 completions per micro-batch, 4 accumulated, no token budget), as before a group longer
+  than ``training.max_tokens_per_microbatch`` ran in parts; with ``--length`` 256 or more,
+  pure-bf16's budget of 512 tokens runs each group in parts;
 - llamacpp (beside pure-bf16, not on top of the others): ``rollout.engine=llamacpp``, llama.cpp
   decoding a bf16 GGUF copy of the policy, rewritten after every update (needs
   ``scripts/setup.sh --llamacpp``).
 
 Usage (from the repository root, with the groupwise venv):
-  .venv/bin/python benchmarks/b1_levers.py [--workload B1] [--steps 4] [--warmup 1] [--rounds 1]
+  .venv/bin/python benchmarks/b1_levers.py [--workload B1] [--steps 4] [--warmup 1] [--rounds 1] \
+      [--length L]  # exactly L new tokens per completion instead of B1's 48
 """
 
 from __future__ import annotations
@@ -75,6 +80,12 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "training.param_dtype=bfloat16",
         "training.max_tokens_per_microbatch=2048",
     ),
+    "whole-groups": (  # not cumulative: pure-bf16 with one whole group per micro-batch
+        "training.param_dtype=bfloat16",
+        "training.per_device_train_batch_size=8",
+        "training.gradient_accumulation_steps=4",
+        "training.max_tokens_per_microbatch=0",
+    ),
     "llamacpp": (  # not cumulative: pure-bf16 with llama.cpp generating on a bf16 GGUF copy
         "training.param_dtype=bfloat16",
         "rollout.engine=llamacpp",
@@ -90,6 +101,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     parser.add_argument(
+        "--length", type=int, default=0, help="new tokens per completion (0: B1's own)"
+    )
+    parser.add_argument(
         "--out", type=Path, default=harness.ROOT / "runs" / "bench-levers" / "r.json"
     )
     harness.add_result_argument(parser, "b1_levers")
@@ -101,13 +115,17 @@ def main() -> None:
     model_dir = harness.resolve_model_dir()
     work = args.out.parent / "work"
     runs: dict[str, list[harness.Run]] = {n: [] for n in names}
+    length: tuple[str, ...] = ()
+    if args.length:
+        length = (f"rollout.max_completion_length={args.length}",)
+        length += (f"rollout.min_new_tokens={args.length}",)
     for round_ in range(args.rounds):
         order = names if round_ % 2 == 0 else names[::-1]
         for name in order:
             run = harness.run_groupwise(
                 args.workload,
                 name,
-                VARIANTS[name],
+                VARIANTS[name] + length,
                 steps=args.steps,
                 round_=round_,
                 out_dir=work / f"{name}-r{round_}",
@@ -118,7 +136,9 @@ def main() -> None:
             times = ", ".join(f"{t:.1f}" for t in run.step_times)
             print(f"{name} round {round_}: steps [{times}] s, peak RSS "
                   f"{run.peak_rss_gb:.2f} GB", flush=True)  # fmt: skip
-    print(f"\n{args.workload}, {args.steps} steps per run, first {args.warmup} dropped\n")
+    tokens = args.length or harness.LENGTH
+    print(f"\n{args.workload} at {tokens} new tokens, {args.steps} steps per run, "
+          f"first {args.warmup} dropped\n")  # fmt: skip
     print("| variant | median s/step | generate | ref_logp | update | peak RSS GB |")
     print("| --- | --- | --- | --- | --- | --- |")
     summary: dict[str, Any] = {}
@@ -143,7 +163,9 @@ def main() -> None:
         }
         for n, v in summary.items()
     ]
-    harness.write_result(args.result, {"workload": args.workload, "rows": rows})
+    harness.write_result(
+        args.result, {"workload": args.workload, "completion_tokens": tokens, "rows": rows}
+    )
 
 
 if __name__ == "__main__":

@@ -989,6 +989,19 @@ TABLES: tuple[Table, ...] = (
         "dropped; seconds are medians.",
     ),
     Table(
+        "group-parts-b1",
+        (Source("group-parts-256-epyc25", "rows"),),
+        (Column("new tokens", lambda r: str(r["_result"]["figures"]["completion_tokens"])),)
+        + B1_LEVER_COLUMNS,
+        "`python benchmarks/b1_levers.py --variants pure-bf16,whole-groups --length L`: B1 at "
+        "exactly L new tokens per completion, groupwise's defaults (`pure-bf16`: at most 512 "
+        "tokens per forward/backward, so each group of 8 completions runs in 8 parts of one "
+        "completion and its prompt) against one whole group per forward/backward "
+        "(`whole-groups`), the behaviour before; one run each of 3 steps, seconds are medians "
+        "after the first step; four other trainings on the machine were paused (stopped, "
+        "their memory resident) while it ran.",
+    ),
+    Table(
         "compiled-optimizer-b1",
         (Source("b1-compiled-optimizer-xeon", "rows"),),
         B1_LEVER_COLUMNS,

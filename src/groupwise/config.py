@@ -223,7 +223,7 @@ class TrainingConfig:
     compile_optimizer: bool | Literal["auto"] = "auto"
     """Under pure bf16 weights, run the Kahan-compensated AdamW step as one kernel per slice that torch.compile generates, instead of ~20 elementwise passes over float32 temporaries: the same update up to float32 rounding, faster (benchmarks/b1_levers.py, variant eager-optimizer). It compiles once per process (cached on disk) and runs eagerly if compiling fails. auto = on under pure bf16 weights on CPU when a C++ compiler is on PATH (torch.compile's CPU backend needs one)."""
     max_tokens_per_microbatch: int = 512
-    """Split each micro-batch further, by whole groups, so one forward/backward holds at most about this many tokens (each group's prompt once plus its G completions at the batch's width): the same update with less activation memory, for a somewhat slower update (docs/log.md); 0 = no limit."""
+    """Split each micro-batch further, by whole groups, so one forward/backward holds at most about this many tokens (each group's prompt once plus its G completions at the batch's width): the same update with less activation memory, for a somewhat slower update (docs/log.md). A group longer than this runs in parts (the fewest, a divisor of G, down to one completion each), each part with its own pass over the prompt: still the same update. 0 = no limit."""
     logprob_chunk_size: int = 1024
     """Tokens per chunk when computing log-probs from hidden states."""
     num_threads: int = 0

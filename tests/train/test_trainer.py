@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from groupwise import GRPOTrainer, load_config
-from groupwise.rollout import PromptBatch, Rollout
-from groupwise.train.batch import groups_per_microbatch
+from groupwise.rollout import PromptBatch, Rollout, split_groups
+from groupwise.train.batch import group_parts, groups_per_microbatch
 from tests.tests_helpers import TIMING_KEYS, tiny_overrides
 
 
@@ -191,7 +191,8 @@ def test_variants_run_and_move(tmp_path: Path, extra: dict[str, object]) -> None
 
 def test_microbatching_matches_one_batch(tmp_path: Path) -> None:
     """2 micro-batches of 2 prompts == 1 batch of 4 prompts == 4 micro-batches of one prompt
-    cut by the token budget (global normalisers), fp32."""
+    cut by the token budget == 16 micro-batches of one completion each, its group split by a
+    budget below one group's tokens (global normalisers), fp32."""
     results = []
     for size, accum, budget in ((8, 2, 0), (16, 1, 0), (16, 1, 1)):
         trainer = _train(
@@ -205,6 +206,75 @@ def test_microbatching_matches_one_batch(tmp_path: Path) -> None:
         )
         trainer.train()
         results.append(_snapshot(trainer.policy))
+    for other in results[1:]:
+        for name in results[0]:
+            torch.testing.assert_close(results[0][name], other[name], atol=1e-6, rtol=1e-5)
+
+
+def _rollout(prompts: int, prompt_len: int, group: int, width: int) -> Rollout:
+    """Prompt ``p`` is all ``p + 1``; completion row ``i`` is all ``100 + i``."""
+    ids = torch.arange(1, prompts + 1)[:, None].expand(prompts, prompt_len).clone()
+    rows = prompts * group
+    return Rollout(
+        prompts=PromptBatch(ids, torch.ones_like(ids)),
+        completion_ids=(100 + torch.arange(rows))[:, None].expand(rows, width).clone(),
+        completion_mask=torch.ones(rows, width, dtype=torch.long),
+        truncated=torch.zeros(rows, dtype=torch.bool),
+        group_size=group,
+    )
+
+
+def test_a_group_split_keeps_its_rows_and_repeats_its_prompt() -> None:
+    rollout = _rollout(prompts=2, prompt_len=3, group=4, width=5)
+    split = split_groups(rollout, 2)
+    assert split.group_size == 2
+    assert split.prompts.input_ids[:, 0].tolist() == [1, 1, 2, 2]  # each prompt twice
+    assert torch.equal(split.completion_ids, rollout.completion_ids)  # rows in the same order
+    assert split_groups(rollout, 1) is rollout
+    with pytest.raises(ValueError, match="divide the group size 4"):
+        split_groups(rollout, 3)
+
+
+def test_group_parts_are_the_fewest_that_fit_the_budget() -> None:
+    """A group of 4 costs 10 + 4 * 6 = 34 tokens, a half 22, a single completion 16."""
+    rollout = _rollout(prompts=3, prompt_len=10, group=4, width=6)
+    assert group_parts(rollout, 0) == 1  # no limit
+    assert group_parts(rollout, 34) == 1
+    assert group_parts(rollout, 33) == 2
+    assert group_parts(rollout, 22) == 2
+    assert group_parts(rollout, 21) == 4
+    assert group_parts(rollout, 1) == 4  # at most one completion per part
+
+
+def test_split_groups_give_the_same_update_with_a_reference_and_two_iterations(
+    tmp_path: Path,
+) -> None:
+    """beta > 0 (the reference's log-probs per part) and mu = 2 (the first update's log-probs
+    kept per part): whole groups and groups in halves land on the same weights, fp32."""
+    results, micro = [], []
+    for budget in (0, 1):  # 1: every group in parts of one completion each
+        trainer = _train(
+            tmp_path / str(budget),
+            steps=2,
+            bf16=False,
+            beta=0.04,
+            num_iterations=2,
+            epsilon_high=0.28,
+            max_tokens_per_microbatch=budget,
+        )
+        batches: list[int] = []
+        prepare = trainer.grpo_step.prepare
+
+        def counting(*args: Any, _prepare: Any = prepare, _seen: list[int] = batches) -> Any:
+            batch = _prepare(*args)
+            _seen.append(len(batch.micro))
+            return batch
+
+        trainer.grpo_step.prepare = counting  # type: ignore[method-assign]
+        trainer.train()
+        results.append(_snapshot(trainer.policy))
+        micro.append(batches)
+    assert micro == [[2, 2], [16, 16]]  # 4 groups of 4 a step, 2 per micro-batch; split: 16
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], atol=1e-6, rtol=1e-5)
 

@@ -10,7 +10,7 @@ completion token is the policy's, all in turn 0.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -224,6 +224,31 @@ def _rows(x: Tensor | None, rows: Tensor, width: int) -> Tensor | None:
 def used_width(mask: Tensor) -> int:
     """Columns up to the last one any row of ``mask`` [b, Lc] uses (at least 1)."""
     return max(int(mask.sum(dim=1).max()), 1) if mask.numel() else 1
+
+
+def split_groups(rollout: Rollout, parts: int) -> Rollout:
+    """Each group as ``parts`` groups of ``G / parts`` completions, each with its own copy of
+    the prompt: the same rows in the same order, the prompts repeated ``parts`` times.
+
+    A forward over the split rollout computes every completion's log-probs as before (each
+    completion attends to its prompt and itself only); the prompt's activations are computed
+    once per part instead of once per group, so a long group can be run a part at a time.
+    ``parts`` must divide ``G``.
+    """
+    g = rollout.group_size
+    if parts < 1 or g % parts != 0:
+        raise ValueError(f"parts must divide the group size {g}; got {parts}")
+    if parts == 1:
+        return rollout
+    prompts = rollout.prompts
+    return replace(
+        rollout,
+        prompts=PromptBatch(
+            prompts.input_ids.repeat_interleave(parts, dim=0),  # [P * parts, Lp]
+            prompts.attention_mask.repeat_interleave(parts, dim=0),
+        ),
+        group_size=g // parts,
+    )
 
 
 def group_rows(groups: Tensor, group_size: int) -> Tensor:

@@ -146,6 +146,21 @@ def groups_per_microbatch(rollout: Rollout, cap: int, max_tokens: int) -> int:
     return int(all_reduce_floats({"fit": fit}, {"fit": "min"})["fit"])
 
 
+def group_parts(rollout: Rollout, max_tokens: int) -> int:
+    """Parts to run each group in (:func:`groupwise.rollout.split_groups`): 1 when a whole
+    group fits in ``max_tokens`` (its prompt once plus G completions at the rollout's width),
+    else the fewest parts, a divisor of G, whose prompt plus ``G / parts`` completions fit (G
+    when none does). The same on every rank (the maximum), so the ranks' micro-batches pair up.
+    """
+    g = rollout.group_size
+    prompt, width = rollout.prompts.input_ids.shape[1], rollout.completion_ids.shape[1]
+    parts = 1
+    if max_tokens > 0:
+        divisors = [k for k in range(1, g + 1) if g % k == 0]
+        parts = next((k for k in divisors if prompt + (g // k) * width <= max_tokens), g)
+    return int(all_reduce_floats({"parts": float(parts)}, {"parts": "max"})["parts"])
+
+
 def micro_ranges(num_groups: int, per_micro: int) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` group ranges of ``per_micro`` groups (the last may be short)."""
     return [(s, min(s + per_micro, num_groups)) for s in range(0, num_groups, per_micro)]

@@ -60,6 +60,7 @@ from groupwise.rollout import (
     RolloutRequest,
     SamplingParams,
     group_rows,
+    split_groups,
     take_groups,
     tokenize_prompts,
 )
@@ -71,6 +72,7 @@ from groupwise.train.batch import (
     StepBatch,
     completion_records,
     grad_sync,
+    group_parts,
     groups_per_microbatch,
     micro_ranges,
     mismatch_correction,
@@ -244,12 +246,15 @@ class GRPOStep:
         skip = t.skip_zero_advantage_groups and world_size() == 1 and not self.entropy.enabled
         if skip and self.parts.reference is None:  # ranks must run equally many backwards
             groups = groups[(advantages.view(-1, g) != 0).any(dim=1)]
-        kept = take_groups(rollout, groups)
         rows = group_rows(groups, g)
+        kept = take_groups(rollout, groups)
+        # a group longer than the token budget runs in parts, each with the prompt (exact)
+        parts = group_parts(kept, t.max_tokens_per_microbatch)
+        kept = split_groups(kept, parts)
         per_micro = groups_per_microbatch(
-            kept, t.per_device_train_batch_size // g, t.max_tokens_per_microbatch
+            kept, t.per_device_train_batch_size // g * parts, t.max_tokens_per_microbatch
         )
-        micro = micro_ranges(groups.numel(), per_micro)
+        micro = micro_ranges(groups.numel() * parts, per_micro)
         none: list[Tensor | None] = [None] * len(micro)
         return StepBatch(
             rollout=kept,
