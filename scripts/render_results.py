@@ -991,8 +991,10 @@ TABLES: tuple[Table, ...] = (
     Table(
         "group-parts-b1",
         (Source("group-parts-256-epyc25", "rows"),),
-        (Column("new tokens", lambda r: str(r["_result"]["figures"]["completion_tokens"])),)
-        + B1_LEVER_COLUMNS,
+        (
+            Column("new tokens", lambda r: str(r["_result"]["figures"]["completion_tokens"])),
+            *B1_LEVER_COLUMNS,
+        ),
         "`python benchmarks/b1_levers.py --variants pure-bf16,whole-groups --length L`: B1 at "
         "exactly L new tokens per completion, groupwise's defaults (`pure-bf16`: at most 512 "
         "tokens per forward/backward, so each group of 8 completions runs in 8 parts of one "
