@@ -23,7 +23,7 @@ from groupwise.core.correction import (
 from groupwise.data import Row
 from groupwise.distributed import all_reduce_floats
 from groupwise.rewards.base import RewardResult
-from groupwise.rollout import Rollout, select_groups
+from groupwise.rollout import Rollout, select_groups, split_groups
 from groupwise.run.records import CompletionRecord
 
 
@@ -159,6 +159,13 @@ def group_parts(rollout: Rollout, max_tokens: int) -> int:
         divisors = [k for k in range(1, g + 1) if g % k == 0]
         parts = next((k for k in divisors if prompt + (g // k) * width <= max_tokens), g)
     return int(all_reduce_floats({"parts": float(parts)}, {"parts": "max"})["parts"])
+
+
+def within_budget(rollout: Rollout, max_tokens: int) -> tuple[Rollout, int]:
+    """``rollout`` with each group in :func:`group_parts` parts (the same rows, the prompts
+    repeated: :func:`groupwise.rollout.split_groups`), and that number of parts."""
+    parts = group_parts(rollout, max_tokens)
+    return split_groups(rollout, parts), parts
 
 
 def micro_ranges(num_groups: int, per_micro: int) -> list[tuple[int, int]]:

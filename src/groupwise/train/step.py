@@ -60,7 +60,6 @@ from groupwise.rollout import (
     RolloutRequest,
     SamplingParams,
     group_rows,
-    split_groups,
     take_groups,
     tokenize_prompts,
 )
@@ -72,11 +71,11 @@ from groupwise.train.batch import (
     StepBatch,
     completion_records,
     grad_sync,
-    group_parts,
     groups_per_microbatch,
     micro_ranges,
     mismatch_correction,
     wants_behaviour_logp,
+    within_budget,
 )
 from groupwise.train.build import TrainingParts
 from groupwise.train.dynamic import Generated, dynamic_sampling
@@ -247,10 +246,7 @@ class GRPOStep:
         if skip and self.parts.reference is None:  # ranks must run equally many backwards
             groups = groups[(advantages.view(-1, g) != 0).any(dim=1)]
         rows = group_rows(groups, g)
-        kept = take_groups(rollout, groups)
-        # a group longer than the token budget runs in parts, each with the prompt (exact)
-        parts = group_parts(kept, t.max_tokens_per_microbatch)
-        kept = split_groups(kept, parts)
+        kept, parts = within_budget(take_groups(rollout, groups), t.max_tokens_per_microbatch)
         per_micro = groups_per_microbatch(
             kept, t.per_device_train_batch_size // g * parts, t.max_tokens_per_microbatch
         )
