@@ -441,6 +441,15 @@ RECIPE_COLUMNS_STEPS: tuple[Column, ...] = (
 )
 """The recipe columns with the accuracy at each evaluation step."""
 
+RECIPE_COLUMNS_SCREEN: tuple[Column, ...] = (
+    *RECIPE_COLUMNS[:3],
+    EVAL_STEPS_COLUMN,
+    RECIPE_COLUMNS[5],
+    *RECIPE_COLUMNS[7:],
+)
+"""The recipe columns by evaluation step only (no wall-clock columns: runs that shared the
+machine with a varying number of others)."""
+
 TWO_AT_A_TIME = (
     "Two trainings at a time, one thread each (`--jobs 2 --threads 1`), evaluated every 10 "
     "steps (`--set eval.every_steps=10`): the wall times compare with each other, not with a "
@@ -791,6 +800,23 @@ TABLES: tuple[Table, ...] = (
         "training.learning_rate=2e-4`), alternating seed by seed, one run at a time with the "
         "whole machine, evaluated every 25 steps; with a frozen LM head's prefill on the "
         "gathered path (LoRA's rollouts as before, 0.4-0.5 s shorter).",
+    ),
+    Table(
+        "recipe-screens-epyc25",
+        (
+            Source("recipe-screens-epyc25", "runs"),
+            Source("recipe-batch-128-epyc25", "runs"),
+        ),
+        RECIPE_COLUMNS_SCREEN,
+        "`python benchmarks/default_run.py --variants V --seeds S --jobs 2 --threads 1`: one "
+        "thread per training, two to five trainings sharing the machine at a time (the median "
+        "s/step compares with nothing), evaluated every 25 steps. `scale-rewards-batch`: "
+        "`algorithm.scale_rewards=batch`; `lora-2e-4-scale-rewards-batch`: that with "
+        "`model.lora=true training.learning_rate=2e-4`; `batch-128`: "
+        "`training.per_device_train_batch_size=128` (16 prompts x 8 completions a step). "
+        "`batch-128` seeds 1 and 2 ran at the later commit (re-read with `--reuse`), whose "
+        "default-run code is the same; three trainings and the test suite shared the machine "
+        "during them.",
     ),
     Table(
         "recipe-lora-alternating-epyc25-seeds345",
