@@ -819,6 +819,13 @@ TABLES: tuple[Table, ...] = (
         "during them.",
     ),
     Table(
+        "recipe-batch-128-timed-epyc25",
+        (Source("recipe-batch-128-timed-epyc25", "runs"),),
+        RECIPE_COLUMNS_STEPS,
+        "`python benchmarks/default_run.py --variants batch-128 --seeds 0`: 16 prompts a step, "
+        "one run with the whole machine, evaluated every 25 steps.",
+    ),
+    Table(
         "recipe-lora-alternating-epyc25-seeds345",
         (Source("recipe-lora-alternating-epyc25-seeds345", "runs"),),
         RECIPE_COLUMNS_STEPS,
