@@ -21,8 +21,10 @@ Variants (cumulative, each adds one lever to the one above):
   groups per forward/backward (``training.max_tokens_per_microbatch``, default 512);
 - whole-groups (beside pure-bf16): one whole group per forward/backward however long it is
   (8 completions per micro-batch, 4 accumulated, no token budget), as before a group longer
-  than ``training.max_tokens_per_microbatch`` ran in parts; with ``--length`` 256 or more,
-  pure-bf16's budget of 512 tokens runs each group in parts;
+  than ``training.max_tokens_per_microbatch`` ran in parts;
+- split-512 (beside pure-bf16): ``training.max_tokens_per_microbatch=512``, a hard bound: with
+  ``--length`` 256 or more each group runs in parts (the default ``auto`` keeps a group whole
+  while its activations fit the plan's memory);
 - llamacpp (beside pure-bf16, not on top of the others): ``rollout.engine=llamacpp``, llama.cpp
   decoding a bf16 GGUF copy of the policy, rewritten after every update (needs
   ``scripts/setup.sh --llamacpp``).
@@ -85,6 +87,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "training.per_device_train_batch_size=8",
         "training.gradient_accumulation_steps=4",
         "training.max_tokens_per_microbatch=0",
+    ),
+    "split-512": (  # not cumulative: pure-bf16 with a hard bound of 512 tokens per forward
+        "training.param_dtype=bfloat16",
+        "training.max_tokens_per_microbatch=512",
     ),
     "llamacpp": (  # not cumulative: pure-bf16 with llama.cpp generating on a bf16 GGUF copy
         "training.param_dtype=bfloat16",

@@ -222,8 +222,8 @@ class TrainingConfig:
     """Train through groupwise.kernels.fused: RMSNorm, SwiGLU MLP, attention softmax saving bf16 inputs (less activation memory under pure bf16); auto = on under pure bf16 weights on CPU."""
     compile_optimizer: bool | Literal["auto"] = "auto"
     """Under pure bf16 weights, run the Kahan-compensated AdamW step as one kernel per slice that torch.compile generates, instead of ~20 elementwise passes over float32 temporaries: the same update up to float32 rounding, faster (benchmarks/b1_levers.py, variant eager-optimizer). It compiles once per process (cached on disk) and runs eagerly if compiling fails. auto = on under pure bf16 weights on CPU when a C++ compiler is on PATH (torch.compile's CPU backend needs one)."""
-    max_tokens_per_microbatch: int = 512
-    """Split each micro-batch further, by whole groups, so one forward/backward holds at most about this many tokens (each group's prompt once plus its G completions at the batch's width): the same update with less activation memory, for a somewhat slower update (docs/log.md). A group longer than this runs in parts (the fewest, a divisor of G, down to one completion each), each part with its own pass over the prompt: still the same update. 0 = no limit."""
+    max_tokens_per_microbatch: int | Literal["auto"] = "auto"
+    """Tokens one forward/backward holds (each group's prompt once plus its G completions at the batch's width): the same update either way, a bound on activation memory. An integer N packs whole groups up to N tokens and runs a group longer than N in parts (the fewest, a divisor of G, down to one completion each, each part with its own pass over the prompt; somewhat slower): a hard bound. auto = whole groups packed up to 512 tokens, and a longer group whole while its activations fit in a quarter of the memory available when the run starts (estimated from the model's shape), else in the fewest parts that fit; the plan (plan.json) records that memory. 0 = no limit."""
     logprob_chunk_size: int = 1024
     """Tokens per chunk when computing log-probs from hidden states."""
     num_threads: int = 0
@@ -532,7 +532,9 @@ def validate(config: Config) -> None:
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     non_negative = {
-        "training.max_tokens_per_microbatch": t.max_tokens_per_microbatch,
+        "training.max_tokens_per_microbatch": t.max_tokens_per_microbatch
+        if isinstance(t.max_tokens_per_microbatch, int)
+        else 0,
         "training.max_steps": t.max_steps,
         "rollout.min_new_tokens": r.min_new_tokens,
         "training.save_steps": t.save_steps,

@@ -16,6 +16,7 @@ from groupwise.models.plan import (
     PLAN_FILE,
     RunPlan,
     check_plan,
+    decide_activation_memory,
     decide_attn_implementation,
     decide_compile_optimizer,
     decide_fused_kernels,
@@ -85,6 +86,33 @@ def test_a_plan_saved_before_the_compiled_optimizer_reads_as_eager(
     del data["compile_optimizer"]
     (tmp_path / PLAN_FILE).write_text(json.dumps(data))
     assert load_plan(tmp_path / PLAN_FILE).compile_optimizer is False
+
+
+def test_activation_memory_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: a quarter of the memory available at the start; an integer budget: none."""
+    assert decide_activation_memory("auto", CPU, available=8_000_000_000) == 2_000_000_000
+    assert decide_activation_memory(512, CPU, available=8_000_000_000) is None
+    assert decide_activation_memory(0, CPU, available=8_000_000_000) is None
+    monkeypatch.setattr(plan_module, "available_memory", lambda device: None)
+    assert decide_activation_memory("auto", CPU) is None  # unreadable: 512 tokens (batch.py)
+    monkeypatch.undo()
+    free = plan_module.available_memory(CPU)  # this machine's MemAvailable
+    assert free is not None and 0 < free < 2**50
+    config = load_config()
+    monkeypatch.setattr(plan_module, "available_memory", lambda device: 6_000_000_000)
+    assert resolve_plan(config, CPU).activation_memory == 1_500_000_000
+    set_512 = load_config(overrides=["training.max_tokens_per_microbatch=512"])
+    assert resolve_plan(set_512, CPU).activation_memory is None
+
+
+def test_a_plan_saved_before_the_activation_memory_reads_as_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _rates(monkeypatch, 200.0, 800.0)
+    data = resolve_plan(load_config(), CPU).as_dict()
+    del data["activation_memory"]
+    (tmp_path / PLAN_FILE).write_text(json.dumps(data))
+    assert load_plan(tmp_path / PLAN_FILE).activation_memory is None
 
 
 def test_attention_rule() -> None:
@@ -192,10 +220,11 @@ def test_a_plan_the_run_cannot_train_with_is_refused() -> None:
         check_plan(RunPlan(**dict(merged.as_dict(), param_dtype="float32")))
 
 
-def test_the_log_lines() -> None:
+def test_the_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_config(
         overrides=["training.bf16=true", "algorithm.beta=0.04", "training.compile_optimizer=true"]
     )
+    monkeypatch.setattr(plan_module, "available_memory", lambda device: 6_000_000_000)
     lines = plan_lines(resolve_plan(config, CPU), config)
     assert lines == [
         "precision: bf16 compute (training.bf16=true was set explicitly)",
@@ -204,6 +233,8 @@ def test_the_log_lines() -> None:
         "memory: reference mapped from disk",
         "memory: fused RMSNorm / SwiGLU / softmax kernels (training.fused_kernels)",
         "speed: the bf16 AdamW step compiled (training.compile_optimizer)",
+        "memory: activations of a forward/backward within 1.5 GB (training.max_tokens_per_"
+        "microbatch=auto: long groups whole where they fit)",
     ]
 
 
@@ -238,6 +269,7 @@ def test_a_resume_uses_the_saved_plan_and_names_what_differs(
 ) -> None:
     config = load_config()
     _rates(monkeypatch, 200.0, 800.0)  # the machine the run started on
+    monkeypatch.setattr(plan_module, "available_memory", lambda device: 6_000_000_000)
     started = resolve_plan(config, CPU)
     (tmp_path / PLAN_FILE).write_text(json.dumps(started.as_dict()))
     _rates(monkeypatch, 40.0, 0.9)  # another CPU's probe

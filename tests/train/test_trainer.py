@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+import groupwise.models.plan as plan_module
 from groupwise import GRPOTrainer, load_config
 from groupwise.rollout import PromptBatch, Rollout, split_groups
-from groupwise.train.batch import group_parts, groups_per_microbatch
+from groupwise.train.batch import TokenBudget, group_parts, groups_per_microbatch, token_budget
 from tests.tests_helpers import TIMING_KEYS, tiny_overrides
 
 
@@ -262,21 +264,54 @@ def test_split_groups_give_the_same_update_with_a_reference_and_two_iterations(
             epsilon_high=0.28,
             max_tokens_per_microbatch=budget,
         )
-        batches: list[int] = []
-        prepare = trainer.grpo_step.prepare
-
-        def counting(*args: Any, _prepare: Any = prepare, _seen: list[int] = batches) -> Any:
-            batch = _prepare(*args)
-            _seen.append(len(batch.micro))
-            return batch
-
-        trainer.grpo_step.prepare = counting  # type: ignore[method-assign]
-        trainer.train()
+        micro.append(_micro_batches_per_step(trainer))
         results.append(_snapshot(trainer.policy))
-        micro.append(batches)
     assert micro == [[2, 2], [16, 16]]  # 4 groups of 4 a step, 2 per micro-batch; split: 16
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], atol=1e-6, rtol=1e-5)
+
+
+def _micro_batches_per_step(trainer: GRPOTrainer) -> list[int]:
+    """Train ``trainer`` to the end; the number of micro-batches of each step's update."""
+    counts: list[int] = []
+    prepare = trainer.grpo_step.prepare
+
+    def counting(*args: Any) -> Any:
+        batch = prepare(*args)
+        counts.append(len(batch.micro))
+        return batch
+
+    trainer.grpo_step.prepare = counting  # type: ignore[method-assign]
+    trainer.train()
+    return counts
+
+
+def test_the_token_budget_by_hand() -> None:
+    """SmolLM2-135M's shape: 3 * 30 * (8 * 576 + 2 * 1536) = 691,200 elements a token."""
+    shape = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30)
+    assert token_budget("auto", shape, 2, 5_000_000_000) == TokenBudget(512, 3616)  # bf16
+    assert token_budget("auto", shape, 4, 5_000_000_000) == TokenBudget(512, 1808)  # float32
+    assert token_budget("auto", shape, 2, 100_000_000) == TokenBudget(72, 72)  # packs less too
+    assert token_budget("auto", shape, 2, 0) == TokenBudget(1, 1)  # one completion a part
+    assert token_budget("auto", shape, 2, None) == TokenBudget(512, 512)  # an older plan
+    assert token_budget(1024, shape, 2, None) == TokenBudget(1024, 1024)  # a hard bound
+    assert token_budget(0, shape, 2, None) == TokenBudget(0, 0)  # no limit
+
+
+def test_auto_splits_a_group_only_when_its_activations_would_not_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """4 groups of 4 a step, 2 per micro-batch: whole with memory to spare (packed up to 512
+    tokens), in parts of one completion with none; the plan records the memory it allowed."""
+    micro = []
+    for free in (10**15, 0):
+        monkeypatch.setattr(plan_module, "available_memory", lambda device, free=free: free)
+        trainer = _train(tmp_path / str(free), steps=1, bf16=False)
+        assert trainer.plan.activation_memory == free // 4
+        micro.append(_micro_batches_per_step(trainer))
+        plan = json.loads((tmp_path / str(free) / "run" / "plan.json").read_text())
+        assert plan["activation_memory"] == free // 4
+    assert micro == [[2], [16]]
 
 
 def test_groups_per_microbatch_follows_the_token_budget() -> None:

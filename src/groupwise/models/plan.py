@@ -98,6 +98,11 @@ class RunPlan:
     compile_optimizer: bool = False
     """Run the bf16 AdamW step through its compiled kernel (a plan saved before this was
     planned reads as False, the eager step such runs took)."""
+    activation_memory: int | None = None
+    """Bytes the ``auto`` token budget lets one forward/backward's activations take
+    (``training.max_tokens_per_microbatch=auto``; :func:`groupwise.train.batch.token_budget`);
+    None for an integer budget, and for a plan saved before this was planned (such runs split
+    at 512 tokens)."""
 
     @property
     def precision(self) -> PrecisionChoice:
@@ -324,6 +329,38 @@ def decide_rollout_weights(
     return "copy"
 
 
+MEMORY_SHARE = 0.25
+"""The share of the memory available at the start that ``auto`` gives one forward/backward's
+activations (the weights, optimizer states, reference and rollout take the rest)."""
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for the run on ``device``: the GPU's free memory, or the kernel's
+    ``MemAvailable`` on a CPU (None where neither can be read)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def decide_activation_memory(
+    setting: int | str, device: torch.device, available: int | None = None
+) -> int | None:
+    """``training.max_tokens_per_microbatch``: auto = ``MEMORY_SHARE`` of the memory available
+    now (``available``, else read from the device) for one forward/backward's activations;
+    None for an integer budget or when the free memory cannot be read."""
+    if setting != "auto":
+        return None
+    free = available if available is not None else available_memory(device)
+    return None if free is None else int(free * MEMORY_SHARE)
+
+
 def decide_attn_implementation(setting: str, device: torch.device) -> str:
     """``model.attn_implementation``: auto = groupwise's grouped-query attention on CPU, SDPA
     elsewhere (:func:`~groupwise.models.loading.default_attn_implementation`)."""
@@ -387,6 +424,7 @@ def resolve_plan(
         rollout_engine=engine,
         rollout_engine_reason=engine_reason,
         compile_optimizer=decide_compile_optimizer(t.compile_optimizer, device, param_dtype),
+        activation_memory=decide_activation_memory(t.max_tokens_per_microbatch, device),
     )
 
 
@@ -433,6 +471,11 @@ def plan_lines(plan: RunPlan, config: Config) -> list[str]:
         lines.append("memory: fused RMSNorm / SwiGLU / softmax kernels (training.fused_kernels)")
     if plan.compile_optimizer:
         lines.append("speed: the bf16 AdamW step compiled (training.compile_optimizer)")
+    if plan.activation_memory is not None:
+        lines.append(
+            f"memory: activations of a forward/backward within {plan.activation_memory / 1e9:.1f}"
+            " GB (training.max_tokens_per_microbatch=auto: long groups whole where they fit)"
+        )
     if plan.merge_in_place:
         lines.append(
             "memory: LoRA adapters merged into the base weights for decoding, no merged copy"

@@ -132,6 +132,52 @@ def mismatch_correction(
     )
 
 
+PACK_TOKENS = 512
+"""``auto``'s packing budget: whole groups up to this many tokens per forward/backward (larger
+packs were no faster on B1 and took more memory: benchmarks/README.md, "Memory levers")."""
+SAVED_PER_TOKEN = 3
+"""Activation bytes per token and layer, in units of ``(8 hidden + 2 intermediate) x the
+compute dtype's size`` (about what a decoder layer saves for its backward with the fused
+kernels); measured on SmolLM2-135M in bf16 at about 2.5 with the backward's temporaries (a
+2,095-token group against one of 303: 2.05 GB of peak RSS apart), rounded up."""
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    """Tokens per forward/backward: groups are packed up to ``pack``; a group longer than
+    ``split`` runs in parts (0: no bound)."""
+
+    pack: int
+    split: int
+
+
+DEFAULT_BUDGET = TokenBudget(PACK_TOKENS, PACK_TOKENS)
+"""512 tokens for both: the budget of a plan saved before ``activation_memory`` was planned."""
+
+
+def token_budget(
+    setting: int | str, model_config: Any, itemsize: int, memory: int | None
+) -> TokenBudget:
+    """The budget of ``training.max_tokens_per_microbatch`` (``setting``) under the run plan's
+    ``activation_memory`` (``memory``). An integer N packs and splits at N (the plan's memory
+    is None); ``auto`` packs at ``PACK_TOKENS`` and splits where the activations of one
+    forward/backward would outgrow ``memory`` bytes::
+
+        split = memory / (SAVED_PER_TOKEN * layers * (8 hidden + 2 intermediate) * itemsize)
+
+    ``model_config``: the policy's transformers config; ``itemsize``: bytes per element of the
+    compute dtype. ``auto`` without a memory (a plan saved before it was planned, or a machine
+    whose free memory cannot be read) is 512 for both.
+    """
+    if memory is None:
+        return TokenBudget(setting, setting) if isinstance(setting, int) else DEFAULT_BUDGET
+    hidden = int(model_config.hidden_size)
+    inner = int(getattr(model_config, "intermediate_size", None) or 4 * hidden)
+    per_token = SAVED_PER_TOKEN * model_config.num_hidden_layers * (8 * hidden + 2 * inner)
+    split = max(1, memory // (per_token * itemsize))
+    return TokenBudget(min(PACK_TOKENS, split), split)
+
+
 def groups_per_microbatch(rollout: Rollout, cap: int, max_tokens: int) -> int:
     """Groups per forward/backward: at most ``cap``, and at most ``max_tokens`` tokens each.
 

@@ -43,7 +43,7 @@ from groupwise.rollout.process import EngineProcess, EngineSpec
 from groupwise.rollout.records import eos_token_ids
 from groupwise.rollout.weights import RolloutWeights, build_rollout_weights
 from groupwise.run.checkpoint import Counters
-from groupwise.train.batch import StepBatch
+from groupwise.train.batch import DEFAULT_BUDGET, StepBatch, TokenBudget, token_budget
 from groupwise.train.forward import autocast_context, completion_logp
 from groupwise.train.optim import build_optimizer, build_scheduler
 
@@ -101,6 +101,9 @@ class TrainingParts:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     engine_name: str = "local"
     """The rollout engine's name (``rollout.engine`` as the run plan resolved it)."""
+    token_budget: TokenBudget = DEFAULT_BUDGET
+    """Tokens per forward/backward (``training.max_tokens_per_microbatch`` with the plan's
+    ``activation_memory``)."""
 
     @property
     def temperature(self) -> float:
@@ -205,6 +208,9 @@ def build_parts(
         optimizer=optimizer,
         scheduler=scheduler,
         engine_name=plan.rollout_engine,
+        token_budget=token_budget(
+            t.max_tokens_per_microbatch, base.config, low.itemsize, plan.activation_memory
+        ),
     )
 
 

@@ -246,9 +246,9 @@ class GRPOStep:
         if skip and self.parts.reference is None:  # ranks must run equally many backwards
             groups = groups[(advantages.view(-1, g) != 0).any(dim=1)]
         rows = group_rows(groups, g)
-        kept, parts = within_budget(take_groups(rollout, groups), t.max_tokens_per_microbatch)
+        kept, parts = within_budget(take_groups(rollout, groups), self.parts.token_budget.split)
         per_micro = groups_per_microbatch(
-            kept, t.per_device_train_batch_size // g * parts, t.max_tokens_per_microbatch
+            kept, t.per_device_train_batch_size // g * parts, self.parts.token_budget.pack
         )
         micro = micro_ranges(groups.numel() * parts, per_micro)
         none: list[Tensor | None] = [None] * len(micro)
