@@ -1029,12 +1029,26 @@ TABLES: tuple[Table, ...] = (
             *B1_LEVER_COLUMNS,
         ),
         "`python benchmarks/b1_levers.py --variants pure-bf16,whole-groups --length L`: B1 at "
-        "exactly L new tokens per completion, groupwise's defaults (`pure-bf16`: at most 512 "
-        "tokens per forward/backward, so each group of 8 completions runs in 8 parts of one "
+        "exactly L new tokens per completion, groupwise's defaults at that commit (`pure-bf16`: "
+        "at most 512 tokens per forward/backward, so each group of 8 completions runs in 8 parts of one "
         "completion and its prompt) against one whole group per forward/backward "
         "(`whole-groups`), the behaviour before; one run each of 3 steps, seconds are medians "
         "after the first step; four other trainings on the machine were paused (stopped, "
         "their memory resident) while it ran.",
+    ),
+    Table(
+        "auto-budget-b1",
+        (Source("auto-budget-256-epyc25", "rows"),),
+        (
+            Column("new tokens", lambda r: str(r["_result"]["figures"]["completion_tokens"])),
+            *B1_LEVER_COLUMNS,
+        ),
+        "`python benchmarks/b1_levers.py --variants pure-bf16,split-512,whole-groups --length "
+        "256 --steps 3`: B1 at exactly 256 new tokens per completion, groupwise's defaults "
+        "(`pure-bf16`: `training.max_tokens_per_microbatch=auto`, each group whole here), a "
+        "hard bound of 512 tokens (`split-512`, the default before: each group in 8 parts of "
+        "one completion and its prompt) and no bound (`whole-groups`); one run each of 3 "
+        "steps, seconds are medians after the first step; the machine otherwise quiet.",
     ),
     Table(
         "compiled-optimizer-b1",
