@@ -95,6 +95,8 @@ def test_activation_memory_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert decide_activation_memory(0, CPU, available=8_000_000_000) is None
     monkeypatch.setattr(plan_module, "available_memory", lambda device: None)
     assert decide_activation_memory("auto", CPU) is None  # unreadable: 512 tokens (batch.py)
+    if not torch.cuda.is_available():  # a GPU's plan resolved on a machine without one
+        assert decide_activation_memory("auto", CUDA) is None
     monkeypatch.undo()
     free = plan_module.available_memory(CPU)  # this machine's MemAvailable
     assert free is not None and 0 < free < 2**50

@@ -338,8 +338,12 @@ def available_memory(device: torch.device) -> int | None:
     """Bytes free for the run on ``device``: the GPU's free memory, or the kernel's
     ``MemAvailable`` on a CPU (None where neither can be read)."""
     if device.type == "cuda":
+        if not torch.cuda.is_available():  # a plan for a GPU resolved elsewhere (tests)
+            return None
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
+    if device.type != "cpu":
+        return None
     try:
         for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
             if line.startswith("MemAvailable:"):
