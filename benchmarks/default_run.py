@@ -236,7 +236,13 @@ def measure(
     of the process tree, also kept beside the run as ``<run>.measured.json``. ``env``: the
     process's environment (default: this one's)."""
     kept = beside(out, ".measured.json")
-    if reuse and (out / "summary.json").exists() and kept.exists():
+    if reuse and (out / "summary.json").exists():
+        if not kept.exists():  # finished, but its driver stopped before recording it
+            raise SystemExit(
+                f"{out} finished but its wall time and peak RSS were never recorded ({kept} is "
+                f"missing): --reuse will not run it again over it; delete {out} to measure it "
+                "afresh"
+            )
         figures: dict[str, float] = json.loads(kept.read_text())
         return figures
     cmd = command(variant, seed, out, threads, extra)

@@ -206,3 +206,24 @@ def test_default_run_keeps_each_runs_files_apart_when_its_name_has_a_dot(tmp_pat
     bench = load_module(BENCHMARKS / "default_run.py", "default_run")
     names = {bench.beside(tmp_path / f"temperature-0.7-seed{s}", ".log").name for s in (0, 1)}
     assert names == {"temperature-0.7-seed0.log", "temperature-0.7-seed1.log"}
+
+
+def test_default_run_reuse_refuses_a_finished_run_it_cannot_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--reuse reads a finished run's recorded figures back; a finished run without them (its
+    driver stopped first) stops the script instead of being run again over."""
+    bench = load_module(BENCHMARKS / "default_run.py", "default_run")
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the finished run was launched again")
+
+    monkeypatch.setattr(bench, "run_measured", never)
+    out = tmp_path / "local-seed0"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    with pytest.raises(SystemExit, match="never recorded"):
+        bench.measure("local", 0, out, reuse=True)
+    assert (out / "summary.json").read_text() == "{}"  # left as it was
+    bench.beside(out, ".measured.json").write_text('{"wall_s": 1.0, "peak_rss_gb": 2.0}')
+    assert bench.measure("local", 0, out, reuse=True) == {"wall_s": 1.0, "peak_rss_gb": 2.0}
