@@ -1038,7 +1038,7 @@ TABLES: tuple[Table, ...] = (
     ),
     Table(
         "auto-budget-b1",
-        (Source("auto-budget-256-epyc25", "rows"),),
+        (Source("auto-budget-256-epyc25", "rows"), Source("auto-budget-1024-epyc25", "rows")),
         (
             Column("new tokens", lambda r: str(r["_result"]["figures"]["completion_tokens"])),
             *B1_LEVER_COLUMNS,
@@ -1048,7 +1048,10 @@ TABLES: tuple[Table, ...] = (
         "(`pure-bf16`: `training.max_tokens_per_microbatch=auto`, each group whole here), a "
         "hard bound of 512 tokens (`split-512`, the default before: each group in 8 parts of "
         "one completion and its prompt) and no bound (`whole-groups`); one run each of 3 "
-        "steps, seconds are medians after the first step; the machine otherwise quiet.",
+        "steps, seconds are medians after the first step; the machine otherwise quiet. The "
+        "1,024-token row: `--variants pure-bf16 --length 1024 --steps 2`, the second step "
+        "(auto with 6.1 GB allowed ran each group of 8,239 tokens in 2 parts of 4,143; the "
+        "others were not run at that length).",
     ),
     Table(
         "compiled-optimizer-b1",
