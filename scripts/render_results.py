@@ -826,6 +826,14 @@ TABLES: tuple[Table, ...] = (
         "one run with the whole machine, evaluated every 25 steps.",
     ),
     Table(
+        "recipe-batch-128-timed-epyc25-seeds12",
+        (Source("recipe-batch-128-timed-epyc25-seeds12", "runs"),),
+        RECIPE_COLUMNS_STEPS,
+        "`python benchmarks/default_run.py --variants local,batch-128 --seeds 1,2`: the default "
+        "and 16 prompts a step, alternating seed by seed, one run at a time with the whole "
+        "machine, evaluated every 25 steps, in a later sitting than seed 0's row.",
+    ),
+    Table(
         "recipe-lora-alternating-epyc25-seeds345",
         (Source("recipe-lora-alternating-epyc25-seeds345", "runs"),),
         RECIPE_COLUMNS_STEPS,
