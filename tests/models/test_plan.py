@@ -78,14 +78,18 @@ def test_compile_optimizer_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert decide_compile_optimizer("auto", CPU, "bfloat16") is True
 
 
-def test_a_plan_saved_before_the_compiled_optimizer_reads_as_eager(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("field", "read_as"),
+    [("compile_optimizer", False), ("activation_memory", None)],  # eager; the hard 512
+)
+def test_a_plan_saved_before_a_decision_was_planned_reads_as_those_runs_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str, read_as: object
 ) -> None:
     _rates(monkeypatch, 200.0, 800.0)
     data = resolve_plan(load_config(), CPU).as_dict()
-    del data["compile_optimizer"]
+    del data[field]
     (tmp_path / PLAN_FILE).write_text(json.dumps(data))
-    assert load_plan(tmp_path / PLAN_FILE).compile_optimizer is False
+    assert getattr(load_plan(tmp_path / PLAN_FILE), field) is read_as
 
 
 def test_activation_memory_rule(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,9 +99,9 @@ def test_activation_memory_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert decide_activation_memory(0, CPU, available=8_000_000_000) is None
     monkeypatch.setattr(plan_module, "available_memory", lambda device: None)
     assert decide_activation_memory("auto", CPU) is None  # unreadable: 512 tokens (batch.py)
+    monkeypatch.undo()
     if not torch.cuda.is_available():  # a GPU's plan resolved on a machine without one
         assert decide_activation_memory("auto", CUDA) is None
-    monkeypatch.undo()
     free = plan_module.available_memory(CPU)  # this machine's MemAvailable
     assert free is not None and 0 < free < 2**50
     config = load_config()
@@ -105,16 +109,6 @@ def test_activation_memory_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_plan(config, CPU).activation_memory == 1_500_000_000
     set_512 = load_config(overrides=["training.max_tokens_per_microbatch=512"])
     assert resolve_plan(set_512, CPU).activation_memory is None
-
-
-def test_a_plan_saved_before_the_activation_memory_reads_as_none(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _rates(monkeypatch, 200.0, 800.0)
-    data = resolve_plan(load_config(), CPU).as_dict()
-    del data["activation_memory"]
-    (tmp_path / PLAN_FILE).write_text(json.dumps(data))
-    assert load_plan(tmp_path / PLAN_FILE).activation_memory is None
 
 
 def test_attention_rule() -> None:
