@@ -25,6 +25,9 @@ Variants (cumulative, each adds one lever to the one above):
 - split-512 (beside pure-bf16): ``training.max_tokens_per_microbatch=512``, a hard bound: with
   ``--length`` 256 or more each group runs in parts (the default ``auto`` keeps a group whole
   while its activations fit the plan's memory);
+- torch-decode (beside pure-bf16): ``rollout.native_kernels=false``, the packed decode step's
+  RMSNorms, rotary embedding, attention and SiLU through torch's operations instead of
+  groupwise's C++ kernels (the default on a CPU with AVX-512 where they build);
 - llamacpp (beside pure-bf16, not on top of the others): ``rollout.engine=llamacpp``, llama.cpp
   decoding a bf16 GGUF copy of the policy, rewritten after every update (needs
   ``scripts/setup.sh --llamacpp``).
@@ -91,6 +94,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "split-512": (  # not cumulative: pure-bf16 with a hard bound of 512 tokens per forward
         "training.param_dtype=bfloat16",
         "training.max_tokens_per_microbatch=512",
+    ),
+    "torch-decode": (  # not cumulative: pure-bf16 decoding through torch's operations only
+        "training.param_dtype=bfloat16",
+        "rollout.native_kernels=false",
     ),
     "llamacpp": (  # not cumulative: pure-bf16 with llama.cpp generating on a bf16 GGUF copy
         "training.param_dtype=bfloat16",

@@ -92,6 +92,8 @@ class RolloutConfig:
     """torch.compile the decode steps over a static KV cache (faster decoding on CPU, after a compile per batch shape; docs/log.md)."""
     packed_decode: bool = True
     """Decode Llama-family models (Llama, Mistral, Qwen2 layouts; SmolLM2) in the local engine with weights packed once per rollout, the projections that share an input fused and a KV cache written in place (groupwise.kernels.packed_decode): the same tokens as transformers' forward, faster; other models, LoRA-wrapped layers and rollout.compile decode through transformers. false = transformers' forward at every step."""
+    native_kernels: bool | Literal["auto"] = "auto"
+    """Under packed_decode in bf16 on CPU, run the decode step's RMSNorms, rotary embedding and cache writes, attention and SiLU through groupwise's C++ kernels (groupwise.kernels.native: one call each instead of chains of small torch kernels, the same roundings), built with torch's cpp_extension on first use (~40 s once per machine; a C++ compiler and ninja). auto = on a CPU with AVX-512 where they can be built (a failed build falls back to torch's operations with a line on stderr)."""
     engine: str = "auto"
     """Rollout engine (groupwise.rollout.ENGINES): auto (the run plan's choice for this CPU kind or device, with its reason in plan.json: local everywhere so far), local (decode in-process), episodes (multi-turn with an environment), llamacpp (llama.cpp on a GGUF copy of the policy), vllm (a vLLM server), agent (your agent against an OpenAI-compatible endpoint of the policy) or replay (recorded completions); register your own with @ENGINES.register."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, GPT2Config, Qwen2Config
 
+from groupwise.kernels import native
 from groupwise.kernels.packed_decode import PackedDecoder, supports
 from groupwise.models import load_base_model
 from groupwise.models.loading import tiny_llama_config
@@ -43,7 +44,9 @@ def _tiny_qwen2(tokenizer: object) -> torch.nn.Module:
     return model
 
 
-def _step_logits(model: torch.nn.Module, packed: bool) -> list[torch.Tensor]:
+def _step_logits(
+    model: torch.nn.Module, packed: bool, native_kernels: bool = False
+) -> list[torch.Tensor]:
     """Logits of 4 decode steps for 2 left-padded prompts x 3 rows each."""
     ids = torch.tensor([[0, 0, 11, 12, 13], [21, 22, 23, 24, 25]])  # row 0 left-padded
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
@@ -55,7 +58,12 @@ def _step_logits(model: torch.nn.Module, packed: bool) -> list[torch.Tensor]:
         model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache)
         next_pos = mask.sum(dim=1).repeat_interleave(3)
         if packed:
-            decoder = PackedDecoder(model, cache, mask, group_size=3, max_new_tokens=4)
+            decoder = PackedDecoder(
+                model, cache, mask, group_size=3, max_new_tokens=4, native_kernels=native_kernels
+            )
+            assert (decoder.native is not None) == (
+                native_kernels and NATIVE and decoder.head.packed
+            )
             for t in range(4):
                 out.append(decoder.step(tokens[t], next_pos + t, t))
             return out
@@ -73,11 +81,22 @@ def _step_logits(model: torch.nn.Module, packed: bool) -> list[torch.Tensor]:
     return out
 
 
+NATIVE = native.buildable() is None
+"""groupwise's C++ decode kernels can be built here (else the native cases are skipped)."""
+native_cases = pytest.mark.parametrize(
+    "native_kernels",
+    [False, pytest.param(True, marks=pytest.mark.skipif(not NATIVE, reason="no native kernels"))],
+)
+
+
+@native_cases
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_packed_step_logits_equal_transformers(dtype: torch.dtype) -> None:
+def test_packed_step_logits_equal_transformers(dtype: torch.dtype, native_kernels: bool) -> None:
+    """bf16: bitwise, with the C++ kernels too (float32 decoding never uses them)."""
     model, _ = _tiny(dtype)
     assert supports(model)
-    for got, want in zip(_step_logits(model, True), _step_logits(model, False), strict=True):
+    got_all = _step_logits(model, True, native_kernels)
+    for got, want in zip(got_all, _step_logits(model, False), strict=True):
         tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0, "rtol": 0}
         torch.testing.assert_close(got, want, **tol)
 
@@ -90,8 +109,9 @@ def test_packed_step_with_projection_biases_equals_transformers() -> None:
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@native_cases
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_generate_packed_samples_the_same_tokens(dtype: torch.dtype) -> None:
+def test_generate_packed_samples_the_same_tokens(dtype: torch.dtype, native_kernels: bool) -> None:
     """Same draws, same tokens, entropies and log-probs; rows that finish early are dropped
     from the batch on both paths (one token in ten ends a completion here)."""
     model, tokenizer = _tiny(dtype, seed=2)
@@ -110,6 +130,7 @@ def test_generate_packed_samples_the_same_tokens(dtype: torch.dtype) -> None:
             total_rows=12,
             behaviour_logp=True,
             packed_decode=packed,
+            native_kernels=native_kernels,
         )
         runs.append(rollout)
     plain, packed_run = runs

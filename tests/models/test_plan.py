@@ -218,7 +218,12 @@ def test_a_plan_the_run_cannot_train_with_is_refused() -> None:
 
 def test_the_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_config(
-        overrides=["training.bf16=true", "algorithm.beta=0.04", "training.compile_optimizer=true"]
+        overrides=[
+            "training.bf16=true",
+            "algorithm.beta=0.04",
+            "training.compile_optimizer=true",
+            "rollout.native_kernels=true",
+        ]
     )
     monkeypatch.setattr(plan_module, "available_memory", lambda device: 6_000_000_000)
     lines = plan_lines(resolve_plan(config, CPU), config)
@@ -229,6 +234,7 @@ def test_the_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
         "memory: reference mapped from disk",
         "memory: fused RMSNorm / SwiGLU / softmax kernels (training.fused_kernels)",
         "speed: the bf16 AdamW step compiled (training.compile_optimizer)",
+        "speed: decoding through groupwise's C++ kernels (rollout.native_kernels)",
         "memory: activations of a forward/backward within 1.5 GB (training.max_tokens_per_"
         "microbatch=auto: long groups whole where they fit)",
     ]

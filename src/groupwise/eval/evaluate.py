@@ -221,7 +221,9 @@ def load_for_eval(name: str, config: Config) -> LoadedForEval:
         dtype=plan.rollout_dtype,
     )
     model = model.eval()
-    engine = configured_engine(model, tokenizer, config, plan.rollout_engine)
+    engine = configured_engine(
+        model, tokenizer, config, plan.rollout_engine, native_kernels=plan.native_kernels
+    )
     return LoadedForEval(model, engine, tokenizer, task, device)
 
 
@@ -264,22 +266,28 @@ def evaluate_model(name: str, config: Config, *, k: int) -> dict[str, float]:
     return out
 
 
-def local_engine(model: nn.Module, tokenizer: Any) -> RolloutEngine:
-    """The local engine decoding with ``model`` as it is (no training, no weight sync)."""
+def local_engine(model: nn.Module, tokenizer: Any, native_kernels: bool = False) -> RolloutEngine:
+    """The local engine decoding with ``model`` as it is (no training, no weight sync);
+    ``native_kernels`` as the run plan has it."""
     from groupwise.rollout.local import LocalEngine
     from groupwise.rollout.weights import SharedWeights
 
-    return LocalEngine(SharedWeights(model), eos_token_ids(tokenizer), tokenizer.pad_token_id)
+    weights = SharedWeights(model)
+    pad = tokenizer.pad_token_id
+    return LocalEngine(weights, eos_token_ids(tokenizer), pad, native_kernels=native_kernels)
 
 
-def configured_engine(model: nn.Module, tokenizer: Any, config: Config, name: str) -> RolloutEngine:
+def configured_engine(
+    model: nn.Module, tokenizer: Any, config: Config, name: str, native_kernels: bool = False
+) -> RolloutEngine:
     """The engine ``name`` (the run plan's ``rollout.engine``) around ``model`` as it is, with
-    the config's ``rollout.engine_kwargs``; the plain local engine for ``local``."""
+    the config's ``rollout.engine_kwargs`` and the plan's ``native_kernels``; the plain local
+    engine for ``local``."""
     from groupwise.rollout.engine import EngineContext, build_engine
     from groupwise.rollout.weights import SharedWeights
 
     if name == "local":
-        return local_engine(model, tokenizer)
+        return local_engine(model, tokenizer, native_kernels)
     r = config.rollout
     ctx = EngineContext(
         model,
@@ -289,6 +297,7 @@ def configured_engine(model: nn.Module, tokenizer: Any, config: Config, name: st
         r.compile,
         r.engine_kwargs,
         r.packed_decode,
+        native_kernels,
     )
     return build_engine(name, ctx)
 

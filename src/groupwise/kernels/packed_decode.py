@@ -28,6 +28,11 @@ and ``logits = RMSNorm(x) W_head^T``. The result equals transformers' forward up
 rounding of the fused and packed matmuls (measured in tests/kernels/test_packed_decode.py).
 Models it does not recognise (other architectures, LoRA-wrapped layers, biases on the MLP,
 per-head norms) are decoded by transformers as before: :func:`supports` says which.
+
+With ``native_kernels`` (bf16 weights) the RMSNorms, the rotary embedding with the cache
+writes, the attention and SiLU-times-up run as four C++ kernels of
+:mod:`groupwise.kernels.native`, one call each instead of chains of small torch kernels, with
+the same roundings; where they are not built the torch operations below run.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from groupwise.kernels import native
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 """``config.model_type`` values whose decoder layers this step reproduces."""
@@ -128,6 +135,8 @@ class PackedDecoder:
         prompt_mask: Tensor,
         group_size: int,
         max_new_tokens: int,
+        *,
+        native_kernels: bool = False,
     ) -> None:
         inner: Any = model.model
         config: Any = model.config
@@ -144,6 +153,8 @@ class PackedDecoder:
         head: Any = model.lm_head
         self.head = PackedLinear(head.weight, head.bias, rows)
         self._fill_cache(prefix, prompt_mask, group_size, max_new_tokens)
+        use_native = native_kernels and self.head.packed  # bf16 weights on CPU
+        self.native: Any = native.load() if use_native else None
 
     @staticmethod
     def _pack(layer: Any, rows: int) -> _Layer:
@@ -203,12 +214,27 @@ class PackedDecoder:
         cos, sin = self.rotary(x, positions[:, None])  # [R, 1, D]
         sin = _signed_sin(sin)  # [R, 1, D]
         slot = self.prompt_length + step
+        if self.native is not None:
+            return self._native_step(x, cos.contiguous(), sin, slot)
         for index, layer in enumerate(self.layers):
             x.add_(self._attention(index, layer, x, cos, sin, slot))
             h = layer.gate_up(self._rms(x, layer.norm_post))  # [R, 2F]
             gate, up = h.chunk(2, dim=-1)
             x.add_(layer.down(F.silu(gate, inplace=True).mul_(up)))
         return self.head(self._rms(x, self.norm))
+
+    def _native_step(self, x: Tensor, cos: Tensor, sin: Tensor, slot: int) -> Tensor:
+        """:meth:`step`'s layers through the C++ kernels (the same arithmetic)."""
+        ops, eps = self.native, self.eps
+        for index, layer in enumerate(self.layers):
+            keys, values = self.keys[index], self.values[index]
+            qkv = layer.qkv(ops.rms_norm(x, layer.norm_in, eps))  # [R, (H + 2 H_kv) D]
+            q = ops.rope_cache(qkv, cos, sin, keys, values, slot, self.heads, self.kv_heads)
+            x.add_(layer.out(ops.attention(q, keys, values, self.mask, slot + 1, self.scale)))
+            h = layer.gate_up(ops.rms_norm(x, layer.norm_post, eps))  # [R, 2F]
+            x.add_(layer.down(ops.silu_mul(h)))
+        logits: Tensor = self.head(ops.rms_norm(x, self.norm, eps))
+        return logits
 
     def _attention(
         self, index: int, layer: _Layer, x: Tensor, cos: Tensor, sin: Tensor, slot: int

@@ -59,6 +59,7 @@ def generate(
     uniforms: Tensor | None = None,
     behaviour_logp: bool = False,
     packed_decode: bool = False,
+    native_kernels: bool = False,
 ) -> Rollout:
     """Sample ``group_size`` completions per prompt with one prefill per prompt.
 
@@ -79,13 +80,15 @@ def generate(
     ``Rollout.behaviour_logp``; under ``min_new_tokens`` that of the distribution without EOS,
     the one actually sampled; ``None`` when greedy).
     ``packed_decode``: decode with :class:`groupwise.kernels.packed_decode.PackedDecoder`
-    (packed, fused weights and an in-place KV cache) when the model is one it supports.
+    (packed, fused weights and an in-place KV cache) when the model is one it supports;
+    ``native_kernels``: its element-wise chains and attention through groupwise's C++ kernels
+    (:mod:`groupwise.kernels.native`) where they are built and the weights are bf16.
     """
     device = prompts.input_ids.device
     num_rows = prompts.input_ids.shape[0] * group_size
     stepper, logits = _start(
         model, prompts, group_size, max_completion_length, gather_last, compile_decode,
-        packed_decode,
+        packed_decode, native_kernels,
     )  # fmt: skip
     next_pos = prompts.lengths.repeat_interleave(group_size)  # [B]
     eos = torch.tensor(list(eos_token_ids), device=device)
@@ -201,12 +204,16 @@ def _start(
     gather_last: bool,
     compile_decode: bool,
     packed_decode: bool,
+    native_kernels: bool = False,
 ) -> tuple[_Stepper, Tensor]:
     """Prefill the prompts; the decode backend and the first logits ``[B, V]``."""
     if packed_decode and not compile_decode and supports_packed(model):
         prefix, logits = _prefill_prompts(model, prompts, group_size, gather_last)
         mask = prompts.attention_mask
-        return _Packed(PackedDecoder(model, prefix, mask, group_size, max_new_tokens)), logits
+        decoder = PackedDecoder(
+            model, prefix, mask, group_size, max_new_tokens, native_kernels=native_kernels
+        )
+        return _Packed(decoder), logits
     cache, logits, attn = _prefill(model, prompts, group_size, gather_last)
     if compile_decode:
         from groupwise.kernels.compiled_decode import StaticDecoder

@@ -120,6 +120,8 @@ class EngineContext:
     """``rollout.engine_kwargs``: engine-specific settings."""
     packed_decode: bool = True
     """``rollout.packed_decode``."""
+    native_kernels: bool = False
+    """The run plan's ``rollout.native_kernels``."""
 
 
 EngineFactory = Callable[[EngineContext], RolloutEngine]

@@ -22,12 +22,14 @@ class LocalEngine(ServesWeights):
         *,
         compile_decode: bool = False,
         packed_decode: bool = True,
+        native_kernels: bool = False,
     ) -> None:
         self.weights = weights
         self.eos_token_ids = list(eos_token_ids)
         self.pad_token_id = pad_token_id
         self.compile_decode = compile_decode
         self.packed_decode = packed_decode
+        self.native_kernels = native_kernels
 
     def generate(self, prompts: PromptBatch, request: RolloutRequest) -> Rollout:
         """See :meth:`RolloutEngine.generate`; evaluation gathers the prompts' last state;
@@ -53,6 +55,7 @@ class LocalEngine(ServesWeights):
                 compile_decode=self.compile_decode and not request.evaluation,
                 behaviour_logp=request.behaviour_logp,
                 packed_decode=self.packed_decode,
+                native_kernels=self.native_kernels,
             )
 
 
@@ -65,4 +68,5 @@ def build_local_engine(ctx: EngineContext) -> RolloutEngine:
         ctx.tokenizer.pad_token_id,
         compile_decode=ctx.compile_decode,
         packed_decode=ctx.packed_decode,
+        native_kernels=ctx.native_kernels,
     )

@@ -117,6 +117,8 @@ class EngineSpec:
     """``rollout.engine_kwargs``."""
     packed_decode: bool = True
     """``rollout.packed_decode``."""
+    native_kernels: bool = False
+    """The run plan's ``rollout.native_kernels``."""
     module: str | None = None
     """The module that registers the engine (imported by the child first)."""
 
@@ -139,6 +141,7 @@ def _build_child_engine(spec: EngineSpec, model: nn.Module) -> RolloutEngine:
         spec.compile_decode,
         spec.options,
         packed_decode=spec.packed_decode,
+        native_kernels=spec.native_kernels,
     )
     return ENGINES.get(spec.name)(context)
 

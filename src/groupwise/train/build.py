@@ -190,7 +190,14 @@ def build_parts(
     optimizer, scheduler = _optimizer(config, policy, plan.compile_optimizer)
     r = config.rollout
     context = EngineContext(
-        policy, weights, tokenizer, eos_ids, r.compile, r.engine_kwargs, r.packed_decode
+        policy,
+        weights,
+        tokenizer,
+        eos_ids,
+        r.compile,
+        r.engine_kwargs,
+        r.packed_decode,
+        plan.native_kernels,
     )
     in_process = engine_in_process(r)
     return TrainingParts(
@@ -246,6 +253,7 @@ def _process_engine(config: Config, plan: RunPlan, ctx: EngineContext) -> Engine
         r.compile,
         dict(r.engine_kwargs),
         r.packed_decode,
+        plan.native_kernels,
         module=getattr(ENGINES.get(plan.rollout_engine), "__module__", None),
     )
     process = EngineProcess(spec, ctx.weights)

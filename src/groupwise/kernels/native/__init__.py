@@ -1,0 +1,85 @@
+"""Fused C++ kernels for the packed decode step, compiled on this machine at first use.
+
+``decode.cpp`` holds four kernels that each replace a chain of small torch operations of
+:class:`groupwise.kernels.packed_decode.PackedDecoder` with one pass over the data, rounding
+every intermediate as torch rounds it (the results equal torch's up to the order of float32
+sums; tested bitwise on bf16 in tests/kernels/test_native.py):
+
+- ``rms_norm(x, weight, eps)``: ``weight * (x32 * rsqrt(mean(x32^2) + eps)).to(x.dtype)``
+  (8 torch kernels);
+- ``rope_cache(qkv, cos, signed_sin, keys, values, slot, heads, kv_heads)``: the rotary
+  embedding of the query and key heads, the keys and values written into the cache at
+  ``slot``; returns the rotated queries ``[R, H, D]`` (about 8);
+- ``attention(q, keys, values, mask, n, scale)``: single-query grouped attention over the
+  first ``n`` cache slots, ``softmax((q K^T) scale + mask) V`` (about 7, and the copy of the
+  sliced cache the batched matmul makes);
+- ``silu_mul(gate_up)``: ``silu(gate) * up`` (3).
+
+The vector code needs AVX-512 (F and BW): where torch's CPU capability is lower the module is
+not built (``available`` is False) and the decode step uses torch's operations, as it does for
+float32 weights. The build (torch's ``cpp_extension``: a C++ compiler and ninja) takes about 40
+s once per machine and source; it is cached under ``TORCH_EXTENSIONS_DIR`` (default
+``~/.cache/torch_extensions``). A failed build prints one line on stderr and falls back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SOURCE = Path(__file__).with_name("decode.cpp")
+_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mavx2"],
+}
+"""Compiler flags per torch CPU capability (``torch.backends.cpu.get_cpu_capability()``)."""
+
+
+def capability() -> str:
+    """torch's CPU capability on this machine (``AVX512``, ``AVX2``, ``DEFAULT``, ...)."""
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def buildable() -> str | None:
+    """None where the kernels can be built here, else why not (one phrase)."""
+    if capability() not in _FLAGS:
+        return f"the CPU capability is {capability()}, the kernels need AVX512"
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        return "no C++ compiler on PATH"
+    if shutil.which("ninja") is None:
+        return "ninja is not on PATH"
+    return None
+
+
+@cache
+def load() -> Any | None:
+    """The compiled module, built on first call (cached on disk); None where it cannot be."""
+    reason = buildable()
+    if reason is not None:
+        return None
+    from torch.utils.cpp_extension import load as build
+
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    name = f"groupwise_decode_{capability().lower()}_{digest}"
+    try:
+        return build(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", *_FLAGS[capability()]])
+    except Exception as error:  # a compiler or linker failure: decode with torch ops
+        first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        print(
+            f"groupwise: native decode kernels not built ({first}); using torch ops",
+            file=sys.stderr,
+        )
+        return None
+
+
+def available() -> bool:
+    """Whether the kernels are built (building them now if needed)."""
+    return load() is not None
+
+
+__all__ = ["SOURCE", "available", "buildable", "capability", "load"]

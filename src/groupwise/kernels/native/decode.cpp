@@ -1,0 +1,473 @@
+// Fused CPU kernels for one decode step of a Llama-family model (groupwise.kernels.native).
+//
+// Each function computes what a short chain of torch operations computes in
+// groupwise/kernels/packed_decode.py, in one pass over its data and one call, with the same
+// roundings: every intermediate that torch rounds to the tensor's dtype (bf16) is rounded here
+// too, and float32 accumulations stay float32. Only the order of float32 sums differs (dot
+// products and reductions), so results equal torch's up to the rounding of those sums.
+//
+// T is the decode dtype (at::BFloat16 or float); F is float, the accumulation type.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+template <typename T>
+inline float f32(T v) {
+  return static_cast<float>(v);
+}
+
+template <typename T>
+inline T round_to(float v) {
+  return static_cast<T>(v);
+}
+
+void check_cpu(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define GROUPWISE_AVX512 1
+
+using BF = c10::BFloat16;
+
+// bf16 <-> float32 for 16 lanes; to_bf16 rounds to nearest even exactly as c10::BFloat16 does
+// (NaN becomes 0x7FC0).
+inline __m512 widen(__m256i bits) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+inline __m512 load16(const BF* p) {
+  return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load16(const BF* p, __mmask16 m) {
+  return widen(_mm256_maskz_loadu_epi16(m, p));
+}
+inline __m256i to_bf16(__m512 f) {
+  __m512i u = _mm512_castps_si512(f);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(r);
+}
+inline __m512 round16(__m512 f) { return widen(to_bf16(f)); }  // f rounded to bf16, as float
+inline void store16(BF* p, __m512 f) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16(f));
+}
+inline void store16(BF* p, __m512 f, __mmask16 m) { _mm256_mask_storeu_epi16(p, m, to_bf16(f)); }
+
+// exp(x) for 16 lanes: Cephes' expf polynomial on x - n ln2, scaled by 2^n (within ~2 ulp of
+// expf; 0 below -87.3, so exp(-inf) = 0).
+inline __m512 exp16(__m512 x) {
+  const __m512 hi = _mm512_set1_ps(88.3762626647949f), lo = _mm512_set1_ps(-87.3365447504f);
+  __mmask16 zero = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+  __m512 r2 = _mm512_mul_ps(r, r);
+  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~zero), _mm512_scalef_ps(p, n));
+}
+inline __mmask16 tail(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+}
+#endif
+
+
+#ifdef GROUPWISE_AVX512
+// The bf16 kernels below with 16 float32 lanes; the same roundings as their scalar twins.
+
+void rms_norm_avx512(const BF* x, const BF* w, BF* y, int64_t rows, int64_t d, float eps) {
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const BF* xr = x + r * d;
+      BF* yr = y + r * d;
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t i = 0; i < d; i += 16) {
+        __m512 v = load16(xr + i, tail(d - i));
+        acc = _mm512_fmadd_ps(v, v, acc);
+      }
+      float sum = _mm512_reduce_add_ps(acc);
+      __m512 scale = _mm512_set1_ps(1.f / std::sqrt(sum / static_cast<float>(d) + eps));
+      for (int64_t i = 0; i < d; i += 16) {
+        __mmask16 m = tail(d - i);
+        __m512 normed = round16(_mm512_mul_ps(load16(xr + i, m), scale));
+        store16(yr + i, _mm512_mul_ps(normed, load16(w + i, m)), m);
+      }
+    }
+  });
+}
+
+void silu_mul_avx512(const BF* in, BF* out, int64_t rows, int64_t width) {
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    const __m512 one = _mm512_set1_ps(1.f);
+    for (int64_t r = begin; r < end; ++r) {
+      const BF* g = in + r * 2 * width;
+      const BF* u = g + width;
+      BF* o = out + r * width;
+      for (int64_t i = 0; i < width; i += 16) {
+        __mmask16 m = tail(width - i);
+        __m512 gv = load16(g + i, m);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        __m512 s = round16(_mm512_div_ps(gv, _mm512_add_ps(one, e)));
+        store16(o + i, _mm512_mul_ps(s, load16(u + i, m)), m);
+      }
+    }
+  });
+}
+
+// One head of D lanes (D a multiple of 32): rotated = (swap(x) * ssin).bf16 + (x * cos).bf16.
+inline void rope_head_avx512(const BF* x, const BF* c, const BF* ss, int64_t d, BF* out,
+                             int64_t stride) {
+  int64_t half = d / 2;
+  for (int64_t i = 0; i < d; i += 16) {
+    int64_t j = i < half ? i + half : i - half;
+    __m512 a = round16(_mm512_mul_ps(load16(x + j), load16(ss + i)));
+    __m512 b = round16(_mm512_mul_ps(load16(x + i), load16(c + i)));
+    __m256i v = to_bf16(_mm512_add_ps(a, b));
+    if (stride == 1) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), v);
+    } else {
+      alignas(32) uint16_t lanes[16];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), v);
+      for (int l = 0; l < 16; ++l) out[(i + l) * stride] = BF(lanes[l], BF::from_bits());
+    }
+  }
+}
+
+// Scores of one query head against n keys (K^T [D, cap]) into acc[0..n), rounded as torch
+// rounds them; returns their max.
+inline float scores_avx512(const BF* qh, const BF* kt, const BF* mr, int64_t d, int64_t cap,
+                           int64_t n, float scale, float* acc) {
+  __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int64_t t0 = 0; t0 < n; t0 += 64) {
+    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+    __mmask16 m[4];
+    for (int b = 0; b < 4; ++b) m[b] = t0 + 16 * b < n ? tail(n - t0 - 16 * b) : 0;
+    for (int64_t i = 0; i < d; ++i) {
+      __m512 qi = _mm512_set1_ps(static_cast<float>(qh[i]));
+      const BF* krow = kt + i * cap + t0;
+      for (int b = 0; b < 4; ++b) {
+        if (m[b]) a[b] = _mm512_fmadd_ps(qi, load16(krow + 16 * b, m[b]), a[b]);
+      }
+    }
+    for (int b = 0; b < 4; ++b) {
+      if (!m[b]) continue;
+      __m512 s = round16(_mm512_mul_ps(round16(a[b]), sc));
+      s = round16(_mm512_add_ps(s, load16(mr + t0 + 16 * b, m[b])));
+      _mm512_mask_storeu_ps(acc + t0 + 16 * b, m[b], s);
+      vmax = _mm512_mask_max_ps(vmax, m[b], vmax, s);
+    }
+  }
+  return _mm512_reduce_max_ps(vmax);
+}
+
+void attention_avx512(const BF* qp, const BF* kp, const BF* vp, const BF* mp, BF* op,
+                      int64_t rows, int64_t heads, int64_t kv_heads, int64_t d, int64_t cap,
+                      int64_t n, float scale) {
+  int64_t rep = heads / kv_heads;
+  at::parallel_for(0, rows * kv_heads, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(static_cast<size_t>(n + 16));
+    for (int64_t unit = begin; unit < end; ++unit) {
+      int64_t r = unit / kv_heads, k = unit % kv_heads;
+      const BF* kt = kp + unit * d * cap;
+      const BF* vt = vp + unit * cap * d;
+      for (int64_t j = 0; j < rep; ++j) {
+        int64_t h = k * rep + j;
+        float mx = scores_avx512(qp + (r * heads + h) * d, kt, mp + r * cap, d, cap, n, scale,
+                                 acc.data());
+        __m512 vsum = _mm512_setzero_ps();
+        const __m512 vmx = _mm512_set1_ps(mx);
+        for (int64_t t = 0; t < n; t += 16) {
+          __mmask16 m = tail(n - t);
+          __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, acc.data() + t), vmx));
+          e = _mm512_maskz_mov_ps(m, e);
+          _mm512_mask_storeu_ps(acc.data() + t, m, e);
+          vsum = _mm512_add_ps(vsum, e);
+        }
+        const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(vsum));
+        for (int64_t t = 0; t < n; t += 16) {
+          __mmask16 m = tail(n - t);
+          __m512 pr = round16(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc.data() + t), inv));
+          _mm512_mask_storeu_ps(acc.data() + t, m, pr);
+        }
+        BF* orow = op + r * heads * d + h * d;
+        for (int64_t i0 = 0; i0 < d; i0 += 64) {
+          __m512 o[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                         _mm512_setzero_ps()};
+          __mmask16 m[4];
+          for (int b = 0; b < 4; ++b) m[b] = i0 + 16 * b < d ? tail(d - i0 - 16 * b) : 0;
+          for (int64_t t = 0; t < n; ++t) {
+            if (acc[t] == 0.f) continue;
+            __m512 pt = _mm512_set1_ps(acc[t]);
+            const BF* vrow = vt + t * d + i0;
+            for (int b = 0; b < 4; ++b) {
+              if (m[b]) o[b] = _mm512_fmadd_ps(pt, load16(vrow + 16 * b, m[b]), o[b]);
+            }
+          }
+          for (int b = 0; b < 4; ++b) {
+            if (m[b]) store16(orow + i0 + 16 * b, o[b], m[b]);
+          }
+        }
+      }
+    }
+  });
+}
+#endif
+
+// y = (x32 * rsqrt(mean(x32^2) + eps)).to(T) * w      x [R, d], w [d]
+template <typename T>
+void rms_norm_kernel(const T* x, const T* w, T* y, int64_t rows, int64_t d, float eps) {
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* xr = x + r * d;
+      T* yr = y + r * d;
+      float sum = 0.f;
+      for (int64_t i = 0; i < d; ++i) {
+        float v = f32(xr[i]);
+        sum += v * v;
+      }
+      float scale = 1.f / std::sqrt(sum / static_cast<float>(d) + eps);
+      for (int64_t i = 0; i < d; ++i) {
+        T normed = round_to<T>(f32(xr[i]) * scale);
+        yr[i] = round_to<T>(f32(normed) * f32(w[i]));
+      }
+    }
+  });
+}
+
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  check_cpu(x, "x");
+  check_cpu(weight, "weight");
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 1 && weight.size(0) == x.size(1),
+              "rms_norm: x [R, d] and weight [d]");
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "rms_norm: x and weight dtypes differ");
+  Tensor y = at::empty_like(x);
+#ifdef GROUPWISE_AVX512
+  if (x.scalar_type() == at::kBFloat16) {
+    rms_norm_avx512(x.data_ptr<BF>(), weight.data_ptr<BF>(), y.data_ptr<BF>(), x.size(0),
+                    x.size(1), static_cast<float>(eps));
+    return y;
+  }
+#endif
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "rms_norm", [&] {
+    rms_norm_kernel<scalar_t>(x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+                              y.data_ptr<scalar_t>(), x.size(0), x.size(1),
+                              static_cast<float>(eps));
+  });
+  return y;
+}
+
+// out = silu(gate).to(T) * up     gate_up [R, 2F] = [gate | up]; out [R, F]
+Tensor silu_mul(const Tensor& gate_up) {
+  check_cpu(gate_up, "gate_up");
+  TORCH_CHECK(gate_up.dim() == 2 && gate_up.size(1) % 2 == 0, "silu_mul: gate_up [R, 2F]");
+  int64_t rows = gate_up.size(0), width = gate_up.size(1) / 2;
+  Tensor out = at::empty({rows, width}, gate_up.options());
+#ifdef GROUPWISE_AVX512
+  if (gate_up.scalar_type() == at::kBFloat16) {
+    silu_mul_avx512(gate_up.data_ptr<BF>(), out.data_ptr<BF>(), rows, width);
+    return out;
+  }
+#endif
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, gate_up.scalar_type(), "silu_mul", [&] {
+    const scalar_t* in = gate_up.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* g = in + r * 2 * width;
+        const scalar_t* u = g + width;
+        scalar_t* orow = o + r * width;
+        for (int64_t i = 0; i < width; ++i) {
+          float gv = f32(g[i]);
+          scalar_t s = round_to<scalar_t>(gv / (1.f + std::exp(-gv)));
+          orow[i] = round_to<scalar_t>(f32(s) * f32(u[i]));
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// Rotary embedding of the query and key heads of qkv [R, (H + 2 K) D], keys and values written
+// into the cache at `slot`: keys [R, K, D, cap] (transposed), values [R, K, cap, D].
+//   rotated = (swap_halves(x) * signed_sin).to(T) + (x * cos).to(T)    (rounded to T)
+// Returns the rotated queries [R, H, D].
+Tensor rope_cache(const Tensor& qkv, const Tensor& cos, const Tensor& signed_sin, Tensor& keys,
+                  Tensor& values, int64_t slot, int64_t heads, int64_t kv_heads) {
+  for (auto* t : {&qkv, &cos, &signed_sin}) check_cpu(*t, "rope_cache input");
+  check_cpu(keys, "keys");
+  check_cpu(values, "values");
+  int64_t rows = qkv.size(0), d = keys.size(2), cap = keys.size(3), half = d / 2;
+  TORCH_CHECK(qkv.size(1) == (heads + 2 * kv_heads) * d, "rope_cache: qkv width");
+  TORCH_CHECK(cos.numel() == rows * d && signed_sin.numel() == rows * d, "rope_cache: cos/sin");
+  TORCH_CHECK(slot >= 0 && slot < cap, "rope_cache: slot outside the cache");
+  TORCH_CHECK(values.size(2) == cap && values.size(3) == d, "rope_cache: values layout");
+  Tensor q = at::empty({rows, heads, d}, qkv.options());
+#ifdef GROUPWISE_AVX512
+  if (qkv.scalar_type() == at::kBFloat16 && d % 32 == 0) {
+    const BF* in = qkv.data_ptr<BF>();
+    const BF* c = cos.data_ptr<BF>();
+    const BF* s = signed_sin.data_ptr<BF>();
+    BF* qo = q.data_ptr<BF>();
+    BF* kc = keys.data_ptr<BF>();
+    BF* vc = values.data_ptr<BF>();
+    int64_t width = qkv.size(1);
+    at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const BF* row = in + r * width;
+        for (int64_t h = 0; h < heads; ++h) {
+          rope_head_avx512(row + h * d, c + r * d, s + r * d, d, qo + (r * heads + h) * d, 1);
+        }
+        for (int64_t k = 0; k < kv_heads; ++k) {
+          rope_head_avx512(row + (heads + k) * d, c + r * d, s + r * d, d,
+                           kc + (r * kv_heads + k) * d * cap + slot, cap);
+          const BF* v = row + (heads + kv_heads + k) * d;
+          std::copy(v, v + d, vc + ((r * kv_heads + k) * cap + slot) * d);
+        }
+      }
+    });
+    return q;
+  }
+#endif
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, qkv.scalar_type(), "rope_cache", [&] {
+    const scalar_t* in = qkv.data_ptr<scalar_t>();
+    const scalar_t* c = cos.data_ptr<scalar_t>();
+    const scalar_t* s = signed_sin.data_ptr<scalar_t>();
+    scalar_t* qo = q.data_ptr<scalar_t>();
+    scalar_t* kc = keys.data_ptr<scalar_t>();
+    scalar_t* vc = values.data_ptr<scalar_t>();
+    int64_t width = qkv.size(1);
+    at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* row = in + r * width;
+        const scalar_t* cr = c + r * d;
+        const scalar_t* sr = s + r * d;
+        for (int64_t h = 0; h < heads + kv_heads; ++h) {
+          const scalar_t* x = row + h * d;
+          for (int64_t i = 0; i < d; ++i) {
+            float swapped = f32(x[i < half ? i + half : i - half]);
+            float a = f32(round_to<scalar_t>(swapped * f32(sr[i])));
+            float b = f32(round_to<scalar_t>(f32(x[i]) * f32(cr[i])));
+            scalar_t v = round_to<scalar_t>(a + b);
+            if (h < heads) {
+              qo[(r * heads + h) * d + i] = v;
+            } else {  // keys[r, k, i, slot]
+              kc[((r * kv_heads + (h - heads)) * d + i) * cap + slot] = v;
+            }
+          }
+        }
+        const scalar_t* vin = row + (heads + kv_heads) * d;
+        for (int64_t k = 0; k < kv_heads; ++k) {  // values[r, k, slot, :]
+          std::copy(vin + k * d, vin + (k + 1) * d, vc + ((r * kv_heads + k) * cap + slot) * d);
+        }
+      }
+    });
+  });
+  return q;
+}
+
+// Single-query grouped attention over the first n cache slots, as packed_decode computes it:
+//   scores = (q K^T).to(T);  scores = (scores * scale).to(T);  scores = (scores + mask).to(T)
+//   probs = softmax_float32(scores).to(T);  out = (probs V).to(T)
+// q [R, H, D]; keys [R, K, D, cap]; values [R, K, cap, D]; mask [R, cap] additive (T).
+// Returns out [R, H * D].
+Tensor attention(const Tensor& q, const Tensor& keys, const Tensor& values, const Tensor& mask,
+                 int64_t n, double scale) {
+  for (auto* t : {&q, &keys, &values, &mask}) check_cpu(*t, "attention input");
+  int64_t rows = q.size(0), heads = q.size(1), d = q.size(2);
+  int64_t kv_heads = keys.size(1), cap = keys.size(3);
+  TORCH_CHECK(heads % kv_heads == 0, "attention: heads not a multiple of kv heads");
+  TORCH_CHECK(n >= 1 && n <= cap && mask.size(1) == cap, "attention: n or mask width");
+  int64_t rep = heads / kv_heads;
+  Tensor out = at::empty({rows, heads * d}, q.options());
+#ifdef GROUPWISE_AVX512
+  if (q.scalar_type() == at::kBFloat16) {
+    attention_avx512(q.data_ptr<BF>(), keys.data_ptr<BF>(), values.data_ptr<BF>(),
+                     mask.data_ptr<BF>(), out.data_ptr<BF>(), rows, heads, kv_heads, d, cap, n,
+                     static_cast<float>(scale));
+    return out;
+  }
+#endif
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "attention", [&] {
+    const scalar_t* qp = q.data_ptr<scalar_t>();
+    const scalar_t* kp = keys.data_ptr<scalar_t>();
+    const scalar_t* vp = values.data_ptr<scalar_t>();
+    const scalar_t* mp = mask.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    float sc = static_cast<float>(scale);
+    at::parallel_for(0, rows * kv_heads, 4, [&](int64_t begin, int64_t end) {
+      std::vector<float> acc(static_cast<size_t>(n));
+      std::vector<float> o(static_cast<size_t>(d));
+      for (int64_t unit = begin; unit < end; ++unit) {
+        int64_t r = unit / kv_heads, k = unit % kv_heads;
+        const scalar_t* kt = kp + unit * d * cap;  // [D, cap]
+        const scalar_t* vt = vp + unit * cap * d;  // [cap, D]
+        const scalar_t* mr = mp + r * cap;
+        for (int64_t j = 0; j < rep; ++j) {
+          int64_t h = k * rep + j;
+          const scalar_t* qh = qp + (r * heads + h) * d;
+          std::fill(acc.begin(), acc.end(), 0.f);
+          for (int64_t i = 0; i < d; ++i) {
+            float qi = f32(qh[i]);
+            const scalar_t* krow = kt + i * cap;
+            for (int64_t t = 0; t < n; ++t) acc[t] += qi * f32(krow[t]);
+          }
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int64_t t = 0; t < n; ++t) {
+            float s = f32(round_to<scalar_t>(f32(round_to<scalar_t>(acc[t])) * sc));
+            s = f32(round_to<scalar_t>(s + f32(mr[t])));
+            acc[t] = s;
+            mx = std::max(mx, s);
+          }
+          float sum = 0.f;
+          for (int64_t t = 0; t < n; ++t) {
+            acc[t] = std::exp(acc[t] - mx);
+            sum += acc[t];
+          }
+          std::fill(o.begin(), o.end(), 0.f);
+          for (int64_t t = 0; t < n; ++t) {
+            float p = f32(round_to<scalar_t>(acc[t] / sum));
+            if (p == 0.f) continue;
+            const scalar_t* vrow = vt + t * d;
+            for (int64_t i = 0; i < d; ++i) o[i] += p * f32(vrow[i]);
+          }
+          scalar_t* orow = op + r * heads * d + h * d;
+          for (int64_t i = 0; i < d; ++i) orow[i] = round_to<scalar_t>(o[i]);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "groupwise's fused CPU decode kernels";
+  m.def("rms_norm", &rms_norm, "RMSNorm of x [R, d] with weight [d]");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up of gate_up [R, 2F]");
+  m.def("rope_cache", &rope_cache, "rotary q/k of qkv, k and v written into the cache");
+  m.def("attention", &attention, "single-query grouped attention over n cache slots");
+}

@@ -1,0 +1,120 @@
+"""groupwise's C++ decode kernels against the torch operations they replace (their twins)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from groupwise.kernels import native
+from groupwise.kernels.packed_decode import _rope, _signed_sin
+from groupwise.models import plan as run_plan
+
+pytestmark = pytest.mark.skipif(
+    native.buildable() is not None, reason=f"native kernels: {native.buildable()}"
+)
+ops = native.load() if native.buildable() is None else None
+BF16 = torch.bfloat16
+# SmolLM2-135M's decode shapes (32 rows, 9 heads over 3 KV heads of 64) and a small odd one
+SHAPES = [(32, 9, 3, 64, 576, 1536), (5, 4, 2, 16, 48, 40)]
+
+
+def _exact(dtype: torch.dtype) -> dict[str, float]:
+    """bf16: bitwise; float32: within the order of float32 sums."""
+    return {"atol": 0, "rtol": 0} if dtype == BF16 else {"atol": 2e-6, "rtol": 2e-6}
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.to(torch.float32, copy=True)
+    scale = xf.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
+    return xf.mul_(scale).to(x.dtype).mul_(w)
+
+
+@pytest.mark.parametrize("dtype", [BF16, torch.float32])
+@pytest.mark.parametrize(("rows", "heads", "kv", "d", "hidden", "ffn"), SHAPES)
+def test_rms_norm_and_silu_mul_equal_torch(
+    dtype: torch.dtype, rows: int, heads: int, kv: int, d: int, hidden: int, ffn: int
+) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(rows, hidden, generator=g) * 3).to(dtype)
+    w = torch.randn(hidden, generator=g).to(dtype)
+    torch.testing.assert_close(ops.rms_norm(x, w, 1e-5), _rms(x, w, 1e-5), **_exact(dtype))
+    gate_up = (torch.randn(rows, 2 * ffn, generator=g) * 4).to(dtype)
+    gate, up = gate_up.chunk(2, dim=-1)
+    want = F.silu(gate.clone()).mul_(up)
+    torch.testing.assert_close(ops.silu_mul(gate_up), want, **_exact(dtype))
+
+
+def _cache(rows: int, kv: int, d: int, cap: int, dtype: torch.dtype, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(rows, kv, d, cap, generator=g).to(dtype)  # [R, H_kv, D, cap]
+    values = torch.randn(rows, kv, cap, d, generator=g).to(dtype)  # [R, H_kv, cap, D]
+    return keys, values
+
+
+@pytest.mark.parametrize("dtype", [BF16, torch.float32])
+@pytest.mark.parametrize(("rows", "heads", "kv", "d", "hidden", "ffn"), SHAPES)
+def test_rope_cache_writes_what_torch_writes(
+    dtype: torch.dtype, rows: int, heads: int, kv: int, d: int, hidden: int, ffn: int
+) -> None:
+    g = torch.Generator().manual_seed(1)
+    qkv = torch.randn(rows, (heads + 2 * kv) * d, generator=g).to(dtype)
+    cos = torch.randn(rows, 1, d, generator=g).to(dtype)
+    sin = _signed_sin(torch.randn(rows, 1, d, generator=g).to(dtype))
+    keys, values = _cache(rows, kv, d, 20, dtype, 2)
+    want_k, want_v = keys.clone(), values.clone()
+    slot = 13
+    qk = _rope(qkv[:, : (heads + kv) * d].view(rows, heads + kv, d), cos, sin)
+    want_k[..., slot] = qk[:, heads:]
+    want_v[:, :, slot] = qkv[:, (heads + kv) * d :].view(rows, kv, d)
+    q = ops.rope_cache(qkv, cos, sin, keys, values, slot, heads, kv)
+    torch.testing.assert_close(q, qk[:, :heads], **_exact(dtype))
+    torch.testing.assert_close(keys, want_k, **_exact(dtype))
+    assert torch.equal(values, want_v)  # a copy
+
+
+@pytest.mark.parametrize("dtype", [BF16, torch.float32])
+@pytest.mark.parametrize(("rows", "heads", "kv", "d", "hidden", "ffn"), SHAPES)
+@pytest.mark.parametrize("n", [1, 17, 64, 95])
+def test_attention_equals_the_packed_step_attention(
+    dtype: torch.dtype, rows: int, heads: int, kv: int, d: int, hidden: int, ffn: int, n: int
+) -> None:
+    """Scores rounded to the dtype, scaled, masked (left padding: -inf), softmax in float32;
+    n below, at and above one block of 64 keys."""
+    cap = 100
+    keys, values = _cache(rows, kv, d, cap, dtype, 3)
+    q = torch.randn(rows, heads, d, generator=torch.Generator().manual_seed(4)).to(dtype)
+    mask = torch.zeros(rows, cap, dtype=dtype)
+    mask[0, : min(n - 1, 7)] = float("-inf")  # row 0 left-padded (its last key stays visible)
+    scale = d**-0.5
+    grouped = q.view(rows, kv, heads // kv, d)
+    scores = torch.matmul(grouped, keys[..., :n]).mul_(scale)
+    scores.add_(mask[:, None, None, :n])
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+    want = torch.matmul(probs, values[:, :, :n]).reshape(rows, heads * d)
+    got = ops.attention(q, keys, values, mask, n, scale)
+    # bf16: one rounding step of the output where float32 sums in another order land on the
+    # other side of a bf16 rounding boundary; float32 within its sums' rounding
+    tol = {"atol": 1e-2, "rtol": 8e-3} if dtype == BF16 else {"atol": 1e-5, "rtol": 1e-5}
+    torch.testing.assert_close(got, want, **tol)
+    if dtype == BF16:
+        assert (got != want).float().mean() < 0.01  # all but a rare element bitwise
+
+
+def test_bad_input_names_the_argument() -> None:
+    x = torch.randn(4, 8, dtype=BF16)
+    with pytest.raises(RuntimeError, match="weight"):
+        ops.rms_norm(x, torch.randn(7, dtype=BF16), 1e-5)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ops.rms_norm(x.t(), torch.randn(4, dtype=BF16), 1e-5)
+
+
+def test_the_plan_uses_them_where_they_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert run_plan.decide_native_kernels("auto", cpu, bf16=True)
+    assert not run_plan.decide_native_kernels("auto", cpu, bf16=False)  # float32 decoding
+    assert not run_plan.decide_native_kernels("auto", cuda, bf16=True)
+    assert not run_plan.decide_native_kernels(False, cpu, bf16=True)
+    monkeypatch.setattr(native, "capability", lambda: "AVX2")
+    assert native.buildable() == "the CPU capability is AVX2, the kernels need AVX512"
+    assert not run_plan.decide_native_kernels("auto", cpu, bf16=True)
