@@ -118,3 +118,46 @@ def test_the_plan_uses_them_where_they_build(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(native, "capability", lambda: "AVX2")
     assert native.buildable() == "the CPU capability is AVX2, the kernels need AVX512"
     assert not run_plan.decide_native_kernels("auto", cpu, bf16=True)
+
+
+def _torch_draw(logits: torch.Tensor, temperature: float, uniform: torch.Tensor):
+    from groupwise.rollout.sampling import sample_token
+
+    return sample_token(logits, temperature=temperature, uniform=uniform, logp=True)
+
+
+@pytest.mark.parametrize("dtype", [BF16, torch.float32])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sample_draws_what_the_torch_sampler_draws(dtype: torch.dtype, temperature: float) -> None:
+    """Tokens, entropies and log-probs against sampling.sample_token on a vocabulary of
+    SmolLM2's size; a draw may only differ where its target lies within float32 rounding of a
+    token's boundary (none here)."""
+    from groupwise.rollout.sampling import sample_token
+
+    g = torch.Generator().manual_seed(5)
+    logits = (torch.randn(64, 49152, generator=g) * 4).to(dtype)
+    logits[:, 7] = float("-inf")  # a masked token (EOS under min_new_tokens)
+    uniform = torch.rand(64, generator=g)
+    want = _torch_draw(logits, temperature, uniform)
+    got = sample_token(logits, temperature=temperature, uniform=uniform, logp=True, kernels=ops)
+    assert torch.equal(got.token, want.token)
+    torch.testing.assert_close(got.entropy, want.entropy, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(got.logp, want.logp, atol=2e-5, rtol=1e-5)
+
+
+def test_sample_follows_the_distribution() -> None:
+    """Over 20,000 evenly spaced draws, each token's share is its probability (to 1/20,000 of
+    the inverse CDF's resolution); a -inf token is never drawn; a draw at the very top end
+    lands on a token with probability."""
+    logits = torch.tensor([[0.0, 1.0, float("-inf"), 2.0, -1.0]]).repeat(20000, 1)
+    uniform = (torch.arange(20000, dtype=torch.float32) + 0.5) / 20000
+    token, entropy, logp = ops.sample(logits.contiguous(), 1.0, uniform)
+    p = torch.softmax(logits[0], dim=-1)
+    share = torch.bincount(token, minlength=5).float() / 20000
+    torch.testing.assert_close(share, p, atol=1e-4, rtol=0)
+    want_h = -(p[p > 0] * p[p > 0].log()).sum()
+    torch.testing.assert_close(entropy, want_h.expand(20000), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(logp, p.log()[token], atol=1e-6, rtol=1e-6)
+    for u in (0.99999994, 1.0):  # the largest float32 below 1, and past the end
+        top = ops.sample(logits[:1].contiguous(), 1.0, torch.tensor([u]))[0]
+        assert p[int(top)] > 0  # never the -inf token

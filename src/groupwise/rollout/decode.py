@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from groupwise.kernels import native
 from groupwise.kernels.kv_cache import cache_kwargs
 from groupwise.kernels.packed_decode import PackedDecoder
 from groupwise.kernels.packed_decode import supports as supports_packed
@@ -81,11 +82,13 @@ def generate(
     the one actually sampled; ``None`` when greedy).
     ``packed_decode``: decode with :class:`groupwise.kernels.packed_decode.PackedDecoder`
     (packed, fused weights and an in-place KV cache) when the model is one it supports;
-    ``native_kernels``: its element-wise chains and attention through groupwise's C++ kernels
-    (:mod:`groupwise.kernels.native`) where they are built and the weights are bf16.
+    ``native_kernels``: where groupwise's C++ kernels are built (:mod:`groupwise.kernels.native`),
+    draw each token with their sampler (any decode path; temperature > 0 without top-k/top-p),
+    and run the packed step's element-wise chains and attention through them (bf16 weights).
     """
     device = prompts.input_ids.device
     num_rows = prompts.input_ids.shape[0] * group_size
+    kernels = native.load() if native_kernels and device.type == "cpu" else None
     stepper, logits = _start(
         model, prompts, group_size, max_completion_length, gather_last, compile_decode,
         packed_decode, native_kernels,
@@ -112,6 +115,7 @@ def generate(
             generator=generator,
             uniform=None if uniforms is None else uniforms[step, active],
             logp=token_logp is not None,
+            kernels=kernels,
         )
         nxt = tokens[active, step] = drawn.token  # [R]
         _record(drawn, entropy, token_logp, active, step)

@@ -7,7 +7,7 @@ that decode slices sample what one process would).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,7 @@ def sample_token(
     uniform: Tensor | None = None,
     entropy: bool = True,
     logp: bool = False,
+    kernels: Any | None = None,
 ) -> Sample:
     """:func:`sample_next`, with the entropy ``[R]`` of ``softmax(logits / temperature)`` and,
     when ``logp``, the log-probability of the drawn token (``Rollout.behaviour_logp``)::
@@ -100,9 +101,20 @@ def sample_token(
     Without top-k/top-p the entropy comes from the probabilities the draw uses, with no log per
     vocabulary entry (:func:`entropy_from_probs`).
     Entropy and log-prob are None when not asked or when ``temperature`` is 0.
+
+    ``kernels``: groupwise's C++ kernels (:mod:`groupwise.kernels.native`); with ``uniform`` and
+    neither top-k nor top-p, their ``sample`` does all of this in one pass per row (the same
+    rule; its float32 sums in another order, and its ``exp`` within 2 ulp of torch's, may move
+    a draw that lands within rounding of a token's boundary).
     """
     if temperature <= 0:
         return Sample(logits.argmax(dim=-1), None, None)  # [R]
+    unfiltered = (top_k <= 0 or top_k >= logits.shape[-1]) and top_p >= 1.0
+    if kernels is not None and uniform is not None and unfiltered:
+        token, h, token_logp = kernels.sample(
+            logits.contiguous(), temperature, uniform.float().contiguous()
+        )
+        return Sample(token, h if entropy else None, token_logp if logp else None)
     scores = logits.float()  # [R, V]
     if temperature != 1.0:  # x / 1 == x exactly: a pass over [R, V] saved at the default
         scores = scores / temperature

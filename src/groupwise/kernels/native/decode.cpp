@@ -54,6 +54,7 @@ inline __m512 load16(const BF* p) {
 inline __m512 load16(const BF* p, __mmask16 m) {
   return widen(_mm256_maskz_loadu_epi16(m, p));
 }
+inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 inline __m256i to_bf16(__m512 f) {
   __m512i u = _mm512_castps_si512(f);
   __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
@@ -462,6 +463,134 @@ Tensor attention(const Tensor& q, const Tensor& keys, const Tensor& values, cons
   return out;
 }
 
+
+// One token per row drawn by inverse CDF from softmax(logits / T), as groupwise.rollout.sampling
+// draws it without top-k/top-p: s = float(logits) / T (no division at T = 1), e = exp(s - max),
+// the first token v with sum_{w <= v} e_w > u * sum_w e_w (searched by blocks of 256), the
+// entropy H = log S - sum_v e_v (s_v - max) / S, and log p(token) = s_token - max - log S.
+// A target past the last positive entry (rounding) takes the most likely token, as the torch
+// sampler's check does. logits [R, V] (bf16 or float32), uniform [R] float32.
+std::vector<Tensor> sample(const Tensor& logits, double temperature, const Tensor& uniform) {
+  check_cpu(logits, "logits");
+  check_cpu(uniform, "uniform");
+  TORCH_CHECK(logits.dim() == 2 && uniform.dim() == 1 && uniform.size(0) == logits.size(0),
+              "sample: logits [R, V] and uniform [R]");
+  TORCH_CHECK(uniform.scalar_type() == at::kFloat, "sample: uniform must be float32");
+  TORCH_CHECK(logits.scalar_type() == at::kBFloat16 || logits.scalar_type() == at::kFloat,
+              "sample: logits must be bfloat16 or float32");
+  TORCH_CHECK(temperature > 0, "sample: temperature must be > 0 (greedy is an argmax)");
+  int64_t rows = logits.size(0), vocab = logits.size(1);
+  Tensor token = at::empty({rows}, logits.options().dtype(at::kLong));
+  Tensor entropy = at::empty({rows}, logits.options().dtype(at::kFloat));
+  Tensor logp = at::empty({rows}, logits.options().dtype(at::kFloat));
+  const float temp = static_cast<float>(temperature);
+  const bool divide = temperature != 1.0;
+  const int64_t block = 256, blocks = (vocab + block - 1) / block;
+  auto run = [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const scalar_t* lp = logits.data_ptr<scalar_t>();
+    const float* up = uniform.data_ptr<float>();
+    int64_t* tp = token.data_ptr<int64_t>();
+    float* hp = entropy.data_ptr<float>();
+    float* gp = logp.data_ptr<float>();
+    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> e(static_cast<size_t>(vocab));
+      std::vector<float> sums(static_cast<size_t>(blocks));
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* row = lp + r * vocab;
+        auto score = [&](int64_t v) {
+          float x = f32(row[v]);
+          return divide ? x / temp : x;
+        };
+#ifdef GROUPWISE_AVX512
+        const __m512 vt = _mm512_set1_ps(temp);
+        auto load_scores = [&](int64_t v, __mmask16 m) {
+          __m512 x = load16(row + v, m);
+          return divide ? _mm512_div_ps(x, vt) : x;
+        };
+        __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+        for (int64_t v = 0; v < vocab; v += 16) {
+          __mmask16 m = tail(vocab - v);
+          vmax = _mm512_mask_max_ps(vmax, m, vmax, load_scores(v, m));
+        }
+        const float mx = _mm512_reduce_max_ps(vmax);
+        const __m512 vmx = _mm512_set1_ps(mx);
+        __m512 vw = _mm512_setzero_ps();
+        float total = 0.f;
+        for (int64_t b = 0; b < blocks; ++b) {
+          __m512 part = _mm512_setzero_ps();
+          for (int64_t v = b * block; v < std::min(vocab, (b + 1) * block); v += 16) {
+            __mmask16 m = tail(std::min(vocab, (b + 1) * block) - v);
+            __m512 x = _mm512_sub_ps(load_scores(v, m), vmx);
+            __m512 ev = _mm512_maskz_mov_ps(m, exp16(x));
+            _mm512_mask_storeu_ps(e.data() + v, m, ev);
+            part = _mm512_add_ps(part, ev);
+            __mmask16 pos = _mm512_cmp_ps_mask(ev, _mm512_setzero_ps(), _CMP_GT_OQ);
+            vw = _mm512_add_ps(vw, _mm512_maskz_mul_ps(pos, ev, x));
+          }
+          sums[b] = _mm512_reduce_add_ps(part);
+          total += sums[b];
+        }
+        const float weighted = _mm512_reduce_add_ps(vw);
+        auto argmax = [&]() {
+          for (int64_t v = 0; v < vocab; ++v) {
+            if (score(v) == mx) return v;
+          }
+          return int64_t{0};
+        };
+#else
+        float mx = -std::numeric_limits<float>::infinity();
+        int64_t arg = 0;
+        for (int64_t v = 0; v < vocab; ++v) {
+          float x = score(v);
+          if (x > mx) mx = x, arg = v;
+        }
+        float total = 0.f, weighted = 0.f;
+        for (int64_t b = 0; b < blocks; ++b) {
+          float part = 0.f;
+          for (int64_t v = b * block; v < std::min(vocab, (b + 1) * block); ++v) {
+            float x = score(v) - mx;
+            float ev = std::exp(x);
+            e[v] = ev;
+            part += ev;
+            if (ev > 0.f) weighted += ev * x;
+          }
+          sums[b] = part;
+          total += part;
+        }
+        auto argmax = [&]() { return arg; };
+#endif
+        hp[r] = std::max(0.f, std::log(total) - weighted / total);
+        float target = up[r] * total, run = 0.f;
+        int64_t pick = -1;
+        for (int64_t b = 0; b < blocks && pick < 0; ++b) {
+          if (run + sums[b] <= target) {
+            run += sums[b];
+            continue;
+          }
+          for (int64_t v = b * block; v < std::min(vocab, (b + 1) * block); ++v) {
+            run += e[v];
+            if (run > target && e[v] > 0.f) {
+              pick = v;
+              break;
+            }
+          }
+          break;
+        }
+        if (pick < 0) pick = argmax();
+        tp[r] = pick;
+        gp[r] = score(pick) - mx - std::log(total);
+      }
+    });
+  };
+  if (logits.scalar_type() == at::kBFloat16) {
+    run(c10::BFloat16{});
+  } else {
+    run(float{});
+  }
+  return {token, entropy, logp};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -470,4 +599,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul", &silu_mul, "silu(gate) * up of gate_up [R, 2F]");
   m.def("rope_cache", &rope_cache, "rotary q/k of qkv, k and v written into the cache");
   m.def("attention", &attention, "single-query grouped attention over n cache slots");
+  m.def("sample", &sample, "inverse-CDF draw, entropy and log-prob per row");
 }
