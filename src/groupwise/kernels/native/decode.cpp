@@ -155,81 +155,114 @@ inline void rope_head_avx512(const BF* x, const BF* c, const BF* ss, int64_t d, 
   }
 }
 
-// Scores of one query head against n keys (K^T [D, cap]) into acc[0..n), rounded as torch
-// rounds them; returns their max.
-inline float scores_avx512(const BF* qh, const BF* kt, const BF* mr, int64_t d, int64_t cap,
-                           int64_t n, float scale, float* acc) {
-  __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+// Scores of NH query heads (of one KV head) against n keys (K^T [D, cap]) into acc[h][0..n),
+// rounded as torch rounds them; each key vector loaded once for all NH heads. Returns nothing;
+// mx[h] gets each head's max.
+template <int NH>
+void scores_avx512(const BF* q0, int64_t d, const BF* kt, int64_t cap, const BF* mr, int64_t n,
+                   float scale, float* acc, int64_t stride, float* mx) {
   const __m512 sc = _mm512_set1_ps(scale);
+  __m512 vmax[NH];
+  for (int h = 0; h < NH; ++h) vmax[h] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t t0 = 0; t0 < n; t0 += 64) {
-    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                   _mm512_setzero_ps()};
+    __m512 a[NH][4];
+    for (int h = 0; h < NH; ++h)
+      for (int b = 0; b < 4; ++b) a[h][b] = _mm512_setzero_ps();
     __mmask16 m[4];
     for (int b = 0; b < 4; ++b) m[b] = t0 + 16 * b < n ? tail(n - t0 - 16 * b) : 0;
     for (int64_t i = 0; i < d; ++i) {
-      __m512 qi = _mm512_set1_ps(static_cast<float>(qh[i]));
       const BF* krow = kt + i * cap + t0;
-      for (int b = 0; b < 4; ++b) {
-        if (m[b]) a[b] = _mm512_fmadd_ps(qi, load16(krow + 16 * b, m[b]), a[b]);
+      __m512 k[4];
+      for (int b = 0; b < 4; ++b) k[b] = load16(krow + 16 * b, m[b]);
+      for (int h = 0; h < NH; ++h) {
+        __m512 qi = _mm512_set1_ps(static_cast<float>(q0[h * d + i]));
+        for (int b = 0; b < 4; ++b) a[h][b] = _mm512_fmadd_ps(qi, k[b], a[h][b]);
       }
     }
     for (int b = 0; b < 4; ++b) {
       if (!m[b]) continue;
-      __m512 s = round16(_mm512_mul_ps(round16(a[b]), sc));
-      s = round16(_mm512_add_ps(s, load16(mr + t0 + 16 * b, m[b])));
-      _mm512_mask_storeu_ps(acc + t0 + 16 * b, m[b], s);
-      vmax = _mm512_mask_max_ps(vmax, m[b], vmax, s);
+      __m512 mask = load16(mr + t0 + 16 * b, m[b]);
+      for (int h = 0; h < NH; ++h) {
+        __m512 x = round16(_mm512_mul_ps(round16(a[h][b]), sc));
+        x = round16(_mm512_add_ps(x, mask));
+        _mm512_mask_storeu_ps(acc + h * stride + t0 + 16 * b, m[b], x);
+        vmax[h] = _mm512_mask_max_ps(vmax[h], m[b], vmax[h], x);
+      }
     }
   }
-  return _mm512_reduce_max_ps(vmax);
+  for (int h = 0; h < NH; ++h) mx[h] = _mm512_reduce_max_ps(vmax[h]);
+}
+
+// softmax of acc[0..n) in place, as float32 probabilities rounded to bf16.
+inline void softmax_avx512(float* acc, int64_t n, float mx) {
+  __m512 vsum = _mm512_setzero_ps();
+  const __m512 vmx = _mm512_set1_ps(mx);
+  for (int64_t t = 0; t < n; t += 16) {
+    __mmask16 m = tail(n - t);
+    __m512 e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, acc + t), vmx)));
+    _mm512_mask_storeu_ps(acc + t, m, e);
+    vsum = _mm512_add_ps(vsum, e);
+  }
+  const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(vsum));
+  for (int64_t t = 0; t < n; t += 16) {
+    __mmask16 m = tail(n - t);
+    _mm512_mask_storeu_ps(acc + t, m, round16(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc + t), inv)));
+  }
+}
+
+// out[h] = probs[h] V for NH heads, each value vector loaded once for all of them.
+template <int NH>
+void values_avx512(const float* acc, int64_t stride, const BF* vt, int64_t d, int64_t n, BF* out) {
+  for (int64_t i0 = 0; i0 < d; i0 += 64) {
+    __m512 o[NH][4];
+    for (int h = 0; h < NH; ++h)
+      for (int b = 0; b < 4; ++b) o[h][b] = _mm512_setzero_ps();
+    __mmask16 m[4];
+    for (int b = 0; b < 4; ++b) m[b] = i0 + 16 * b < d ? tail(d - i0 - 16 * b) : 0;
+    for (int64_t t = 0; t < n; ++t) {
+      const BF* vrow = vt + t * d + i0;
+      __m512 v[4];
+      for (int b = 0; b < 4; ++b) v[b] = load16(vrow + 16 * b, m[b]);
+      for (int h = 0; h < NH; ++h) {
+        __m512 p = _mm512_set1_ps(acc[h * stride + t]);
+        for (int b = 0; b < 4; ++b) o[h][b] = _mm512_fmadd_ps(p, v[b], o[h][b]);
+      }
+    }
+    for (int h = 0; h < NH; ++h)
+      for (int b = 0; b < 4; ++b)
+        if (m[b]) store16(out + h * d + i0 + 16 * b, o[h][b], m[b]);
+  }
+}
+
+template <int NH>
+void heads_avx512(const BF* q0, const BF* kt, const BF* vt, const BF* mr, BF* out, int64_t d,
+                  int64_t cap, int64_t n, float scale, float* acc, int64_t stride) {
+  float mx[NH];
+  scores_avx512<NH>(q0, d, kt, cap, mr, n, scale, acc, stride, mx);
+  for (int h = 0; h < NH; ++h) softmax_avx512(acc + h * stride, n, mx[h]);
+  values_avx512<NH>(acc, stride, vt, d, n, out);
 }
 
 void attention_avx512(const BF* qp, const BF* kp, const BF* vp, const BF* mp, BF* op,
                       int64_t rows, int64_t heads, int64_t kv_heads, int64_t d, int64_t cap,
                       int64_t n, float scale) {
-  int64_t rep = heads / kv_heads;
+  int64_t rep = heads / kv_heads, stride = n + 16;
   at::parallel_for(0, rows * kv_heads, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(static_cast<size_t>(n + 16));
+    std::vector<float> acc(static_cast<size_t>(4 * stride));
     for (int64_t unit = begin; unit < end; ++unit) {
       int64_t r = unit / kv_heads, k = unit % kv_heads;
       const BF* kt = kp + unit * d * cap;
       const BF* vt = vp + unit * cap * d;
-      for (int64_t j = 0; j < rep; ++j) {
+      const BF* mr = mp + r * cap;
+      for (int64_t j = 0; j < rep; j += 4) {  // up to 4 query heads of this KV head at once
         int64_t h = k * rep + j;
-        float mx = scores_avx512(qp + (r * heads + h) * d, kt, mp + r * cap, d, cap, n, scale,
-                                 acc.data());
-        __m512 vsum = _mm512_setzero_ps();
-        const __m512 vmx = _mm512_set1_ps(mx);
-        for (int64_t t = 0; t < n; t += 16) {
-          __mmask16 m = tail(n - t);
-          __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, acc.data() + t), vmx));
-          e = _mm512_maskz_mov_ps(m, e);
-          _mm512_mask_storeu_ps(acc.data() + t, m, e);
-          vsum = _mm512_add_ps(vsum, e);
-        }
-        const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(vsum));
-        for (int64_t t = 0; t < n; t += 16) {
-          __mmask16 m = tail(n - t);
-          __m512 pr = round16(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc.data() + t), inv));
-          _mm512_mask_storeu_ps(acc.data() + t, m, pr);
-        }
-        BF* orow = op + r * heads * d + h * d;
-        for (int64_t i0 = 0; i0 < d; i0 += 64) {
-          __m512 o[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
-                         _mm512_setzero_ps()};
-          __mmask16 m[4];
-          for (int b = 0; b < 4; ++b) m[b] = i0 + 16 * b < d ? tail(d - i0 - 16 * b) : 0;
-          for (int64_t t = 0; t < n; ++t) {
-            if (acc[t] == 0.f) continue;
-            __m512 pt = _mm512_set1_ps(acc[t]);
-            const BF* vrow = vt + t * d + i0;
-            for (int b = 0; b < 4; ++b) {
-              if (m[b]) o[b] = _mm512_fmadd_ps(pt, load16(vrow + 16 * b, m[b]), o[b]);
-            }
-          }
-          for (int b = 0; b < 4; ++b) {
-            if (m[b]) store16(orow + i0 + 16 * b, o[b], m[b]);
-          }
+        const BF* q0 = qp + (r * heads + h) * d;
+        BF* out = op + (r * heads + h) * d;
+        switch (std::min<int64_t>(4, rep - j)) {
+          case 4: heads_avx512<4>(q0, kt, vt, mr, out, d, cap, n, scale, acc.data(), stride); break;
+          case 3: heads_avx512<3>(q0, kt, vt, mr, out, d, cap, n, scale, acc.data(), stride); break;
+          case 2: heads_avx512<2>(q0, kt, vt, mr, out, d, cap, n, scale, acc.data(), stride); break;
+          default: heads_avx512<1>(q0, kt, vt, mr, out, d, cap, n, scale, acc.data(), stride);
         }
       }
     }
