@@ -1030,6 +1030,16 @@ TABLES: tuple[Table, ...] = (
         "dropped; seconds are medians.",
     ),
     Table(
+        "native-decode-b1",
+        (Source("native-decode-epyc25", "rows"),),
+        B1_LEVER_COLUMNS,
+        "`python benchmarks/b1_levers.py --variants pure-bf16,torch-decode --steps 6 --rounds "
+        "2`: B1 with groupwise's defaults (`pure-bf16`: `rollout.native_kernels=auto`, on here) "
+        "and with `rollout.native_kernels=false` (the packed decode step and the sampler in "
+        "torch's operations), alternating, 2 rounds of 6 steps, the first of each dropped; "
+        "seconds are medians, the machine otherwise quiet.",
+    ),
+    Table(
         "group-parts-b1",
         (Source("group-parts-256-epyc25", "rows"),),
         (

@@ -13,7 +13,13 @@ sums; tested bitwise on bf16 in tests/kernels/test_native.py):
 - ``attention(q, keys, values, mask, n, scale)``: single-query grouped attention over the
   first ``n`` cache slots, ``softmax((q K^T) scale + mask) V`` (about 7, and the copy of the
   sliced cache the batched matmul makes);
-- ``silu_mul(gate_up)``: ``silu(gate) * up`` (3).
+- ``silu_mul(gate_up)``: ``silu(gate) * up`` (3);
+- ``sample(logits, temperature, uniform)``: the inverse-CDF draw of
+  :func:`groupwise.rollout.sampling.sample_token` without top-k/top-p, with the entropy and the
+  drawn token's log-prob, in one pass per row (about 10 vocabulary-wide torch kernels); its
+  float32 sums run in another order, so a draw within rounding of a token's boundary may land
+  on the neighbour (the same distribution; tested against the torch sampler and exact
+  probabilities).
 
 The vector code needs AVX-512 (F and BW): where torch's CPU capability is lower the module is
 not built (``available`` is False) and the decode step uses torch's operations, as it does for
@@ -66,6 +72,8 @@ def load() -> Any | None:
 
     digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
     name = f"groupwise_decode_{capability().lower()}_{digest}"
+    if not _built(name):
+        print("groupwise: building the native decode kernels (once, about 40 s)", file=sys.stderr)
     try:
         return build(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", *_FLAGS[capability()]])
     except Exception as error:  # a compiler or linker failure: decode with torch ops
@@ -75,6 +83,16 @@ def load() -> Any | None:
             file=sys.stderr,
         )
         return None
+
+
+def _built(name: str) -> bool:
+    """Whether torch's extension cache already holds module ``name`` (a guess: a message only)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return any(Path(_get_build_directory(name, verbose=False)).glob(f"{name}*.so"))
+    except Exception:  # a private helper of torch's; without it, say nothing
+        return True
 
 
 def available() -> bool:
