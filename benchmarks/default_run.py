@@ -54,6 +54,8 @@ from harness import (
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "local": ("rollout.engine=local",),
+    # the default's decoding through torch's operations only (no C++ decode kernels)
+    "torch-decode": ("rollout.engine=local", "rollout.native_kernels=false"),
     "llamacpp": (
         "rollout.engine=llamacpp",
         "algorithm.vllm_importance_sampling_correction=auto",

@@ -609,6 +609,7 @@ TABLES: tuple[Table, ...] = (
     Table("trl-xeon-onepass-phases", (Source("trl-xeon-onepass", "phases"),), PHASE_COLUMNS),
     *trl_tables("trl-epyc25"),
     *trl_tables("trl-epyc25-lora"),
+    *trl_tables("trl-epyc25-native"),
     *trl_tables("trl-xeon-lora"),
     Table("trl-epyc-avx2-phases", (Source("trl-epyc-avx2", "phases"),), PHASE_COLUMNS),
     Table(
