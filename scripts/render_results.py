@@ -712,6 +712,16 @@ TABLES: tuple[Table, ...] = (
         "of the baseline's seed-0 run.",
     ),
     Table(
+        "default-run-native-epyc25",
+        (Source("default-run-native-epyc25", "runs"),),
+        RECIPE_COLUMNS_STEPS,
+        "`python benchmarks/default_run.py --variants local,torch-decode --seeds 0`: the "
+        "default run (`local`: `rollout.native_kernels=auto`, on here) and the same with "
+        "`rollout.native_kernels=false`, one after the other with the whole machine, evaluated "
+        "before, every 25 steps and after; wall is the process end to end (the first includes "
+        "no build: the kernels were built before).",
+    ),
+    Table(
         "recipe-levers",
         (Source("recipe-levers-xeon", "runs"),),
         RECIPE_COLUMNS,

@@ -32,7 +32,8 @@ per-head norms) are decoded by transformers as before: :func:`supports` says whi
 With ``native_kernels`` (bf16 weights) the RMSNorms, the rotary embedding with the cache
 writes, the attention and SiLU-times-up run as four C++ kernels of
 :mod:`groupwise.kernels.native`, one call each instead of chains of small torch kernels, with
-the same roundings; where they are not built the torch operations below run.
+the same roundings (float32 sums in another order); where they are not built the torch
+operations below run.
 """
 
 from __future__ import annotations
