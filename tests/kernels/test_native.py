@@ -161,3 +161,15 @@ def test_sample_follows_the_distribution() -> None:
     for u in (0.99999994, 1.0):  # the largest float32 below 1, and past the end
         top = ops.sample(logits[:1].contiguous(), 1.0, torch.tensor([u]))[0]
         assert p[int(top)] > 0  # never the -inf token
+
+
+def test_ninja_comes_from_the_package_when_not_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``ninja`` dependency's executable is used where PATH has none (a venv's python run
+    without activating the venv)."""
+    import shutil
+
+    ninja = pytest.importorskip("ninja")
+    real = shutil.which
+    monkeypatch.setattr(native.shutil, "which", lambda n: None if n == "ninja" else real(n))
+    assert native._ninja_dir() == str(ninja.BIN_DIR)
+    assert native.buildable() is None

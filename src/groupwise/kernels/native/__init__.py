@@ -25,14 +25,15 @@ the default run's untrained model changed somewhere, mostly after the answer):
 
 The vector code needs AVX-512 (F and BW): where torch's CPU capability is lower the module is
 not built (``available`` is False) and the decode step uses torch's operations, as it does for
-float32 weights. The build (torch's ``cpp_extension``: a C++ compiler and ninja) takes about 40
-s once per machine and source; it is cached under ``TORCH_EXTENSIONS_DIR`` (default
+float32 weights. The build (torch's ``cpp_extension``: a C++ compiler, and ninja, which the
+``ninja`` package groupwise depends on provides) takes about 40 s once per machine and source; it is cached under ``TORCH_EXTENSIONS_DIR`` (default
 ``~/.cache/torch_extensions``). A failed build prints one line on stderr and falls back.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
 from functools import cache
@@ -59,9 +60,23 @@ def buildable() -> str | None:
         return f"the CPU capability is {capability()}, the kernels need AVX512"
     if shutil.which("c++") is None and shutil.which("g++") is None:
         return "no C++ compiler on PATH"
-    if shutil.which("ninja") is None:
-        return "ninja is not on PATH"
+    if _ninja_dir() is None:
+        return "no ninja (pip install ninja)"
     return None
+
+
+def _ninja_dir() -> str | None:
+    """The directory of a ninja executable: PATH's, else the ``ninja`` package's (a dependency,
+    whose script is on PATH only inside an activated environment)."""
+    found = shutil.which("ninja")
+    if found is not None:
+        return str(Path(found).parent)
+    try:
+        import ninja
+    except ImportError:
+        return None
+    bin_dir = getattr(ninja, "BIN_DIR", None)
+    return str(bin_dir) if bin_dir and (Path(bin_dir) / "ninja").exists() else None
 
 
 @cache
@@ -71,6 +86,11 @@ def load() -> Any | None:
     if reason is not None:
         return None
     from torch.utils.cpp_extension import load as build
+
+    ninja_dir = _ninja_dir()
+    path = os.environ.get("PATH", "")
+    if ninja_dir is not None and ninja_dir not in path.split(os.pathsep):
+        os.environ["PATH"] = ninja_dir + os.pathsep + path  # torch runs `ninja` from PATH
 
     digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
     name = f"groupwise_decode_{capability().lower()}_{digest}"
