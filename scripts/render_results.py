@@ -1009,6 +1009,21 @@ TABLES: tuple[Table, ...] = (
         "the runs).",
     ),
     Table(
+        "b1-commits-native-epyc25",
+        (Source("b1-commits-native-epyc25", "rows"),),
+        (
+            Column("commit", _commit_cell),
+            Column("s/step (x floor)", _with_floor_ratio("median_s", "step")),
+            *(Column(f"{p} (x floor)", _with_floor_ratio(p, p)) for p in B1_PHASES),
+            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
+        ),
+        "`python benchmarks/b1_commits.py --commits 92592c9,2d670b5,d95e23c --steps 5 --rounds "
+        "2`: B1 with groupwise's defaults at the issue's baseline commit, before the native "
+        "kernels and with them, the commits alternating, 5 steps per run of which the first "
+        "is dropped; seconds are medians over both rounds, in brackets measured / FLOP floor "
+        "(the weight matmuls at the best matmul rates measured before and after the runs).",
+    ),
+    Table(
         "b1-commits-adamw-epyc25",
         (Source("b1-adamw-epyc25", "rows"),),
         (
