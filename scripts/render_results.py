@@ -469,6 +469,14 @@ B1_LEVER_COLUMNS: tuple[Column, ...] = (
 )
 """The columns of a comparison of lever sets on B1 (benchmarks/b1_levers.py's rows)."""
 
+B1_COMMIT_FLOOR_COLUMNS: tuple[Column, ...] = (
+    Column("commit", _commit_cell),
+    Column("s/step (x floor)", _with_floor_ratio("median_s", "step")),
+    *(Column(f"{p} (x floor)", _with_floor_ratio(p, p)) for p in B1_PHASES),
+    Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
+)
+"""The columns of B1 at several commits, each phase against its FLOP floor (b1_commits.py)."""
+
 
 def trl_tables(result: str) -> tuple[Table, Table, Table]:
     """The three tables of one ``trl_vs_groupwise.py`` result, named after it: its rows, their
@@ -996,12 +1004,7 @@ TABLES: tuple[Table, ...] = (
     Table(
         "b1-commits-floor",
         (Source("b1-commits-epyc25", "rows"),),
-        (
-            Column("commit", _commit_cell),
-            Column("s/step (x floor)", _with_floor_ratio("median_s", "step")),
-            *(Column(f"{p} (x floor)", _with_floor_ratio(p, p)) for p in B1_PHASES),
-            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
-        ),
+        B1_COMMIT_FLOOR_COLUMNS,
         "`python benchmarks/b1_commits.py --commits 92592c9,377dbde,6185158 --rounds 2`: B1 "
         "with groupwise's defaults at each commit, the commits alternating, 5 steps per run of "
         "which the first is dropped; seconds are medians over both rounds, in brackets measured "
@@ -1011,12 +1014,7 @@ TABLES: tuple[Table, ...] = (
     Table(
         "b1-commits-native-epyc25",
         (Source("b1-commits-native-epyc25", "rows"),),
-        (
-            Column("commit", _commit_cell),
-            Column("s/step (x floor)", _with_floor_ratio("median_s", "step")),
-            *(Column(f"{p} (x floor)", _with_floor_ratio(p, p)) for p in B1_PHASES),
-            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
-        ),
+        B1_COMMIT_FLOOR_COLUMNS,
         "`python benchmarks/b1_commits.py --commits 92592c9,2d670b5,d95e23c --steps 5 --rounds "
         "2`: B1 with groupwise's defaults at the issue's baseline commit, before the native "
         "kernels and with them, the commits alternating, 5 steps per run of which the first "
@@ -1026,12 +1024,7 @@ TABLES: tuple[Table, ...] = (
     Table(
         "b1-commits-adamw-epyc25",
         (Source("b1-adamw-epyc25", "rows"),),
-        (
-            Column("commit", _commit_cell),
-            Column("s/step (x floor)", _with_floor_ratio("median_s", "step")),
-            *(Column(f"{p} (x floor)", _with_floor_ratio(p, p)) for p in B1_PHASES),
-            Column("peak RSS", num("peak_rss_gb", ".2f", " GB")),
-        ),
+        B1_COMMIT_FLOOR_COLUMNS,
         "`python benchmarks/b1_commits.py --commits 48a0a8b,fbc05de --steps 6 --rounds 2`: B1 "
         "with groupwise's defaults before and with the AdamW change of fbc05de (reverted), "
         "alternating, 6 steps per run of which the first is dropped; seconds are medians over "
