@@ -28,6 +28,9 @@ Variants (cumulative, each adds one lever to the one above):
 - torch-decode (beside pure-bf16): ``rollout.native_kernels=false``, the packed decode step's
   RMSNorms, rotary embedding, attention and SiLU through torch's operations instead of
   groupwise's C++ kernels (the default on a CPU with AVX-512 where they build);
+- torch-training (beside pure-bf16): ``training.native_kernels=false``, the log-probs of the
+  update and the reference pass and the update's RMSNorms through torch's operations instead
+  of groupwise's C++ kernels (the default on a CPU with AVX-512 where they build);
 - llamacpp (beside pure-bf16, not on top of the others): ``rollout.engine=llamacpp``, llama.cpp
   decoding a bf16 GGUF copy of the policy, rewritten after every update (needs
   ``scripts/setup.sh --llamacpp``).
@@ -98,6 +101,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "torch-decode": (  # not cumulative: pure-bf16 decoding through torch's operations only
         "training.param_dtype=bfloat16",
         "rollout.native_kernels=false",
+    ),
+    "torch-training": (  # not cumulative: pure-bf16 training through torch's operations only
+        "training.param_dtype=bfloat16",
+        "training.native_kernels=false",
     ),
     "llamacpp": (  # not cumulative: pure-bf16 with llama.cpp generating on a bf16 GGUF copy
         "training.param_dtype=bfloat16",

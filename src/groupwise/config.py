@@ -222,6 +222,8 @@ class TrainingConfig:
     """Recompute decoder activations in the backward pass (less memory; no shared-prompt KV cache)."""
     fused_kernels: bool | Literal["auto"] = "auto"
     """Train through groupwise.kernels.fused: RMSNorm, SwiGLU MLP, attention softmax saving bf16 inputs (less activation memory under pure bf16); auto = on under pure bf16 weights on CPU."""
+    native_kernels: bool | Literal["auto"] = "auto"
+    """Train in bf16 on CPU through groupwise's C++ kernels (groupwise.kernels.native): the log-probs of the update and the reference pass (per row of the LM head's logits the log-sum-exp, the token's log-prob and the entropy in one pass, their gradient in one more, instead of float32 copies and ~6 vocabulary-wide torch kernels each way) and, with training.fused_kernels, every RMSNorm's forward and backward (2 calls instead of ~20 small kernels). The same formulas and roundings, float32 sums in another order. Built on first use as rollout.native_kernels is. auto = on a CPU with AVX-512 where they can be built, computing in bf16."""
     compile_optimizer: bool | Literal["auto"] = "auto"
     """Under pure bf16 weights, run the Kahan-compensated AdamW step as one kernel per slice that torch.compile generates, instead of ~20 elementwise passes over float32 temporaries: the same update up to float32 rounding, faster (benchmarks/b1_levers.py, variant eager-optimizer). It compiles once per process (cached on disk) and runs eagerly if compiling fails. auto = on under pure bf16 weights on CPU when a C++ compiler is on PATH (torch.compile's CPU backend needs one)."""
     max_tokens_per_microbatch: int | Literal["auto"] = "auto"

@@ -223,6 +223,7 @@ def test_the_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
             "algorithm.beta=0.04",
             "training.compile_optimizer=true",
             "rollout.native_kernels=true",
+            "training.native_kernels=true",
         ]
     )
     monkeypatch.setattr(plan_module, "available_memory", lambda device: 6_000_000_000)
@@ -235,6 +236,7 @@ def test_the_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
         "memory: fused RMSNorm / SwiGLU / softmax kernels (training.fused_kernels)",
         "speed: the bf16 AdamW step compiled (training.compile_optimizer)",
         "speed: decoding through groupwise's C++ kernels (rollout.native_kernels)",
+        "speed: log-probs and RMSNorms through groupwise's C++ kernels (training.native_kernels)",
         "memory: activations of a forward/backward within 1.5 GB (training.max_tokens_per_"
         "microbatch=auto: long groups whole where they fit)",
     ]

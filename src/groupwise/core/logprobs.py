@@ -15,7 +15,8 @@ the same backward: no ``[N, V]`` tensor is saved either way, only the ``[N]`` en
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,75 @@ def _scale(raw: Tensor, temperature: float, copy: bool = False) -> Tensor:
     return z
 
 
+def torch_rows_forward(
+    raw: Tensor, targets: Tensor, temperature: float, compute_entropy: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Log-probs, log-sum-exps and entropies of ``r`` rows of logits, ``FLOAT_ROWS`` at a time::
+
+        z = raw / T (float32),  lse = logsumexp_v(z),  logp = z[y] - lse
+        H = log s - sum_v e_v z'_v / s,  z' = z - max z,  e = exp(z'),  s = sum_v e_v
+
+    ``raw`` ``[r, V]`` compute dtype, ``targets`` ``[r]``; returns float32 ``[r]`` each
+    (entropy None unless ``compute_entropy``).
+    """
+    n = raw.shape[0]
+    logp = torch.empty(n, dtype=torch.float32, device=raw.device)  # [r]
+    lse = torch.empty(n, dtype=torch.float32, device=raw.device)  # [r]
+    entropy = torch.empty(n, dtype=torch.float32, device=raw.device) if compute_entropy else None
+    for a in range(0, n, FLOAT_ROWS):  # float32 temporaries of FLOAT_ROWS rows
+        b = min(a + FLOAT_ROWS, n)
+        z = _scale(raw[a:b], temperature, copy=True)  # [r, V] float32
+        z_max = z.amax(dim=-1, keepdim=True)  # [r, 1]
+        target_logit = z.gather(-1, targets[a:b, None]).squeeze(-1)  # [r]
+        z.sub_(z_max)  # shifted logits z' = z - max, in place
+        e = torch.exp(z) if entropy is not None else z.exp_()  # [r, V] (z' kept for entropy)
+        total = e.sum(dim=-1)  # [r]
+        lse_c = z_max.squeeze(-1) + total.log()  # [r]
+        logp[a:b] = target_logit - lse_c
+        lse[a:b] = lse_c
+        if entropy is not None:
+            # H = log s - sum_v e_v z'_v / s with e = exp(z'), s = sum e: both terms are small
+            # when H ~ 0, so no cancellation (unlike lse - sum p z)
+            dot = e.mul_(z).sum(dim=-1)  # [r] sum_v e_v z'_v (e is not needed after)
+            entropy[a:b] = total.log() - dot / total
+    return logp, lse, entropy
+
+
+def torch_rows_backward(
+    raw: Tensor,
+    lse: Tensor,
+    targets: Tensor,
+    grad_logp: Tensor,
+    temperature: float,
+    entropy: tuple[Tensor, Tensor] | None = None,
+) -> None:
+    """Overwrite ``r`` rows of logits ``raw`` ``[r, V]`` with ``dL / d raw`` (see
+    :func:`_grad_rows`), ``FLOAT_ROWS`` at a time, rounded to ``raw``'s dtype."""
+    for a in range(0, raw.shape[0], FLOAT_ROWS):
+        b = min(a + FLOAT_ROWS, raw.shape[0])
+        ent_rows = None if entropy is None else (entropy[0][a:b], entropy[1][a:b])
+        raw[a:b] = _grad_rows(
+            raw[a:b], lse[a:b], targets[a:b], grad_logp[a:b], temperature, ent_rows
+        )
+
+
+class LogpRows(NamedTuple):
+    """The per-row work of :func:`chunked_token_logp` on one chunk's logits: torch's
+    operations (:data:`TORCH_ROWS`), or a fused kernel computing the same formulas."""
+
+    forward: Callable[[Tensor, Tensor, float, bool], tuple[Tensor, Tensor, Tensor | None]]
+    """``(raw [r, V], targets [r], temperature, compute_entropy) -> (logp, lse, entropy)``
+    as :func:`torch_rows_forward`."""
+    backward: Callable[[Tensor, Tensor, Tensor, Tensor, float], None]
+    """``(raw [r, V], lse [r], targets [r], grad_logp [r], temperature)``: ``raw``
+    overwritten with ``dL / d raw`` of the log-probs alone, as :func:`torch_rows_backward`
+    (an entropy's gradient always takes torch's operations)."""
+
+
+TORCH_ROWS = LogpRows(torch_rows_forward, torch_rows_backward)
+"""The row work in torch's operations (float32 temporaries of ``FLOAT_ROWS`` rows)."""
+
+
 class _ChunkedTokenLogp(torch.autograd.Function):
     """logp_n = z_n[y_n] - logsumexp(z_n), z_n = (h_n W^T) / temperature, chunked over rows."""
 
@@ -80,6 +150,7 @@ class _ChunkedTokenLogp(torch.autograd.Function):
         chunk_size: int,
         compute_entropy: bool,
         entropy_grad: bool,
+        rows: LogpRows,
     ) -> tuple[Tensor, Tensor]:
         n_rows = hidden.shape[0]
         w = weight.to(hidden.dtype)  # [V, H] compute dtype
@@ -94,22 +165,10 @@ class _ChunkedTokenLogp(torch.autograd.Function):
         for start in range(0, n_rows, chunk_size):
             end = min(start + chunk_size, n_rows)
             raw = hidden[start:end] @ w.T  # [n, V] compute dtype
-            for a in range(start, end, FLOAT_ROWS):  # float32 temporaries of FLOAT_ROWS rows
-                b = min(a + FLOAT_ROWS, end)
-                z = _scale(raw[a - start : b - start], temperature, copy=True)  # [r, V] float32
-                z_max = z.amax(dim=-1, keepdim=True)  # [r, 1]
-                target_logit = z.gather(-1, targets[a:b, None]).squeeze(-1)  # [r]
-                z.sub_(z_max)  # shifted logits z' = z - max, in place
-                e = torch.exp(z) if compute_entropy else z.exp_()  # [r, V] (z' kept for entropy)
-                total = e.sum(dim=-1)  # [r]
-                lse_c = z_max.squeeze(-1) + total.log()  # [r]
-                logp[a:b] = target_logit - lse_c
-                lse[a:b] = lse_c
-                if compute_entropy:
-                    # H = log s - sum_v e_v z'_v / s with e = exp(z'), s = sum e: both terms are
-                    # small when H ~ 0, so no cancellation (unlike lse - sum p z)
-                    dot = e.mul_(z).sum(dim=-1)  # [r] sum_v e_v z'_v (e is not needed after)
-                    entropy[a:b] = total.log() - dot / total
+            logp_c, lse_c, ent_c = rows.forward(raw, targets[start:end], temperature, n_ent > 0)
+            logp[start:end], lse[start:end] = logp_c, lse_c
+            if ent_c is not None:
+                entropy[start:end] = ent_c
             raw_kept = raw if keep_raw else None
             del raw
         if entropy_grad:  # H [N] is needed by dH/dz; nothing of size V is kept
@@ -120,13 +179,14 @@ class _ChunkedTokenLogp(torch.autograd.Function):
         ctx.raw_logits = raw_kept
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
+        ctx.rows = rows
         return logp, entropy
 
     @staticmethod
     @once_differentiable
     def backward(
         ctx: Any, grad_logp: Tensor, grad_entropy: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None, None]:
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None, None, None]:
         # dz/dh = W / temperature, dz/dW = h / temperature; per row the gradient w.r.t. z is
         # d logp / dz (and d H / dz when the entropy has a nonzero gradient): see _grad_rows
         hidden, weight, targets, lse, *saved_entropy = ctx.saved_tensors
@@ -150,14 +210,21 @@ class _ChunkedTokenLogp(torch.autograd.Function):
             raw, ctx.raw_logits = ctx.raw_logits, None  # kept by a one-chunk forward
             if raw is None:
                 raw = h_c @ w.T  # [n, V] compute dtype, the forward's values
-            for a in range(start, end, FLOAT_ROWS):  # overwrite raw with dL / d raw, in place
-                b = min(a + FLOAT_ROWS, end)
-                rows = raw[a - start : b - start]  # [r, V]
-                ent_rows = None if ent_grad is None else (ent_grad[0][a:b], ent_grad[1][a:b])
-                grad_z = _grad_rows(
-                    rows, lse[a:b], targets[a:b], grad_logp[a:b], temperature, ent_rows
+            # overwrite raw with dL / d raw, in place
+            if ent_grad is None:
+                ctx.rows.backward(
+                    raw, lse[start:end], targets[start:end], grad_logp[start:end], temperature
                 )
-                rows[:] = grad_z  # rounded to the compute dtype
+            else:
+                ent_slice = (ent_grad[0][start:end], ent_grad[1][start:end])
+                torch_rows_backward(
+                    raw,
+                    lse[start:end],
+                    targets[start:end],
+                    grad_logp[start:end],
+                    temperature,
+                    ent_slice,
+                )
             grad_logits_lp = raw  # [n, V] compute dtype
             if grad_hidden is not None:
                 grad_hidden[start:end] = grad_logits_lp @ w  # [n, H]
@@ -168,7 +235,7 @@ class _ChunkedTokenLogp(torch.autograd.Function):
             del raw, grad_logits_lp
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None
 
 
 def _grad_rows(
@@ -212,6 +279,7 @@ def chunked_token_logp(
     chunk_size: int = 1024,
     compute_entropy: bool = True,
     entropy_grad: bool = False,
+    rows: LogpRows = TORCH_ROWS,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probability of each target token, computed ``chunk_size`` rows at a time::
 
@@ -228,7 +296,8 @@ def chunked_token_logp(
     ``dH_n / dz_nv = -p_nv (log p_nv + H_n)`` (so ``dH_n / d(h_n W^T)_v`` carries a further
     ``1 / temperature``); an entropy gradient that is None or all 0 takes the logp-only backward.
     The forward saves no ``[N, V]`` tensor; the backward recomputes logits per chunk (one extra
-    matmul per chunk).
+    matmul per chunk). ``rows`` does the per-row work on each chunk's logits (torch's
+    operations by default; a fused kernel, e.g. ``groupwise.kernels.native.logp_rows()``).
     """
     _check_inputs(hidden, weight, targets, temperature, chunk_size)
     if entropy_grad and not compute_entropy:
@@ -243,6 +312,7 @@ def chunked_token_logp(
         int(chunk_size),
         bool(compute_entropy),
         bool(entropy_grad),
+        rows,
     )
     return logp, (entropy if compute_entropy else None)
 

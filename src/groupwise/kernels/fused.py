@@ -38,11 +38,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
+from groupwise.kernels import native
+
 FUSED_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
 """RMSNorm classes whose forward is ``w * bf16(x * rsqrt(mean(x^2) + eps))`` (no ``1 + w``)."""
 FUSED_MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})
 """MLP classes whose forward is ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``."""
 _SILU = frozenset({"SiLU", "SiLUActivation"})
+NATIVE_FLAG = "_groupwise_native_kernels"
+"""The attribute :func:`install_fused_kernels` sets on a routed module: use the C++ kernels."""
 
 
 def _records(*tensors: Tensor) -> bool:
@@ -76,6 +80,27 @@ class RMSNormFunction(torch.autograd.Function):
             prod = dy.to(torch.float32) * xh.to(x.dtype)  # [..., H]
             dw = _rows(prod).sum(0).to(weight.dtype)  # [H]
         return dx, dw, None
+
+
+class NativeRMSNormFunction(torch.autograd.Function):
+    """:class:`RMSNormFunction`'s formulas and roundings in two C++ kernels
+    (``groupwise.kernels.native``: ``rms_norm_forward``, ``rms_norm_backward``), for ``x`` and
+    ``weight`` of one dtype; saves ``x`` and ``r`` as well."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, eps: float, ops: Any) -> Tensor:
+        y, rstd = ops.rms_norm_forward(_rows(x).contiguous(), weight.contiguous(), eps)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.ops = ops  # type: ignore[attr-defined]
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, dy: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        x, weight, rstd = ctx.saved_tensors  # type: ignore[attr-defined]
+        need = ctx.needs_input_grad  # type: ignore[attr-defined]
+        rows = (_rows(dy).contiguous(), _rows(x).contiguous(), weight.contiguous(), rstd)
+        dx, dw = ctx.ops.rms_norm_backward(*rows)  # type: ignore[attr-defined]
+        return (dx.view(x.shape) if need[0] else None), (dw if need[1] else None), None, None
 
 
 class SwiGLUFunction(torch.autograd.Function):
@@ -167,8 +192,24 @@ def softmax_probs(scores: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
 
 
+def _native_ops(module: nn.Module, *tensors: Tensor) -> Any:
+    """The C++ kernels where ``module`` was routed to them and ``tensors`` are bf16 on CPU,
+    else None."""
+    if not getattr(module, NATIVE_FLAG, False):
+        return None
+    if any(t.dtype != torch.bfloat16 or t.device.type != "cpu" for t in tensors):
+        return None
+    return native.load()
+
+
 def _norm_forward(self: Any, hidden_states: Tensor) -> Tensor:
     if _records(hidden_states, self.weight):
+        ops = _native_ops(self, hidden_states, self.weight)
+        if ops is not None:
+            y: Tensor = NativeRMSNormFunction.apply(
+                hidden_states, self.weight, self.variance_epsilon, ops
+            )
+            return y
         out: Tensor = RMSNormFunction.apply(hidden_states, self.weight, self.variance_epsilon)
         return out
     return type(self).forward(self, hidden_states)
@@ -199,15 +240,18 @@ def _mlp_forward(self: Any, x: Tensor) -> Tensor:
     return self.down_proj(h)
 
 
-def install_fused_kernels(model: nn.Module) -> dict[str, int]:
+def install_fused_kernels(model: nn.Module, native_kernels: bool = False) -> dict[str, int]:
     """Route the training forward of ``model``'s supported RMSNorm and MLP modules through the
-    fused functions (idempotent); returns how many of each were routed."""
+    fused functions (idempotent); returns how many of each were routed. ``native_kernels``: the
+    RMSNorms' forward and backward in bf16 on CPU through the C++ kernels of
+    ``groupwise.kernels.native`` (where those are built; torch's operations otherwise)."""
     counts = {"norm": 0, "mlp": 0}
     for module in model.modules():
         name = type(module).__name__
         if name in FUSED_NORMS and hasattr(module, "variance_epsilon"):
             module.forward = types.MethodType(_norm_forward, module)
             counts["norm"] += 1
+            setattr(module, NATIVE_FLAG, native_kernels)
         elif name in FUSED_MLPS and _is_swiglu(module):
             module.forward = types.MethodType(_mlp_forward, module)
             counts["mlp"] += 1

@@ -17,8 +17,9 @@ Each decision is a small function of the settings and the device, its rule in it
 - ``training.fused_kernels`` (:func:`decide_fused_kernels`): auto = pure bf16 weights on CPU;
 - ``training.compile_optimizer`` (:func:`decide_compile_optimizer`): auto = pure bf16 weights on
   CPU with a C++ compiler on PATH;
-- ``rollout.native_kernels`` (:func:`decide_native_kernels`): auto = bf16 decoding on a CPU
-  where groupwise's C++ decode kernels can be built (AVX-512, a C++ compiler, ninja);
+- ``rollout.native_kernels`` and ``training.native_kernels`` (:func:`decide_native_kernels`):
+  auto = bf16 compute on a CPU where groupwise's C++ kernels can be built (AVX-512, a C++
+  compiler, ninja);
 - ``model.reference_on_disk`` (:func:`decide_reference_on_disk`): auto = on CPU;
 - the rollout weights (:func:`decide_rollout_weights`, no key of its own): follow from the above
   (a copy whenever the engine runs in its own process);
@@ -103,6 +104,10 @@ class RunPlan:
     native_kernels: bool = False
     """Decode through groupwise's C++ kernels (``rollout.native_kernels``; a plan saved before
     this was planned reads as False, the torch operations such runs decoded with)."""
+    training_native_kernels: bool = False
+    """Compute log-probs and RMSNorms through groupwise's C++ kernels
+    (``training.native_kernels``; a plan
+    saved before this was planned reads as False, the torch operations such runs used)."""
     activation_memory: int | None = None
     """Bytes the ``auto`` token budget lets one forward/backward's activations take
     (``training.max_tokens_per_microbatch=auto``; :func:`groupwise.train.batch.token_budget`);
@@ -309,9 +314,10 @@ def decide_compile_optimizer(setting: bool | str, device: torch.device, param_dt
 
 
 def decide_native_kernels(setting: bool | str, device: torch.device, bf16: bool) -> bool:
-    """``rollout.native_kernels``: auto = bf16 decoding on CPU where the C++ decode kernels can
-    be built here (:func:`groupwise.kernels.native.buildable`: AVX-512, a C++ compiler and
-    ninja). They only ever replace bf16 operations on CPU, so true elsewhere is moot."""
+    """``rollout.native_kernels`` and ``training.native_kernels``: auto = bf16 compute on CPU
+    where the C++ kernels can be built here (:func:`groupwise.kernels.native.buildable`:
+    AVX-512, a C++ compiler and ninja). They only ever replace bf16 operations on CPU, so true
+    elsewhere is moot."""
     from groupwise.kernels import native
 
     if setting != "auto":
@@ -445,6 +451,7 @@ def resolve_plan(
         rollout_engine_reason=engine_reason,
         compile_optimizer=decide_compile_optimizer(t.compile_optimizer, device, param_dtype),
         native_kernels=decide_native_kernels(config.rollout.native_kernels, device, choice.bf16),
+        training_native_kernels=decide_native_kernels(t.native_kernels, device, choice.bf16),
         activation_memory=decide_activation_memory(t.max_tokens_per_microbatch, device),
     )
 
@@ -494,6 +501,10 @@ def plan_lines(plan: RunPlan, config: Config) -> list[str]:
         lines.append("speed: the bf16 AdamW step compiled (training.compile_optimizer)")
     if plan.native_kernels:
         lines.append("speed: decoding through groupwise's C++ kernels (rollout.native_kernels)")
+    if plan.training_native_kernels:
+        lines.append(
+            "speed: log-probs and RMSNorms through groupwise's C++ kernels (training.native_kernels)"
+        )
     if plan.activation_memory is not None:
         lines.append(
             f"memory: activations of a forward/backward within {plan.activation_memory / 1e9:.1f}"
@@ -519,6 +530,7 @@ SETTING_NAMES = {
     "rollout_engine": "rollout.engine",
     "compile_optimizer": "training.compile_optimizer",
     "native_kernels": "rollout.native_kernels",
+    "training_native_kernels": "training.native_kernels",
 }
 """The plan's decisions by the setting a user knows them as (reasons and rates left out)."""
 

@@ -11,8 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from groupwise.config import Config, ConfigError, engine_in_process
+from groupwise.core.logprobs import TORCH_ROWS, LogpRows
 from groupwise.data import Task
 from groupwise.distributed import wrap_policy
+from groupwise.kernels import native
 from groupwise.kernels.fused import install_fused_kernels
 from groupwise.models import (
     LoraSettings,
@@ -60,9 +62,10 @@ class LogpModule(nn.Module):
     data-parallel wrapper must sit around *this* call for its hooks to run.
     """
 
-    def __init__(self, policy: nn.Module) -> None:
+    def __init__(self, policy: nn.Module, rows: LogpRows = TORCH_ROWS) -> None:
         super().__init__()
         self.policy = policy
+        self.rows = rows
 
     def forward(
         self,
@@ -81,6 +84,7 @@ class LogpModule(nn.Module):
             compute_entropy=entropy,
             prefix_cache=prefix_cache,
             entropy_grad=entropy,
+            rows=self.rows,
         )
 
 
@@ -104,6 +108,8 @@ class TrainingParts:
     token_budget: TokenBudget = DEFAULT_BUDGET
     """Tokens per forward/backward (``training.max_tokens_per_microbatch`` with the plan's
     ``activation_memory``)."""
+    logp_rows: LogpRows = TORCH_ROWS
+    """The per-row log-prob work of both passes (``training.native_kernels``)."""
 
     @property
     def temperature(self) -> float:
@@ -140,6 +146,7 @@ class TrainingParts:
                         temperature=self.temperature,
                         chunk_size=chunk,
                         compute_entropy=False,
+                        rows=self.logp_rows,
                     )
                 full[start * g : stop * g, : logp.shape[1]] = logp  # [b, lc]
         self.reference.release()
@@ -166,7 +173,8 @@ def build_parts(
     dtype = getattr(torch, plan.param_dtype)
     base, tokenizer = _base_model(config, plan, dtype, device, base_model)
     if plan.fused_kernels:
-        install_fused_kernels(base)  # before any copy: copies keep the routing
+        # before any copy: copies keep the routing
+        install_fused_kernels(base, native_kernels=plan.training_native_kernels)
     low = plan.rollout_dtype
     lora = LoraSettings(m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
 
@@ -186,7 +194,8 @@ def build_parts(
     reference = ReferencePolicy(policy, low, on_disk) if a.beta > 0 else None
     eos_ids = eos_token_ids(tokenizer, policy)
     # under fsdp this shards the policy's parameters in place: the optimizer comes after
-    train_module = wrap_policy(LogpModule(policy), t.strategy, device)
+    rows = (native.logp_rows() if plan.training_native_kernels else None) or TORCH_ROWS
+    train_module = wrap_policy(LogpModule(policy, rows), t.strategy, device)
     optimizer, scheduler = _optimizer(config, policy, plan.compile_optimizer)
     r = config.rollout
     context = EngineContext(
@@ -218,6 +227,7 @@ def build_parts(
         token_budget=token_budget(
             t.max_tokens_per_microbatch, base.config, low.itemsize, plan.activation_memory
         ),
+        logp_rows=rows,
     )
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from groupwise.core import chunked_token_logp, naive_token_logp
+from groupwise.core.logprobs import TORCH_ROWS, LogpRows
 from groupwise.kernels.attention import (
     GROUPED_ATTENTION,
     prefix_layout,
@@ -96,11 +97,13 @@ def completion_logp(
     prefix_cache: bool = True,
     entropy_grad: bool = False,
     one_pass: bool = True,
+    rows: LogpRows = TORCH_ROWS,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-token log-probs ``logp`` [B, Lc] (0 at padding) and entropies of a rollout.
 
     ``one_pass=False`` takes the two-pass shared-prefix path even where the one-pass one applies
-    (the twin tests compare it with).
+    (the twin tests compare it with). ``rows``: the per-row work on the LM head's logits
+    (:class:`groupwise.core.logprobs.LogpRows`; torch's operations, or the C++ kernels).
 
     ``logp_it = log softmax(z_it / temperature)[o_it]`` with ``z`` the model's logits for the
     position that predicts completion token t of row i; ``H_it`` the entropy of that softmax
@@ -126,6 +129,7 @@ def completion_logp(
         chunk_size,
         compute_entropy,
         entropy_grad,
+        rows,
     )
 
 
@@ -210,6 +214,7 @@ def _masked_token_logp(
     chunk_size: int,
     compute_entropy: bool,
     entropy_grad: bool = False,
+    rows: LogpRows = TORCH_ROWS,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probs (and entropies) of the masked positions only, scattered back to [B, Lc]; the
     entropies keep their gradient when ``entropy_grad``."""
@@ -224,6 +229,7 @@ def _masked_token_logp(
         chunk_size=chunk_size,
         compute_entropy=compute_entropy or entropy_grad,
         entropy_grad=entropy_grad,
+        rows=rows,
     )
     logp = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
     logp = logp.masked_scatter(keep, logp_flat)  # [B, Lc]

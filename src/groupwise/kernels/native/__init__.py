@@ -41,8 +41,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-SOURCE = Path(__file__).with_name("decode.cpp")
+from groupwise.core.logprobs import LogpRows
+
+SOURCE_DIR = Path(__file__).parent
+SOURCES = tuple(
+    SOURCE_DIR / name for name in ("decode.cpp", "layers.cpp", "logprobs.cpp", "module.cpp")
+)
+"""The translation units of the module (``simd.h`` holds what they share)."""
 _FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mavx2"],
 }
@@ -92,19 +99,30 @@ def load() -> Any | None:
     if ninja_dir is not None and ninja_dir not in path.split(os.pathsep):
         os.environ["PATH"] = ninja_dir + os.pathsep + path  # torch runs `ninja` from PATH
 
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    name = f"groupwise_decode_{capability().lower()}_{digest}"
+    name = f"groupwise_native_{capability().lower()}_{source_digest()}"
     if not _built(name):
-        print("groupwise: building the native decode kernels (once, about 40 s)", file=sys.stderr)
+        print("groupwise: building the native kernels (once, about a minute)", file=sys.stderr)
     try:
-        return build(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", *_FLAGS[capability()]])
+        return build(
+            name=name,
+            sources=[str(s) for s in SOURCES],
+            extra_cflags=["-O3", *_FLAGS[capability()]],
+        )
     except Exception as error:  # a compiler or linker failure: decode with torch ops
         first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         print(
-            f"groupwise: native decode kernels not built ({first}); using torch ops",
+            f"groupwise: native kernels not built ({first}); using torch ops",
             file=sys.stderr,
         )
         return None
+
+
+def source_digest() -> str:
+    """12 hex digits of the sources and the shared header: a changed source builds anew."""
+    digest = hashlib.sha256()
+    for path in (*SOURCES, SOURCE_DIR / "simd.h"):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _built(name: str) -> bool:
@@ -117,9 +135,37 @@ def _built(name: str) -> bool:
         return True
 
 
+@cache
+def logp_rows() -> LogpRows | None:
+    """The per-row work of :func:`groupwise.core.chunked_token_logp` in two kernels
+    (``token_logp_rows``, ``token_logp_grad_rows``), or None where they are not built."""
+    ops = load()
+    if ops is None:
+        return None
+
+    def forward(
+        raw: Tensor, targets: Tensor, temperature: float, compute_entropy: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        logp, lse, entropy = ops.token_logp_rows(
+            raw.contiguous(), targets.contiguous(), temperature, compute_entropy
+        )
+        return logp, lse, (entropy if compute_entropy else None)
+
+    def backward(
+        raw: Tensor, lse: Tensor, targets: Tensor, grad_logp: Tensor, temperature: float
+    ) -> None:
+        if not raw.is_contiguous():
+            raise ValueError("token_logp_grad_rows overwrites raw in place: it must be contiguous")
+        ops.token_logp_grad_rows(
+            raw, lse.contiguous(), targets.contiguous(), grad_logp.contiguous(), temperature
+        )
+
+    return LogpRows(forward, backward)
+
+
 def available() -> bool:
     """Whether the kernels are built (building them now if needed)."""
     return load() is not None
 
 
-__all__ = ["SOURCE", "available", "buildable", "capability", "load"]
+__all__ = ["SOURCES", "available", "buildable", "capability", "load", "logp_rows", "source_digest"]

@@ -8,91 +8,9 @@
 //
 // T is the decode dtype (at::BFloat16 or float); F is float, the accumulation type.
 
-#include <torch/extension.h>
+#include "simd.h"
 
-#include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-
-#include <algorithm>
-#include <cmath>
-#include <limits>
-#include <vector>
-
-namespace {
-
-using at::Tensor;
-
-template <typename T>
-inline float f32(T v) {
-  return static_cast<float>(v);
-}
-
-template <typename T>
-inline T round_to(float v) {
-  return static_cast<T>(v);
-}
-
-void check_cpu(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-}
-
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-#include <immintrin.h>
-#define GROUPWISE_AVX512 1
-
-using BF = c10::BFloat16;
-
-// bf16 <-> float32 for 16 lanes; to_bf16 rounds to nearest even exactly as c10::BFloat16 does
-// (NaN becomes 0x7FC0).
-inline __m512 widen(__m256i bits) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-inline __m512 load16(const BF* p) {
-  return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-inline __m512 load16(const BF* p, __mmask16 m) {
-  return widen(_mm256_maskz_loadu_epi16(m, p));
-}
-inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-inline __m256i to_bf16(__m512 f) {
-  __m512i u = _mm512_castps_si512(f);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
-  r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7FC0));
-  return _mm512_cvtepi32_epi16(r);
-}
-inline __m512 round16(__m512 f) { return widen(to_bf16(f)); }  // f rounded to bf16, as float
-inline void store16(BF* p, __m512 f) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), to_bf16(f));
-}
-inline void store16(BF* p, __m512 f, __mmask16 m) { _mm256_mask_storeu_epi16(p, m, to_bf16(f)); }
-
-// exp(x) for 16 lanes: Cephes' expf polynomial on x - n ln2, scaled by 2^n (within ~2 ulp of
-// expf; 0 below -87.3, so exp(-inf) = 0).
-inline __m512 exp16(__m512 x) {
-  const __m512 hi = _mm512_set1_ps(88.3762626647949f), lo = _mm512_set1_ps(-87.3365447504f);
-  __mmask16 zero = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-  x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
-  __m512 r2 = _mm512_mul_ps(r, r);
-  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~zero), _mm512_scalef_ps(p, n));
-}
-inline __mmask16 tail(int64_t left) {
-  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
-}
-#endif
-
+namespace groupwise_native {
 
 #ifdef GROUPWISE_AVX512
 // The bf16 kernels below with 16 float32 lanes; the same roundings as their scalar twins.
@@ -624,13 +542,4 @@ std::vector<Tensor> sample(const Tensor& logits, double temperature, const Tenso
   return {token, entropy, logp};
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "groupwise's fused CPU decode kernels";
-  m.def("rms_norm", &rms_norm, "RMSNorm of x [R, d] with weight [d]");
-  m.def("silu_mul", &silu_mul, "silu(gate) * up of gate_up [R, 2F]");
-  m.def("rope_cache", &rope_cache, "rotary q/k of qkv, k and v written into the cache");
-  m.def("attention", &attention, "single-query grouped attention over n cache slots");
-  m.def("sample", &sample, "inverse-CDF draw, entropy and log-prob per row");
-}
+}  // namespace groupwise_native
