@@ -8,8 +8,10 @@ Variants alternate over several repeats; medians are printed.
 ``--fp32-only``: every variant in float32 (the levers on a CPU without native bf16).
 ``--pure-bf16``: weights in bf16 without autocast and the fused kernels installed (the training
 default on a CPU with native bf16); the float32 row is then left out.
+``--native`` (with ``--pure-bf16``): only the one-pass grouped path, with and without groupwise's
+C++ training kernels (``training.native_kernels``: the log-prob rows and the RMSNorms).
 Usage: python benchmarks/update_levers.py [--prompts 8] [--group 8] [--length 16] [--repeats 3]
-    [--fp32-only | --pure-bf16] [--result NAME]
+    [--fp32-only | --pure-bf16 [--native]] [--result NAME]
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from groupwise.kernels import register_grouped_attention
-from groupwise.kernels.fused import install_fused_kernels
+from groupwise.core.logprobs import TORCH_ROWS, LogpRows
+from groupwise.kernels import native, register_grouped_attention
+from groupwise.kernels.fused import NATIVE_FLAG, install_fused_kernels
 from groupwise.models import load_base_model
 from groupwise.rollout import PromptBatch, _finish, tokenize_prompts
 from groupwise.train.forward import autocast_context, completion_logp
@@ -52,11 +55,14 @@ PATHS = {
     "one": "shared prefix, one pass + chunked head",
     "two": "shared prefix, two passes + chunked head",
     "full": "full rows + full log-softmax",
+    "one-native": "shared prefix, one pass + chunked head, C++ kernels",
 }
 """The forward paths, by variant key (``train.forward.completion_logp``)."""
 
 
-def timed(model: torch.nn.Module, rollout: object, amp: bool, path: str) -> float:
+def timed(
+    model: torch.nn.Module, rollout: object, amp: bool, path: str, rows: LogpRows = TORCH_ROWS
+) -> float:
     """Seconds for one forward + backward of the policy log-probs."""
     model.zero_grad(set_to_none=True)
     start = time.perf_counter()
@@ -67,6 +73,7 @@ def timed(model: torch.nn.Module, rollout: object, amp: bool, path: str) -> floa
             shared_prefix=path != "full",
             one_pass=path == "one",
             compute_entropy=False,
+            rows=rows,
         )
     logp.sum().backward()
     return time.perf_counter() - start
@@ -81,6 +88,7 @@ def main() -> None:
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--fp32-only", action="store_true", help="every variant in float32")
     modes.add_argument("--pure-bf16", action="store_true", help="bf16 weights, fused kernels")
+    parser.add_argument("--native", action="store_true", help="with and without the C++ kernels")
     harness.add_result_argument(parser, "update_levers")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -106,13 +114,23 @@ def main() -> None:
         variants = [("fp32", attn, path) for _, attn, path in variants[1:]]
     if args.pure_bf16:
         variants = variants[1:]
+    if args.native:
+        if not args.pure_bf16 or native.logp_rows() is None:
+            raise SystemExit("--native needs --pure-bf16 and the C++ kernels built here")
+        variants = [(low, grouped, "one"), (low, grouped, "one-native")]
     results: dict[tuple[str, str, str], list[float]] = {v: [] for v in variants}
     timed(model, rollout, low == "bf16-autocast" and not args.fp32_only, "one")  # warm-up
     for _ in range(args.repeats):
         for precision, attn, path in variants:
             model.set_attn_implementation(attn)
             amp = precision == "bf16-autocast"
-            results[(precision, attn, path)].append(timed(model, rollout, amp, path))
+            on = path.endswith("-native")
+            for module in model.modules():
+                if hasattr(module, NATIVE_FLAG):
+                    setattr(module, NATIVE_FLAG, on)
+            rows = (native.logp_rows() if on else None) or TORCH_ROWS
+            seconds = timed(model, rollout, amp, path.removesuffix("-native"), rows)
+            results[(precision, attn, path)].append(seconds)
     base = statistics.median(results[variants[0]])
     rows = args.prompts * args.group
     print(f"SmolLM2-135M forward+backward, {rows} completions x {args.length} tokens")

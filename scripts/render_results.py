@@ -1059,6 +1059,30 @@ TABLES: tuple[Table, ...] = (
         "seconds are medians, the machine otherwise quiet.",
     ),
     Table(
+        "native-training-update",
+        (Source("update-native-epyc25", "rows"),),
+        (
+            Column("completions x tokens", lambda r: f"{r['completions']} x {r['length']}"),
+            Column("path", text("path")),
+            Column("seconds", num("s", ".3f")),
+            Column("speed-up vs first row", num("speedup", ".2f", "x")),
+        ),
+        "`python benchmarks/update_levers.py --pure-bf16 --native --prompts 4 --group 8 "
+        "--length 48 --repeats 9`: one forward + backward of the policy's log-probs over B1's "
+        "whole batch in bf16 weights with the fused kernels, without and with "
+        "`training.native_kernels` (the log-prob rows and the RMSNorms in C++), medians of 9 "
+        "alternating repeats in one process, 2 threads.",
+    ),
+    Table(
+        "native-training-b1",
+        (Source("native-training-epyc25", "rows"),),
+        B1_LEVER_COLUMNS,
+        "`python benchmarks/b1_levers.py --variants pure-bf16,torch-training --steps 6 --rounds "
+        "2`: B1 with groupwise's defaults (`pure-bf16`: `training.native_kernels=auto`, on here) "
+        "and with `training.native_kernels=false`, alternating processes, 2 rounds of 6 steps, "
+        "the first of each dropped; seconds are medians.",
+    ),
+    Table(
         "group-parts-b1",
         (Source("group-parts-256-epyc25", "rows"),),
         (

@@ -1,6 +1,8 @@
-"""Fused C++ kernels for the packed decode step, compiled on this machine at first use.
+"""Fused C++ kernels for decoding and training in bf16 on CPU, compiled here at first use.
 
-``decode.cpp`` holds four kernels that each replace a chain of small torch operations of
+One module from three sources (``simd.h`` holds what they share; ``module.cpp`` binds them):
+
+``decode.cpp`` holds five kernels of the decode step (``rollout.native_kernels``), four that each replace a chain of small torch operations of
 :class:`groupwise.kernels.packed_decode.PackedDecoder` with one pass over the data, rounding
 every intermediate as torch rounds it; the results equal torch's up to the order of float32
 sums (bitwise on the bf16 inputs of tests/kernels/test_native.py; over a whole decode the
@@ -23,11 +25,24 @@ the default run's untrained model changed somewhere, mostly after the answer):
   on the neighbour (the same distribution; tested against the torch sampler and exact
   probabilities).
 
+``logprobs.cpp`` and ``layers.cpp`` hold four training kernels (``training.native_kernels``),
+with the formulas and roundings of the torch functions they replace (float32 sums in another
+order; tests/kernels/test_native_logprobs.py, test_native_layers.py):
+
+- ``token_logp_rows(raw, targets, temperature, with_entropy)`` and ``token_logp_grad_rows``:
+  the per-row work of :func:`groupwise.core.chunked_token_logp` on a chunk's logits (through
+  :func:`logp_rows`), forward and backward, one pass each per row instead of float32 copies
+  and about 6 vocabulary-wide kernels;
+- ``rms_norm_forward(x, weight, eps)`` and ``rms_norm_backward(dy, x, weight, rstd)``:
+  :class:`groupwise.kernels.fused.RMSNormFunction` in two calls instead of about 20 small
+  kernels; the weight gradient is summed over rows in a fixed order, whatever the threads.
+
 The vector code needs AVX-512 (F and BW): where torch's CPU capability is lower the module is
-not built (``available`` is False) and the decode step uses torch's operations, as it does for
-float32 weights. The build (torch's ``cpp_extension``: a C++ compiler, and ninja, which the
-``ninja`` package groupwise depends on provides) takes about 40 s once per machine and source; it is cached under ``TORCH_EXTENSIONS_DIR`` (default
-``~/.cache/torch_extensions``). A failed build prints one line on stderr and falls back.
+not built (``available`` is False) and decoding and training use torch's operations, as they
+do for float32 weights. The build (torch's ``cpp_extension``: a C++ compiler, and ninja, which
+the ``ninja`` package groupwise depends on provides) takes about 40 s once per machine and
+source; it is cached under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``). A
+failed build prints one line on stderr and falls back.
 """
 
 from __future__ import annotations
