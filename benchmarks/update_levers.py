@@ -128,7 +128,8 @@ def main() -> None:
             for module in model.modules():
                 if hasattr(module, NATIVE_FLAG):
                     setattr(module, NATIVE_FLAG, on)
-            rows = (native.logp_rows() if on else None) or TORCH_ROWS
+            pair = native.logp_rows() if on else None
+            rows = LogpRows(*pair) if pair is not None else TORCH_ROWS
             seconds = timed(model, rollout, amp, path.removesuffix("-native"), rows)
             results[(precision, attn, path)].append(seconds)
     base = statistics.median(results[variants[0]])

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from groupwise.core import chunked_token_logp, naive_token_logp
-from groupwise.core.logprobs import TORCH_ROWS, torch_rows_backward, torch_rows_forward
+from groupwise.core.logprobs import (
+    TORCH_ROWS,
+    LogpRows,
+    torch_rows_backward,
+    torch_rows_forward,
+)
 from groupwise.kernels import native
 from groupwise.models import plan as run_plan
 from tests.tests_helpers import tiny_overrides
@@ -17,7 +22,8 @@ from tests.tests_helpers import tiny_overrides
 pytestmark = pytest.mark.skipif(
     native.buildable() is not None, reason=f"native kernels: {native.buildable()}"
 )
-ROWS = native.logp_rows() if native.buildable() is None else None
+PAIR = native.logp_rows() if native.buildable() is None else None
+ROWS = LogpRows(*PAIR) if PAIR is not None else TORCH_ROWS
 BF16 = torch.bfloat16
 
 
@@ -142,8 +148,8 @@ def test_the_trainer_computes_both_passes_with_them(tmp_path: Path) -> None:
             **{"algorithm.beta": 0.04, "training.native_kernels": on},
         )
         trainer = GRPOTrainer(load_config(overrides=overrides), reward_funcs=["length_penalty"])
-        assert (trainer.parts.logp_rows is ROWS) == on
-        assert (trainer.parts.train_module.rows is ROWS) == on
+        assert (trainer.parts.logp_rows == ROWS) == on
+        assert (trainer.parts.train_module.rows == ROWS) == on
     metrics = trainer.step()
     assert metrics["kl"] >= 0
     rollout = trainer.grpo_step.generate(trainer.next_rows())

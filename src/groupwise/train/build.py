@@ -194,7 +194,8 @@ def build_parts(
     reference = ReferencePolicy(policy, low, on_disk) if a.beta > 0 else None
     eos_ids = eos_token_ids(tokenizer, policy)
     # under fsdp this shards the policy's parameters in place: the optimizer comes after
-    rows = (native.logp_rows() if plan.training_native_kernels else None) or TORCH_ROWS
+    pair = native.logp_rows() if plan.training_native_kernels else None
+    rows = LogpRows(*pair) if pair is not None else TORCH_ROWS
     train_module = wrap_policy(LogpModule(policy, rows), t.strategy, device)
     optimizer, scheduler = _optimizer(config, policy, plan.compile_optimizer)
     r = config.rollout

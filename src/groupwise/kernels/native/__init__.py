@@ -51,6 +51,7 @@ import hashlib
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from groupwise.core.logprobs import LogpRows
+RowsForward = Callable[[Tensor, Tensor, float, bool], tuple[Tensor, Tensor, Tensor | None]]
+"""``(raw [r, V], targets [r], temperature, compute_entropy) -> (logp, lse, entropy)``."""
+RowsBackward = Callable[[Tensor, Tensor, Tensor, Tensor, float], None]
+"""``(raw [r, V] overwritten with dL / d raw, lse [r], targets [r], grad_logp [r], T)``."""
 
 SOURCE_DIR = Path(__file__).parent
 SOURCES = tuple(
@@ -151,9 +155,10 @@ def _built(name: str) -> bool:
 
 
 @cache
-def logp_rows() -> LogpRows | None:
+def logp_rows() -> tuple[RowsForward, RowsBackward] | None:
     """The per-row work of :func:`groupwise.core.chunked_token_logp` in two kernels
-    (``token_logp_rows``, ``token_logp_grad_rows``), or None where they are not built."""
+    (``token_logp_rows``, ``token_logp_grad_rows``) as its ``(forward, backward)`` pair (a
+    ``groupwise.core.logprobs.LogpRows`` once wrapped), or None where they are not built."""
     ops = load()
     if ops is None:
         return None
@@ -175,7 +180,7 @@ def logp_rows() -> LogpRows | None:
             raw, lse.contiguous(), targets.contiguous(), grad_logp.contiguous(), temperature
         )
 
-    return LogpRows(forward, backward)
+    return forward, backward
 
 
 def available() -> bool:
