@@ -157,6 +157,12 @@ class TrainingParts:
         return out
 
 
+def logp_rows(plan: RunPlan) -> LogpRows:
+    """The log-probs' per-row work: the C++ kernels where the plan says and they are built."""
+    pair = native.logp_rows() if plan.training_native_kernels else None
+    return LogpRows(*pair) if pair is not None else TORCH_ROWS
+
+
 def build_parts(
     config: Config,
     plan: RunPlan,
@@ -194,8 +200,7 @@ def build_parts(
     reference = ReferencePolicy(policy, low, on_disk) if a.beta > 0 else None
     eos_ids = eos_token_ids(tokenizer, policy)
     # under fsdp this shards the policy's parameters in place: the optimizer comes after
-    pair = native.logp_rows() if plan.training_native_kernels else None
-    rows = LogpRows(*pair) if pair is not None else TORCH_ROWS
+    rows = logp_rows(plan)
     train_module = wrap_policy(LogpModule(policy, rows), t.strategy, device)
     optimizer, scheduler = _optimizer(config, policy, plan.compile_optimizer)
     r = config.rollout
