@@ -34,16 +34,8 @@ void row_sums(const scalar_t* row, int64_t vocab, float temp, bool divide, bool 
               float* mx_out, float* total_out, float* w_out) {
 #ifdef GROUPWISE_AVX512
   const __m512 vt = _mm512_set1_ps(temp);
-  auto load_scores = [&](int64_t v, __mmask16 m) {
-    __m512 x = load16(row + v, m);
-    return divide ? _mm512_div_ps(x, vt) : x;
-  };
-  __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  for (int64_t v = 0; v < vocab; v += 16) {
-    __mmask16 m = tail(vocab - v);
-    vmax = _mm512_mask_max_ps(vmax, m, vmax, load_scores(v, m));
-  }
-  const float mx = _mm512_reduce_max_ps(vmax);
+  auto load_scores = [&](int64_t v, __mmask16 m) { return scores16(row, v, m, vt, divide); };
+  const float mx = max_score(row, vocab, vt, divide);
   const __m512 vmx = _mm512_set1_ps(mx);
   __m512 vs = _mm512_setzero_ps(), vw = _mm512_setzero_ps();
   for (int64_t v = 0; v < vocab; v += 16) {

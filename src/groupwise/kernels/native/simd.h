@@ -88,6 +88,25 @@ inline __m512 exp16(__m512 x) {
 inline __mmask16 tail(int64_t left) {
   return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
 }
+
+// 16 scores float(row[v..v+16)) / T of a row of logits (no division unless `divide`), lanes
+// outside mask m zero.
+template <typename T>
+inline __m512 scores16(const T* row, int64_t v, __mmask16 m, __m512 vt, bool divide) {
+  __m512 x = load16(row + v, m);
+  return divide ? _mm512_div_ps(x, vt) : x;
+}
+
+// max_v float(row[v]) / T over a row of `vocab` logits.
+template <typename T>
+inline float max_score(const T* row, int64_t vocab, __m512 vt, bool divide) {
+  __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t v = 0; v < vocab; v += 16) {
+    __mmask16 m = tail(vocab - v);
+    vmax = _mm512_mask_max_ps(vmax, m, vmax, scores16(row, v, m, vt, divide));
+  }
+  return _mm512_reduce_max_ps(vmax);
+}
 #endif
 
 }  // namespace groupwise_native
