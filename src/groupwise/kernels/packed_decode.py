@@ -52,7 +52,13 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 def _packable(dtype: torch.dtype) -> bool:
-    return dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+    """bf16 weights where oneDNN computes bf16 natively (AVX512-BF16 or AVX-NE-CONVERT class
+    CPUs): elsewhere (AVX2 only) it refuses to pack them and ``F.linear`` runs."""
+    return (
+        dtype == torch.bfloat16
+        and torch.backends.mkldnn.is_available()
+        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    )
 
 
 class PackedLinear:
