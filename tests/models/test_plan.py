@@ -151,18 +151,26 @@ def test_a_plan_saved_before_the_engine_was_planned_reads_as_local(
 
 
 @pytest.mark.parametrize(
-    ("lora", "param_dtype", "bf16", "rollout_copy", "in_place", "want"),
+    ("lora", "param_dtype", "bf16", "rollout_copy", "in_place", "world", "want"),
     [
-        (False, "bfloat16", True, True, False, "shared"),  # pure bf16: the policy decodes
-        (False, "float32", True, True, False, "copy"),  # float32 masters, a bf16 copy
-        (False, "float32", False, True, False, "copy"),
-        (True, "bfloat16", True, True, True, "merge_in_place"),
-        (True, "bfloat16", True, False, False, "adapters"),
-        (True, "float32", True, True, False, "copy"),
+        (False, "bfloat16", True, True, False, 1, "shared"),  # pure bf16: the policy decodes
+        (False, "float32", True, True, False, 1, "copy"),  # float32 masters, a bf16 copy
+        (False, "float32", False, True, False, 1, "shared"),  # float32 compute, float32 weights
+        (False, "float32", False, True, False, 2, "copy"),  # DDP/FSDP: a full copy per rank
+        (True, "bfloat16", True, True, True, 1, "merge_in_place"),
+        (True, "bfloat16", True, False, False, 1, "adapters"),
+        (True, "float32", True, True, False, 1, "copy"),
+        (True, "float32", False, True, False, 1, "copy"),  # LoRA: a merged copy
     ],
 )
 def test_rollout_weights_rule(
-    lora: bool, param_dtype: str, bf16: bool, rollout_copy: bool, in_place: bool, want: str
+    lora: bool,
+    param_dtype: str,
+    bf16: bool,
+    rollout_copy: bool,
+    in_place: bool,
+    world: int,
+    want: str,
 ) -> None:
     got = decide_rollout_weights(
         lora=lora,
@@ -170,6 +178,7 @@ def test_rollout_weights_rule(
         bf16=bf16,
         lora_rollout_copy=rollout_copy,
         merge_in_place=in_place,
+        world_size=world,
     )
     assert got == want
 
@@ -191,7 +200,9 @@ def test_the_plan_of_a_bf16_cpu_and_of_an_avx2_one(monkeypatch: pytest.MonkeyPat
     assert (two.merge_in_place, two.param_dtype, two.rollout_weights) == (False, "float32", "copy")
     _rates(monkeypatch, 40.0, 0.9)  # emulated bf16 (AVX2)
     avx2 = resolve_plan(load_config(), CPU)
-    assert (avx2.bf16, avx2.param_dtype, avx2.rollout_weights) == (False, "float32", "copy")
+    assert (avx2.bf16, avx2.param_dtype, avx2.rollout_weights) == (False, "float32", "shared")
+    avx2_ddp = resolve_plan(load_config(), CPU, world_size=2)
+    assert (avx2_ddp.param_dtype, avx2_ddp.rollout_weights) == ("float32", "copy")
     assert not avx2.fused_kernels and avx2.reference_on_disk
     assert avx2.precision.as_dict() == {
         "bf16": False,

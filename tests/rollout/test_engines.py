@@ -75,7 +75,7 @@ def test_weight_strategies_cover_the_settings() -> None:
     cases = {  # (strategy, lora, param_dtype, bf16 compute, rollout copy, merge in place)
         ("shared", False, bf16, True, True, False),
         ("copy", False, fp32, True, True, False),
-        ("copy", False, fp32, False, True, False),
+        ("shared", False, fp32, False, True, False),
         ("copy", True, fp32, True, True, False),
         ("adapters", True, bf16, True, False, False),
         ("merge_in_place", True, bf16, True, True, True),

@@ -333,20 +333,24 @@ def decide_rollout_weights(
     lora_rollout_copy: bool,
     merge_in_place: bool,
     engine_process: bool = False,
+    world_size: int = 1,
 ) -> str:
     """Which weights the local rollout decodes with (one of ``ROLLOUT_WEIGHTS``):
     ``copy`` when the engine runs in its own process (``rollout.engine_process`` or
     ``rollout.max_staleness`` > 0: it decodes a copy in shared memory while the policy
     changes); ``merge_in_place`` for LoRA merged in place; ``adapters`` for LoRA without a
-    rollout copy; ``shared`` (the policy decodes itself) for full fine-tuning with bf16 weights
-    and bf16 compute; ``copy`` (a rollout copy in the compute dtype) otherwise."""
+    rollout copy; ``shared`` (the policy decodes itself) for full fine-tuning in one process
+    whose weights are already in the compute dtype (bf16 weights under bf16 compute, float32
+    weights under float32 compute: a copy would hold the same values); ``copy`` (a rollout copy
+    in the compute dtype, all-gathered under FSDP) otherwise."""
     if engine_process:
         return "copy"
     if lora and merge_in_place:
         return "merge_in_place"
     if lora and not lora_rollout_copy:
         return "adapters"
-    if not lora and bf16 and param_dtype == "bfloat16":
+    compute_dtype = "bfloat16" if bf16 else "float32"
+    if not lora and world_size == 1 and param_dtype == compute_dtype:
         return "shared"
     return "copy"
 
@@ -432,6 +436,7 @@ def resolve_plan(
         lora_rollout_copy=m.lora_rollout_copy,
         merge_in_place=merge,
         engine_process=in_process,
+        world_size=world_size,
     )
     return RunPlan(
         device=device.type,
