@@ -70,6 +70,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shlex
 import signal
 import statistics
@@ -478,10 +479,21 @@ class Run:
     peak_rss_kb: int = 0
     wall_s: float = 0.0
     log: str = ""
+    stopped: str = ""
+    """Why the harness stopped the run before its last step (:meth:`Limits.breach`); '' if not."""
 
     @property
     def peak_rss_gb(self) -> float:
         return self.peak_rss_kb * 1024 / GB
+
+
+_STEP_LINE = re.compile(r"^step (\d+): ([0-9.]+) s$", re.M)
+
+
+def logged_step_times(log_text: str) -> list[float]:
+    """The seconds of every ``step N: S s`` line benchmarks/trl_b1.py printed, in order (what a
+    run stopped before it wrote its result JSON finished)."""
+    return [float(seconds) for _, seconds in _STEP_LINE.findall(log_text)]
 
 
 def median_after_warmup(runs: list[Run], warmup: int) -> tuple[float, int]:

@@ -84,7 +84,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import statistics
 import struct
@@ -395,9 +394,6 @@ def run_groupwise_side(
     return run
 
 
-_STEP_LINE = re.compile(r"^step (\d+): ([0-9.]+) s$", re.M)
-
-
 def run_trl_side(
     point: Point,
     steps: int,
@@ -432,13 +428,8 @@ def run_trl_side(
             if "completions/min_length" in r
         ]
     else:
-        run.step_times = logged_step_times(log.read_text(errors="replace"))
+        run.step_times = harness.logged_step_times(log.read_text(errors="replace"))
     return run
-
-
-def logged_step_times(log_text: str) -> list[float]:
-    """The seconds of every ``step N: S s`` line trl_b1.py printed, in order."""
-    return [float(seconds) for _, seconds in _STEP_LINE.findall(log_text)]
 
 
 # ---------------------------------------------------------------------------------------------

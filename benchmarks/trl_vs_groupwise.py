@@ -39,7 +39,11 @@ Rows (each labelled with the precision each side actually used):
   torch.bfloat16}``, ``bf16=True``; TRL then trains the bf16 weights directly, each AdamW update
   rounded to nearest, where groupwise's bf16 default holds bf16 weights with a compensated
   update, ``training.bf16_rounding``). KEY names the winner; a table lists every candidate's
-  s/step and peak RSS.
+  s/step and peak RSS. A candidate beyond TRL's default row is stopped once its wall time
+  exceeds --trl-candidate-timeout (default 2) times that of the quickest TRL run of the
+  workload finished before it: it cannot be the fastest then, and the table says it was
+  stopped (on a CPU without native bf16 the bf16-weights row computes at ~1 GFLOP/s, hours
+  a step).
   ``trl_candidates`` says which other GRPOConfig settings were considered and why they are not
   candidates.
 --groupwise-extra adds key=value overrides to every groupwise row (their labels then say
@@ -147,6 +151,25 @@ def fastest_arm(medians: dict[str, float], candidates: tuple[str, ...]) -> str:
     if missing:
         raise ValueError(f"no median s/step for the TRL candidate row(s) {missing}")
     return min(candidates, key=lambda key: medians[key])  # min keeps the first of equals
+
+
+def candidate_timeout(
+    key: str, pairs: list[Pair], runs: list[Run], workload: str, factor: float
+) -> float | None:
+    """The wall-time bound of TRL row ``key``: ``factor`` x the wall of the quickest unstopped
+    TRL run of ``workload`` so far when ``key`` is a candidate of a "fastest" pair other than
+    the first (TRL's default row, always run to the end); None otherwise. Every run of a
+    workload has the same steps, so a run still going at that bound cannot turn out the
+    fastest (its loading takes seconds, its steps the rest)."""
+    extra = {k for pair in pairs for k in pair.candidates[1:]}
+    done = [
+        r.wall_s
+        for r in runs
+        if r.workload == workload and r.trainer == "trl" and not r.stopped and r.step_times
+    ]
+    if factor <= 0 or key not in extra or not done:
+        return None
+    return factor * min(done)
 
 
 def trl_candidates(default: Arm, default_no_gc: bool) -> list[Arm]:
@@ -335,9 +358,13 @@ def run_trl(
     model_dir: Path,
     env: dict[str, str],
     trl_python: Path,
+    timeout_s: float | None = None,
 ) -> Run:
-    """One TRL row: benchmarks/trl_b1.py in TRL's venv with the arm's precision and options."""
+    """One TRL row: benchmarks/trl_b1.py in TRL's venv with the arm's precision and options.
+    With ``timeout_s`` the run is stopped after that many wall seconds; a stopped run keeps
+    the steps it finished (its ``step N: S s`` lines) and says why in ``Run.stopped``."""
     out = work / f"{workload}-{arm.key}-r{round_}.json"
+    out.unlink(missing_ok=True)
     script = ROOT / "benchmarks" / "trl_b1.py"
     command = [str(trl_python), str(script), "--model-dir", str(model_dir), "--steps", str(steps)]
     command += ["--precision", arm.precision, *arm.trl_args, "--out", str(out)]
@@ -350,7 +377,22 @@ def run_trl(
         "TRANSFORMERS_OFFLINE": "1",
     }
     log = out.with_suffix(".log")
-    measured = harness.run_measured(command, trl_env, log)
+    limits = harness.Limits(timeout_s=timeout_s) if timeout_s else None
+    measured = harness.run_measured(command, trl_env, log, limits=limits)
+    if measured.stopped:
+        return Run(
+            workload,
+            "trl",
+            arm.key,
+            round_,
+            command,
+            harness.logged_step_times(log.read_text(errors="replace")),
+            precision=arm.precision,
+            peak_rss_kb=measured.peak_rss_kb,
+            wall_s=measured.wall_s,
+            log=str(log),
+            stopped=measured.stopped,
+        )
     result = json.loads(out.read_text())
     lengths = [
         (float(r["completions/min_length"]), float(r["completions/max_length"]))
@@ -464,9 +506,17 @@ def summarize(
         stats: dict[str, dict[str, Any]] = {}
         for arm in arms:
             mine = [r for r in runs if r.workload == workload and r.arm == arm.key]
-            median, count = median_after_warmup(mine, warmup)
             rss = max(r.peak_rss_kb for r in mine) * 1024 / GB
             precision = "/".join(sorted({r.precision for r in mine}))
+            stopped = "; ".join(sorted({r.stopped for r in mine if r.stopped}))
+            if stopped and sum(len(r.step_times[warmup:]) for r in mine) == 0:
+                stats[arm.key] = _stopped_stats(arm, precision, rss, stopped, mine)
+                rows.append(
+                    f"| {workload} | {arm.trainer} | {arm.settings} | {precision} "
+                    f"| stopped ({stopped}) | 0 | {rss:.2f} |"
+                )
+                continue
+            median, count = median_after_warmup(mine, warmup)
             phases = phase_split(mine, warmup)
             floor = floor_for(mine, warmup, model_dir, workload == "B1-LoRA", facts)
             stats[arm.key] = {
@@ -478,6 +528,7 @@ def summarize(
                 "peak_rss_gb": rss,
                 "phases_median_s": phases,
                 "flop_floor": floor,
+                "stopped": stopped,
             }
             rows.append(
                 f"| {workload} | {arm.trainer} | {arm.settings} | {precision} | {median:.2f} "
@@ -524,6 +575,26 @@ def summarize(
     return text, summary
 
 
+def _stopped_stats(
+    arm: Arm, precision: str, rss: float, stopped: str, runs: list[Run]
+) -> dict[str, Any]:
+    """A row whose every run the harness stopped before a step past the warm-up finished: no
+    median, no phases or floor; ``stopped`` says why and ``finished_steps`` what did finish."""
+    return {
+        "trainer": arm.trainer,
+        "settings": arm.settings,
+        "precision": precision,
+        "median_s_per_step": None,
+        "steps": 0,
+        "finished_steps": [t for r in runs for t in r.step_times],
+        "wall_s": max(r.wall_s for r in runs),
+        "peak_rss_gb": rss,
+        "phases_median_s": None,
+        "flop_floor": None,
+        "stopped": stopped,
+    }
+
+
 def pair_figures(pair: Pair, stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One comparison from the rows' figures (row key -> :func:`summarize`'s per-row dict):
     the pair with ``trl`` set to the TRL row compared (for a pair with ``candidates``, the
@@ -534,8 +605,12 @@ def pair_figures(pair: Pair, stats: dict[str, dict[str, Any]]) -> dict[str, Any]
     entry: dict[str, Any] = asdict(pair)
     trl = pair.trl
     if pair.candidates:
-        medians = {key: stats[key]["median_s_per_step"] for key in pair.candidates if key in stats}
-        trl = fastest_arm(medians, pair.candidates)
+        medians = {
+            key: stats[key]["median_s_per_step"]
+            for key in pair.candidates
+            if key in stats and stats[key]["median_s_per_step"] is not None
+        }
+        trl = fastest_arm(medians, tuple(k for k in pair.candidates if k in medians))
         best = stats[trl]["median_s_per_step"]
         entry["name"] = f"{pair.name}: {trl}"
         entry["candidates"] = [
@@ -543,10 +618,11 @@ def pair_figures(pair: Pair, stats: dict[str, dict[str, Any]]) -> dict[str, Any]
                 "row": key,
                 "settings": stats[key]["settings"],
                 "precision": stats[key]["precision"],
-                "median_s_per_step": stats[key]["median_s_per_step"],
+                "median_s_per_step": medians.get(key),
                 "peak_rss_gb": stats[key]["peak_rss_gb"],
                 "fastest": key == trl,
-                "s_over_fastest": stats[key]["median_s_per_step"] / best,
+                "s_over_fastest": medians[key] / best if key in medians else None,
+                "stopped": stats[key].get("stopped", ""),
             }
             for key in pair.candidates
         ]
@@ -595,11 +671,14 @@ def result_figures(summary: dict[str, Any]) -> dict[str, Any]:
                     "gb": c["peak_rss_gb"],
                     "fastest": c["fastest"],
                     "s_over_fastest": c["s_over_fastest"],
+                    "stopped": c.get("stopped", ""),
                 }
                 for c in pair.get("candidates", [])
             ]
         labels: set[str] = set()
         for key, stat in stats.items():
+            if stat["flop_floor"] is None:  # stopped before a measured step: no phases
+                continue
             label = f"{workload} {stat['trainer']} ({stat['precision']})"
             if label in labels:
                 label = f"{workload} {stat['trainer']} ({stat['precision']}; {key})"
@@ -623,6 +702,11 @@ def _candidate_row(workload: str, candidate: dict[str, Any]) -> str:
     """A Markdown row of the TRL candidates' table: the fastest marked, the others as s/step
     over the fastest's."""
     c = candidate
+    if c["median_s_per_step"] is None:
+        return (
+            f"| {workload} | {c['row']} | {c['settings']} | {c['precision']} "
+            f"| - | {c['peak_rss_gb']:.2f} | stopped ({c['stopped']}) |"
+        )
     mark = "fastest" if c["fastest"] else f"{c['s_over_fastest']:.2f}x"
     return (
         f"| {workload} | {c['row']} | {c['settings']} | {c['precision']} "
@@ -694,6 +778,15 @@ def main() -> None:
         help="also run TRL's speed settings (gradient checkpointing off; off + bf16 weights) and "
         "compare groupwise's defaults with the fastest TRL row (default: on)",
     )
+    parser.add_argument(
+        "--trl-candidate-timeout",
+        type=float,
+        default=2.0,
+        metavar="FACTOR",
+        help="stop a TRL candidate row of \"vs TRL's fastest\" beyond TRL's default row once "
+        "its wall time exceeds FACTOR x that of the quickest TRL run of the workload finished "
+        "before it (it cannot be the fastest then; the table says it was stopped); 0: never",
+    )
     args = parser.parse_args()
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = [w for w in workloads if w not in WORKLOADS]
@@ -741,14 +834,26 @@ def main() -> None:
                 if arm.trainer == "groupwise":
                     run = run_groupwise(workload, arm, args.steps, round_, work, model_dir, env)
                 else:
+                    timeout = candidate_timeout(
+                        arm.key, plan[workload][1], runs, workload, args.trl_candidate_timeout
+                    )
                     run = run_trl(
-                        workload, arm, args.steps, round_, work, model_dir, env, trl_python
+                        workload,
+                        arm,
+                        args.steps,
+                        round_,
+                        work,
+                        model_dir,
+                        env,
+                        trl_python,
+                        timeout,
                     )
                 runs.append(run)
                 times = ", ".join(f"{t:.1f}" for t in run.step_times)
                 print(
                     f"{workload} {arm.key} ({run.precision}) round {round_}: steps [{times}] s, "
-                    f"peak RSS {run.peak_rss_kb * 1024 / GB:.2f} GB, wall {run.wall_s:.0f} s",
+                    f"peak RSS {run.peak_rss_kb * 1024 / GB:.2f} GB, wall {run.wall_s:.0f} s"
+                    + (f", STOPPED: {run.stopped}" if run.stopped else ""),
                     flush=True,
                 )
 

@@ -335,9 +335,12 @@ def _defaults(row: Row) -> bool:
 
 
 def fastest_cell(row: Row) -> str:
-    """'fastest', or a slower TRL candidate's s/step over the fastest's ('1.31x')."""
+    """'fastest', a slower TRL candidate's s/step over the fastest's ('1.31x'), or why the
+    harness stopped one before it finished a measured step."""
     if row.get("fastest"):
         return "fastest"
+    if row.get("s") is None and row.get("stopped"):
+        return f"stopped ({row['stopped']})"
     return num("s_over_fastest", ".2f", "x")(row)
 
 

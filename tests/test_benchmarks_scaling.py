@@ -420,5 +420,5 @@ def test_a_stopped_trl_side_keeps_the_step_times_it_printed() -> None:
     """trl_b1.py prints ``step N: S s`` per finished step; a side stopped before its JSON was
     written is read back from those lines (a timeout after one step keeps that step)."""
     log = "loading\nstep 1: 987.167 s\n{'loss': '0'}\nstep 2: 12.5 s\nwarning: step 3: later\n"
-    assert bench.logged_step_times(log) == [987.167, 12.5]
-    assert bench.logged_step_times("no steps yet") == []
+    assert harness.logged_step_times(log) == [987.167, 12.5]
+    assert harness.logged_step_times("no steps yet") == []

@@ -193,3 +193,78 @@ def test_the_figures_carry_the_new_pair_and_render(tmp_path: Path) -> None:
         "| B1 | trl-bf16 | GRPOConfig defaults, bf16=True (its best here) | bf16 | 28.00 " in text
     )
     assert "| 14.00 | 5.00 | fastest |" in text and "| 21.00 | 9.00 | 1.50x |" in text
+
+
+def _fp32_plan() -> tuple[list[Any], list[Any], list[str]]:
+    """An AVX2-only CPU: both defaults in fp32, TRL's bf16-weights candidate emulated."""
+    return bench.arms_for("B1", False, False, matched=True, levers=False, extra=())
+
+
+def test_a_candidate_is_timed_out_against_the_quickest_finished_trl_run() -> None:
+    arms, pairs, _ = _fp32_plan()
+    by_key = {a.key: a for a in arms}
+    assert set(by_key) == {
+        "groupwise-defaults",
+        "trl-fp32",
+        "trl-fp32-no-gc",
+        "trl-bf16-weights-no-gc",
+    }
+    default = _run(by_key["trl-fp32"], 40.0, 7.0)
+    default.wall_s = 200.0
+    no_gc = _run(by_key["trl-fp32-no-gc"], 30.0, 9.0)
+    no_gc.wall_s = 150.0
+    runs = [default, no_gc]
+    assert bench.candidate_timeout("trl-bf16-weights-no-gc", pairs, runs, "B1", 3.0) == 450.0
+    assert bench.candidate_timeout("trl-fp32-no-gc", pairs, [default], "B1", 3.0) == 600.0
+    # TRL's default row and groupwise's always run to the end; 0 turns the bound off
+    assert bench.candidate_timeout("trl-fp32", pairs, runs, "B1", 3.0) is None
+    assert bench.candidate_timeout("groupwise-defaults", pairs, runs, "B1", 3.0) is None
+    assert bench.candidate_timeout("trl-bf16-weights-no-gc", pairs, runs, "B1", 0) is None
+    # nothing finished yet, or only stopped runs: no bound to set
+    assert bench.candidate_timeout("trl-bf16-weights-no-gc", pairs, [], "B1", 3.0) is None
+    no_gc.stopped = "timeout: wall 700 s > bound 600 s"
+    assert bench.candidate_timeout("trl-bf16-weights-no-gc", pairs, runs, "B1", 3.0) == 600.0
+
+
+def test_a_stopped_candidate_is_listed_but_never_the_fastest(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    plan = {"B1": _fp32_plan()}
+    step_s = {
+        "groupwise-defaults": (9.0, 3.0),
+        "trl-fp32": (40.0, 7.0),
+        "trl-fp32-no-gc": (30.0, 9.0),
+        "trl-bf16-weights-no-gc": (1.0, 4.0),
+    }
+    runs = [_run(a, *step_s[a.key]) for a in plan["B1"][0]]
+    stopped = runs[-1]
+    assert stopped.arm == "trl-bf16-weights-no-gc"
+    stopped.step_times, stopped.phases = [], {}  # not even the warm-up step finished
+    stopped.stopped = "timeout: wall 450 s > bound 450 s"
+    table, summary = bench.summarize(runs, plan, 1, tmp_path, FACTS)
+    pairs = {p["name"]: p for p in summary["B1"]["comparisons"]}
+    fastest = pairs["vs TRL's fastest: trl-fp32-no-gc"]
+    assert fastest["speedup_trl_over_groupwise"] == pytest.approx(30.0 / 9.0)
+    listed = {c["row"]: c for c in fastest["candidates"]}
+    assert listed["trl-bf16-weights-no-gc"]["median_s_per_step"] is None
+    assert listed["trl-bf16-weights-no-gc"]["stopped"].startswith("timeout")
+    assert listed["trl-fp32"]["s_over_fastest"] == pytest.approx(40.0 / 30.0)
+    assert "| - | 4.00 | stopped (timeout: wall 450 s > bound 450 s) |" in table
+    figures = bench.result_figures(summary)
+    assert "B1 trl (bf16)" not in [p["row"] for p in figures["phases"]]
+    results = {
+        "trl-probe": {
+            "name": "trl-probe",
+            "commit": "0" * 40,
+            "date": "2026-12-08",
+            "cpu": {"model": "m", "family": 1, "model_number": 2, "flags": ["avx2"]},
+            "command": "c",
+            "transcribed": False,
+            "figures": figures,
+        }
+    }
+    candidates = render.Table(
+        "probe", (render.Source("trl-probe", "trl_candidates"),), render.TRL_CANDIDATE_COLUMNS
+    )
+    text = render.render(candidates, results)
+    assert "| - | 4.00 | stopped (timeout: wall 450 s > bound 450 s) |" in text
+    assert "| 30.00 | 9.00 | fastest |" in text
