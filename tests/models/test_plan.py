@@ -294,7 +294,7 @@ def test_a_resume_uses_the_saved_plan_and_names_what_differs(
     assert "training.bf16: true -> false (probe on" in err
     assert "training.param_dtype: bfloat16 -> float32 (auto -> float32" in err
     assert "training.fused_kernels: true -> false" in err
-    assert "rollout weights: shared -> copy" in err
+    assert "rollout weights" not in err  # the policy decodes itself under either precision
     assert "model.reference_on_disk" not in err  # the same here
     assert out.count("precision: ") == 2 and "bf16 compute" in out  # the saved plan, once
     assert run_plan(config, CPU, 1) == resolve_plan(config, CPU)  # no plan.json: afresh
