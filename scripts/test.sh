@@ -10,7 +10,9 @@ ruff check src tests benchmarks scripts
 ruff format --check src tests benchmarks scripts
 mypy
 status=0
-python -m pytest -q -m "not slow" --durations=15 "$@" || status=$?
+# two workers (pytest-xdist), one torch thread each (tests/conftest.py): on a 2-core CPU the
+# suite's model loads, subprocesses and small kernels overlap; about half the wall time
+python -m pytest -q -m "not slow" -n 2 --durations=15 "$@" || status=$?
 if [ "$status" -eq 5 ]; then
   echo "no tests were collected" >&2
 fi

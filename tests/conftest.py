@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-torch.set_num_threads(2)
+# two threads in all: one each when pytest-xdist runs two workers (scripts/test.sh)
+torch.set_num_threads(max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
