@@ -622,6 +622,7 @@ TABLES: tuple[Table, ...] = (
     *trl_tables("trl-epyc25-lora"),
     *trl_tables("trl-epyc25-native"),
     *trl_tables("trl-epyc25-native-training"),
+    *trl_tables("trl-avx2-zen3"),
     *trl_tables("trl-xeon-lora"),
     Table("trl-epyc-avx2-phases", (Source("trl-epyc-avx2", "phases"),), PHASE_COLUMNS),
     Table(
