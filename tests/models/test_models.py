@@ -7,6 +7,7 @@ import mmap
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from groupwise.models import (
@@ -16,7 +17,7 @@ from groupwise.models import (
     make_rollout_model,
     tiny_random_model,
 )
-from groupwise.models.loading import cast_weights
+from groupwise.models.loading import cast_weights, publish_dir
 
 
 def _resident_kb(address: int, nbytes: int) -> int:
@@ -118,3 +119,28 @@ def test_cast_weights_leaves_rope_frequencies_as_from_pretrained_does(tmp_path: 
             assert q.dtype == torch.bfloat16 and torch.equal(p, q), (name, key)
         with torch.no_grad():
             assert torch.equal(other(ids).logits, want), name
+
+
+def test_a_directory_published_first_by_another_process_is_kept(tmp_path: Path) -> None:
+    """Two processes converting the same model at once: the second rename meets a non-empty
+    directory; the first's copy stays and the second's temporary directory goes."""
+    out = tmp_path / "model"
+    mine = tmp_path / ".model.tmp-1"
+    mine.mkdir()
+    (mine / "config.json").write_text("mine")
+    publish_dir(mine, out, "config.json")
+    assert (out / "config.json").read_text() == "mine" and not mine.exists()
+    theirs = tmp_path / ".model.tmp-2"
+    theirs.mkdir()
+    (theirs / "config.json").write_text("theirs")
+    publish_dir(theirs, out, "config.json")
+    assert (out / "config.json").read_text() == "mine" and not theirs.exists()
+    # a non-empty directory that is not a finished copy is an error, not silently kept
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "half").write_text("")
+    late = tmp_path / ".stray.tmp-3"
+    late.mkdir()
+    (late / "config.json").write_text("")
+    with pytest.raises(OSError):
+        publish_dir(late, stray, "config.json")

@@ -30,6 +30,7 @@ import hashlib
 import importlib.util
 import mmap
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -112,8 +113,20 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    os.replace(tmp, out_dir)
+    publish_dir(tmp, out_dir, "config.json")
     return out_dir
+
+
+def publish_dir(tmp: Path, out: Path, marker: str) -> None:
+    """Move the finished directory ``tmp`` to ``out``. When another process published ``out``
+    first (two runs, ranks or test workers converting the same file at once; the rename then
+    fails on a non-empty ``out``), keep its copy, which holds ``marker``, and drop ours."""
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if not (out / marker).exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _gguf_cache_dir(gguf_file: Path) -> Path:
@@ -163,7 +176,7 @@ def smollm2_tokenizer_dir() -> Path:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out)
+        publish_dir(tmp, out, "tokenizer_config.json")
     return out
 
 
