@@ -379,46 +379,31 @@ def run_trl(
     log = out.with_suffix(".log")
     limits = harness.Limits(timeout_s=timeout_s) if timeout_s else None
     measured = harness.run_measured(command, trl_env, log, limits=limits)
-    if measured.stopped:
-        return Run(
-            workload,
-            "trl",
-            arm.key,
-            round_,
-            command,
-            harness.logged_step_times(log.read_text(errors="replace")),
-            precision=arm.precision,
-            peak_rss_kb=measured.peak_rss_kb,
-            wall_s=measured.wall_s,
-            log=str(log),
-            stopped=measured.stopped,
-        )
+    run = Run(workload, "trl", arm.key, round_, command, [], precision=arm.precision)
+    run.peak_rss_kb, run.wall_s, run.log, run.stopped = (
+        measured.peak_rss_kb,
+        measured.wall_s,
+        str(log),
+        measured.stopped,
+    )
+    if measured.stopped:  # no result JSON: the steps it printed
+        run.step_times = harness.logged_step_times(log.read_text(errors="replace"))
+        return run
     result = json.loads(out.read_text())
-    lengths = [
+    run.step_times = result["step_times"]
+    run.precision = result.get("precision", "bf16")
+    run.completion_lengths = [
         (float(r["completions/min_length"]), float(r["completions/max_length"]))
         for r in result["logs"]
         if "completions/min_length" in r
     ]
     steps_phases: list[dict[str, float]] = result.get("phases", [])
-    phases = {n: [p[n] for p in steps_phases] for n in (*PHASES, "other")} if steps_phases else {}
-    prompt_tokens = [
+    if steps_phases:
+        run.phases = {n: [p[n] for p in steps_phases] for n in (*PHASES, "other")}
+    run.prompt_tokens = [
         p["prompt_tokens"] / p["prompt_rows"] for p in steps_phases if p.get("prompt_rows")
     ]
-    return Run(
-        workload,
-        "trl",
-        arm.key,
-        round_,
-        command,
-        result["step_times"],
-        phases,
-        prompt_tokens,
-        lengths,
-        result.get("precision", "bf16"),
-        measured.peak_rss_kb,
-        measured.wall_s,
-        str(log),
-    )
+    return run
 
 
 def ensure_trl_env(venv: Path) -> Path:
